@@ -1,0 +1,8 @@
+"""popsdask: out-of-core POPS regression and misspecification UQ on Dask, Zarr and xarray."""
+
+from ._validate import InputError
+from .store import KIND_CODES, open_store, write_store
+
+__version__ = "0.1.0"
+
+__all__ = ["InputError", "KIND_CODES", "open_store", "write_store", "__version__"]

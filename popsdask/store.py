@@ -1,0 +1,321 @@
+"""Descriptor stores: one Zarr v3 group per design matrix, read and written through xarray.
+
+Layout (dimension names, not axis numbers)::
+
+    X          (row, feature)   float32 | float64, chunked along ``row`` only
+    y          (row)            reference values
+    weight     (row)            optional, >= 0
+    config     (row)            configuration index of each row          (coordinate)
+    kind       (row)            0 energy, 1 force, 2 stress (CF flags)    (coordinate)
+    atom       (row)            atom index for force rows, -1 otherwise   (coordinate)
+    component  (row)            x/y/z (0..2) for forces, Voigt 0..5 for stress, -1 else
+    <name>     (configuration)  per-configuration variables (name, n_atoms, ...)
+
+Attributes describe how the descriptors were made. A store is written into a hidden sibling
+directory and renamed into place once complete, and carries ``popsdask_complete = True``;
+readers refuse anything without that mark, so a killed writer never leaves a store that opens
+as complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from ._validate import InputError, check_finite_block
+
+__all__ = [
+    "KIND_CODES",
+    "InputError",
+    "open_store",
+    "write_store",
+    "atomic_directory",
+    "mark_complete",
+    "is_complete",
+]
+
+KIND_CODES = {"energy": 0, "force": 1, "stress": 2}
+COMPLETE_ATTR = "popsdask_complete"
+STORE_FORMAT = "popsdask.descriptors/1"
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+
+# codecs that only decode bytes; anything else (pickle, numcodecs objects) is refused.
+SAFE_CODECS = {
+    "bytes", "zstd", "blosc", "gzip", "crc32c", "transpose", "sharding_indexed",
+    "vlen-utf8", "vlen-bytes",
+}
+SAFE_DATA_TYPES = {
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float32", "float64", "fixed_length_utf32",
+}
+
+
+def default_chunk_rows(n_features: int, itemsize: int = 8) -> int:
+    """Rows per chunk so that one chunk of X is about 64 MiB."""
+    return max(1024, DEFAULT_CHUNK_BYTES // max(1, n_features * itemsize))
+
+
+def _as_dask(a: Any, name: str, chunk_rows: int) -> da.Array:
+    if isinstance(a, da.Array):
+        arr = a
+    else:
+        arr = np.asarray(a)
+        if arr.dtype == object or arr.dtype.kind in "USVMm":
+            raise InputError(f"{name}: dtype {arr.dtype} is not numeric")
+        arr = da.from_array(arr, chunks=(chunk_rows,) + arr.shape[1:])
+    if arr.dtype == object or arr.dtype.kind not in "biuf":
+        raise InputError(f"{name}: dtype {arr.dtype} is not numeric")
+    return arr.rechunk((chunk_rows,) + arr.shape[1:])
+
+
+def _kind_codes(kind: Any, n: int) -> np.ndarray | da.Array:
+    if kind is None:
+        return np.zeros(n, dtype=np.int8)
+    if isinstance(kind, da.Array):
+        return kind.astype(np.int8)
+    k = np.asarray(kind)
+    if k.dtype.kind in "US" or k.dtype == object:
+        try:
+            k = np.array([KIND_CODES[str(s)] for s in k], dtype=np.int8)
+        except KeyError as err:
+            raise InputError(f"kind: unknown row kind {err.args[0]!r}; use {list(KIND_CODES)}")
+    return k.astype(np.int8)
+
+
+def atomic_directory(path: str | os.PathLike) -> tuple[Path, Path]:
+    """Return (final, staging) paths; write into staging, then :func:`commit_directory`."""
+    final = Path(path).absolute()
+    staging = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
+    return final, staging
+
+
+def commit_directory(staging: Path, final: Path, overwrite: bool) -> None:
+    """Move a fully written directory into place (rename is atomic on one filesystem)."""
+    if final.exists():
+        if not overwrite:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
+        trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, trash)
+        os.replace(staging, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+
+
+def mark_complete(path: str | os.PathLike) -> None:
+    import zarr
+
+    g = zarr.open_group(str(path), mode="r+")
+    g.attrs[COMPLETE_ATTR] = True
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    meta = Path(path) / "zarr.json"
+    if not meta.is_file():
+        return False
+    return bool(json.loads(meta.read_text()).get("attributes", {}).get(COMPLETE_ATTR, False))
+
+
+def check_safe_group(path: str | os.PathLike) -> None:
+    """Refuse stores whose arrays need codecs or data types that could execute code.
+
+    Reads only the JSON metadata (no chunk is decoded, nothing is unpickled).
+    """
+    root = Path(path)
+    if not (root / "zarr.json").is_file():
+        raise InputError(f"{root}: not a Zarr v3 group (no zarr.json)")
+    for meta_path in root.rglob("zarr.json"):
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as err:
+            raise InputError(f"{meta_path}: unreadable metadata ({err})") from err
+        if meta.get("node_type") != "array":
+            continue
+        dt = meta.get("data_type")
+        dt_name = dt.get("name") if isinstance(dt, dict) else dt
+        if dt_name not in SAFE_DATA_TYPES:
+            raise InputError(
+                f"{meta_path.parent}: data type {dt_name!r} is not allowed in a popsdask store "
+                "(object and variable-length types are refused)"
+            )
+        for codec in meta.get("codecs", []):
+            names = [codec.get("name")]
+            if names[0] == "sharding_indexed":
+                cfg = codec.get("configuration", {})
+                names += [c.get("name") for c in cfg.get("codecs", []) + cfg.get("index_codecs", [])]
+            for name in names:
+                if name not in SAFE_CODECS:
+                    raise InputError(f"{meta_path.parent}: codec {name!r} is not allowed")
+
+
+def write_store(
+    path: str | os.PathLike,
+    X: Any,
+    y: Any,
+    *,
+    weight: Any = None,
+    config: Any = None,
+    kind: Any = None,
+    atom: Any = None,
+    component: Any = None,
+    configurations: Mapping[str, Any] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    chunk_rows: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a descriptor store chunk by chunk.
+
+    Parameters
+    ----------
+    path : path-like
+        Directory of the Zarr v3 group to create.
+    X : array-like or dask array of shape (n_rows, n_features)
+        Design matrix. float32 is kept as float32 on disk; other numbers become float64.
+    y : array-like of shape (n_rows,)
+        Reference values.
+    weight : array-like of shape (n_rows,), optional
+        Non-negative row weights.
+    config, kind, atom, component : array-like of shape (n_rows,), optional
+        Row coordinates. ``config`` defaults to the row index (one configuration per row),
+        ``kind`` to energy; ``kind`` may hold the strings energy/force/stress.
+    configurations : mapping of name -> array of shape (n_configurations,), optional
+        Per-configuration variables (name, n_atoms, ...).
+    attrs : mapping, optional
+        JSON-serialisable description of how the descriptors were made.
+    chunk_rows : int, optional
+        Rows per chunk (default: about 64 MiB of X per chunk).
+    overwrite : bool
+        Replace an existing store at ``path``.
+
+    Returns
+    -------
+    pathlib.Path of the completed store. Non-finite values, negative weights or inconsistent
+    lengths raise :class:`InputError` naming the variable and row range; nothing is left at
+    ``path`` in that case.
+    """
+    final, staging = atomic_directory(path)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
+    Xshape = getattr(X, "shape", None)
+    if Xshape is None or len(Xshape) != 2:
+        X = np.asarray(X)
+        Xshape = X.shape
+    if len(Xshape) != 2:
+        raise InputError(f"X: expected 2 dimensions (row, feature), got shape {Xshape}")
+    n, p = Xshape
+    if n == 0 or p == 0:
+        raise InputError(f"X: empty design matrix of shape {Xshape}")
+    dtype = np.float32 if getattr(X, "dtype", None) == np.float32 else np.float64
+    if chunk_rows is None:
+        chunk_rows = default_chunk_rows(p, np.dtype(dtype).itemsize)
+    chunk_rows = int(min(chunk_rows, n))
+
+    Xd = _as_dask(X, "X", chunk_rows).astype(dtype)
+    row_vars: dict[str, Any] = {"y": y}
+    if weight is not None:
+        row_vars["weight"] = weight
+    arrays: dict[str, da.Array] = {}
+    for name, value in row_vars.items():
+        arr = _as_dask(value, name, chunk_rows)
+        if arr.ndim != 1 or arr.shape[0] != n:
+            raise InputError(f"{name}: shape {arr.shape} does not match X's {n} rows")
+        arrays[name] = arr.astype(np.float64)
+
+    def checked(arr: da.Array, name: str, nonneg: bool = False) -> da.Array:
+        return arr.map_blocks(
+            check_finite_block, dtype=arr.dtype, variable=name, where=str(final), nonneg=nonneg
+        )
+
+    data_vars: dict[str, Any] = {"X": (("row", "feature"), checked(Xd, "X"))}
+    data_vars["y"] = (("row",), checked(arrays["y"], "y"))
+    if "weight" in arrays:
+        data_vars["weight"] = (("row",), checked(arrays["weight"], "weight", nonneg=True))
+
+    coords: dict[str, Any] = {}
+    config_arr = np.arange(n) if config is None else config
+    for name, value, dt in (
+        ("config", config_arr, np.int64),
+        ("kind", _kind_codes(kind, n), np.int8),
+        ("atom", np.full(n, -1) if atom is None else atom, np.int32),
+        ("component", np.full(n, -1) if component is None else component, np.int8),
+    ):
+        arr = _as_dask(value, name, chunk_rows)
+        if arr.ndim != 1 or arr.shape[0] != n:
+            raise InputError(f"{name}: shape {arr.shape} does not match X's {n} rows")
+        coords[name] = (("row",), arr.astype(dt))
+
+    ds = xr.Dataset(data_vars, coords=coords)
+    ds["kind"].attrs.update(
+        flag_values=list(KIND_CODES.values()), flag_meanings=" ".join(KIND_CODES)
+    )
+    for name, value in (configurations or {}).items():
+        v = np.asarray(value)
+        if v.dtype == object:
+            v = v.astype(str)
+        if v.dtype.kind not in "biufU":
+            raise InputError(f"configurations[{name!r}]: unsupported dtype {v.dtype}")
+        ds[name] = (("configuration",) + tuple(f"{name}_dim{i}" for i in range(1, v.ndim)), v)
+    ds.attrs.update(json.loads(json.dumps(dict(attrs or {}), default=str)))
+    ds.attrs.update(format=STORE_FORMAT, n_rows=int(n), n_features=int(p), **{COMPLETE_ATTR: False})
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zarr: fixed-length strings are an unstable v3 type
+            ds.to_zarr(staging, mode="w", zarr_format=3, consolidated=False, compute=True)
+        mark_complete(staging)
+        commit_directory(staging, final, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def open_store(path: str | os.PathLike, *, require_y: bool = True) -> xr.Dataset:
+    """Open and validate a descriptor store; arrays stay lazy (dask).
+
+    Raises :class:`InputError` naming the store and variable when the store is incomplete,
+    uses a refused codec or data type, lacks ``X``/``y``, or has inconsistent shapes.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise InputError(f"{root}: no such store")
+    check_safe_group(root)
+    if not is_complete(root):
+        raise InputError(
+            f"{root}: store is not marked complete ({COMPLETE_ATTR}); it was interrupted while "
+            "being written — write it again"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = xr.open_zarr(root, consolidated=False, zarr_format=3, chunks={})
+    if "X" not in ds:
+        raise InputError(f"{root}: no variable 'X'")
+    X = ds["X"]
+    if X.dims != ("row", "feature"):
+        raise InputError(f"{root}/X: dims {X.dims}, expected ('row', 'feature')")
+    if X.dtype.kind != "f":
+        raise InputError(f"{root}/X: dtype {X.dtype} is not floating point")
+    if X.sizes["row"] == 0:
+        raise InputError(f"{root}/X: store is empty (0 rows)")
+    if require_y and "y" not in ds:
+        raise InputError(f"{root}: no variable 'y' (reference values)")
+    for name in ("y", "weight", "config", "kind", "atom", "component"):
+        if name in ds.variables:
+            v = ds[name]
+            if v.dims != ("row",):
+                raise InputError(f"{root}/{name}: dims {v.dims}, expected ('row',)")
+            if v.dtype.kind not in "biuf":
+                raise InputError(f"{root}/{name}: dtype {v.dtype} is not numeric")
+    ds.attrs["source"] = str(root)
+    return ds
