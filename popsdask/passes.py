@@ -1,0 +1,367 @@
+"""The Dask wiring: a POPS fit as passes over the row chunks of a design matrix.
+
+1. sufficient statistics (tree reduction of P × P partials);
+   (1b. an exact residual pass, only when the Gram route would lose digits to cancellation);
+2. leverage h and correction scale c per row (kept on the workers; h gathered for the exact
+   percentile: N scalars);
+3. second moment of the kept corrections (tree reduction), and for ``ensemble`` the corrections
+   themselves, streamed to Zarr;
+4. hypercube bounds: min/max (tree reduction) or exact percentiles of the projections.
+
+All numerics are the numpy functions of :mod:`stats`, :mod:`evidence` and :mod:`pops`; this
+module only maps them over blocks. It uses the current Dask client when there is one, else
+Dask's threaded scheduler.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.delayed import Delayed, delayed
+
+from ._validate import InputError, check_finite_block
+from .evidence import EvidenceParams, SSEAnchor, maximise_evidence, needs_refinement
+from .posterior import Posterior, provenance
+from .pops import (
+    block_correction_moment,
+    block_corrections,
+    block_leverage,
+    block_projection_range,
+    block_projections,
+    combine_range,
+    leverage_threshold,
+    principal_basis,
+    hypercube_second_moment,
+)
+from .stats import Stats, block_residual_stats, block_stats, combine_stats, combine_sum
+from .store import default_chunk_rows, open_store
+
+SPLIT_EVERY = 8
+
+
+@dataclass
+class Design:
+    """Row-chunked dask arrays of one regression problem (one chunk along ``feature``)."""
+
+    X: da.Array
+    y: da.Array | None
+    weight: da.Array | None
+    source: str
+    feature_names: list[str]
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.X.shape[1])
+
+    @property
+    def row_starts(self) -> list[int]:
+        return [int(s) for s in np.cumsum((0,) + self.X.chunks[0][:-1])]
+
+    def blocks(self) -> list[tuple[Any, Any, Any]]:
+        """(X, y, weight) delayed blocks, one per row chunk."""
+        xs = self.X.to_delayed().ravel()
+        ys = self.y.to_delayed().ravel() if self.y is not None else [None] * len(xs)
+        ws = self.weight.to_delayed().ravel() if self.weight is not None else [None] * len(xs)
+        return list(zip(xs, ys, ws, strict=True))
+
+
+def _to_dask(a: Any, name: str, chunk_rows: int, where: str) -> da.Array:
+    if isinstance(a, xr.DataArray):
+        a = a.data
+    if not isinstance(a, da.Array):
+        arr = np.asarray(a)
+        if arr.dtype == object or arr.dtype.kind not in "biuf":
+            raise InputError(f"{where}: {name} has non-numeric dtype {arr.dtype}")
+        a = da.from_array(arr, chunks=(chunk_rows,) + arr.shape[1:])
+    if a.dtype == object or a.dtype.kind not in "biuf":
+        raise InputError(f"{where}: {name} has non-numeric dtype {a.dtype}")
+    return a
+
+
+def design_from(
+    data: Any,
+    y: Any = None,
+    weight: Any = None,
+    *,
+    chunk_rows: int | None = None,
+    fit_intercept: bool = False,
+    require_y: bool = True,
+) -> Design:
+    """Normalise a numpy/dask array, an xarray Dataset or a store path into a :class:`Design`."""
+    source = "<array>"
+    names: list[str] = []
+    if isinstance(data, (str, os.PathLike)):
+        data = open_store(data, require_y=require_y)
+    if isinstance(data, xr.Dataset):
+        source = str(data.attrs.get("source", "<dataset>"))
+        if y is None and "y" in data:
+            y = data["y"]
+        if weight is None and "weight" in data:
+            weight = data["weight"]
+        if "feature_name" in data.coords:
+            names = [str(s) for s in data["feature_name"].values]
+        X = data["X"].data
+    else:
+        X = data
+    if getattr(X, "ndim", None) is None:
+        X = np.asarray(X)
+    if X.ndim != 2:
+        raise InputError(f"{source}: X must be 2-D (row, feature), got shape {X.shape}")
+    n, p = X.shape
+    if n == 0 or p == 0:
+        raise InputError(f"{source}: X is empty (shape {X.shape})")
+    rows = chunk_rows or (X.chunks[0][0] if isinstance(X, da.Array) else default_chunk_rows(p))
+    X = _to_dask(X, "X", rows, source)
+    X = X.rechunk({1: -1})
+    if fit_intercept:
+        X = da.concatenate([X, da.ones((n, 1), chunks=(X.chunks[0], 1), dtype=X.dtype)], axis=1)
+        X = X.rechunk({1: -1})
+        if names:
+            names = names + ["intercept"]
+    arrays = {}
+    for name, value in (("y", y), ("weight", weight)):
+        if value is None:
+            arrays[name] = None
+            continue
+        arr = _to_dask(value, name, rows, source)
+        if arr.ndim != 1 or arr.shape[0] != n:
+            raise InputError(f"{source}: {name} has shape {arr.shape}, X has {n} rows")
+        arrays[name] = arr.rechunk((X.chunks[0],))
+    if require_y and arrays["y"] is None:
+        raise InputError(f"{source}: no targets y")
+    return Design(X, arrays["y"], arrays["weight"], source, names)
+
+
+# ---------------------------------------------------------------------------- execution
+def _client():
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def compute(*objs: Any, label: str = "", progress: bool = False) -> tuple:
+    """Compute Dask objects on the current client (with a text progress bar if asked)."""
+    client = _client()
+    if client is None:
+        if progress:
+            from dask.diagnostics import ProgressBar
+
+            print(f"[popsdask] {label}", flush=True)
+            with ProgressBar(minimum=0.5):
+                return dask.compute(*objs)
+        return dask.compute(*objs)
+    futures = client.compute(list(objs))
+    if progress:
+        from distributed import progress as dprogress
+
+        print(f"[popsdask] {label}", flush=True)
+        dprogress(futures, notebook=False)
+        print(flush=True)
+    return tuple(client.gather(futures))
+
+
+def persist(*objs: Any) -> tuple:
+    client = _client()
+    if client is None:
+        return dask.persist(*objs)
+    return tuple(client.persist(list(objs)))
+
+
+def tree_reduce(parts: Sequence[Delayed], combine: Callable, label: str) -> Delayed:
+    """Combine partial results pairwise-ish in a tree of fan-in ``SPLIT_EVERY``."""
+    level = list(parts)
+    depth = 0
+    while len(level) > 1:
+        level = [
+            delayed(_reduce_group, pure=True)(combine, *level[i : i + SPLIT_EVERY],
+                                              dask_key_name=f"{label}-combine-{depth}-{i}-{dask.base.tokenize(*level[i : i + SPLIT_EVERY])}")
+            for i in range(0, len(level), SPLIT_EVERY)
+        ]
+        depth += 1
+    return level[0]
+
+
+def _reduce_group(combine: Callable, *parts: Any) -> Any:
+    return functools.reduce(combine, parts)
+
+
+# ---------------------------------------------------------------------------- block tasks
+def _checked_stats(X, y, w, *, start: int, source: str) -> Stats:
+    where = f"{source} rows {start}:{start + X.shape[0]}"
+    check_finite_block(X, variable="X", where=where)
+    check_finite_block(y, variable="y", where=where)
+    if w is not None:
+        check_finite_block(w, variable="weight", where=where, nonneg=True)
+    return block_stats(X, y, w)
+
+
+def _column(a: np.ndarray, j: int) -> np.ndarray:
+    return a[:, j]
+
+
+# ---------------------------------------------------------------------------- the fit
+@dataclass
+class PopsSettings:
+    """POPS parameters (popsregression 0.4.0 names and defaults)."""
+
+    leverage_percentile: float = 50.0
+    mode_threshold: float = 1.0e-8
+    percentile_clipping: float = 0.0
+    posterior: str = "hypercube"
+
+
+def sufficient_statistics(design: Design, *, progress: bool = False) -> Stats:
+    """Pass 1: G, XᵀWy, yᵀWy, Σw by a tree reduction over row chunks."""
+    parts = [
+        delayed(_checked_stats, pure=True)(xb, yb, wb, start=s, source=design.source)
+        for (xb, yb, wb), s in zip(design.blocks(), design.row_starts, strict=True)
+    ]
+    (stats,) = compute(tree_reduce(parts, combine_stats, "gram"), label="pass 1/4: Gram", progress=progress)
+    if stats.sw <= 0:
+        raise InputError(f"{design.source}: all weights are zero")
+    return stats
+
+
+def fit_pops(
+    design: Design,
+    *,
+    evidence: EvidenceParams | None = None,
+    settings: PopsSettings | None = None,
+    corrections_path: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> Posterior:
+    """Fit BayesianRidge evidence maximisation and the POPS posterior, pass by pass.
+
+    ``corrections_path`` (a new Zarr array directory) receives the pointwise corrections of
+    the ``ensemble`` posterior.
+    """
+    settings = settings or PopsSettings()
+    evidence = evidence or EvidenceParams()
+    n, p = design.n_rows, design.n_features
+    if n < p:
+        raise InputError(
+            f"{design.source}: {n} rows but {p} features; POPS needs at least as many rows as features"
+        )
+    stats = sufficient_statistics(design, progress=progress)
+    ev = maximise_evidence(stats, evidence)
+    if needs_refinement(stats, ev):
+        coef_d = delayed(ev.coef, pure=True)
+        parts = [delayed(block_residual_stats, pure=True)(xb, yb, wb, coef_d) for xb, yb, wb in design.blocks()]
+        (res,) = compute(tree_reduce(parts, combine_sum, "residual"), label="pass 1b: exact residuals", progress=progress)
+        ev = maximise_evidence(stats, evidence, SSEAnchor(ev.coef, res[0], res[1]), (ev.eigvals, ev.eigvecs))
+
+    a_inv = ev.a_inv
+    coef_d, ainv_d = delayed(ev.coef, pure=True), delayed(a_inv, pure=True)
+    blocks = design.blocks()
+    hc = [delayed(block_leverage, pure=True)(xb, yb, wb, coef_d, ainv_d) for xb, yb, wb in blocks]
+    hc = list(persist(*hc))
+    h_parts = compute(*[delayed(_column, pure=True)(b, 0) for b in hc], label="pass 2/4: leverage", progress=progress)
+    h = np.concatenate(h_parts)
+    threshold = leverage_threshold(h, settings.leverage_percentile)
+    counts = [int(np.count_nonzero(hb >= threshold)) for hb in h_parts]
+    if sum(counts) == 0:  # only possible with NaN-free but degenerate h; keep every row
+        threshold = -np.inf
+        counts = [len(hb) for hb in h_parts]
+    n_sel = sum(counts)
+    del h, h_parts
+
+    moment_parts = [
+        delayed(block_correction_moment, pure=True)(xb, b, threshold) for (xb, _, _), b in zip(blocks, hc, strict=True)
+    ]
+    moment_task = tree_reduce(moment_parts, operator.add, "moment")
+    corrections = None
+    if settings.posterior == "ensemble":
+        corr = da.concatenate(
+            [
+                da.from_delayed(delayed(block_corrections, pure=True)(xb, b, threshold, ainv_d), shape=(c, p), dtype=np.float64)
+                for (xb, _, _), b, c in zip(blocks, hc, counts, strict=True)
+            ]
+        ).rechunk((max(1, min(n_sel, default_chunk_rows(p))), p))
+        if corrections_path is None:
+            raise ValueError("the ensemble posterior needs corrections_path to stream corrections to")
+        write = da.to_zarr(corr, str(corrections_path), compute=False, zarr_format=3, overwrite=True)
+        inner, _ = compute(moment_task, write, label="pass 3/4: corrections → Zarr", progress=progress)
+        corrections = da.from_zarr(str(corrections_path))
+    else:
+        (inner,) = compute(moment_task, label="pass 3/4: correction moment", progress=progress)
+    moment = a_inv @ inner @ a_inv
+
+    basis = lower = upper = None
+    if settings.posterior == "ensemble":
+        mis_sigma = moment / n_sel
+    else:
+        basis, _ = principal_basis(moment, settings.mode_threshold)
+        basis = _fix_signs(basis)
+        proj_d = delayed(a_inv @ basis, pure=True)
+        if settings.percentile_clipping > 0:
+            lower, upper = _projection_percentiles(blocks, hc, counts, threshold, proj_d, basis.shape[1], settings.percentile_clipping, progress)
+        else:
+            parts = [
+                delayed(block_projection_range, pure=True)(xb, b, threshold, proj_d)
+                for (xb, _, _), b in zip(blocks, hc, strict=True)
+            ]
+            ((lower, upper),) = compute(tree_reduce(parts, combine_range, "bounds"), label="pass 4/4: hypercube bounds", progress=progress)
+        mis_sigma = hypercube_second_moment(basis, lower, upper)
+
+    return Posterior(
+        coef_=ev.coef,
+        sigma_=ev.sigma,
+        alpha_=ev.alpha,
+        lambda_=ev.lambda_,
+        misspecification_sigma_=mis_sigma,
+        kind=settings.posterior,
+        basis_=basis,
+        lower_=lower,
+        upper_=upper,
+        corrections_=corrections,
+        leverage_threshold_=threshold,
+        n_rows_=n,
+        n_selected_=n_sel,
+        n_iter_=ev.n_iter,
+        condition_number_=ev.condition_number,
+        feature_names=design.feature_names,
+        settings={**vars(settings), **vars(evidence)},
+        provenance=provenance(design.source),
+    )
+
+
+def _fix_signs(basis: np.ndarray) -> np.ndarray:
+    """Make the largest-magnitude entry of each basis vector positive (eigh's sign is arbitrary)."""
+    idx = np.argmax(np.abs(basis), axis=0)
+    signs = np.sign(basis[idx, np.arange(basis.shape[1])])
+    signs[signs == 0] = 1.0
+    return basis * signs
+
+
+def _projection_percentiles(blocks, hc, counts, threshold, proj_d, k, clip, progress):
+    """Exact per-mode percentiles of the projections: rows gathered one column group at a time."""
+    z = da.concatenate(
+        [
+            da.from_delayed(delayed(block_projections, pure=True)(xb, b, threshold, proj_d), shape=(c, k), dtype=np.float64)
+            for (xb, _, _), b, c in zip(blocks, hc, counts, strict=True)
+        ]
+    )
+    n_sel = int(z.shape[0])
+    cols = max(1, min(k, (128 * 2**20) // max(1, 8 * n_sel)))
+    z = z.rechunk((n_sel, cols))
+    q = da.map_blocks(
+        lambda b: np.percentile(b, [clip, 100.0 - clip], axis=0), z, chunks=((2,), z.chunks[1]), dtype=np.float64
+    )
+    (qq,) = compute(q, label="pass 4/4: hypercube percentiles", progress=progress)
+    return qq[0], qq[1]

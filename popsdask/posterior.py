@@ -1,0 +1,223 @@
+"""The fitted POPS posterior: sampling, and save/load as a Zarr group."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from ._validate import InputError
+from .pops import hypercube_second_moment, unit_samples
+from .store import (
+    atomic_directory,
+    check_safe_group,
+    commit_directory,
+    is_complete,
+    mark_complete,
+)
+
+POSTERIOR_FORMAT = "popsdask.posterior/1"
+DEFAULT_N_SAMPLES = 500
+
+
+@dataclass
+class Posterior:
+    """A fitted POPS posterior over the parameters θ of a linear model.
+
+    Attributes
+    ----------
+    coef_ : (P,) the MLE (BayesianRidge posterior mean), intercept last when fitted
+    sigma_ : (P, P) epistemic covariance (BayesianRidge ``sigma_``)
+    alpha_, lambda_ : noise and weight precisions from evidence maximisation
+    misspecification_sigma_ : (P, P) second moment of the POPS perturbations
+    kind : ``"hypercube"`` or ``"ensemble"``
+    basis_, lower_, upper_ : (P, K), (K,), (K,) hypercube in the principal basis
+    corrections_ : dask array (n_selected, P) of pointwise corrections (``ensemble`` only;
+        lazily read from Zarr, never gathered)
+    leverage_threshold_, n_rows_, n_selected_, n_iter_, condition_number_ : fit diagnostics
+    feature_names : names of the P parameters
+    settings, provenance : what produced it
+    """
+
+    coef_: np.ndarray
+    sigma_: np.ndarray
+    alpha_: float
+    lambda_: float
+    misspecification_sigma_: np.ndarray
+    kind: str = "hypercube"
+    basis_: np.ndarray | None = None
+    lower_: np.ndarray | None = None
+    upper_: np.ndarray | None = None
+    corrections_: da.Array | None = None
+    leverage_threshold_: float = 0.0
+    n_rows_: int = 0
+    n_selected_: int = 0
+    n_iter_: int = 0
+    condition_number_: float = float("nan")
+    feature_names: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.coef_.shape[0])
+
+    @property
+    def hypercube_sigma_(self) -> np.ndarray | None:
+        if self.basis_ is None:
+            return None
+        return hypercube_second_moment(self.basis_, self.lower_, self.upper_)
+
+    # ------------------------------------------------------------------ sampling
+    def perturbations(
+        self, n: int = DEFAULT_N_SAMPLES, method: str = "uniform", seed: int | None = 0
+    ) -> np.ndarray:
+        """``n`` parameter perturbations δθ (n × P), reproducible from ``seed``.
+
+        Hypercube: θ = coef + U (lo + (hi - lo) u), u from ``method``. Ensemble: ``n`` of the
+        stored pointwise corrections drawn without replacement (all of them when ``n`` is at
+        least their number); ``method`` must be ``"uniform"``.
+        """
+        if self.kind == "ensemble":
+            if method != "uniform":
+                raise ValueError("the ensemble posterior samples stored corrections: method='uniform'")
+            total = int(self.corrections_.shape[0])
+            rng = np.random.default_rng(seed)
+            idx = np.arange(total) if n >= total else np.sort(rng.choice(total, n, replace=False))
+            return np.asarray(self.corrections_[idx].compute(), dtype=np.float64)
+        u = unit_samples(n, self.basis_.shape[1], method, seed)
+        box = self.lower_ + (self.upper_ - self.lower_) * u
+        return box @ self.basis_.T
+
+    def sample(
+        self, n: int = DEFAULT_N_SAMPLES, method: str = "uniform", seed: int | None = 0
+    ) -> xr.DataArray:
+        """Parameter vectors θ = coef + δθ as a DataArray with dims (sample, feature)."""
+        theta = self.coef_[None, :] + self.perturbations(n, method, seed)
+        return xr.DataArray(
+            theta,
+            dims=("sample", "feature"),
+            coords={"sample": np.arange(theta.shape[0]), "feature": self.feature_names_or_index()},
+            name="theta",
+            attrs={"method": method, "seed": -1 if seed is None else int(seed), "posterior": self.kind},
+        )
+
+    def feature_names_or_index(self) -> np.ndarray:
+        if self.feature_names:
+            return np.asarray(self.feature_names, dtype=str)
+        return np.arange(self.n_features)
+
+    # ------------------------------------------------------------------ persistence
+    def to_dataset(self) -> xr.Dataset:
+        """Everything but the (lazy) corrections, as an xarray Dataset."""
+        data: dict[str, Any] = {
+            "coef": (("feature",), self.coef_),
+            "sigma": (("feature", "feature_"), self.sigma_),
+            "misspecification_sigma": (("feature", "feature_"), self.misspecification_sigma_),
+        }
+        if self.basis_ is not None:
+            data["basis"] = (("feature", "mode"), self.basis_)
+            data["lower"] = (("mode",), self.lower_)
+            data["upper"] = (("mode",), self.upper_)
+        ds = xr.Dataset(data)
+        if self.feature_names:
+            ds = ds.assign_coords(feature_name=("feature", np.asarray(self.feature_names, dtype=str)))
+        ds.attrs.update(
+            format=POSTERIOR_FORMAT,
+            posterior=self.kind,
+            alpha=float(self.alpha_),
+            **{"lambda": float(self.lambda_)},
+            leverage_threshold=float(self.leverage_threshold_),
+            n_rows=int(self.n_rows_),
+            n_selected=int(self.n_selected_),
+            n_iter=int(self.n_iter_),
+            condition_number=float(self.condition_number_) if np.isfinite(self.condition_number_) else -1.0,
+            settings=json.dumps(self.settings, default=str),
+            provenance=json.dumps(self.provenance, default=str),
+            popsdask_complete=False,
+        )
+        return ds
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the posterior as a Zarr v3 group (atomically: staged, marked, renamed)."""
+        final, staging = atomic_directory(path)
+        if final.exists() and not overwrite:
+            raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.to_dataset().to_zarr(staging, mode="w", zarr_format=3, consolidated=False)
+                if self.corrections_ is not None:
+                    xr.Dataset(
+                        {"corrections": (("correction", "feature"), self.corrections_)}
+                    ).to_zarr(staging, mode="a", zarr_format=3, consolidated=False)
+            mark_complete(staging)
+            commit_directory(staging, final, overwrite)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if self.corrections_ is not None:
+            self.corrections_ = _open_corrections(final)
+        return final
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Posterior:
+        root = Path(path)
+        if not root.exists():
+            raise InputError(f"{root}: no such posterior")
+        check_safe_group(root)
+        if not is_complete(root):
+            raise InputError(f"{root}: posterior is not marked complete (interrupted write?)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = xr.open_zarr(root, consolidated=False, zarr_format=3, chunks=None)
+        if ds.attrs.get("format") != POSTERIOR_FORMAT:
+            raise InputError(f"{root}: not a popsdask posterior (format={ds.attrs.get('format')!r})")
+        a = ds.attrs
+        cn = float(a.get("condition_number", -1.0))
+        return cls(
+            coef_=ds["coef"].values,
+            sigma_=ds["sigma"].values,
+            alpha_=float(a["alpha"]),
+            lambda_=float(a["lambda"]),
+            misspecification_sigma_=ds["misspecification_sigma"].values,
+            kind=a["posterior"],
+            basis_=ds["basis"].values if "basis" in ds else None,
+            lower_=ds["lower"].values if "lower" in ds else None,
+            upper_=ds["upper"].values if "upper" in ds else None,
+            corrections_=_open_corrections(root) if "corrections" in ds else None,
+            leverage_threshold_=float(a["leverage_threshold"]),
+            n_rows_=int(a["n_rows"]),
+            n_selected_=int(a["n_selected"]),
+            n_iter_=int(a["n_iter"]),
+            condition_number_=cn if cn >= 0 else float("inf"),
+            feature_names=[str(s) for s in ds["feature_name"].values] if "feature_name" in ds else [],
+            settings=json.loads(a.get("settings", "{}")),
+            provenance=json.loads(a.get("provenance", "{}")),
+        )
+
+
+def _open_corrections(root: Path) -> da.Array:
+    import zarr
+
+    return da.from_zarr(zarr.open_array(str(root / "corrections"), mode="r"))
+
+
+def provenance(source: str) -> dict[str, Any]:
+    from . import __version__
+
+    return {
+        "package": "popsdask",
+        "version": __version__,
+        "input": source,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
