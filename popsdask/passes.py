@@ -256,7 +256,8 @@ def fit_pops(
     n, p = design.n_rows, design.n_features
     if n < p:
         raise InputError(
-            f"{design.source}: {n} rows but {p} features; POPS needs at least as many rows as features"
+            f"{design.source}: {n} rows (n_samples = {n}) but {p} features; "
+            "POPS needs at least as many rows as features"
         )
     stats = sufficient_statistics(design, progress=progress)
     ev = maximise_evidence(stats, evidence)

@@ -1,0 +1,314 @@
+"""``popsdask.fit`` and the scikit-learn compatible :class:`POPSRegressor` (thin shells)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from numbers import Integral, Real
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from .evidence import EvidenceParams
+from .passes import Design, PopsSettings, design_from, fit_pops
+from .posterior import DEFAULT_N_SAMPLES, Posterior
+
+PREDICT_BLOCK_ROWS = 8192
+
+
+def fit(
+    data: Any,
+    y: Any = None,
+    *,
+    weight: Any = None,
+    posterior: str = "hypercube",
+    leverage_percentile: float = 50.0,
+    mode_threshold: float = 1.0e-8,
+    percentile_clipping: float = 0.0,
+    fit_intercept: bool = False,
+    chunk_rows: int | None = None,
+    corrections_path: str | os.PathLike | None = None,
+    progress: bool = False,
+    **evidence: Any,
+) -> Posterior:
+    """Fit a POPS posterior out of core.
+
+    Parameters
+    ----------
+    data : numpy array, dask array, xarray Dataset or path of a descriptor store
+        The design matrix X (row, feature); a store/Dataset also supplies ``y`` and ``weight``.
+    y, weight : array-like, optional
+        Targets and non-negative row weights (taken from the store when omitted).
+    posterior : {"hypercube", "ensemble"}
+    leverage_percentile, mode_threshold, percentile_clipping : float
+        As in popsregression 0.4.0.
+    fit_intercept : bool
+        Append a constant column (its coefficient is the last parameter).
+    chunk_rows : int, optional
+        Row chunk size for in-memory input (stores keep their own chunks).
+    corrections_path : path, optional
+        Where the ``ensemble`` posterior streams its pointwise corrections (default: a new
+        temporary directory; :meth:`Posterior.save` copies them into the posterior group).
+    progress : bool
+        Print a progress bar per pass.
+    **evidence
+        BayesianRidge hyper-parameters (max_iter, tol, alpha_1, alpha_2, lambda_1, lambda_2,
+        alpha_init, lambda_init, compute_score).
+
+    Returns
+    -------
+    Posterior
+    """
+    if posterior not in ("hypercube", "ensemble"):
+        raise ValueError(f"posterior={posterior!r}: use 'hypercube' or 'ensemble'")
+    design = design_from(data, y, weight, chunk_rows=chunk_rows, fit_intercept=fit_intercept)
+    if posterior == "ensemble" and corrections_path is None:
+        corrections_path = Path(tempfile.mkdtemp(prefix="popsdask-")) / "corrections.zarr"
+    return fit_pops(
+        design,
+        evidence=EvidenceParams(**evidence),
+        settings=PopsSettings(leverage_percentile, mode_threshold, percentile_clipping, posterior),
+        corrections_path=corrections_path,
+        progress=progress,
+    )
+
+
+class POPSRegressor(RegressorMixin, BaseEstimator):
+    """Bayesian ridge regression with POPS misspecification uncertainty, on Dask.
+
+    Same parameters and meanings as ``popsregression.POPSRegression`` 0.4.0, computed out of
+    core: ``fit`` accepts numpy arrays, dask arrays, xarray Datasets or descriptor-store paths.
+
+    Parameters
+    ----------
+    max_iter, tol, alpha_1, alpha_2, lambda_1, lambda_2, alpha_init, lambda_init, compute_score
+        scikit-learn ``BayesianRidge`` evidence-maximisation parameters.
+    fit_intercept : bool, default=False
+        Append a constant column so the intercept takes part in the POPS posterior.
+    copy_X : bool, default=True
+        Kept for API compatibility; inputs are never modified.
+    verbose : bool, default=False
+        Print a progress bar for each pass.
+    mode_threshold : float, default=1e-8
+        Relative eigenvalue threshold for the principal modes of the corrections.
+    resample_density : float or None, default=None
+        popsregression's sample count rule, ``max(100, int(resample_density * n_rows))``.
+        None (the default here) uses ``n_posterior_samples``, independent of the data size.
+    resampling_method : {"uniform", "sobol", "latin", "halton"}, default="uniform"
+    percentile_clipping : float in [0, 50], default=0
+    leverage_percentile : float in [0, 100), default=50
+    posterior : {"hypercube", "ensemble"}, default="hypercube"
+    n_posterior_samples : int, default=500
+        Posterior samples kept for ``return_bounds`` (hypercube).
+    random_state : int or None, default=0
+        Seed of the posterior samples.
+    chunk_rows : int or None
+        Row chunk size for in-memory input.
+    workdir : str or None
+        Directory for the ``ensemble`` corrections (default: a temporary directory).
+
+    Attributes
+    ----------
+    coef_, intercept_, alpha_, lambda_, sigma_, misspecification_sigma_, n_iter_, scores_
+        As in popsregression (``sigma_`` and ``misspecification_sigma_`` include the intercept
+        parameter last when ``fit_intercept=True``).
+    posterior_ : Posterior
+        The full posterior (basis, bounds, corrections, diagnostics).
+    posterior_samples_ : ndarray of shape (n_parameters, n_posterior_samples)
+        Parameter perturbations; for ``ensemble`` a lazy dask array of all corrections.
+    leverage_threshold_, condition_number_, n_features_in_
+    """
+
+    _parameter_constraints: dict = {
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="neither")],
+        "alpha_1": [Interval(Real, 0, None, closed="left")],
+        "alpha_2": [Interval(Real, 0, None, closed="left")],
+        "lambda_1": [Interval(Real, 0, None, closed="left")],
+        "lambda_2": [Interval(Real, 0, None, closed="left")],
+        "alpha_init": [None, Interval(Real, 0, None, closed="left")],
+        "lambda_init": [None, Interval(Real, 0, None, closed="left")],
+        "compute_score": ["boolean"],
+        "fit_intercept": ["boolean"],
+        "copy_X": ["boolean"],
+        "verbose": ["verbose"],
+        "mode_threshold": [Interval(Real, 0, None, closed="neither")],
+        "resample_density": [None, Interval(Real, 0, None, closed="neither")],
+        "resampling_method": [StrOptions({"uniform", "sobol", "latin", "halton"})],
+        "percentile_clipping": [Interval(Real, 0, 50.0, closed="both")],
+        "leverage_percentile": [Interval(Real, 0.0, 100.0, closed="left")],
+        "posterior": [StrOptions({"hypercube", "ensemble"})],
+        "n_posterior_samples": [Interval(Integral, 1, None, closed="left")],
+        "random_state": [None, Interval(Integral, 0, None, closed="left")],
+        "chunk_rows": [None, Interval(Integral, 1, None, closed="left")],
+        "workdir": [None, str, os.PathLike],
+    }
+
+    def __init__(
+        self,
+        *,
+        max_iter=300,
+        tol=1.0e-3,
+        alpha_1=1.0e-6,
+        alpha_2=1.0e-6,
+        lambda_1=1.0e-6,
+        lambda_2=1.0e-6,
+        alpha_init=None,
+        lambda_init=None,
+        compute_score=False,
+        fit_intercept=False,
+        copy_X=True,
+        verbose=False,
+        mode_threshold=1.0e-8,
+        resample_density=None,
+        resampling_method="uniform",
+        percentile_clipping=0.0,
+        leverage_percentile=50.0,
+        posterior="hypercube",
+        n_posterior_samples=DEFAULT_N_SAMPLES,
+        random_state=0,
+        chunk_rows=None,
+        workdir=None,
+    ):
+        self.max_iter = max_iter
+        self.tol = tol
+        self.alpha_1 = alpha_1
+        self.alpha_2 = alpha_2
+        self.lambda_1 = lambda_1
+        self.lambda_2 = lambda_2
+        self.alpha_init = alpha_init
+        self.lambda_init = lambda_init
+        self.compute_score = compute_score
+        self.fit_intercept = fit_intercept
+        self.copy_X = copy_X
+        self.verbose = verbose
+        self.mode_threshold = mode_threshold
+        self.resample_density = resample_density
+        self.resampling_method = resampling_method
+        self.percentile_clipping = percentile_clipping
+        self.leverage_percentile = leverage_percentile
+        self.posterior = posterior
+        self.n_posterior_samples = n_posterior_samples
+        self.random_state = random_state
+        self.chunk_rows = chunk_rows
+        self.workdir = workdir
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
+
+    # ------------------------------------------------------------------ fit
+    def _design(self, X, y, sample_weight) -> Design:
+        if isinstance(X, (str, os.PathLike, xr.Dataset, da.Array)):
+            design = design_from(X, y, sample_weight, chunk_rows=self.chunk_rows,
+                                 fit_intercept=self.fit_intercept)
+            self.n_features_in_ = design.n_features - int(self.fit_intercept)
+            return design
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=True)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+        return design_from(X, y, sample_weight, chunk_rows=self.chunk_rows, fit_intercept=self.fit_intercept)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None, sample_weight=None):
+        """Fit the model.
+
+        Parameters
+        ----------
+        X : array-like (n_samples, n_features), dask array, xarray Dataset or store path
+        y : array-like (n_samples,), optional when X is a store
+        sample_weight : array-like (n_samples,), optional
+
+        Returns
+        -------
+        self
+        """
+        design = self._design(X, y, sample_weight)
+        corrections = None
+        if self.posterior == "ensemble":
+            root = Path(self.workdir) if self.workdir else Path(tempfile.mkdtemp(prefix="popsdask-"))
+            root.mkdir(parents=True, exist_ok=True)
+            corrections = Path(tempfile.mkdtemp(dir=root)) / "corrections.zarr"
+        post = fit_pops(
+            design,
+            evidence=EvidenceParams(
+                self.max_iter, self.tol, self.alpha_1, self.alpha_2, self.lambda_1,
+                self.lambda_2, self.alpha_init, self.lambda_init, self.compute_score,
+            ),
+            settings=PopsSettings(
+                self.leverage_percentile, self.mode_threshold, self.percentile_clipping, self.posterior
+            ),
+            corrections_path=corrections,
+            progress=bool(self.verbose),
+        )
+        self._set_from_posterior(post)
+        return self
+
+    def _set_from_posterior(self, post: Posterior) -> None:
+        self.posterior_ = post
+        theta = post.coef_
+        self.coef_ = theta[:-1].copy() if self.fit_intercept else theta.copy()
+        self.intercept_ = float(theta[-1]) if self.fit_intercept else 0.0
+        self.alpha_ = post.alpha_
+        self.lambda_ = post.lambda_
+        self.sigma_ = post.sigma_
+        self.misspecification_sigma_ = post.misspecification_sigma_
+        self.n_iter_ = post.n_iter_
+        self.leverage_threshold_ = post.leverage_threshold_
+        self.condition_number_ = post.condition_number_
+        if post.kind == "ensemble":
+            self.posterior_samples_ = post.corrections_.T
+        else:
+            n = self.n_posterior_samples
+            if self.resample_density is not None:
+                n = max(100, int(self.resample_density * post.n_rows_))
+            self.posterior_samples_ = post.perturbations(n, self.resampling_method, self.random_state).T
+
+    # ------------------------------------------------------------------ predict
+    def _predict_input(self, X) -> da.Array:
+        if isinstance(X, (str, os.PathLike, xr.Dataset, da.Array)):
+            design = design_from(X, require_y=False, chunk_rows=PREDICT_BLOCK_ROWS)
+            Xd = design.X
+            if Xd.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"{design.source}: X has {Xd.shape[1]} features, but {type(self).__name__} "
+                    f"is expecting {self.n_features_in_} features as input"
+                )
+        else:
+            Xd = da.from_array(
+                validate_data(self, X, dtype=[np.float64, np.float32], reset=False),
+                chunks=(PREDICT_BLOCK_ROWS, -1),
+            )
+        if self.fit_intercept:
+            Xd = da.concatenate([Xd, da.ones((Xd.shape[0], 1), chunks=(Xd.chunks[0], 1))], axis=1)
+        return Xd.astype(np.float64).rechunk({1: -1})
+
+    def predict(self, X, return_std=False, return_bounds=False, return_epistemic_std=False):
+        """Predict with uncertainty (popsregression's meanings).
+
+        Returns ``y_mean`` and, in this order when asked: ``y_std`` (misspecification +
+        epistemic), ``y_max`` and ``y_min`` (over the posterior samples), ``y_epistemic_std``.
+        """
+        check_is_fitted(self)
+        Xd = self._predict_input(X)
+        post = self.posterior_
+        out = [Xd @ post.coef_]
+        if return_std or return_epistemic_std:
+            epi = (Xd @ post.sigma_ * Xd).sum(axis=1)
+        if return_std:
+            out.append(da.sqrt((Xd @ post.misspecification_sigma_ * Xd).sum(axis=1) + epi))
+        if return_bounds:
+            # ensemble: posterior_samples_ is lazy, so this reduces over the stored corrections
+            yp = Xd @ self.posterior_samples_
+            out += [yp.max(axis=1) + out[0], yp.min(axis=1) + out[0]]
+        if return_epistemic_std:
+            out.append(da.sqrt(epi))
+        values = da.compute(*out)
+        return values[0] if len(values) == 1 else tuple(values)
