@@ -1,0 +1,36 @@
+"""Shared fixtures: seeded data and a small real LocalCluster."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+if not SHARED.exists():  # a clone beside the checkout, as in CI
+    SHARED = Path(os.environ.get("POPSDASK_SHARED", ROOT.parent / "shared"))
+
+
+def misspecified(n: int = 4000, p: int = 10, seed: int = 0, noise: float = 1e-3):
+    """Rows whose targets no linear model reproduces: y = sin(X a) + small noise."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, p))
+    y = np.sin(X @ rng.normal(size=p) / np.sqrt(p)) * 2 + 0.3 + noise * rng.normal(size=n)
+    w = rng.uniform(0.2, 3.0, size=n)
+    return X, y, w
+
+
+@pytest.fixture
+def data():
+    return misspecified()
+
+
+@pytest.fixture(scope="module")
+def local_client():
+    from popsdask.cluster import connect
+
+    with connect("local", n_workers=2, threads_per_worker=1, memory_limit="1GB", quiet=True) as client:
+        yield client
