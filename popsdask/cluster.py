@@ -237,6 +237,8 @@ def jobqueue_cluster(
     iface = interface or dask.config.get(f"{section}.interface", None) or LOOPBACK_INTERFACE
     options = dict(dask.config.get(f"{section}.scheduler-options", None) or {})
     options.update(cluster_kwargs.pop("scheduler_options", None) or {})
+    if "dashboard_address" in cluster_kwargs:  # dask-jobqueue wants it in scheduler_options
+        options["dashboard_address"] = cluster_kwargs.pop("dashboard_address")
     if "host" not in options and "interface" not in options:
         options["interface"] = iface
     if "dashboard_address" not in options:
@@ -258,6 +260,8 @@ def _scale_memory(memory: str | float, factor: int) -> str:
     from dask.utils import format_bytes, parse_bytes
 
     if isinstance(memory, str):
+        if factor == 1:
+            return memory.replace(" ", "")
         nbytes = parse_bytes(memory)
     else:
         nbytes = int(memory)
@@ -352,6 +356,9 @@ def connect(
         return
 
     if lname in JOBQUEUE_CLUSTERS:
+        # import first: dask_jobqueue adds its defaults to the config on import, and a
+        # dask.config.set made before that would delete them again on exit.
+        _import_jobqueue()
         settings = load_cluster_config(config, lname) if config is not None else {}
     elif config is not None:
         raise ValueError("config (--cluster-config) applies to slurm, pbs and lsf clusters only")
