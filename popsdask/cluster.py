@@ -252,7 +252,16 @@ def jobqueue_cluster(
     if memory_limit is not None:
         kwargs["memory"] = _scale_memory(memory_limit, processes)
     kwargs.update(cluster_kwargs)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        if "cores and memory" not in str(exc):
+            raise
+        raise ValueError(
+            f"{kind} jobs need a size: pass --threads-per-worker and --memory-limit "
+            f"(threads_per_worker=, memory_limit=) or set cores and memory under "
+            f"jobqueue.{kind} in --cluster-config (see deploy/{kind}.yaml)"
+        ) from exc
 
 
 def _scale_memory(memory: str | float, factor: int) -> str:
