@@ -199,7 +199,10 @@ def jobqueue_cluster(
 
     The scheduler and the workers listen on the named interface (argument or
     ``jobqueue.<kind>.interface``), else on the loopback ``lo`` -- which only reaches workers on
-    the same node; name the cluster network (``--interface ib0``) for multi-node jobs.
+    the same node; name the cluster network (``--interface ib0``) for multi-node jobs. The
+    scheduler's dashboard listens on the same address; each worker's own diagnostics server
+    on its node's loopback (``--dashboard-address 127.0.0.1:0``) unless ``worker_extra_args``
+    sets ``--dashboard-address`` or ``--no-dashboard``.
 
     Parameters
     ----------
@@ -244,7 +247,15 @@ def jobqueue_cluster(
     if "dashboard_address" not in options:
         host = options.get("host") or _interface_host(options["interface"])
         options["dashboard_address"] = _dashboard(host)
-    kwargs: dict[str, Any] = {"interface": iface, "scheduler_options": options}
+    # `dask worker` serves its own dashboard on all interfaces by default (distributed PR #3941),
+    # whatever --interface says: bind it to the node's loopback unless the user chose otherwise.
+    extra = list(cluster_kwargs.pop("worker_extra_args", None)
+                 or dask.config.get(f"{section}.worker-extra-args", None) or [])
+    if not any(str(a).startswith(("--dashboard-address", "--no-dashboard")) for a in extra):
+        extra += ["--dashboard-address", f"{LOOPBACK_HOST}:0"]
+    kwargs: dict[str, Any] = {
+        "interface": iface, "scheduler_options": options, "worker_extra_args": extra,
+    }
     processes = cluster_kwargs.get("processes") or dask.config.get(f"{section}.processes", None)
     processes = int(processes or 1)
     if threads_per_worker is not None:

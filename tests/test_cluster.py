@@ -43,6 +43,9 @@ def _listening(pids: list[int]) -> list[tuple[int, str, int]]:
 
 
 def _assert_loopback_only(pids: list[int]) -> None:
+    """No socket of these processes, or of their parents (nannies), listens beyond loopback."""
+    pids = sorted({*pids, *(psutil.Process(p).ppid() for p in pids if p != os.getpid())})
+    pids = [p for p in pids if p > 1 and psutil.pid_exists(p)]
     sockets = _listening(pids)
     assert sockets, "no listening sockets found: the check would be vacuous"
     exposed = [s for s in sockets if not ipaddress.ip_address(s[1]).is_loopback]
@@ -220,6 +223,7 @@ def test_deploy_config_produces_the_documented_job_script(kind):
     assert "OMP_NUM_THREADS=1" in script
     assert "--nthreads 4" in script and "--memory-limit 16.00GiB" in script
     assert "--local-directory $TMPDIR" in script
+    assert "--dashboard-address 127.0.0.1:0" in script  # the workers' own diagnostics server
     assert "--interface lo" in script and "tcp://127.0.0.1:" in script
     assert "0.0.0.0" not in script
     # the file's settings applied only inside the block
