@@ -34,6 +34,7 @@ from .conftest import misspecified
 from .test_cluster import _assert_loopback_only
 
 pytestmark = pytest.mark.slurm
+ROOT = Path(__file__).resolve().parents[1]
 
 SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin", "/sbin"])
 DAEMONS = ("munged", "slurmctld", "slurmd")
@@ -367,6 +368,29 @@ def test_fit_survives_a_worker_job_cancelled_mid_fit(slurm, store, reference):
         "so the test did not exercise recovery"
     )
     assert {t["worker"] for t in leverage_runs} == set(jobs)
+
+
+def test_example_batch_script_runs_a_fit_inside_one_job(slurm, store, reference, tmp_path):
+    """deploy/slurm-fit.sbatch as documented: scheduler in the job, srun workers, popsdask fit."""
+    posterior = tmp_path / "posterior.zarr"
+    run_dir = tmp_path / "run"
+    exports = ",".join([
+        "ALL", f"STORE={store}", f"POSTERIOR={posterior}", "POPSDASK_INTERFACE=lo",
+        f"POPSDASK_RUN_DIR={run_dir}", f"TMPDIR={slurm.root / 'work'}",
+    ])
+    out = subprocess.run(
+        ["sbatch", "--wait", "--parsable", "-N1", "-n2", "--ntasks-per-node=2",
+         "--cpus-per-task=1", "--mem=2G", "-p", "debug", "-t", "00:05:00",
+         f"--output={tmp_path / 'job.out'}", f"--export={exports}",
+         str(ROOT / "deploy" / "slurm-fit.sbatch")],
+        env=slurm.env, capture_output=True, text=True, timeout=150, cwd=tmp_path,
+    )
+    log = (tmp_path / "job.out").read_text() if (tmp_path / "job.out").exists() else ""
+    assert out.returncode == 0, f"{out.stderr}\n{log}\n{slurm.logs()}"
+    assert "popsdask: dashboard http://127.0.0.1:8787" in log
+    workers = sorted(run_dir.glob("worker-*.log"))
+    assert len(workers) == 2 and all("Registered to" in w.read_text() for w in workers)
+    _assert_same_posterior(popsdask.Posterior.load(posterior), reference)
 
 
 if __name__ == "__main__":  # pragma: no cover - manual: python -m tests.test_slurm
