@@ -77,10 +77,10 @@ def extract_rows(
         e_ref = np.array([reference_energy(a, energy_key) for a in structures])
         counts = element_counts(structures, elements)
         model, lock = worker_model(extractor)
-        t0 = time.perf_counter()
         with lock:
+            t0, c0 = time.perf_counter(), time.process_time()
             out = extractor.extract(model, structures)
-        seconds = time.perf_counter() - t0
+            seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     except Exception as err:
         raise _with_context(err, where) from err
     n_atoms = np.array([len(a) for a in structures], dtype=np.int64)
@@ -98,6 +98,7 @@ def extract_rows(
         "energy_reference": e_ref,
         "n_atoms": n_atoms,
         "seconds": np.array([seconds]),
+        "cpu_seconds": np.array([cpu]),
     }
     for key in info_keys:
         values = [a.info.get(key, "") for a in structures]
@@ -174,7 +175,9 @@ def build_store(
     -------
     pathlib.Path of the written store. Its per-configuration variables are ``n_atoms``,
     ``energy_reference``, ``energy_model`` (total energies, eV), ``info_<key>``, and its
-    attributes the model description, ``feature_names``, ``elements`` and extraction timings.
+    attributes the model description, ``feature_names``, ``elements`` and extraction timings
+    (``model_seconds_total``: wall time inside the model calls summed over tasks;
+    ``model_cpu_seconds_*``: CPU time of the worker processes during those calls).
 
     Notes
     -----
@@ -234,12 +237,14 @@ def build_store(
         ],
         axis=0,
     )
-    cat = {k: np.concatenate([m[k] for m in meta]) for k in meta[0] if k != "seconds"}
+    timing = ("seconds", "cpu_seconds")
+    cat = {k: np.concatenate([m[k] for m in meta]) for k in meta[0] if k not in timing}
     e_ref, e_model, n_atoms = cat["energy_reference"], cat["energy_model"], cat["n_atoms"]
     y = e_ref - e_model
     if per_atom:
         y = y / n_atoms
     model_seconds = float(sum(m["seconds"][0] for m in meta))
+    model_cpu = float(sum(m["cpu_seconds"][0] for m in meta))
     configurations = {
         "n_atoms": n_atoms,
         "energy_reference": e_ref,
@@ -261,8 +266,9 @@ def build_store(
         "n_structures": int(n_atoms.shape[0]),
         "n_atoms_total": int(n_atoms.sum()),
         "model_seconds_total": model_seconds,
-        "model_seconds_per_structure": model_seconds / n_atoms.shape[0],
-        "model_seconds_per_atom": model_seconds / max(int(n_atoms.sum()), 1),
+        "model_cpu_seconds_total": model_cpu,
+        "model_cpu_seconds_per_structure": model_cpu / n_atoms.shape[0],
+        "model_cpu_seconds_per_atom": model_cpu / max(int(n_atoms.sum()), 1),
         "batch_size": int(batch_size),
         **(attrs or {}),
     }
