@@ -21,6 +21,7 @@ import contextlib
 import importlib
 import re
 import sys
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -237,7 +238,16 @@ def jobqueue_cluster(
     jobqueue = _import_jobqueue()
     cls = getattr(jobqueue, JOBQUEUE_CLUSTERS[kind])
     section = f"jobqueue.{kind}"
-    iface = interface or dask.config.get(f"{section}.interface", None) or LOOPBACK_INTERFACE
+    iface = interface or dask.config.get(f"{section}.interface", None)
+    if iface is None:
+        iface = LOOPBACK_INTERFACE
+        warnings.warn(
+            f"{kind} cluster: no network interface named, so the scheduler and workers listen "
+            "on the loopback 'lo' only and workers on other nodes cannot connect; pass "
+            f"--interface (e.g. ib0) or set jobqueue.{kind}.interface",
+            UserWarning,
+            stacklevel=3,
+        )
     options = dict(dask.config.get(f"{section}.scheduler-options", None) or {})
     options.update(cluster_kwargs.pop("scheduler_options", None) or {})
     if "dashboard_address" in cluster_kwargs:  # dask-jobqueue wants it in scheduler_options

@@ -211,7 +211,10 @@ EXPECTED_SCRIPT_LINES = {
 def test_deploy_config_produces_the_documented_job_script(kind):
     pytest.importorskip("dask_jobqueue", reason="needs the hpc extra: pip install popsdask[hpc]")
     default_name = dask.config.get(f"jobqueue.{kind}.name", None)
-    with connect(kind, config=str(DEPLOY / f"{kind}.yaml"), **QUIET) as client:
+    with (
+        pytest.warns(UserWarning, match="loopback 'lo' only and workers on other nodes"),
+        connect(kind, config=str(DEPLOY / f"{kind}.yaml"), **QUIET) as client,
+    ):
         script = client.cluster.job_script()
         assert client.scheduler.address.startswith("tcp://127.0.0.1:")
         _assert_loopback_only([os.getpid()])
@@ -248,7 +251,8 @@ def test_command_line_overrides_the_config_file():
 
 def test_slurm_processes_split_threads_and_memory(tmp_path):
     pytest.importorskip("dask_jobqueue", reason="needs the hpc extra: pip install popsdask[hpc]")
-    with connect("slurm", threads_per_worker=2, memory_limit="2GiB", processes=3, **QUIET) as c:
+    size = {"threads_per_worker": 2, "memory_limit": "2GiB", "interface": "lo", **QUIET}
+    with connect("slurm", processes=3, **size) as c:
         script = c.cluster.job_script()
     assert "#SBATCH --cpus-per-task=6" in script and "#SBATCH --mem=6G" in script
     assert "--nworkers 3" in script and "--nthreads 2" in script
@@ -256,7 +260,7 @@ def test_slurm_processes_split_threads_and_memory(tmp_path):
 
 def test_tls_security_passes_through_to_job_scripts(tmp_path):
     pytest.importorskip("dask_jobqueue", reason="needs the hpc extra: pip install popsdask[hpc]")
-    with connect("slurm", security=True, shared_temp_directory=str(tmp_path),
+    with connect("slurm", security=True, shared_temp_directory=str(tmp_path), interface="lo",
                  threads_per_worker=1, memory_limit="1GiB", **QUIET) as c:
         assert c.scheduler.address.startswith("tls://127.0.0.1:")
         script = c.cluster.job_script()
@@ -277,7 +281,7 @@ def test_named_interface_is_used_by_scheduler_and_workers():
 def test_missing_job_size_names_the_options():
     pytest.importorskip("dask_jobqueue", reason="needs the hpc extra: pip install popsdask[hpc]")
     with pytest.raises(ValueError, match="--threads-per-worker.*--memory-limit"):
-        with connect("lsf", **QUIET):
+        with connect("lsf", interface="lo", **QUIET):
             pass
 
 

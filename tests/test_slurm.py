@@ -261,6 +261,7 @@ def _worker_options(slurm: LocalSlurm) -> dict:
     import_root = Path(__file__).resolve().parents[__name__.count(".")]
     return {
         "n_workers": 2, "threads_per_worker": 1, "memory_limit": "1GiB", "quiet": True,
+        "interface": "lo",
         "queue": "debug", "walltime": "00:10:00",
         "local_directory": str(slurm.root / "work"), "log_directory": str(slurm.root / "log"),
         "job_script_prologue": [f'export PYTHONPATH="{import_root}:$PYTHONPATH"'],
