@@ -379,15 +379,21 @@ def test_example_batch_script_runs_a_fit_inside_one_job(slurm, store, reference,
         "ALL", f"STORE={store}", f"POSTERIOR={posterior}", "POPSDASK_INTERFACE=lo",
         f"POPSDASK_RUN_DIR={run_dir}", f"TMPDIR={slurm.root / 'work'}",
     ])
-    out = subprocess.run(
-        ["sbatch", "--wait", "--parsable", "-N1", "-n2", "--ntasks-per-node=2",
+    job = subprocess.run(
+        ["sbatch", "--parsable", "-N1", "-n2", "--ntasks-per-node=2",
          "--cpus-per-task=1", "--mem=2G", "-p", "debug", "-t", "00:05:00",
          f"--output={tmp_path / 'job.out'}", f"--export={exports}",
          str(ROOT / "deploy" / "slurm-fit.sbatch")],
-        env=slurm.env, capture_output=True, text=True, timeout=150, cwd=tmp_path,
-    )
+        env=slurm.env, capture_output=True, text=True, timeout=30, cwd=tmp_path, check=True,
+    ).stdout.strip()
+    deadline = time.monotonic() + 150  # poll faster than `sbatch --wait` does
+    while time.monotonic() < deadline and job in slurm.job_states():
+        time.sleep(0.5)
+    record = slurm.run("scontrol", "show", "job", "-o", job)
     log = (tmp_path / "job.out").read_text() if (tmp_path / "job.out").exists() else ""
-    assert out.returncode == 0, f"{out.stderr}\n{log}\n{slurm.logs()}"
+    assert "JobState=COMPLETED" in record and "ExitCode=0:0" in record, (
+        f"{record}\n{log}\n{slurm.logs()}"
+    )
     assert "popsdask: dashboard http://127.0.0.1:8787" in log
     workers = sorted(run_dir.glob("worker-*.log"))
     assert len(workers) == 2 and all("Registered to" in w.read_text() for w in workers)
