@@ -252,7 +252,8 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(store):
     """The same fit on a LocalCluster."""
-    with connect("local", n_workers=2, threads_per_worker=1, memory_limit="1GiB", quiet=True):
+    with connect("local", n_workers=2, threads_per_worker=1, memory_limit="1GiB", quiet=True,
+                 dashboard_address="127.0.0.1:0"):
         return popsdask.fit(str(store))
 
 
