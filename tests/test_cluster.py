@@ -52,6 +52,14 @@ def _assert_loopback_only(pids: list[int]) -> None:
     assert not exposed, f"sockets listening beyond loopback: {exposed}"
 
 
+def require_jobqueue() -> None:
+    """dask-jobqueue is part of the test extra: its absence is a failure, not a skip."""
+    try:
+        import dask_jobqueue  # noqa: F401
+    except ImportError:
+        pytest.fail("dask-jobqueue is missing: pip install 'popsdask[hpc]' (the tests need it)")
+
+
 def _parser() -> argparse.ArgumentParser:
     return add_cluster_arguments(argparse.ArgumentParser(prog="popsdask fit"))
 
@@ -209,7 +217,7 @@ EXPECTED_SCRIPT_LINES = {
 
 @pytest.mark.parametrize("kind", ["slurm", "pbs", "lsf"])
 def test_deploy_config_produces_the_documented_job_script(kind):
-    pytest.importorskip("dask_jobqueue", reason="needs the hpc extra: pip install popsdask[hpc]")
+    require_jobqueue()
     default_name = dask.config.get(f"jobqueue.{kind}.name", None)
     with (
         pytest.warns(UserWarning, match="loopback 'lo' only and workers on other nodes"),
@@ -234,7 +242,7 @@ def test_deploy_config_produces_the_documented_job_script(kind):
 
 
 def test_command_line_overrides_the_config_file():
-    pytest.importorskip("dask_jobqueue", reason="needs the hpc extra: pip install popsdask[hpc]")
+    require_jobqueue()
     args = _parser().parse_args(
         f"--cluster slurm --cluster-config {DEPLOY / 'slurm.yaml'} --threads-per-worker 2 "
         "--memory-limit 3GiB --interface lo".split()
@@ -250,7 +258,7 @@ def test_command_line_overrides_the_config_file():
 
 
 def test_slurm_processes_split_threads_and_memory(tmp_path):
-    pytest.importorskip("dask_jobqueue", reason="needs the hpc extra: pip install popsdask[hpc]")
+    require_jobqueue()
     size = {"threads_per_worker": 2, "memory_limit": "2GiB", "interface": "lo", **QUIET}
     with connect("slurm", processes=3, **size) as c:
         script = c.cluster.job_script()
@@ -259,7 +267,7 @@ def test_slurm_processes_split_threads_and_memory(tmp_path):
 
 
 def test_tls_security_passes_through_to_job_scripts(tmp_path):
-    pytest.importorskip("dask_jobqueue", reason="needs the hpc extra: pip install popsdask[hpc]")
+    require_jobqueue()
     with connect("slurm", security=True, shared_temp_directory=str(tmp_path), interface="lo",
                  threads_per_worker=1, memory_limit="1GiB", **QUIET) as c:
         assert c.scheduler.address.startswith("tls://127.0.0.1:")
@@ -268,7 +276,7 @@ def test_tls_security_passes_through_to_job_scripts(tmp_path):
 
 
 def test_named_interface_is_used_by_scheduler_and_workers():
-    pytest.importorskip("dask_jobqueue", reason="needs the hpc extra: pip install popsdask[hpc]")
+    require_jobqueue()
     size = {"threads_per_worker": 1, "memory_limit": "1GiB", **QUIET}
     with connect("pbs", interface="lo", **size) as c:
         assert c.scheduler.address.startswith("tcp://127.0.0.1:")
@@ -279,7 +287,7 @@ def test_named_interface_is_used_by_scheduler_and_workers():
 
 
 def test_missing_job_size_names_the_options():
-    pytest.importorskip("dask_jobqueue", reason="needs the hpc extra: pip install popsdask[hpc]")
+    require_jobqueue()
     with pytest.raises(ValueError, match="--threads-per-worker.*--memory-limit"):
         with connect("lsf", interface="lo", **QUIET):
             pass

@@ -31,7 +31,7 @@ import popsdask
 from popsdask.cluster import connect
 
 from .conftest import misspecified
-from .test_cluster import _assert_loopback_only
+from .test_cluster import _assert_loopback_only, require_jobqueue
 
 pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,7 +227,7 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 @pytest.fixture(scope="module")
 def slurm():
     ensure_slurm_installed()
-    pytest.importorskip("dask_jobqueue", reason="needs the hpc extra: pip install popsdask[hpc]")
+    require_jobqueue()
     cluster = LocalSlurm(Path(tempfile.mkdtemp(prefix="popsdask-slurm-")))
     try:
         with pytest.MonkeyPatch.context() as mp:
