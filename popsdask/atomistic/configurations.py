@@ -1,0 +1,386 @@
+"""Atomic configurations in: extended XYZ (through ASE) and FitSNAP-style JSON.
+
+A :class:`Configuration` is a small picklable record (cheap to ship to Dask workers) with the
+reference energy (eV), forces (eV/Å) and, where present, stress (ASE sign and Voigt order
+xx, yy, zz, yz, xz, xy, in eV/Å^3), plus metadata: name, group, source file, cell, pbc.
+
+Bad input policy: :func:`read_configurations` reads every file it is given; a file that cannot
+be read, or a configuration that fails :func:`validate_configuration` (missing energy or forces,
+wrong shapes, non-finite values, atoms outside the cell along a non-periodic axis, an element
+not in ``elements``), is **skipped and reported** in ``ReadResult.errors`` with the file and
+configuration named; the others are kept. Pass ``on_error="raise"`` to stop at the first one
+instead. Either way nothing has been written yet: stores are built only from validated input.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import lzma
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._validate import InputError
+from .lammps_backend import NKTV2P, lammps_box
+
+__all__ = [
+    "Configuration",
+    "ReadResult",
+    "read_configurations",
+    "read_extxyz",
+    "read_fitsnap_json",
+    "validate_configuration",
+]
+
+
+@dataclass
+class Configuration:
+    """One labelled atomic configuration.
+
+    Attributes
+    ----------
+    name : unique name (``<source>:<index>`` by default)
+    symbols : chemical symbols, one per atom
+    positions : (N, 3) Å
+    cell : (3, 3) Å, cell vectors as rows
+    pbc : (3,) periodicity
+    energy : total reference energy (eV) or None
+    forces : (N, 3) eV/Å or None
+    stress : (6,) eV/Å^3, ASE sign (positive = tensile) and Voigt order, or None
+    group : training group (e.g. FitSNAP's directory name)
+    source : file it came from
+    """
+
+    name: str
+    symbols: list[str]
+    positions: np.ndarray
+    cell: np.ndarray
+    pbc: np.ndarray
+    energy: float | None = None
+    forces: np.ndarray | None = None
+    stress: np.ndarray | None = None
+    group: str = ""
+    source: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.symbols)
+
+    @property
+    def volume(self) -> float:
+        return float(abs(np.linalg.det(self.cell)))
+
+    def where(self) -> str:
+        """Human-readable location for error messages."""
+        src = f"{self.source}: " if self.source else ""
+        return f"{src}configuration {self.name!r}"
+
+    @classmethod
+    def from_atoms(
+        cls, atoms: Any, *, name: str, source: str = "", group: str = ""
+    ) -> Configuration:
+        """Build from an ASE ``Atoms`` (labels from its calculator, if any)."""
+        energy = forces = stress = None
+        calc = atoms.calc
+        results = getattr(calc, "results", {}) if calc is not None else {}
+        if "energy" in results:
+            energy = float(results["energy"])
+        if "forces" in results:
+            forces = np.array(results["forces"], dtype=float)
+        if "stress" in results:
+            s = np.asarray(results["stress"], dtype=float)
+            stress = (
+                s
+                if s.shape == (6,)
+                else np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+            )
+        info = {k: v for k, v in atoms.info.items() if isinstance(v, (str, int, float, bool))}
+        return cls(
+            name=str(atoms.info.get("name", name)),
+            symbols=list(atoms.get_chemical_symbols()),
+            positions=np.array(atoms.positions, dtype=float),
+            cell=np.array(atoms.cell[:], dtype=float),
+            pbc=np.array(atoms.pbc, dtype=bool),
+            energy=energy,
+            forces=forces,
+            stress=stress,
+            group=str(atoms.info.get("group", group)),
+            source=source,
+            info=info,
+        )
+
+    def to_atoms(self, with_labels: bool = True) -> Any:
+        """ASE ``Atoms`` with a single-point calculator holding the labels."""
+        from ase import Atoms
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        atoms = Atoms(self.symbols, positions=self.positions, cell=self.cell, pbc=self.pbc)
+        atoms.info.update(self.info)
+        atoms.info.update(name=self.name, group=self.group)
+        if with_labels and self.energy is not None:
+            res: dict[str, Any] = {"energy": self.energy}
+            if self.forces is not None:
+                res["forces"] = self.forces
+            if self.stress is not None:
+                res["stress"] = self.stress
+            atoms.calc = SinglePointCalculator(atoms, **res)
+        return atoms
+
+
+@dataclass
+class ReadResult:
+    """Configurations read, and what was skipped (file, configuration, reason)."""
+
+    configurations: list[Configuration]
+    errors: list[str]
+
+    def summary(self) -> str:
+        return f"{len(self.configurations)} configurations read, {len(self.errors)} skipped"
+
+
+def validate_configuration(
+    cfg: Configuration,
+    *,
+    elements: Sequence[str] | None = None,
+    require_energy: bool = True,
+    require_forces: bool = True,
+) -> None:
+    """Raise :class:`InputError` naming the file and configuration when it is unusable."""
+    where = cfg.where()
+    n = len(cfg.symbols)
+    if n == 0:
+        raise InputError(f"{where}: no atoms")
+    pos = np.asarray(cfg.positions)
+    if pos.shape != (n, 3) or not np.all(np.isfinite(pos)):
+        raise InputError(
+            f"{where}: positions have shape {pos.shape} (expected ({n}, 3)) or non-finite values"
+        )
+    if elements is not None:
+        unknown = sorted(set(cfg.symbols) - set(elements))
+        if unknown:
+            raise InputError(
+                f"{where}: unknown element(s) {unknown}; the descriptors cover {list(elements)}"
+            )
+    if require_energy and (cfg.energy is None or not np.isfinite(cfg.energy)):
+        raise InputError(f"{where}: missing or non-finite energy")
+    if require_forces:
+        if cfg.forces is None:
+            raise InputError(f"{where}: missing forces")
+        f = np.asarray(cfg.forces)
+        if f.shape != (n, 3):
+            raise InputError(f"{where}: forces have shape {f.shape}, expected ({n}, 3)")
+        if not np.all(np.isfinite(f)):
+            raise InputError(f"{where}: non-finite forces")
+    if cfg.stress is not None and (
+        np.shape(cfg.stress) != (6,) or not np.all(np.isfinite(cfg.stress))
+    ):
+        raise InputError(
+            f"{where}: stress has shape {np.shape(cfg.stress)} (expected (6,)) or non-finite values"
+        )
+    lammps_box(cfg.cell, cfg.pbc, pos, where=where)  # degenerate cell, atoms outside a free axis
+
+
+def _open_text(path: Path) -> io.StringIO:
+    # ASE seeks inside compressed files, which is quadratic for .xz; decompress in memory once.
+    if path.suffix == ".xz":
+        with lzma.open(path, "rt") as fh:
+            return io.StringIO(fh.read())
+    if path.suffix == ".gz":
+        import gzip
+
+        with gzip.open(path, "rt") as fh:
+            return io.StringIO(fh.read())
+    return io.StringIO(path.read_text())
+
+
+def _json_stress(atoms: Any) -> np.ndarray | None:
+    """Stress from the FitSNAP 3x3 entry kept in ``info`` (bar, LAMMPS pressure sign)."""
+    s = atoms.info.get("virial_or_stress_json")
+    style = str(atoms.info.get("stress_style", "bar")).lower()
+    if s is None:
+        return None
+    s = np.asarray(s, dtype=float).reshape(3, 3)
+    if not np.any(s):
+        return None
+    if style not in ("bar",):
+        return None
+    voigt = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+    return -voigt / NKTV2P
+
+
+def read_extxyz(path: str | os.PathLike, *, index: str | slice = ":") -> list[Configuration]:
+    """Read an (optionally .xz/.gz compressed) extended XYZ file with ASE.
+
+    Energies, forces and stress come from the file's properties (ASE's single-point
+    calculator). A FitSNAP-converted file's ``virial_or_stress_json`` (bar, pressure sign) is
+    used for the stress when the file has no ``stress`` of its own.
+    """
+    import ase.io
+
+    p = Path(path)
+    try:
+        frames = ase.io.read(_open_text(p), index=index, format="extxyz")
+    except Exception as err:  # ASE raises many types for malformed files
+        raise InputError(f"{p}: unreadable extended XYZ ({type(err).__name__}: {err})") from err
+    if not isinstance(frames, list):
+        frames = [frames]
+    out = []
+    start = index.start or 0 if isinstance(index, slice) else 0
+    for i, atoms in enumerate(frames):
+        cfg = Configuration.from_atoms(atoms, name=f"{p.name}:{start + i}", source=str(p))
+        if cfg.stress is None:
+            cfg.stress = _json_stress(atoms)
+        out.append(cfg)
+    return out
+
+
+_JSON_UNITS = {
+    "PositionsStyle": "angstrom",
+    "LatticeStyle": "angstrom",
+    "EnergyStyle": "electronvolt",
+    "ForcesStyle": "electronvoltperangstrom",
+    "AtomTypeStyle": "chemicalsymbol",
+}
+
+
+def read_fitsnap_json(path: str | os.PathLike) -> list[Configuration]:
+    """Read one FitSNAP JSON training file (``{"Dataset": {"Data": [...], ...styles}}``).
+
+    A leading comment line (FitSNAP's files start with ``# ...``) is ignored. Stress is read
+    from ``Stress`` (3x3, ``StressStyle`` "bar", LAMMPS pressure sign) and converted to ASE's
+    convention; other units are refused with a message naming the file.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text()
+        if text.lstrip().startswith("#"):
+            text = text.split("\n", 1)[1] if "\n" in text else ""
+        doc = json.loads(text)
+        ds = doc["Dataset"]
+        data = ds["Data"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+        raise InputError(f"{p}: not a FitSNAP JSON file ({type(err).__name__}: {err})") from err
+    for key, unit in _JSON_UNITS.items():
+        if key in ds and str(ds[key]).lower() != unit:
+            raise InputError(f"{p}: {key} {ds[key]!r} is not supported (expected {unit!r})")
+    stress_style = str(ds.get("StressStyle", "bar")).lower()
+    group = p.parent.name
+    out = []
+    for i, d in enumerate(data):
+        name = f"{p.name}:{i}"
+        try:
+            symbols = [str(s) for s in d["AtomTypes"]]
+            pos = np.asarray(d["Positions"], dtype=float)
+            cell = np.asarray(d["Lattice"], dtype=float)
+            energy = float(d["Energy"]) if d.get("Energy") is not None else None
+            forces = np.asarray(d["Forces"], dtype=float) if d.get("Forces") is not None else None
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(f"{p}: configuration {name!r}: missing or malformed {err}") from err
+        if "NumAtoms" in d and int(d["NumAtoms"]) != len(symbols):
+            raise InputError(
+                f"{p}: configuration {name!r}: NumAtoms {d['NumAtoms']} but {len(symbols)} AtomTypes"
+            )
+        stress = None
+        if d.get("Stress") is not None and stress_style == "bar":
+            s = np.asarray(d["Stress"], dtype=float)
+            if s.shape == (3, 3) and np.any(s):
+                stress = -np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]]) / NKTV2P
+        out.append(
+            Configuration(
+                name=name,
+                symbols=symbols,
+                positions=pos,
+                cell=cell,
+                pbc=np.array([True, True, True]),
+                energy=energy,
+                forces=forces,
+                stress=stress,
+                group=group,
+                source=str(p),
+            )
+        )
+    return out
+
+
+def _read_one(path: Path) -> list[Configuration]:
+    name = path.name.lower()
+    if name.endswith(".json"):
+        return read_fitsnap_json(path)
+    if any(
+        name.endswith(s)
+        for s in (".xyz", ".extxyz", ".xyz.xz", ".extxyz.xz", ".xyz.gz", ".extxyz.gz")
+    ):
+        return read_extxyz(path)
+    raise InputError(f"{path}: unknown file type (use .extxyz/.xyz[.xz|.gz] or FitSNAP .json)")
+
+
+def read_configurations(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    *,
+    elements: Sequence[str] | None = None,
+    require_forces: bool = True,
+    on_error: str = "skip",
+) -> ReadResult:
+    """Read and validate configurations from files or directories (searched recursively).
+
+    Parameters
+    ----------
+    paths : a path or several; directories contribute their ``*.json``/``*.xyz``/``*.extxyz``
+    elements : allowed chemical symbols (None: anything)
+    require_forces : refuse configurations without forces
+    on_error : ``"skip"`` (default: skip the bad file or configuration and report it in
+        ``errors``) or ``"raise"`` (raise :class:`InputError` at the first problem)
+
+    Returns
+    -------
+    ReadResult
+    """
+    if on_error not in ("skip", "raise"):
+        raise ValueError(f"on_error={on_error!r}: use 'skip' or 'raise'")
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file() and f.suffix in (".json", ".xyz", ".extxyz", ".xz", ".gz")
+            )
+        else:
+            files.append(p)
+    configs: list[Configuration] = []
+    errors: list[str] = []
+    for f in files:
+        try:
+            if not f.exists():
+                raise InputError(f"{f}: no such file")
+            found = _read_one(f)
+        except InputError as err:
+            if on_error == "raise":
+                raise
+            errors.append(str(err))
+            continue
+        for cfg in found:
+            try:
+                validate_configuration(cfg, elements=elements, require_forces=require_forces)
+            except InputError as err:
+                if on_error == "raise":
+                    raise
+                errors.append(str(err))
+                continue
+            configs.append(cfg)
+    names = [c.name for c in configs]
+    if len(set(names)) != len(names):
+        seen: set[str] = set()
+        for c in configs:  # same file name in two directories: qualify with the source
+            if c.name in seen:
+                c.name = f"{c.source}:{c.name}"
+            seen.add(c.name)
+    return ReadResult(configs, errors)
