@@ -1,0 +1,355 @@
+"""Build a qSNAP descriptor store from configurations, in parallel over Dask workers, resumably.
+
+Two stages:
+
+1. :func:`compute_parts` cuts the configurations into batches and computes each batch's rows on
+   a Dask worker (each worker process reuses its one LAMMPS instance). A batch is written to
+   ``<store>.parts/part-<index>-<hash>.npz`` under a temporary name and renamed into place when
+   complete, so an interrupted run leaves only whole parts; the hash covers the descriptor
+   settings and the batch's configurations, so a re-run reuses exactly the parts that are still
+   valid and recomputes nothing else. Unreadable parts are recomputed.
+2. :func:`build_descriptor_store` computes weights (eq. 9) and the seeded split, and streams the
+   parts into the store with :func:`popsdask.write_store` (atomic: the store appears complete
+   or not at all). The parts directory is removed afterwards unless ``keep_parts``.
+
+Validation happens before any LAMMPS work: an invalid configuration raises
+:class:`popsdask.InputError` naming every bad file and configuration, and nothing is written
+(:func:`popsdask.atomistic.read_configurations` is where bad input is skipped and reported).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+from .._validate import InputError
+from ..store import write_store
+from .configurations import Configuration, validate_configuration
+from .snap import RowBlock, SnapSettings, snap_rows
+from .split import split_configurations
+from .weights import WeightSettings, paper_weights
+
+__all__ = ["PartsReport", "build_descriptor_store", "compute_parts", "parts_directory"]
+
+_SMALL = ("y", "reference", "kind", "atom", "component", "config")
+
+
+@dataclass
+class PartsReport:
+    """Which batches were computed now and which were reused from an earlier run."""
+
+    files: list[Path]
+    n_rows: list[int]
+    computed: int = 0
+    reused: int = 0
+    seconds: float = 0.0
+    stale_removed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def parts_directory(path: str | os.PathLike) -> Path:
+    """Where the per-batch parts of the store at ``path`` live while it is being built."""
+    p = Path(path).absolute()
+    return p.with_name(p.name + ".parts")
+
+
+def _config_hash(h: Any, cfg: Configuration, with_virial: bool) -> None:
+    h.update(cfg.name.encode())
+    h.update(" ".join(cfg.symbols).encode())
+    for arr in (cfg.positions, cfg.cell, cfg.pbc, cfg.forces):
+        h.update(np.ascontiguousarray(arr, dtype=float).tobytes())
+    h.update(repr(cfg.energy).encode())
+    if with_virial and cfg.stress is not None:
+        h.update(np.ascontiguousarray(cfg.stress, dtype=float).tobytes())
+    h.update(b"V" if with_virial else b"-")
+
+
+def _wants_virial(cfg: Configuration, virial: bool | str) -> bool:
+    return bool(virial is True or (virial == "auto" and cfg.stress is not None))
+
+
+def _rows_of(cfg: Configuration, virial: bool | str) -> int:
+    return 1 + 3 * cfg.n_atoms + (6 if _wants_virial(cfg, virial) else 0)
+
+
+def _compute_part(
+    batch: Sequence[Configuration],
+    offset: int,
+    settings: SnapSettings,
+    virial: bool | str,
+    target: str,
+) -> str:
+    blocks = []
+    for i, cfg in enumerate(batch):
+        try:
+            blocks.append(
+                snap_rows(cfg, settings, virial=_wants_virial(cfg, virial), config_index=offset + i)
+            )
+        except InputError:
+            raise
+        except Exception as err:  # LAMMPS raises bare Exception
+            raise RuntimeError(f"{cfg.where()}: LAMMPS failed: {err}") from err
+    rb = RowBlock.concat(blocks)
+    tgt = Path(target)
+    tmp = tgt.with_name(f".{tgt.stem}.tmp-{uuid.uuid4().hex[:8]}.npz")
+    np.savez(tmp, **{k: getattr(rb, k) for k in ("X", *_SMALL)})
+    os.replace(tmp, tgt)
+    return target
+
+
+def _readable(path: Path, n_rows: int, n_features: int) -> bool:
+    try:
+        with np.load(path) as z:
+            return z["X"].shape == (n_rows, n_features) and all(
+                z[k].shape == (n_rows,) for k in _SMALL
+            )
+    except Exception:
+        return False
+
+
+def compute_parts(
+    path: str | os.PathLike,
+    configurations: Sequence[Configuration],
+    settings: SnapSettings,
+    *,
+    virial: bool | str = False,
+    client: Any = None,
+    configs_per_task: int = 16,
+) -> PartsReport:
+    """Compute (or reuse) the per-batch descriptor rows of the store at ``path``.
+
+    Parameters
+    ----------
+    path : the store's path; parts go to :func:`parts_directory` of it
+    configurations : validated, labelled configurations
+    settings : descriptor settings
+    virial : True (all configurations need a stress), False, or ``"auto"`` (where present)
+    client : dask.distributed Client (default: the current one, else local threads)
+    configs_per_task : configurations per task and per part file
+
+    Returns
+    -------
+    PartsReport
+    """
+    t0 = time.perf_counter()
+    pdir = parts_directory(path)
+    pdir.mkdir(parents=True, exist_ok=True)
+    skey = settings.key().encode()
+    files: list[Path] = []
+    n_rows: list[int] = []
+    tasks = []
+    report = PartsReport(files, n_rows)
+    for ib, start in enumerate(range(0, len(configurations), configs_per_task)):
+        batch = list(configurations[start : start + configs_per_task])
+        h = hashlib.sha256(skey)
+        h.update(str(start).encode())
+        for cfg in batch:
+            _config_hash(h, cfg, _wants_virial(cfg, virial))
+        target = pdir / f"part-{ib:06d}-{h.hexdigest()[:24]}.npz"
+        rows = sum(_rows_of(c, virial) for c in batch)
+        files.append(target)
+        n_rows.append(rows)
+        if target.exists() and _readable(target, rows, settings.n_features):
+            report.reused += 1
+            continue
+        tasks.append(
+            dask.delayed(_compute_part, pure=False)(batch, start, settings, virial, str(target))
+        )
+    wanted = {f.name for f in files}
+    for old in pdir.glob("*"):  # parts of other settings/inputs, and torn temporary files
+        if old.name not in wanted:
+            old.unlink(missing_ok=True)
+            report.stale_removed += 1
+    if tasks:
+        if client is not None:
+            client.gather(client.compute(tasks))
+        else:
+            dask.compute(*tasks)
+    report.computed = len(tasks)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _load(path: str, name: str) -> np.ndarray:
+    with np.load(path) as z:
+        return z[name]
+
+
+def build_descriptor_store(
+    path: str | os.PathLike,
+    configurations: Sequence[Configuration],
+    settings: SnapSettings,
+    *,
+    virial: bool | str = False,
+    weights: WeightSettings | None = None,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    split: np.ndarray | None = None,
+    client: Any = None,
+    configs_per_task: int = 16,
+    chunk_rows: int | None = None,
+    overwrite: bool = False,
+    keep_parts: bool = False,
+    attrs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build a descriptor store of qSNAP rows with weights and a train/test split.
+
+    Parameters
+    ----------
+    path : store directory (Zarr v3)
+    configurations : labelled configurations (energies and forces)
+    settings : descriptor settings (twojmax, cutoff, reference pair style, ...)
+    virial : add 6 virial rows per configuration: True, False, or ``"auto"`` (where a stress is
+        present)
+    weights : eq. 9 settings (default a = 2 eV, b = 50 eV/Å)
+    test_fraction, seed : the split by configuration, stratified by group
+    split : (n_configurations,) int8 0 train / 1 test, overriding ``test_fraction``/``seed``
+    client : Dask client for the descriptor tasks and the store write
+    configs_per_task : batch size of the descriptor tasks (and unit of resumption)
+    chunk_rows : rows per Zarr chunk
+    overwrite : replace an existing store
+    keep_parts : keep ``<path>.parts`` after the store is written
+    attrs : extra attributes
+
+    Returns
+    -------
+    dict with the store path, counts, timings and how many parts were computed or reused.
+    """
+    t0 = time.perf_counter()
+    final = Path(path).absolute()
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
+    configurations = list(configurations)
+    if not configurations:
+        raise InputError(f"{final}: no configurations to build a store from")
+    bad = []
+    for cfg in configurations:
+        try:
+            validate_configuration(cfg, elements=settings.elements)
+            if virial is True and cfg.stress is None:
+                raise InputError(f"{cfg.where()}: virial rows requested but no stress")
+        except InputError as err:
+            bad.append(str(err))
+    if bad:
+        more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
+        raise InputError(
+            f"{final}: {len(bad)} invalid configuration(s), nothing written: "
+            + "; ".join(bad[:10])
+            + more
+        )
+    names = [c.name for c in configurations]
+    if len(set(names)) != len(names):
+        raise InputError(f"{final}: configuration names are not unique")
+
+    parts = compute_parts(
+        final,
+        configurations,
+        settings,
+        virial=virial,
+        client=client,
+        configs_per_task=configs_per_task,
+    )
+    small = {k: np.concatenate([_load(str(f), k) for f in parts.files]) for k in _SMALL}
+    nf = settings.n_features
+    X = da.concatenate(
+        [
+            da.from_delayed(dask.delayed(_load)(str(f), "X"), shape=(n, nf), dtype=np.float64)
+            for f, n in zip(parts.files, parts.n_rows)
+        ]
+    )
+
+    n_cfg = len(configurations)
+    n_atoms = np.array([c.n_atoms for c in configurations])
+    energy = np.array([c.energy for c in configurations], dtype=float)
+    groups = np.array([c.group or "-" for c in configurations])
+    if split is None:
+        split = split_configurations(n_cfg, test_fraction=test_fraction, seed=seed, groups=groups)
+    split = np.asarray(split, dtype=np.int8)
+    if split.shape != (n_cfg,):
+        raise InputError(f"{final}: split has shape {split.shape}, expected ({n_cfg},)")
+    norms = [np.linalg.norm(np.asarray(c.forces), axis=1) for c in configurations]
+    offsets = np.concatenate([[0], np.cumsum(n_atoms)[:-1]])
+    flat = np.concatenate(norms)
+    kind, config, atom = small["kind"], small["config"], small["atom"]
+    force_norm = np.where(kind == 1, flat[offsets[config] + np.maximum(atom, 0)], 0.0)
+    wset = weights or WeightSettings()
+    w = paper_weights(kind, config, atom, energy / n_atoms, n_atoms, force_norm, split == 0, wset)
+    ref_energy = np.zeros(n_cfg)
+    e_rows = kind == 0
+    ref_energy[config[e_rows]] = small["reference"][e_rows]
+
+    per_config = {
+        "name": np.array(names),
+        "group": groups,
+        "source": np.array([c.source or "-" for c in configurations]),
+        "n_atoms": n_atoms,
+        "energy": energy,
+        "energy_per_atom": energy / n_atoms,
+        "reference_energy": ref_energy,
+        "volume": np.array([c.volume for c in configurations]),
+        "split": split,
+        "has_virial_rows": np.array([_wants_virial(c, virial) for c in configurations]),
+        "cell": np.array([c.cell for c in configurations]),
+        "pbc": np.array([c.pbc for c in configurations], dtype=bool),
+    }
+    store_attrs = {
+        "descriptor": "qSNAP (LAMMPS compute snap)" if settings.quadratic else "SNAP",
+        "snap": settings.to_attrs(),
+        "feature_names": settings.feature_names(),
+        "columns": "per element: [atom count (beta0), linear B, quadratic terms with 1/2 on the "
+        "diagonal] in .snapcoeff order",
+        "energy_rows": "sum over atoms; y = total energy - reference pair energy (eV)",
+        "force_rows": "theta . row = force (eV/A); y = force - reference pair force",
+        "virial_rows": "Voigt xx,yy,zz,yz,xz,xy; theta . row = virial W = -stress*volume (eV)",
+        "reference_pair": settings.reference_style or "none",
+        "reference_coeffs": list(settings.reference_coeffs),
+        "units": "metal (eV, Angstrom)",
+        "weights": {"scheme": "paper eq. 9", **wset.to_attrs()},
+        "split": {
+            "codes": {"train": 0, "test": 1},
+            "test_fraction": test_fraction,
+            "seed": seed,
+            "stratified_by": "group",
+        },
+        "virial": str(virial),
+        **(attrs or {}),
+    }
+    write_store(
+        final,
+        X,
+        small["y"],
+        weight=w,
+        config=config,
+        kind=kind,
+        atom=atom,
+        component=small["component"],
+        configurations=per_config,
+        attrs=store_attrs,
+        chunk_rows=chunk_rows,
+        overwrite=overwrite,
+    )
+    if not keep_parts:
+        shutil.rmtree(parts_directory(final), ignore_errors=True)
+    return {
+        "store": str(final),
+        "n_configurations": n_cfg,
+        "n_rows": int(kind.size),
+        "n_features": nf,
+        "n_train_configurations": int(np.count_nonzero(split == 0)),
+        "n_test_configurations": int(np.count_nonzero(split == 1)),
+        "parts_computed": parts.computed,
+        "parts_reused": parts.reused,
+        "descriptor_seconds": parts.seconds,
+        "seconds": time.perf_counter() - t0,
+    }
