@@ -203,11 +203,10 @@ def _reduce_group(combine: Callable, *parts: Any) -> Any:
 
 # ---------------------------------------------------------------------------- block tasks
 def _checked_stats(X, y, w, *, start: int, source: str) -> Stats:
-    where = f"{source} rows {start}:{start + X.shape[0]}"
-    check_finite_block(X, variable="X", where=where)
-    check_finite_block(y, variable="y", where=where)
+    check_finite_block(X, variable="X", where=source, row_offset=start)
+    check_finite_block(y, variable="y", where=source, row_offset=start)
     if w is not None:
-        check_finite_block(w, variable="weight", where=where, nonneg=True)
+        check_finite_block(w, variable="weight", where=source, nonneg=True, row_offset=start)
     return block_stats(X, y, w)
 
 

@@ -155,11 +155,10 @@ class Posterior:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self.to_dataset().to_zarr(staging, mode="w", zarr_format=3, consolidated=False)
-                if self.corrections_ is not None:
-                    xr.Dataset(
-                        {"corrections": (("correction", "feature"), self.corrections_)}
-                    ).to_zarr(staging, mode="a", zarr_format=3, consolidated=False)
+                ds = self.to_dataset()
+                if self.corrections_ is not None:  # streamed chunk by chunk, never gathered
+                    ds["corrections"] = (("correction", "feature"), self.corrections_)
+                ds.to_zarr(staging, mode="w", zarr_format=3, consolidated=False)
             mark_complete(staging)
             commit_directory(staging, final, overwrite)
         except BaseException:

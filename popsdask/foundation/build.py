@@ -25,7 +25,7 @@ import dask.array as da
 import numpy as np
 
 from .._validate import InputError
-from ..passes import compute, persist
+from ..passes import _client, compute, persist
 from ..store import write_store
 from .base import Extractor, worker_model
 from .structures import element_counts, elements_of, read_structures, reference_energy
@@ -214,11 +214,16 @@ def build_store(
             for f in items
         ]
     else:
+        spans = _batches(len(items), batch_size)
+        payloads: list[Any] = [items[a:b] for a, b in spans]
+        client = _client()
+        if client is not None:  # ship structures to the workers once, not inside the graph
+            payloads = client.scatter(payloads)
         tasks = [
-            extract(extractor, items[a:b], elements, energy_key=energy_key,
+            extract(extractor, payload, elements, energy_key=energy_key,
                     info_keys=tuple(info_keys), per_atom=per_atom,
                     where=f"structures {a}..{b - 1}")
-            for a, b in _batches(len(items), batch_size)
+            for payload, (a, b) in zip(payloads, spans, strict=True)
         ]
     parts = persist(*tasks)
     if progress:
