@@ -284,7 +284,8 @@ def read_fitsnap_json(path: str | os.PathLike) -> list[Configuration]:
             raise InputError(f"{p}: configuration {name!r}: missing or malformed {err}") from err
         if "NumAtoms" in d and int(d["NumAtoms"]) != len(symbols):
             raise InputError(
-                f"{p}: configuration {name!r}: NumAtoms {d['NumAtoms']} but {len(symbols)} AtomTypes"
+                f"{p}: configuration {name!r}: NumAtoms {d['NumAtoms']} "
+                f"but {len(symbols)} AtomTypes"
             )
         stress = None
         if d.get("Stress") is not None and stress_style == "bar":

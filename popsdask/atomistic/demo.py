@@ -156,7 +156,8 @@ def run_tungsten_demo(
     t = time.perf_counter()
     rep = pointwise_report(post, select_split(ds, "test"), out, n_samples=n_samples, seed=seed)
     timings["predict_and_report_s"] = time.perf_counter() - t
-    groups = {str(g): int(n) for g, n in zip(*np.unique(ds["group"].values, return_counts=True))}
+    names, counts = np.unique(ds["group"].values, return_counts=True)
+    groups = {str(g): int(n) for g, n in zip(names, counts, strict=True)}
     summary = {
         "outdir": str(out),
         "n_configs": n_configs,

@@ -265,7 +265,7 @@ def build_descriptor_store(
     X = da.concatenate(
         [
             da.from_delayed(dask.delayed(_load)(str(f), "X"), shape=(n, nf), dtype=np.float64)
-            for f, n in zip(parts.files, parts.n_rows)
+            for f, n in zip(parts.files, parts.n_rows, strict=True)
         ]
     )
 

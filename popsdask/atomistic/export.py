@@ -46,7 +46,8 @@ def write_snap_potential(
     theta = np.asarray(theta, dtype=float).ravel()
     if theta.shape != (settings.n_features,):
         raise InputError(
-            f"write_snap_potential: θ has {theta.size} values, the descriptors have {settings.n_features}"
+            f"write_snap_potential: θ has {theta.size} values, "
+            f"the descriptors have {settings.n_features}"
         )
     if not np.all(np.isfinite(theta)):
         raise InputError("write_snap_potential: θ has non-finite values")
@@ -121,7 +122,8 @@ class LammpsCalculator(Calculator):
         bad = sorted(set(symbols) - set(index))
         if bad:
             raise InputError(
-                f"{where}: element(s) {bad} not covered by potential {self.label!r} ({self.elements})"
+                f"{where}: element(s) {bad} not covered by potential {self.label!r} "
+                f"({self.elements})"
             )
         return np.array([index[s] for s in symbols])
 

@@ -91,7 +91,7 @@ class LammpsBox:
         return forces @ self.rotation
 
     def tensor_back(self, voigt: np.ndarray) -> np.ndarray:
-        """Rotate Voigt tensors (6, ...) in order xx, yy, zz, yz, xz, xy back to the original frame."""
+        """Rotate Voigt tensors (6, ...), order xx, yy, zz, yz, xz, xy, to the original frame."""
         t = voigt_to_matrix(voigt)
         q = self.rotation
         out = np.einsum("ai,ab...,bj->ij...", q, t, q)

@@ -212,7 +212,8 @@ def _types(cfg: Configuration, settings: SnapSettings) -> np.ndarray:
         return np.array([index[s] for s in cfg.symbols], dtype=int)
     except KeyError as err:
         raise InputError(
-            f"{cfg.where()}: unknown element {err.args[0]!r}; the descriptors cover {list(settings.elements)}"
+            f"{cfg.where()}: unknown element {err.args[0]!r}; "
+            f"the descriptors cover {list(settings.elements)}"
         ) from None
 
 
