@@ -190,7 +190,9 @@ def summarise(ds: xr.Dataset) -> tuple[xr.Dataset, dict[str, dict[str, float]]]:
             "rmse_mle": float(np.sqrt(np.mean(e**2))),
             "envelope_violation": float(np.mean(outside)),
             "mean_std": float(np.mean(std)),
-            "mean_abs_error_over_std": float(np.nanmean(ratio[np.isfinite(ratio)])) if np.isfinite(ratio).any() else float("nan"),
+            "mean_abs_error_over_std": (
+                float(np.mean(ratio[np.isfinite(ratio)])) if np.isfinite(ratio).any() else float("nan")
+            ),
             "coverage_2sigma": float(np.mean(np.abs(e) <= 2 * std)),
             "coverage_4sigma": float(np.mean(np.abs(e) <= 4 * std)),
         }

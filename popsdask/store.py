@@ -88,7 +88,7 @@ def _kind_codes(kind: Any, n: int) -> np.ndarray | da.Array:
         try:
             k = np.array([KIND_CODES[str(s)] for s in k], dtype=np.int8)
         except KeyError as err:
-            raise InputError(f"kind: unknown row kind {err.args[0]!r}; use {list(KIND_CODES)}")
+            raise InputError(f"kind: unknown row kind {err.args[0]!r}; use {list(KIND_CODES)}") from err
     return k.astype(np.int8)
 
 

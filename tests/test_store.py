@@ -38,7 +38,8 @@ def test_round_trip_with_coordinates(tmp_path):
 @pytest.mark.parametrize(
     "variable, mutate, message",
     [
-        ("X", lambda X, y, w: X.__setitem__((1234, 2), np.nan), r"X has a non-finite value nan at row 1234 \(chunk rows 1000:1500\)"),
+        ("X", lambda X, y, w: X.__setitem__((1234, 2), np.nan),
+         r"X has a non-finite value nan at row 1234 \(chunk rows 1000:1500\)"),
         ("y", lambda X, y, w: y.__setitem__(17, np.inf), r"y has a non-finite value inf at row 17"),
         ("weight", lambda X, y, w: w.__setitem__(2999, -1.0), r"weight has a negative value -1.0 at row 2999"),
     ],
