@@ -96,6 +96,15 @@ def test_extxyz_and_fitsnap_json_read_the_same_labels(tmp_path) -> None:
         np.testing.assert_allclose(y.stress, ref.get_stress(), rtol=1e-6)
         np.testing.assert_allclose(y.cell, ref.cell[:])
     assert b[0].group == "Group1" and b[0].source.endswith("set.json")
+    # declared units are honoured, and can be overridden
+    doc = json.loads((tmp_path / "Group1" / "set.json").read_text().split("\n", 1)[1])
+    for d in doc["Dataset"]["Data"]:
+        d["Stress"] = (np.asarray(d["Stress"]) / 1000).tolist()
+    doc["Dataset"]["StressStyle"] = "kbar"
+    (tmp_path / "kbar.json").write_text(json.dumps(doc))
+    np.testing.assert_allclose(read_fitsnap_json(tmp_path / "kbar.json")[2].stress, b[2].stress)
+    as_bar = read_fitsnap_json(tmp_path / "kbar.json", stress_style="bar")[2].stress
+    np.testing.assert_allclose(as_bar * 1000, b[2].stress)
     assert a[1].name == "set.extxyz:1"
 
 

@@ -82,9 +82,7 @@ class Configuration:
         return f"{src}configuration {self.name!r}"
 
     @classmethod
-    def from_atoms(
-        cls, atoms: Any, *, name: str, source: str = "", group: str = ""
-    ) -> Configuration:
+    def from_atoms(cls, atoms: Any, *, name: str, source: str = "", group: str = "") -> Configuration:
         """Build from an ASE ``Atoms`` (labels from its calculator, if any)."""
         energy = forces = stress = None
         calc = atoms.calc
@@ -95,11 +93,7 @@ class Configuration:
             forces = np.array(results["forces"], dtype=float)
         if "stress" in results:
             s = np.asarray(results["stress"], dtype=float)
-            stress = (
-                s
-                if s.shape == (6,)
-                else np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
-            )
+            stress = s if s.shape == (6,) else np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
         info = {k: v for k, v in atoms.info.items() if isinstance(v, (str, int, float, bool))}
         return cls(
             name=str(atoms.info.get("name", name)),
@@ -158,15 +152,11 @@ def validate_configuration(
         raise InputError(f"{where}: no atoms")
     pos = np.asarray(cfg.positions)
     if pos.shape != (n, 3) or not np.all(np.isfinite(pos)):
-        raise InputError(
-            f"{where}: positions have shape {pos.shape} (expected ({n}, 3)) or non-finite values"
-        )
+        raise InputError(f"{where}: positions have shape {pos.shape} (expected ({n}, 3)) or non-finite values")
     if elements is not None:
         unknown = sorted(set(cfg.symbols) - set(elements))
         if unknown:
-            raise InputError(
-                f"{where}: unknown element(s) {unknown}; the descriptors cover {list(elements)}"
-            )
+            raise InputError(f"{where}: unknown element(s) {unknown}; the descriptors cover {list(elements)}")
     if require_energy and (cfg.energy is None or not np.isfinite(cfg.energy)):
         raise InputError(f"{where}: missing or non-finite energy")
     if require_forces:
@@ -177,12 +167,8 @@ def validate_configuration(
             raise InputError(f"{where}: forces have shape {f.shape}, expected ({n}, 3)")
         if not np.all(np.isfinite(f)):
             raise InputError(f"{where}: non-finite forces")
-    if cfg.stress is not None and (
-        np.shape(cfg.stress) != (6,) or not np.all(np.isfinite(cfg.stress))
-    ):
-        raise InputError(
-            f"{where}: stress has shape {np.shape(cfg.stress)} (expected (6,)) or non-finite values"
-        )
+    if cfg.stress is not None and (np.shape(cfg.stress) != (6,) or not np.all(np.isfinite(cfg.stress))):
+        raise InputError(f"{where}: stress has shape {np.shape(cfg.stress)} (expected (6,)) or non-finite values")
     lammps_box(cfg.cell, cfg.pbc, pos, where=where)  # degenerate cell, atoms outside a free axis
 
 
@@ -199,27 +185,38 @@ def _open_text(path: Path) -> io.StringIO:
     return io.StringIO(path.read_text())
 
 
-def _json_stress(atoms: Any) -> np.ndarray | None:
-    """Stress from the FitSNAP 3x3 entry kept in ``info`` (bar, LAMMPS pressure sign)."""
+#: pressure units of FitSNAP's ``StressStyle`` -> bar
+STRESS_UNITS = {"bar": 1.0, "kbar": 1.0e3, "kb": 1.0e3, "gpa": 1.0e4}
+
+
+def _pressure_to_ase(s: np.ndarray, style: str, where: str) -> np.ndarray:
+    """3x3 pressure tensor (LAMMPS sign) in ``style`` units -> ASE Voigt stress in eV/Å^3."""
+    if style.lower() not in STRESS_UNITS:
+        raise InputError(f"{where}: stress units {style!r} not supported ({list(STRESS_UNITS)})")
+    s = np.asarray(s, dtype=float).reshape(3, 3) * STRESS_UNITS[style.lower()]
+    return -np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]]) / NKTV2P
+
+
+def _json_stress(atoms: Any, stress_style: str | None, where: str) -> np.ndarray | None:
+    """Stress from the FitSNAP 3x3 entry kept in ``info`` (pressure sign)."""
     s = atoms.info.get("virial_or_stress_json")
-    style = str(atoms.info.get("stress_style", "bar")).lower()
-    if s is None:
+    if s is None or not np.any(np.asarray(s, dtype=float)):
         return None
-    s = np.asarray(s, dtype=float).reshape(3, 3)
-    if not np.any(s):
-        return None
-    if style not in ("bar",):
-        return None
-    voigt = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
-    return -voigt / NKTV2P
+    style = stress_style or str(atoms.info.get("stress_style", "bar"))
+    return _pressure_to_ase(s, style, where)
 
 
-def read_extxyz(path: str | os.PathLike, *, index: str | slice = ":") -> list[Configuration]:
+def read_extxyz(
+    path: str | os.PathLike, *, index: str | slice = ":", stress_style: str | None = None
+) -> list[Configuration]:
     """Read an (optionally .xz/.gz compressed) extended XYZ file with ASE.
 
     Energies, forces and stress come from the file's properties (ASE's single-point
-    calculator). A FitSNAP-converted file's ``virial_or_stress_json`` (bar, pressure sign) is
-    used for the stress when the file has no ``stress`` of its own.
+    calculator). A FitSNAP-converted file's ``virial_or_stress_json`` (pressure sign, in its
+    ``stress_style`` units, or ``stress_style`` when given: bar, kbar, GPa) is used for the
+    stress when the file has no ``stress`` of its own. Note: the tungsten set in
+    ``shared/data`` declares "bar", but −dE/dV along its EOS_Data curves matches its values
+    read as **kbar** (ratio ≈ 1000), so pass ``stress_style="kbar"`` for virial rows from it.
     """
     import ase.io
 
@@ -235,7 +232,7 @@ def read_extxyz(path: str | os.PathLike, *, index: str | slice = ":") -> list[Co
     for i, atoms in enumerate(frames):
         cfg = Configuration.from_atoms(atoms, name=f"{p.name}:{start + i}", source=str(p))
         if cfg.stress is None:
-            cfg.stress = _json_stress(atoms)
+            cfg.stress = _json_stress(atoms, stress_style, cfg.where())
         out.append(cfg)
     return out
 
@@ -249,12 +246,12 @@ _JSON_UNITS = {
 }
 
 
-def read_fitsnap_json(path: str | os.PathLike) -> list[Configuration]:
+def read_fitsnap_json(path: str | os.PathLike, *, stress_style: str | None = None) -> list[Configuration]:
     """Read one FitSNAP JSON training file (``{"Dataset": {"Data": [...], ...styles}}``).
 
     A leading comment line (FitSNAP's files start with ``# ...``) is ignored. Stress is read
-    from ``Stress`` (3x3, ``StressStyle`` "bar", LAMMPS pressure sign) and converted to ASE's
-    convention; other units are refused with a message naming the file.
+    from ``Stress`` (3x3, LAMMPS pressure sign, in ``StressStyle`` units or ``stress_style``
+    when given) and converted to ASE's convention; unknown units are refused naming the file.
     """
     p = Path(path)
     try:
@@ -269,7 +266,7 @@ def read_fitsnap_json(path: str | os.PathLike) -> list[Configuration]:
     for key, unit in _JSON_UNITS.items():
         if key in ds and str(ds[key]).lower() != unit:
             raise InputError(f"{p}: {key} {ds[key]!r} is not supported (expected {unit!r})")
-    stress_style = str(ds.get("StressStyle", "bar")).lower()
+    stress_style = stress_style or str(ds.get("StressStyle", "bar"))
     group = p.parent.name
     out = []
     for i, d in enumerate(data):
@@ -283,15 +280,14 @@ def read_fitsnap_json(path: str | os.PathLike) -> list[Configuration]:
         except (KeyError, TypeError, ValueError) as err:
             raise InputError(f"{p}: configuration {name!r}: missing or malformed {err}") from err
         if "NumAtoms" in d and int(d["NumAtoms"]) != len(symbols):
-            raise InputError(
-                f"{p}: configuration {name!r}: NumAtoms {d['NumAtoms']} "
-                f"but {len(symbols)} AtomTypes"
-            )
+            raise InputError(f"{p}: configuration {name!r}: NumAtoms {d['NumAtoms']} but {len(symbols)} AtomTypes")
         stress = None
-        if d.get("Stress") is not None and stress_style == "bar":
+        if d.get("Stress") is not None:
             s = np.asarray(d["Stress"], dtype=float)
-            if s.shape == (3, 3) and np.any(s):
-                stress = -np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]]) / NKTV2P
+            if s.size != 9:
+                raise InputError(f"{p}: configuration {name!r}: Stress has shape {s.shape}")
+            if np.any(s):
+                stress = _pressure_to_ase(s, stress_style, f"{p}: configuration {name!r}")
         out.append(
             Configuration(
                 name=name,
@@ -309,15 +305,12 @@ def read_fitsnap_json(path: str | os.PathLike) -> list[Configuration]:
     return out
 
 
-def _read_one(path: Path) -> list[Configuration]:
+def _read_one(path: Path, stress_style: str | None) -> list[Configuration]:
     name = path.name.lower()
     if name.endswith(".json"):
-        return read_fitsnap_json(path)
-    if any(
-        name.endswith(s)
-        for s in (".xyz", ".extxyz", ".xyz.xz", ".extxyz.xz", ".xyz.gz", ".extxyz.gz")
-    ):
-        return read_extxyz(path)
+        return read_fitsnap_json(path, stress_style=stress_style)
+    if any(name.endswith(s) for s in (".xyz", ".extxyz", ".xyz.xz", ".extxyz.xz", ".xyz.gz", ".extxyz.gz")):
+        return read_extxyz(path, stress_style=stress_style)
     raise InputError(f"{path}: unknown file type (use .extxyz/.xyz[.xz|.gz] or FitSNAP .json)")
 
 
@@ -327,6 +320,7 @@ def read_configurations(
     elements: Sequence[str] | None = None,
     require_forces: bool = True,
     on_error: str = "skip",
+    stress_style: str | None = None,
 ) -> ReadResult:
     """Read and validate configurations from files or directories (searched recursively).
 
@@ -337,6 +331,7 @@ def read_configurations(
     require_forces : refuse configurations without forces
     on_error : ``"skip"`` (default: skip the bad file or configuration and report it in
         ``errors``) or ``"raise"`` (raise :class:`InputError` at the first problem)
+    stress_style : override the files' declared stress units (bar, kbar, GPa)
 
     Returns
     -------
@@ -350,9 +345,7 @@ def read_configurations(
     for p in map(Path, paths):
         if p.is_dir():
             files += sorted(
-                f
-                for f in p.rglob("*")
-                if f.is_file() and f.suffix in (".json", ".xyz", ".extxyz", ".xz", ".gz")
+                f for f in p.rglob("*") if f.is_file() and f.suffix in (".json", ".xyz", ".extxyz", ".xz", ".gz")
             )
         else:
             files.append(p)
@@ -362,7 +355,7 @@ def read_configurations(
         try:
             if not f.exists():
                 raise InputError(f"{f}: no such file")
-            found = _read_one(f)
+            found = _read_one(f, stress_style)
         except InputError as err:
             if on_error == "raise":
                 raise
