@@ -67,6 +67,7 @@ def fit(
     """
     if posterior not in ("hypercube", "ensemble"):
         raise ValueError(f"posterior={posterior!r}: use 'hypercube' or 'ensemble'")
+    _check_settings(leverage_percentile, mode_threshold, percentile_clipping, chunk_rows)
     design = design_from(data, y, weight, chunk_rows=chunk_rows, fit_intercept=fit_intercept)
     if posterior == "ensemble" and corrections_path is None:
         corrections_path = Path(tempfile.mkdtemp(prefix="popsdask-")) / "corrections.zarr"
@@ -77,6 +78,23 @@ def fit(
         corrections_path=corrections_path,
         progress=progress,
     )
+
+
+def _check_settings(
+    leverage_percentile: float, mode_threshold: float, percentile_clipping: float, chunk_rows: int | None
+) -> None:
+    """Refuse out-of-range POPS settings before any pass runs (names the parameter)."""
+    for name, value, lo, hi in (
+        ("leverage_percentile", leverage_percentile, 0.0, 100.0),
+        ("percentile_clipping", percentile_clipping, 0.0, 50.0),
+        ("mode_threshold", mode_threshold, 0.0, np.inf),
+    ):
+        if not isinstance(value, Real) or not lo <= float(value) <= hi:
+            raise ValueError(f"{name}={value!r}: must be a number in [{lo:g}, {hi:g}]")
+    if chunk_rows is not None and (
+        isinstance(chunk_rows, bool) or not isinstance(chunk_rows, Integral) or chunk_rows < 1
+    ):
+        raise ValueError(f"chunk_rows={chunk_rows!r}: must be a positive integer or None")
 
 
 class POPSRegressor(RegressorMixin, BaseEstimator):

@@ -13,6 +13,7 @@ from math import log, pi
 import numpy as np
 from scipy.linalg import eigh
 
+from ._validate import InputError
 from .stats import Stats
 
 EPS = np.finfo(np.float64).eps
@@ -68,9 +69,28 @@ class Evidence:
 
     @property
     def condition_number(self) -> float:
-        top = float(self.eigvals.max(initial=0.0))
-        low = float(self.eigvals.min(initial=0.0))
+        """Condition number of the weighted Gram matrix (inf when it is singular)."""
+        if self.eigvals.size == 0:
+            return np.inf
+        top = float(self.eigvals.max())
+        low = float(self.eigvals.min())
         return np.inf if low <= 0 else top / low
+
+
+def check_stats(stats: Stats) -> None:
+    """Refuse sufficient statistics that overflowed or hold nothing to fit (clear InputError)."""
+    parts = {"X^T W X": stats.gram, "X^T W y": stats.xty, "y^T W y": stats.yty, "sum of weights": stats.sw}
+    bad = [name for name, v in parts.items() if not np.all(np.isfinite(v))]
+    if bad:
+        raise InputError(
+            f"the weighted sufficient statistics overflow float64 ({', '.join(bad)} not finite): "
+            "X, y or the weights are too large in magnitude; rescale them"
+        )
+    if not np.any(stats.gram):
+        raise InputError(
+            "the weighted design matrix is zero (every row of X is zero or has zero weight, or its "
+            "values underflow float64): there is nothing to fit"
+        )
 
 
 def eigen_gram(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -103,6 +123,7 @@ def maximise_evidence(
     Evidence
     """
     p = params or EvidenceParams()
+    check_stats(stats)
     s, V = eig if eig is not None else eigen_gram(stats.gram)
     if anchor is None:
         anchor = SSEAnchor(np.zeros_like(stats.xty), stats.yty, stats.xty)

@@ -89,6 +89,12 @@ def _kind_codes(kind: Any, n: int) -> np.ndarray | da.Array:
             k = np.array([KIND_CODES[str(s)] for s in k], dtype=np.int8)
         except KeyError as err:
             raise InputError(f"kind: unknown row kind {err.args[0]!r}; use {list(KIND_CODES)}") from err
+    if k.dtype.kind not in "biu" or not np.isin(k, list(KIND_CODES.values())).all():
+        bad = k[~np.isin(k, list(KIND_CODES.values()))] if k.dtype.kind in "biuf" else k
+        raise InputError(
+            f"kind: unknown row kind code {bad.ravel()[:1].tolist()} (dtype {k.dtype}); use "
+            f"{KIND_CODES} or the names {list(KIND_CODES)}"
+        )
     return k.astype(np.int8)
 
 
@@ -219,6 +225,8 @@ def write_store(
     dtype = np.float32 if getattr(X, "dtype", None) == np.float32 else np.float64
     if chunk_rows is None:
         chunk_rows = default_chunk_rows(p, np.dtype(dtype).itemsize)
+    elif isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
+        raise InputError(f"chunk_rows={chunk_rows!r}: must be a positive integer")
     chunk_rows = int(min(chunk_rows, n))
 
     Xd = _as_dask(X, "X", chunk_rows).astype(dtype)
@@ -260,7 +268,10 @@ def write_store(
         flag_values=list(KIND_CODES.values()), flag_meanings=" ".join(KIND_CODES)
     )
     for name, value in (configurations or {}).items():
-        v = np.asarray(value)
+        try:
+            v = np.asarray(value)
+        except ValueError as err:  # ragged nested sequences
+            raise InputError(f"configurations[{name!r}]: not a rectangular array ({err})") from err
         if v.dtype == object:
             v = v.astype(str)
         if v.dtype.kind not in "biufU":

@@ -1,0 +1,317 @@
+"""Bad input, fuzzed (hypothesis, derandomized): every input gives a correct result or a clear
+InputError/ValueError naming the problem; never an internal exception (IndexError, LinAlgError,
+ZeroDivisionError, scipy's "array must not contain infs or NaNs", ...) and never a hang (each
+example runs under a SIGALRM time limit on dask's synchronous scheduler).
+
+"Correct" is checked without a second implementation: the returned coefficients satisfy the
+regularised normal equations (XᵀWX + λ/α I) θ = XᵀWy at the returned α, λ; the box is
+ordered and finite; the condition number is reported; re-chunking the same store gives the same
+posterior to round-off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+from collections.abc import Iterator
+
+import dask
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from popsdask import InputError, POPSRegressor, fit, open_store, write_store
+
+SETTINGS = settings(
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+TIME_LIMIT = 60  # seconds per example: a hang fails the test instead of blocking CI
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int) -> Iterator[None]:
+    def expire(signum, frame):
+        raise TimeoutError(f"no result within {seconds} s (hang?)")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture(autouse=True)
+def synchronous():
+    with dask.config.set(scheduler="synchronous"):
+        yield
+
+
+POISONS = ["none", "nan_X", "inf_X", "nan_y", "ninf_y", "neg_weight", "nan_weight", "zero_weights"]
+COLUMNS = ["none", "constant", "duplicate", "zero"]
+
+
+@st.composite
+def problems(draw):
+    n = draw(st.integers(1, 60))
+    p = draw(st.integers(1, 5))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, p))
+    column = draw(st.sampled_from(COLUMNS))
+    if p >= 2 and column == "constant":
+        X[:, -1] = 3.0
+    elif p >= 2 and column == "duplicate":
+        X[:, -1] = X[:, 0]
+    elif p >= 2 and column == "zero":
+        X[:, -1] = 0.0
+    n_zero_rows = draw(st.integers(0, n // 2))
+    X[:n_zero_rows] = 0.0  # rows with leverage exactly 0
+    y = np.sin(X.sum(axis=1)) + 0.1 * rng.normal(size=n)
+    w = rng.uniform(0.0, 2.0, size=n) if draw(st.booleans()) else None
+    if w is not None and draw(st.booleans()):
+        w[: n // 3] = 0.0  # some zero weights
+    ex, ey, ew = (draw(st.integers(-30, 30)) for _ in range(3))
+    X *= 10.0**ex
+    y *= 10.0**ey
+    if w is not None:
+        w *= 10.0**ew
+    dtype = draw(st.sampled_from([np.float64, np.float32]))
+    X = X.astype(dtype)
+    poison = draw(st.sampled_from(POISONS))
+    row = draw(st.integers(0, n - 1))
+    if poison == "nan_X":
+        X[row, draw(st.integers(0, p - 1))] = np.nan
+    elif poison == "inf_X":
+        X[row, draw(st.integers(0, p - 1))] = np.inf
+    elif poison == "nan_y":
+        y[row] = np.nan
+    elif poison == "ninf_y":
+        y[row] = -np.inf
+    elif poison in ("neg_weight", "nan_weight", "zero_weights"):
+        w = np.ones(n) if w is None else w
+        if poison == "zero_weights":
+            w[:] = 0.0
+        else:
+            w[row] = -1.0 if poison == "neg_weight" else np.nan
+    chunk_rows = draw(st.integers(1, max(1, n)))
+    return {"X": X, "y": y, "w": w, "poison": poison, "row": row, "chunk_rows": chunk_rows}
+
+
+EXPECTED = {
+    "nan_X": r"X has a non-finite value nan at row {row}\b",
+    "inf_X": r"X has a non-finite value inf at row {row}\b",
+    "nan_y": r"y has a non-finite value nan at row {row}\b",
+    "ninf_y": r"y has a non-finite value -inf at row {row}\b",
+    "neg_weight": r"weight has a negative value -1.0 at row {row}\b",
+    "nan_weight": r"weight has a non-finite value nan at row {row}\b",
+    "zero_weights": r"all weights are zero|weighted design matrix is zero",
+}
+
+
+def check_posterior(post, X, y, w) -> None:
+    """Correct result: normal equations at the returned α, λ; finite ordered box; diagnostics."""
+    Xf, yf = X.astype(np.float64), y.astype(np.float64)
+    wf = np.ones(len(yf)) if w is None else w
+    G = (Xf * wf[:, None]).T @ Xf
+    b = Xf.T @ (wf * yf)
+    theta = post.coef_
+    assert np.all(np.isfinite(theta)) and np.all(np.isfinite(post.sigma_))
+    assert post.alpha_ > 0 and post.lambda_ > 0
+    lhs = G @ theta + (post.lambda_ / post.alpha_) * theta
+    scale = np.abs(G).max() * np.abs(theta).max() + np.abs(b).max() + (post.lambda_ / post.alpha_) * np.abs(theta).max()
+    np.testing.assert_allclose(lhs, b, rtol=0, atol=1e-9 * scale)
+    ev = np.linalg.eigvalsh(G)
+    if ev.min() > 1e-8 * ev.max():  # well-posed enough for the reported number to be checked
+        assert post.condition_number_ == pytest.approx(ev.max() / ev.min(), rel=1e-6)
+    else:
+        assert post.condition_number_ >= 1e6 or np.isinf(post.condition_number_)
+    assert np.all(np.isfinite(post.misspecification_sigma_))
+    if post.basis_ is not None:
+        assert np.all(np.isfinite(post.lower_)) and np.all(np.isfinite(post.upper_))
+        assert np.all(post.lower_ <= post.upper_)
+        assert post.basis_.shape[0] == X.shape[1]
+    assert 0 < post.n_selected_ <= post.n_rows_ == X.shape[0]
+
+
+@SETTINGS
+@given(case=problems())
+def test_fit_on_arrays_is_correct_or_refuses_clearly(case):
+    X, y, w, poison = case["X"], case["y"], case["w"], case["poison"]
+    n, p = X.shape
+    with time_limit(TIME_LIMIT):
+        try:
+            post = fit(X, y, weight=w, chunk_rows=case["chunk_rows"])
+        except InputError as err:
+            msg = str(err)
+            if n < p and f"{n} rows" in msg and f"{p} features" in msg:
+                return  # the shape is checked before any pass reads the values
+            if poison != "none":
+                assert re.search(EXPECTED[poison].format(row=case["row"]), msg), msg
+            else:
+                # the only other refusal: every weighted row is zero (zero rows x zero weights)
+                Xw = X if w is None else X * (w[:, None] > 0)
+                assert not np.any(Xw), msg
+            return
+    if poison != "none":
+        pytest.fail(f"{poison} at row {case['row']} was accepted")
+    assert n >= p
+    check_posterior(post, X, y, w)
+
+
+@SETTINGS
+@given(case=problems())
+def test_estimator_is_correct_or_raises_value_error(case):
+    X, y, w = case["X"], case["y"], case["w"]
+    with time_limit(TIME_LIMIT):
+        try:
+            est = POPSRegressor(chunk_rows=case["chunk_rows"], n_posterior_samples=20).fit(X, y, sample_weight=w)
+        except ValueError as err:  # InputError is a ValueError; scikit-learn's input checks too
+            assert str(err)
+            assert (
+                case["poison"] != "none"
+                or X.shape[0] < X.shape[1]
+                or not np.any(X if w is None else X * (w[:, None] > 0))
+            ), str(err)
+            return
+        mean, std, hi, lo = est.predict(X, return_std=True, return_bounds=True)
+    assert case["poison"] == "none"
+    assert np.all(np.isfinite(mean)) and np.all(std >= 0)
+    assert np.all(lo <= hi)
+
+
+@st.composite
+def configured_rows(draw):
+    """Configurations of 1 energy row + 3k force rows; chunking splits configurations."""
+    n_configs = draw(st.integers(1, 12))
+    atoms = draw(st.lists(st.integers(0, 3), min_size=n_configs, max_size=n_configs))
+    p = draw(st.integers(1, 4))
+    config = np.concatenate([np.full(1 + 3 * a, i) for i, a in enumerate(atoms)])
+    kind = np.concatenate([[0] + [1] * 3 * a for a in atoms])
+    n = config.size
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    X = rng.normal(size=(n, p)) * 10.0 ** draw(st.integers(-30, 30))
+    y = rng.normal(size=n)
+    chunk_rows = draw(st.integers(1, n))
+    f32 = draw(st.booleans())
+    return X.astype(np.float32) if f32 else X, y, config, kind, chunk_rows
+
+
+@SETTINGS
+@given(case=configured_rows())
+def test_store_round_trip_and_fit_independent_of_chunking(tmp_path_factory, case):
+    X, y, config, kind, chunk_rows = case
+    n, p = X.shape
+    root = tmp_path_factory.mktemp("fuzz")
+    with time_limit(TIME_LIMIT):
+        path = write_store(root / "s.zarr", X, y, config=config, kind=kind, chunk_rows=chunk_rows)
+        ds = open_store(path)
+        np.testing.assert_array_equal(ds["X"].values, X)
+        np.testing.assert_array_equal(ds["config"].values, config)
+        assert ds["X"].data.chunks[0][0] == min(chunk_rows, n)
+        try:
+            post = fit(path)
+        except InputError as err:
+            assert n < p and f"{n} rows" in str(err), str(err)
+            return
+        whole = fit(X.astype(np.float64), y, chunk_rows=n)
+    for name in ("coef_", "sigma_", "misspecification_sigma_"):
+        a, b = getattr(post, name), getattr(whole, name)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-9 * max(np.abs(b).max(), 1e-300))
+    check_posterior(post, X, y, None)
+
+
+BAD_ARRAYS = {
+    "object X": (lambda X, y: (X.astype(object), y), r"X.*(dtype object|non-numeric)"),
+    "string X": (lambda X, y: (X.astype(str), y), r"X.*(<U|non-numeric|not numeric)"),
+    "complex X": (lambda X, y: (X.astype(complex), y), r"X.*complex128"),
+    "string y": (lambda X, y: (X, y.astype(str)), r"y.*(<U|non-numeric|not numeric)"),
+    "1-D X": (lambda X, y: (X[:, 0], y), r"2.?D|2 dimensions"),
+    "3-D X": (lambda X, y: (X[:, :, None], y), r"2.?D|2 dimensions"),
+    "2-D y": (lambda X, y: (X, y[:, None]), r"y.*shape \(40, 1\)"),
+    "short y": (lambda X, y: (X, y[:-1]), r"y.*shape \(39,\)"),
+    "empty": (lambda X, y: (X[:0], y[:0]), r"empty"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ARRAYS))
+@pytest.mark.parametrize("entry", ["fit", "write_store"])
+def test_mismatched_shapes_and_dtypes_are_named(tmp_path, case, entry):
+    rng = np.random.default_rng(5)
+    X, y = BAD_ARRAYS[case][0](rng.normal(size=(40, 3)), rng.normal(size=40))
+    with time_limit(TIME_LIMIT), pytest.raises(InputError, match=BAD_ARRAYS[case][1]):
+        if entry == "fit":
+            fit(X, y)
+        else:
+            write_store(tmp_path / "s.zarr", X, y)
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"leverage_percentile": 150.0}, "leverage_percentile=150.0"),
+        ({"leverage_percentile": float("nan")}, "leverage_percentile=nan"),
+        ({"percentile_clipping": 60.0}, "percentile_clipping=60.0"),
+        ({"mode_threshold": -1.0}, "mode_threshold=-1.0"),
+        ({"chunk_rows": 0}, "chunk_rows=0"),
+        ({"posterior": "gaussian"}, "posterior='gaussian'"),
+    ],
+)
+def test_bad_settings_are_named(kwargs, message):
+    X = np.random.default_rng(6).normal(size=(40, 3))
+    with pytest.raises(ValueError, match=message):
+        fit(X, X[:, 0], **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"chunk_rows": 0}, "chunk_rows=0"),
+        ({"kind": np.full(40, 7)}, r"unknown row kind code \[7\]"),
+        ({"kind": ["energy"] * 39 + ["spin"]}, "unknown row kind 'spin'"),
+        ({"configurations": {"name": [[1], [1, 2]]}}, r"configurations\['name'\]: not a rectangular array"),
+        ({"config": np.array(["a"] * 40, dtype=object)}, "config: dtype object is not numeric"),
+        ({"weight": np.ones(39)}, r"weight: shape \(39,\) does not match X's 40 rows"),
+    ],
+)
+def test_bad_store_coordinates_are_named(tmp_path, kwargs, message):
+    X = np.random.default_rng(7).normal(size=(40, 3))
+    with pytest.raises(InputError, match=message):
+        write_store(tmp_path / "s.zarr", X, X[:, 0], **kwargs)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e300])
+@pytest.mark.parametrize("where", ["X", "y"])
+def test_overflowing_magnitudes_are_refused_clearly(scale, where):
+    rng = np.random.default_rng(8)
+    X, y = rng.normal(size=(50, 3)), rng.normal(size=50)
+    if where == "X":
+        X = X * scale
+    else:
+        y = y * scale
+    with pytest.raises(InputError, match="overflow float64"):
+        fit(X, y)
+
+
+def test_values_that_underflow_are_refused_clearly():
+    X = np.random.default_rng(9).normal(size=(50, 3)) * 1e-200
+    with pytest.raises(InputError, match="weighted design matrix is zero"):
+        fit(X, np.ones(50))
+
+
+def test_single_row_store_fits_one_feature_and_refuses_more(tmp_path):
+    one = write_store(tmp_path / "one.zarr", [[2.0]], [1.0])
+    post = fit(one)
+    assert post.n_rows_ == 1 and np.isfinite(post.coef_).all()
+    wide = write_store(tmp_path / "wide.zarr", [[2.0, 1.0]], [1.0])
+    with pytest.raises(InputError, match="1 rows .* 2 features"):
+        fit(wide)
