@@ -15,6 +15,7 @@ Dask's threaded scheduler.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import operator
 import os
@@ -30,7 +31,6 @@ from dask.delayed import Delayed, delayed
 
 from ._validate import InputError, check_finite_block
 from .evidence import EvidenceParams, SSEAnchor, maximise_evidence, needs_refinement
-from .posterior import Posterior, provenance
 from .pops import (
     block_correction_moment,
     block_corrections,
@@ -38,10 +38,12 @@ from .pops import (
     block_projection_range,
     block_projections,
     combine_range,
+    hypercube_second_moment,
+    leverage_factor,
     leverage_threshold,
     principal_basis,
-    hypercube_second_moment,
 )
+from .posterior import Posterior, provenance
 from .stats import Stats, block_residual_stats, block_stats, combine_stats, combine_sum
 from .store import default_chunk_rows, open_store
 
@@ -85,7 +87,8 @@ def _to_dask(a: Any, name: str, chunk_rows: int, where: str) -> da.Array:
         arr = np.asarray(a)
         if arr.dtype == object or arr.dtype.kind not in "biuf":
             raise InputError(f"{where}: {name} has non-numeric dtype {arr.dtype}")
-        a = da.from_array(arr, chunks=(chunk_rows,) + arr.shape[1:])
+        # name=False: a random key instead of hashing the whole array (seconds at GB scale)
+        a = da.from_array(arr, chunks=(chunk_rows,) + arr.shape[1:], name=False)
     if a.dtype == object or a.dtype.kind not in "biuf":
         raise InputError(f"{where}: {name} has non-numeric dtype {a.dtype}")
     return a
@@ -155,17 +158,38 @@ def _client():
         return None
 
 
+def _local_blas_limit(objs: Sequence[Any]) -> contextlib.AbstractContextManager:
+    """One BLAS thread per task when Dask's local thread pool already runs tasks in parallel.
+
+    With the threaded scheduler on P cores, P tasks each calling a P-threaded BLAS
+    oversubscribe the cores; on a busy 2-core machine that made the Gram pass several times
+    slower than with one BLAS thread per task. Distributed workers already set
+    ``OPENBLAS_NUM_THREADS=1`` etc., so this only applies without a client.
+    """
+    from dask.base import get_scheduler
+    from dask.threaded import get as threaded_get
+
+    workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
+    collections = [o for o in objs if dask.is_dask_collection(o)]
+    if get_scheduler(collections=collections or None) is threaded_get and workers > 1:
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(limits=1, user_api="blas")
+    return contextlib.nullcontext()
+
+
 def compute(*objs: Any, label: str = "", progress: bool = False) -> tuple:
     """Compute Dask objects on the current client (with a text progress bar if asked)."""
     client = _client()
     if client is None:
-        if progress:
-            from dask.diagnostics import ProgressBar
+        with _local_blas_limit(objs):
+            if progress:
+                from dask.diagnostics import ProgressBar
 
-            print(f"[popsdask] {label}", flush=True)
-            with ProgressBar(minimum=0.5):
-                return dask.compute(*objs)
-        return dask.compute(*objs)
+                print(f"[popsdask] {label}", flush=True)
+                with ProgressBar(minimum=0.5):
+                    return dask.compute(*objs)
+            return dask.compute(*objs)
     futures = client.compute(list(objs))
     if progress:
         from distributed import progress as dprogress
@@ -179,7 +203,8 @@ def compute(*objs: Any, label: str = "", progress: bool = False) -> tuple:
 def persist(*objs: Any) -> tuple:
     client = _client()
     if client is None:
-        return dask.persist(*objs)
+        with _local_blas_limit(objs):
+            return dask.persist(*objs)
     return tuple(client.persist(list(objs)))
 
 
@@ -203,11 +228,16 @@ def _reduce_group(combine: Callable, *parts: Any) -> Any:
 
 # ---------------------------------------------------------------------------- block tasks
 def _checked_stats(X, y, w, *, start: int, source: str) -> Stats:
-    check_finite_block(X, variable="X", where=source, row_offset=start)
     check_finite_block(y, variable="y", where=source, row_offset=start)
     if w is not None:
         check_finite_block(w, variable="weight", where=source, nonneg=True, row_offset=start)
-    return block_stats(X, y, w)
+    stats = block_stats(X, y, w)
+    # A NaN or ±inf anywhere in X (even on a zero-weight row: 0·inf = NaN) makes the Gram
+    # diagonal or Xᵀy non-finite; only then scan X for the first bad row (saves a full pass
+    # over the block per chunk). Overflow of finite values also lands here and scans clean.
+    if not (np.isfinite(np.diagonal(stats.gram)).all() and np.isfinite(stats.xty).all()):
+        check_finite_block(X, variable="X", where=source, row_offset=start)
+    return stats
 
 
 def _column(a: np.ndarray, j: int) -> np.ndarray:
@@ -269,7 +299,8 @@ def fit_pops(
     a_inv = ev.a_inv
     coef_d, ainv_d = delayed(ev.coef, pure=True), delayed(a_inv, pure=True)
     blocks = design.blocks()
-    hc = [delayed(block_leverage, pure=True)(xb, yb, wb, coef_d, ainv_d) for xb, yb, wb in blocks]
+    factor_d = delayed(leverage_factor(a_inv), pure=True)
+    hc = [delayed(block_leverage, pure=True)(xb, yb, wb, coef_d, ainv_d, factor_d) for xb, yb, wb in blocks]
     hc = list(persist(*hc))
     h_parts = compute(*[delayed(_column, pure=True)(b, 0) for b in hc], label="pass 2/4: leverage", progress=progress)
     h = np.concatenate(h_parts)

@@ -17,23 +17,56 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy.linalg import eigh
+from scipy.linalg import cholesky, eigh
+from scipy.linalg.blas import dtrmm
 from scipy.stats import qmc
+
+from .stats import SUB_ROWS, float64_blocks
 
 SAMPLING_METHODS = ("uniform", "sobol", "latin", "halton")
 
 
 def block_leverage(
-    X: np.ndarray, y: np.ndarray, w: np.ndarray | None, coef: np.ndarray, a_inv: np.ndarray
+    X: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray | None,
+    coef: np.ndarray,
+    a_inv: np.ndarray,
+    factor: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Leverage h and correction scale c of each row, stacked as an (n, 2) float64 array."""
-    X = np.asarray(X, dtype=np.float64)
-    e = np.asarray(y, dtype=np.float64) - X @ coef
-    q = np.einsum("ij,ij->i", X @ a_inv, X)
+    """Leverage h and correction scale c of each row, stacked as an (n, 2) float64 array.
+
+    With ``factor`` = L, the lower Cholesky factor of ``a_inv`` (A⁻¹ = L Lᵀ), the quadratic
+    form xᵀA⁻¹x is computed as |Lᵀx|² by a triangular product (half the flops of X @ A⁻¹),
+    on float64 sub-blocks of X.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    n = np.shape(X)[0]
+    e = np.empty(n)
+    q = np.empty(n)
+    for start, Xb in float64_blocks(X):
+        rows = slice(start, start + Xb.shape[0])
+        e[rows] = y[rows] - Xb @ coef
+        if factor is None:
+            q[rows] = np.einsum("ij,ij->i", Xb @ a_inv, Xb)
+        else:
+            for s2 in range(0, Xb.shape[0], SUB_ROWS):
+                sub = Xb[s2 : s2 + SUB_ROWS]
+                # (X L)ᵀ = Lᵀ Xᵀ; Xᵀ of a C-ordered block is Fortran-ordered: no transpose copy
+                t = dtrmm(1.0, factor, sub.T, side=0, lower=1, trans_a=1)
+                q[start + s2 : start + s2 + sub.shape[0]] = np.einsum("ij,ij->j", t, t)
     h = q if w is None else np.asarray(w, dtype=np.float64) * q
     with np.errstate(divide="ignore", invalid="ignore"):
         c = np.where(h > 0, e / np.where(q != 0, q, 1.0), 0.0)
     return np.stack([h, c], axis=1)
+
+
+def leverage_factor(a_inv: np.ndarray) -> np.ndarray | None:
+    """Lower Cholesky factor of ``a_inv`` for :func:`block_leverage`, or None if not PD."""
+    try:
+        return cholesky((a_inv + a_inv.T) / 2.0, lower=True)
+    except np.linalg.LinAlgError:
+        return None
 
 
 def block_selected(X: np.ndarray, hc: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -45,8 +78,8 @@ def block_selected(X: np.ndarray, hc: np.ndarray, threshold: float) -> tuple[np.
 def block_correction_moment(X: np.ndarray, hc: np.ndarray, threshold: float) -> np.ndarray:
     """Σ cᵢ² xᵢxᵢᵀ over the kept rows of a block (P × P)."""
     Xs, c = block_selected(X, hc, threshold)
-    Xc = Xs * c[:, None]
-    return Xc.T @ Xc
+    Xs *= np.abs(c)[:, None]  # Xs is a fresh copy (boolean indexing): scale in place
+    return Xs.T @ Xs
 
 
 def block_corrections(X: np.ndarray, hc: np.ndarray, threshold: float, a_inv: np.ndarray) -> np.ndarray:

@@ -39,26 +39,63 @@ class Stats:
         return self.y_m2 / self.sw if self.sw > 0 else 0.0
 
 
+SUB_ROWS = 8192
+
+
+def float64_blocks(X: np.ndarray, rows: int = SUB_ROWS):
+    """Yield ``(start, block)`` row slices of ``X`` as float64.
+
+    float64 input is yielded whole, as a view; other dtypes are cast ``rows`` rows at a time so
+    that a float32 chunk is never copied whole to float64 (accumulation stays in float64).
+    """
+    X = np.asarray(X)
+    if X.dtype == np.float64:
+        yield 0, X
+        return
+    for start in range(0, X.shape[0], rows):
+        yield start, np.asarray(X[start : start + rows], dtype=np.float64)
+
+
 def block_stats(X: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> Stats:
-    """Statistics of one block, accumulated in float64 whatever the input dtype."""
-    X = np.asarray(X, dtype=np.float64)
+    """Statistics of one block, accumulated in float64 whatever the input dtype.
+
+    The Gram matrix is formed as (√w X)ᵀ(√w X) so that BLAS can use its symmetric rank-k
+    update (half the flops of a general product); weights must be non-negative.
+    """
+    X = np.asarray(X)
     y = np.asarray(y, dtype=np.float64)
+    p = X.shape[1]
+    gram = np.zeros((p, p))
+    xty = np.zeros(p)
     if w is None:
-        Xw = X
         wy = y
         sw = float(X.shape[0])
         y_mean = float(y.mean()) if y.size else 0.0
         y_m2 = float(((y - y_mean) ** 2).sum())
+        for start, Xb in float64_blocks(X):
+            gram += Xb.T @ Xb
+            xty += Xb.T @ y[start : start + Xb.shape[0]]
     else:
         w = np.asarray(w, dtype=np.float64)
-        Xw = X * w[:, None]
+        sqw = np.sqrt(w)
         wy = w * y
         sw = float(w.sum())
         y_mean = float(wy.sum() / sw) if sw > 0 else 0.0
         y_m2 = float((w * (y - y_mean) ** 2).sum())
+        for start, Xb in float64_blocks(X):
+            xty += Xb.T @ wy[start : start + Xb.shape[0]]
+            fresh = not np.shares_memory(Xb, X)  # a cast copy may be scaled in place
+            for s2 in range(0, Xb.shape[0], SUB_ROWS):
+                rows = slice(start + s2, start + s2 + SUB_ROWS)
+                if fresh:
+                    Xs = Xb[s2 : s2 + SUB_ROWS]
+                    Xs *= sqw[rows, None]
+                else:
+                    Xs = Xb[s2 : s2 + SUB_ROWS] * sqw[rows, None]
+                gram += Xs.T @ Xs
     return Stats(
-        gram=Xw.T @ X,
-        xty=X.T @ wy,
+        gram=gram,
+        xty=xty,
         yty=float(wy @ y),
         n_rows=int(X.shape[0]),
         sw=sw,

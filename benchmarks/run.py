@@ -1,0 +1,15 @@
+"""Run the popsdask performance benchmarks (same as ``popsdask bench``).
+
+    python benchmarks/run.py --repeats 3 --ooc-rows 20000000
+
+Results go to ``benchmarks/results/`` (results.json, results.md); see :mod:`popsdask.bench`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from popsdask.bench import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
