@@ -23,7 +23,14 @@ import xarray as xr
 from ._validate import InputError
 from .passes import compute, design_from
 from .posterior import DEFAULT_N_SAMPLES, Posterior
-from .store import KIND_CODES, atomic_directory, commit_directory, is_complete, mark_complete
+from .store import (
+    KIND_CODES,
+    atomic_directory,
+    check_safe_group,
+    commit_directory,
+    is_complete,
+    mark_complete,
+)
 
 PREDICTION_FORMAT = "popsdask.predictions/1"
 BLOCK_BYTES = 64 * 2**20
@@ -151,6 +158,8 @@ def _write(ds: xr.Dataset, output: str | os.PathLike, overwrite: bool, progress:
 
 def open_predictions(path: str | os.PathLike) -> xr.Dataset:
     root = Path(path)
+    if root.exists():
+        check_safe_group(root)  # JSON metadata only: refuse pickle codecs / object types first
     if not is_complete(root):
         raise InputError(f"{root}: prediction store missing or not marked complete")
     with warnings.catch_warnings():
