@@ -72,6 +72,7 @@ def test_tungsten_demo_end_to_end(tmp_path) -> None:
         assert np.isfinite(m[kind]["mae_mle"]) and m[kind]["mae_mle"] > 0
         assert 0.0 <= m[kind]["envelope_violation"] <= 1.0
     assert (out / "report" / "report.md").exists() and (out / "report" / "force.png").exists()
+    assert (out / "report" / "energy_outliers.png").exists()
     assert (out / "potentials" / "mle.snapcoeff").exists()
     assert (out / "potentials" / "sample0.snapcoeff").exists()
     assert json.loads((out / "summary.json").read_text())["n_configs"] == 60
