@@ -52,11 +52,14 @@ def synthetic_block(seed: int, block: int, rows: int, p: int, n_elements: int):
     rng = np.random.default_rng([seed, block])
     n_atoms = 1 + rng.poisson(30, size=rows)
     k = rng.integers(1, 5, size=rows)
-    frac = np.zeros((rows, n_elements))
-    for i in range(rows):
-        els = rng.choice(n_elements, size=k[i], replace=False)
-        frac[i, els] = rng.multinomial(n_atoms[i], rng.dirichlet(np.ones(k[i]))) / n_atoms[i]
-    desc = frac @ mu + rng.normal(size=(rows, p)) / np.sqrt(n_atoms)[:, None]
+    # k distinct random elements per configuration, Dirichlet(1) composition, integer counts
+    keys = rng.random((rows, n_elements))
+    kth = np.sort(keys, axis=1)[np.arange(rows), k - 1]
+    weights = np.where(keys <= kth[:, None], rng.exponential(size=(rows, n_elements)), 0.0)
+    counts = rng.multinomial(n_atoms, weights / weights.sum(axis=1, keepdims=True))
+    frac = counts / n_atoms[:, None]
+    noise = rng.standard_normal(size=(rows, p), dtype=np.float32)
+    desc = frac @ mu + noise / np.sqrt(n_atoms)[:, None]
     y = 0.05 * desc @ w + 0.02 * np.sin(3 * desc @ v) + frac @ offsets
     y += 0.002 * rng.normal(size=rows)
     X = np.concatenate([desc, frac], axis=1).astype(np.float32)
@@ -215,7 +218,7 @@ def test_structures(n: int, seed: int) -> list:
 
 
 def extractors(args: argparse.Namespace) -> dict:
-    from popsdask.foundation import CHGNetExtractor, MACEExtractor
+    from popsdask.foundation import CHGNetExtractor, MACEExtractor, worker_model
 
     structures = test_structures(args.n, args.seed)
     atoms = int(sum(len(a) for a in structures))
@@ -228,7 +231,7 @@ def extractors(args: argparse.Namespace) -> dict:
     results = {"structures": len(structures), "atoms": atoms,
                "source": str(W_DFT) if W_DFT.is_file() else "ase.build bcc W supercells"}
     for name, ext in cases.items():
-        model = ext.load()
+        model, _ = worker_model(ext)  # as on a build_store worker (malloc tuned once)
         ext.extract(model, structures[:2])  # warm-up
         c0, t0 = time.process_time(), time.perf_counter()
         for i in range(0, len(structures), 16):
@@ -237,7 +240,8 @@ def extractors(args: argparse.Namespace) -> dict:
         results[name] = {"cpu_s_per_structure": cpu / len(structures),
                          "cpu_ms_per_atom": 1e3 * cpu / atoms,
                          "wall_s_per_structure": wall / len(structures),
-                         "n_features": len(ext.feature_names(model))}
+                         "n_features": len(ext.feature_names(model)),
+                         "n_parameters": ext.describe(model)["n_parameters"]}
     return results
 
 
