@@ -40,14 +40,15 @@ def synthetic_block(seed: int, block: int, rows: int, p: int, n_elements: int):
     """Per-atom corrector rows of ``rows`` random configurations (reproducible per block).
 
     Each configuration has 1 + Poisson(30) atoms of 1-4 elements; its descriptor row is the
-    per-atom mean of element-dependent features plus noise shrinking as 1/sqrt(n_atoms); the
-    target mixes a linear part, a nonlinearity no linear model captures, per-element offsets
-    and small noise.
+    per-atom mean of element-dependent features plus noise shrinking as 1/sqrt(n_atoms). The
+    target is misspecified the way POPS pictures it: configuration i follows its own parameter
+    vector θ + B z_i (B: P × 8, z_i standard normal), i.e. no single θ fits every row, plus
+    per-element offsets and small noise.
     """
     glob = np.random.default_rng(seed)
     mu = glob.normal(size=(n_elements, p))
     w = glob.normal(size=p) / np.sqrt(p)
-    v = glob.normal(size=p) / np.sqrt(p)
+    B = 0.01 * glob.normal(size=(p, 8)) / np.sqrt(p)
     offsets = glob.normal(size=n_elements)
     rng = np.random.default_rng([seed, block])
     n_atoms = 1 + rng.poisson(30, size=rows)
@@ -60,7 +61,8 @@ def synthetic_block(seed: int, block: int, rows: int, p: int, n_elements: int):
     frac = counts / n_atoms[:, None]
     noise = rng.standard_normal(size=(rows, p), dtype=np.float32)
     desc = frac @ mu + noise / np.sqrt(n_atoms)[:, None]
-    y = 0.05 * desc @ w + 0.02 * np.sin(3 * desc @ v) + frac @ offsets
+    z = rng.standard_normal(size=(rows, 8))
+    y = 0.05 * desc @ w + np.einsum("ij,ij->i", desc @ B, z) + frac @ offsets
     y += 0.002 * rng.normal(size=rows)
     X = np.concatenate([desc, frac], axis=1).astype(np.float32)
     return X, y
