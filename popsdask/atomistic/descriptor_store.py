@@ -93,9 +93,7 @@ def _compute_part(
     blocks = []
     for i, cfg in enumerate(batch):
         try:
-            blocks.append(
-                snap_rows(cfg, settings, virial=_wants_virial(cfg, virial), config_index=offset + i)
-            )
+            blocks.append(snap_rows(cfg, settings, virial=_wants_virial(cfg, virial), config_index=offset + i))
         except InputError:
             raise
         except Exception as err:  # LAMMPS raises bare Exception
@@ -111,9 +109,7 @@ def _compute_part(
 def _readable(path: Path, n_rows: int, n_features: int) -> bool:
     try:
         with np.load(path) as z:
-            return z["X"].shape == (n_rows, n_features) and all(
-                z[k].shape == (n_rows,) for k in _SMALL
-            )
+            return z["X"].shape == (n_rows, n_features) and all(z[k].shape == (n_rows,) for k in _SMALL)
     except Exception:
         return False
 
@@ -148,7 +144,7 @@ def compute_parts(
     skey = settings.key().encode()
     files: list[Path] = []
     n_rows: list[int] = []
-    tasks = []
+    tasks: list[tuple] = []
     report = PartsReport(files, n_rows)
     for ib, start in enumerate(range(0, len(configurations), configs_per_task)):
         batch = list(configurations[start : start + configs_per_task])
@@ -163,19 +159,17 @@ def compute_parts(
         if target.exists() and _readable(target, rows, settings.n_features):
             report.reused += 1
             continue
-        tasks.append(
-            dask.delayed(_compute_part, pure=False)(batch, start, settings, virial, str(target))
-        )
+        tasks.append((batch, start, settings, virial, str(target)))
     wanted = {f.name for f in files}
     for old in pdir.glob("*"):  # parts of other settings/inputs, and torn temporary files
         if old.name not in wanted:
             old.unlink(missing_ok=True)
             report.stale_removed += 1
     if tasks:
-        if client is not None:
-            client.gather(client.compute(tasks))
+        if client is not None:  # one submission per batch: no single large graph
+            client.gather([client.submit(_compute_part, *args, pure=False) for args in tasks])
         else:
-            dask.compute(*tasks)
+            dask.compute(*[dask.delayed(_compute_part, pure=False)(*args) for args in tasks])
     report.computed = len(tasks)
     report.seconds = time.perf_counter() - t0
     return report
@@ -244,9 +238,7 @@ def build_descriptor_store(
     if bad:
         more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
         raise InputError(
-            f"{final}: {len(bad)} invalid configuration(s), nothing written: "
-            + "; ".join(bad[:10])
-            + more
+            f"{final}: {len(bad)} invalid configuration(s), nothing written: " + "; ".join(bad[:10]) + more
         )
     names = [c.name for c in configurations]
     if len(set(names)) != len(names):
