@@ -40,7 +40,7 @@ def main() -> None:
     p.add_argument("--data", nargs="+", default=[str(DEFAULT)])
     p.add_argument("--outdir", default="tungsten-dft-run")
     p.add_argument("--max-configs", type=int, default=None, help="every k-th configuration")
-    p.add_argument("--twojmax", type=int, default=6)
+    p.add_argument("--twojmax", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-samples", type=int, default=500)
     p.add_argument("--workers", type=int, default=2)
