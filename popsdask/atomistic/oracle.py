@@ -65,8 +65,7 @@ def teacher_calculator(name: str = "W_2940_2017_2") -> LammpsCalculator:
         cmds = [
             "pair_style hybrid/overlay zbl 4.0 4.8 snap",
             "pair_coeff 1 1 zbl 74 74",
-            f"pair_coeff * * snap {os.path.join(d, name + '.snapcoeff')} "
-            f"{os.path.join(d, name + '.snapparam')} W",
+            f"pair_coeff * * snap {os.path.join(d, name + '.snapcoeff')} {os.path.join(d, name + '.snapparam')} W",
         ]
     elif name == "W_zhou.eam.alloy":
         cmds = ["pair_style eam/alloy", f"pair_coeff * * {os.path.join(d, name)} W"]
@@ -212,9 +211,7 @@ def _draw(i: int, seed: int, max_atoms: int, min_distance: float) -> tuple[Any, 
             if rng.random() < 0.7:
                 atoms = _bcc_supercell(rng, min(max_atoms, 56))
             else:
-                atoms = bulk("W", "fcc", a=(4 * V_ATOM) ** (1 / 3), cubic=True).repeat(
-                    int(rng.integers(2, 4))
-                )
+                atoms = bulk("W", "fcc", a=(4 * V_ATOM) ** (1 / 3), cubic=True).repeat(int(rng.integers(2, 4)))
             _strain(atoms, rng, 0.1, 0.02)
             md = {
                 "temperature": float(rng.uniform(300.0, 5000.0)),

@@ -78,15 +78,12 @@ class SnapSettings:
         n = len(self.elements)
         if n == 0 or len(self.radii) != n or len(self.element_weights) != n:
             raise InputError(
-                f"SnapSettings: {n} elements but {len(self.radii)} radii and "
-                f"{len(self.element_weights)} weights"
+                f"SnapSettings: {n} elements but {len(self.radii)} radii and {len(self.element_weights)} weights"
             )
         if self.twojmax < 0 or self.rcutfac <= 0:
             raise InputError(f"SnapSettings: twojmax={self.twojmax}, rcutfac={self.rcutfac}")
         if self.reference_style and not self.reference_coeffs:
-            raise InputError(
-                f"SnapSettings: reference_style {self.reference_style!r} needs reference_coeffs"
-            )
+            raise InputError(f"SnapSettings: reference_style {self.reference_style!r} needs reference_coeffs")
 
     # -- sizes and names ----------------------------------------------------------------
     @property
@@ -212,8 +209,7 @@ def _types(cfg: Configuration, settings: SnapSettings) -> np.ndarray:
         return np.array([index[s] for s in cfg.symbols], dtype=int)
     except KeyError as err:
         raise InputError(
-            f"{cfg.where()}: unknown element {err.args[0]!r}; "
-            f"the descriptors cover {list(settings.elements)}"
+            f"{cfg.where()}: unknown element {err.args[0]!r}; the descriptors cover {list(settings.elements)}"
         ) from None
 
 
@@ -224,9 +220,7 @@ def raw_compute_snap(
     sess = session or get_session()
     box = lammps_box(cfg.cell, cfg.pbc, cfg.positions, where=cfg.where())
     with sess.lock:
-        sess.setup(
-            box, _types(cfg, settings), settings.atom_masses(), settings.descriptor_pair_commands()
-        )
+        sess.setup(box, _types(cfg, settings), settings.atom_masses(), settings.descriptor_pair_commands())
         sess.lmp.command(settings.compute_command("snap"))
         sess.lmp.command("run 0")
         A = sess.global_array("snap")
@@ -262,9 +256,7 @@ def snap_rows(
     if cfg.energy is None or cfg.forces is None:
         raise InputError(f"{cfg.where()}: energy and forces are needed to build rows")
     if virial and cfg.stress is None:
-        raise InputError(
-            f"{cfg.where()}: virial rows requested but the configuration has no stress"
-        )
+        raise InputError(f"{cfg.where()}: virial rows requested but the configuration has no stress")
     A, box = raw_compute_snap(cfg, settings, session)
     n = cfg.n_atoms
     nd = settings.n_descriptors
