@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-W_DFT = Path(os.environ.get("POPSDASK_TUNGSTEN_DFT", ROOT.parent / "shared" / "data"
-                            / "tungsten-dft")) / "W_dft.extxyz.xz"
+W_DFT = (
+    Path(os.environ.get("POPSDASK_TUNGSTEN_DFT", ROOT.parent / "shared" / "data" / "tungsten-dft")) / "W_dft.extxyz.xz"
+)
 
 
 # ---------------------------------------------------------------------------- synthetic rows
@@ -78,7 +79,8 @@ def synthetic_arrays(args: argparse.Namespace, first_block: int, n: int):
     for b, start in enumerate(range(0, n, args.block_rows)):
         rows = min(args.block_rows, n - start)
         part = dask.delayed(synthetic_block, pure=True, nout=2)(
-            args.seed, first_block + b, rows, args.features, args.elements)
+            args.seed, first_block + b, rows, args.features, args.elements
+        )
         xs.append(da.from_delayed(part[0], shape=(rows, p), dtype=np.float32))
         ys.append(da.from_delayed(part[1], shape=(rows,), dtype=np.float64))
     return da.concatenate(xs), da.concatenate(ys)
@@ -95,8 +97,7 @@ def pipeline(args: argparse.Namespace) -> dict:
     if args.scheduler == "local":
         from popsdask.cluster import connect
 
-        ctx = connect("local", n_workers=args.workers, threads_per_worker=1, quiet=True,
-                      memory_limit=args.memory_limit)
+        ctx = connect("local", n_workers=args.workers, threads_per_worker=1, quiet=True, memory_limit=args.memory_limit)
     else:
         import dask
 
@@ -111,9 +112,16 @@ def pipeline(args: argparse.Namespace) -> dict:
         for name, first, n in (("train", 0, half), ("test", test_first, args.rows - half)):
             X, y = synthetic_arrays(args, first, n)
             stores[name] = popsdask.write_store(
-                out / f"{name}.zarr", X, y, chunk_rows=args.block_rows, overwrite=True,
-                attrs={"descriptors": "synthetic mptraj-scale corrector rows",
-                       "per_atom": True, "elements": args.elements},
+                out / f"{name}.zarr",
+                X,
+                y,
+                chunk_rows=args.block_rows,
+                overwrite=True,
+                attrs={
+                    "descriptors": "synthetic mptraj-scale corrector rows",
+                    "per_atom": True,
+                    "elements": args.elements,
+                },
             )
         times["write_stores"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -121,13 +129,18 @@ def pipeline(args: argparse.Namespace) -> dict:
         post.save(out / "posterior.zarr", overwrite=True)
         times["fit"] = time.perf_counter() - t
         t = time.perf_counter()
-        pred = predict_ensemble(post, stores["test"], out / "predictions.zarr",
-                                n_samples=args.n_samples, dtype=np.float32, overwrite=True)
+        pred = predict_ensemble(
+            post, stores["test"], out / "predictions.zarr", n_samples=args.n_samples, dtype=np.float32, overwrite=True
+        )
         times["predict"] = time.perf_counter() - t
     metrics = json.loads(pred.attrs["metrics"])
-    return {"seconds": times, "metrics": metrics,
-            "n_parameters": int(post.n_features), "n_selected": int(post.n_selected_),
-            "disk_bytes": {k: _du(out / f"{k}.zarr") for k in ("train", "test", "predictions")}}
+    return {
+        "seconds": times,
+        "metrics": metrics,
+        "n_parameters": int(post.n_features),
+        "n_selected": int(post.n_selected_),
+        "disk_bytes": {k: _du(out / f"{k}.zarr") for k in ("train", "test", "predictions")},
+    }
 
 
 def _du(path: Path) -> int:
@@ -151,8 +164,7 @@ def run(args: argparse.Namespace) -> dict:
         while not stop.is_set():
             try:
                 root = psutil.Process(proc.pid)
-                rss = root.memory_info().rss + sum(
-                    c.memory_info().rss for c in root.children(recursive=True))
+                rss = root.memory_info().rss + sum(c.memory_info().rss for c in root.children(recursive=True))
                 peak_tree = max(peak_tree, rss)
             except psutil.Error:
                 pass
@@ -189,13 +201,25 @@ def mpa0_like_mace(path: Path, seed: int = 0) -> Path:
     zs = list(range(1, 90))
     block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
     model = modules.ScaleShiftMACE(
-        r_max=6.0, num_bessel=10, num_polynomial_cutoff=5, max_ell=3,
-        interaction_cls=block, interaction_cls_first=block, num_interactions=2,
-        num_elements=len(zs), hidden_irreps=o3.Irreps("128x0e + 128x1o"),
-        MLP_irreps=o3.Irreps("16x0e"), gate=torch.nn.functional.silu,
-        atomic_energies=np.zeros(len(zs)), avg_num_neighbors=60.0, atomic_numbers=zs,
-        correlation=3, radial_type="bessel", radial_MLP=[64, 64, 64],
-        atomic_inter_scale=1.0, atomic_inter_shift=0.0,
+        r_max=6.0,
+        num_bessel=10,
+        num_polynomial_cutoff=5,
+        max_ell=3,
+        interaction_cls=block,
+        interaction_cls_first=block,
+        num_interactions=2,
+        num_elements=len(zs),
+        hidden_irreps=o3.Irreps("128x0e + 128x1o"),
+        MLP_irreps=o3.Irreps("16x0e"),
+        gate=torch.nn.functional.silu,
+        atomic_energies=np.zeros(len(zs)),
+        avg_num_neighbors=60.0,
+        atomic_numbers=zs,
+        correlation=3,
+        radial_type="bessel",
+        radial_MLP=[64, 64, 64],
+        atomic_inter_scale=1.0,
+        atomic_inter_shift=0.0,
     )
     torch.save(model, path)
     return path
@@ -228,22 +252,28 @@ def extractors(args: argparse.Namespace) -> dict:
     cases = {
         "chgnet-0.3.0": CHGNetExtractor(batch_size=16, torch_threads=1),
         "mace-mpa-0-medium-architecture (random weights, float32)": MACEExtractor(
-            model=str(mpa0_like_mace(tmp / "mpa0_like.model")), torch_threads=1),
+            model=str(mpa0_like_mace(tmp / "mpa0_like.model")), torch_threads=1
+        ),
     }
-    results = {"structures": len(structures), "atoms": atoms,
-               "source": str(W_DFT) if W_DFT.is_file() else "ase.build bcc W supercells"}
+    results = {
+        "structures": len(structures),
+        "atoms": atoms,
+        "source": str(W_DFT) if W_DFT.is_file() else "ase.build bcc W supercells",
+    }
     for name, ext in cases.items():
         model, _ = worker_model(ext)  # as on a build_store worker (malloc tuned once)
         ext.extract(model, structures[:2])  # warm-up
         c0, t0 = time.process_time(), time.perf_counter()
         for i in range(0, len(structures), 16):
-            ext.extract(model, structures[i:i + 16])
+            ext.extract(model, structures[i : i + 16])
         cpu, wall = time.process_time() - c0, time.perf_counter() - t0
-        results[name] = {"cpu_s_per_structure": cpu / len(structures),
-                         "cpu_ms_per_atom": 1e3 * cpu / atoms,
-                         "wall_s_per_structure": wall / len(structures),
-                         "n_features": len(ext.feature_names(model)),
-                         "n_parameters": ext.describe(model)["n_parameters"]}
+        results[name] = {
+            "cpu_s_per_structure": cpu / len(structures),
+            "cpu_ms_per_atom": 1e3 * cpu / atoms,
+            "wall_s_per_structure": wall / len(structures),
+            "n_features": len(ext.feature_names(model)),
+            "n_parameters": ext.describe(model)["n_parameters"],
+        }
     return results
 
 
@@ -276,8 +306,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.cmd == "run":
         args.forward = [a for a in (argv if argv is not None else sys.argv[1:])[1:]]
-        result = {"config": {k: v for k, v in vars(args).items() if k != "forward"},
-                  **run(args)}
+        result = {"config": {k: v for k, v in vars(args).items() if k != "forward"}, **run(args)}
     else:
         result = {"config": vars(args), **extractors(args)}
     text = json.dumps(result, indent=2)

@@ -29,29 +29,38 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(os.environ.get("POPSDASK_TUNGSTEN_DFT", ROOT.parent / "shared" / "data"
-                                   / "tungsten-dft"))
+DEFAULT_DATA = Path(os.environ.get("POPSDASK_TUNGSTEN_DFT", ROOT.parent / "shared" / "data" / "tungsten-dft"))
 SETS = {"W": "W_dft.extxyz.xz", "WBe": "WBe_dft.extxyz.xz"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
-                   help="directory holding W_dft.extxyz.xz and WBe_dft.extxyz.xz")
-    p.add_argument("--n-w", type=int, default=2000,
-                   help="random W configurations to use (0: none, -1: all 9,723)")
-    p.add_argument("--n-wbe", type=int, default=3000,
-                   help="random W-Be/Be configurations to use (0: none, -1: all 15,520)")
+    p.add_argument(
+        "--data-dir", type=Path, default=DEFAULT_DATA, help="directory holding W_dft.extxyz.xz and WBe_dft.extxyz.xz"
+    )
+    p.add_argument("--n-w", type=int, default=2000, help="random W configurations to use (0: none, -1: all 9,723)")
+    p.add_argument(
+        "--n-wbe", type=int, default=3000, help="random W-Be/Be configurations to use (0: none, -1: all 15,520)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the subsets and the split")
-    p.add_argument("--features", default="atom_fea", choices=["atom_fea", "readout"],
-                   help="CHGNet per-atom features (see CHGNetExtractor)")
-    p.add_argument("--total-energy", action="store_true",
-                   help="fit total energies (eV) instead of energies per atom (eV/atom)")
+    p.add_argument(
+        "--features",
+        default="atom_fea",
+        choices=["atom_fea", "readout"],
+        help="CHGNet per-atom features (see CHGNetExtractor)",
+    )
+    p.add_argument(
+        "--total-energy", action="store_true", help="fit total energies (eV) instead of energies per atom (eV/atom)"
+    )
     p.add_argument("--n-samples", type=int, default=500, help="posterior samples")
     p.add_argument("--workers", type=int, default=2, help="Dask worker processes")
     p.add_argument("--batch-size", type=int, default=32, help="structures per Dask task")
-    p.add_argument("--out", type=Path, default=Path("foundation-chgnet-demo"),
-                   help="output directory (stores, posterior, report, figures)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("foundation-chgnet-demo"),
+        help="output directory (stores, posterior, report, figures)",
+    )
     return p.parse_args(argv)
 
 
@@ -68,12 +77,15 @@ def load_subsets(args: argparse.Namespace) -> tuple[list, np.ndarray]:
         if not path.is_file():
             raise SystemExit(f"{path} not found: pass --data-dir or set POPSDASK_TUNGSTEN_DFT")
         images = read_structures(path)
-        take = np.arange(len(images)) if n < 0 or n >= len(images) else np.sort(
-            rng.choice(len(images), n, replace=False))
+        take = (
+            np.arange(len(images)) if n < 0 or n >= len(images) else np.sort(rng.choice(len(images), n, replace=False))
+        )
         structures += [images[i] for i in take]
         labels += [name] * len(take)
-        print(f"{name}: {len(take)} of {len(images)} configurations, "
-              f"{sum(len(images[i]) for i in take)} atoms", flush=True)
+        print(
+            f"{name}: {len(take)} of {len(images)} configurations, {sum(len(images[i]) for i in take)} atoms",
+            flush=True,
+        )
     return structures, np.array(labels)
 
 
@@ -99,8 +111,7 @@ def fig12(pred, outdir: Path, units: str) -> Path:
     bins = np.linspace(-lim, lim, 121)
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.5))
     a.hist(err, bins=bins, density=True, histtype="step", color="k", label="reference − MLE")
-    a.hist(dev, bins=bins, density=True, histtype="step", color="tab:green",
-           label="POPS sample − MLE")
+    a.hist(dev, bins=bins, density=True, histtype="step", color="tab:green", label="POPS sample − MLE")
     a.set_yscale("log")
     a.set_xlabel(f"energy error ({units})")
     a.set_ylabel("density")
@@ -110,9 +121,17 @@ def fig12(pred, outdir: Path, units: str) -> Path:
     rng = np.random.default_rng(0)
     idx = rng.choice(y.size, min(y.size, 400), replace=False)
     order = idx[np.argsort(y[idx])]
-    b.errorbar(y[order], mle[order], yerr=[mle[order] - lo[order], hi[order] - mle[order]],
-               fmt=".", ms=3, color="tab:blue", ecolor="0.6", elinewidth=1,
-               label="MLE, ensemble min/max")
+    b.errorbar(
+        y[order],
+        mle[order],
+        yerr=[mle[order] - lo[order], hi[order] - mle[order]],
+        fmt=".",
+        ms=3,
+        color="tab:blue",
+        ecolor="0.6",
+        elinewidth=1,
+        label="MLE, ensemble min/max",
+    )
     span = [y[idx].min(), y[idx].max()]
     b.plot(span, span, "k--", lw=0.8)
     b.set_xlabel(f"E_DFT − E_CHGNet ({units})")
@@ -144,19 +163,27 @@ def main(argv: list[str] | None = None) -> dict:
     extractor = CHGNetExtractor(features=args.features, torch_threads=1)
     with connect("local", n_workers=args.workers, threads_per_worker=1, quiet=True):
         t1 = time.perf_counter()
-        store = build_store(out / "descriptors.zarr", structures, extractor, per_atom=per_atom,
-                            info_keys=("group",), batch_size=args.batch_size, overwrite=True)
+        store = build_store(
+            out / "descriptors.zarr",
+            structures,
+            extractor,
+            per_atom=per_atom,
+            info_keys=("group",),
+            batch_size=args.batch_size,
+            overwrite=True,
+        )
         t_build = time.perf_counter() - t1
         ds = popsdask.open_store(store)
         n = ds.sizes["row"]
         rng = np.random.default_rng(args.seed + 1)
         perm = rng.permutation(n)
-        train, test = np.sort(perm[: n // 2]), np.sort(perm[n // 2:])
+        train, test = np.sort(perm[: n // 2]), np.sort(perm[n // 2 :])
         t2 = time.perf_counter()
         post = popsdask.fit(ds.isel(row=train))
         post.save(out / "posterior.zarr", overwrite=True)
-        pred = predict_ensemble(post, ds.isel(row=test), out / "predictions.zarr",
-                                n_samples=args.n_samples, seed=args.seed, overwrite=True)
+        pred = predict_ensemble(
+            post, ds.isel(row=test), out / "predictions.zarr", n_samples=args.n_samples, seed=args.seed, overwrite=True
+        )
         t_fit = time.perf_counter() - t2
         report = write_report(pred, out / "report")
     X, y = ds["X"].values, ds["y"].values
@@ -185,8 +212,10 @@ def main(argv: list[str] | None = None) -> dict:
         "n_train": int(train.size),
         "n_test": int(test.size),
         "n_parameters": int(post.n_features),
-        "all": {**block(np.ones(test.size, bool)),
-                "mae_chgnet_plus_element_offsets": offsets_only_mae(X, y, n_desc, train, test)},
+        "all": {
+            **block(np.ones(test.size, bool)),
+            "mae_chgnet_plus_element_offsets": offsets_only_mae(X, y, n_desc, train, test),
+        },
         "by_set": {name: block(labels[test] == name) for name in np.unique(labels)},
         "seconds": {"read": t_read, "descriptors": t_build, "fit_and_predict": t_fit},
         "chgnet_cpu_seconds_per_structure": ds.attrs["model_cpu_seconds_per_structure"],
@@ -199,10 +228,12 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     a = results["all"]
     print(json.dumps({k: v for k, v in results.items() if k != "report_metrics"}, indent=2))
-    print(f"\nMAE ({units}): CHGNet {a['mae_chgnet']:.4f}, + element offsets "
-          f"{a['mae_chgnet_plus_element_offsets']:.4f}, + POPS corrector {a['mae_corrected']:.4f};"
-          f" EV {100 * a['envelope_violation']:.2f} %, within ±4σ "
-          f"{100 * a['coverage_4sigma']:.2f} %\nfigures: {figure}, {out / 'report'}")
+    print(
+        f"\nMAE ({units}): CHGNet {a['mae_chgnet']:.4f}, + element offsets "
+        f"{a['mae_chgnet_plus_element_offsets']:.4f}, + POPS corrector {a['mae_corrected']:.4f};"
+        f" EV {100 * a['envelope_violation']:.2f} %, within ±4σ "
+        f"{100 * a['coverage_4sigma']:.2f} %\nfigures: {figure}, {out / 'report'}"
+    )
     return results
 
 

@@ -46,8 +46,7 @@ def expected_rows(extractor, structures, elements):
 
 def test_rows_are_summed_descriptors_and_counts_with_residual_targets(tmp_path, extractor):
     structures = labelled()
-    path = build_store(tmp_path / "s.zarr", structures, extractor, batch_size=3,
-                       info_keys=("group",))
+    path = build_store(tmp_path / "s.zarr", structures, extractor, batch_size=3, info_keys=("group",))
     ds = open_store(path)
     assert ds.attrs["elements"] == ["Be", "W"]
     assert ds.attrs["feature_names"][-2:] == ["count_Be", "count_W"]
@@ -99,8 +98,7 @@ def test_on_worker_processes_one_model_each(tmp_path, extractor):
 
     structures = labelled()
     serial = open_store(build_store(tmp_path / "serial.zarr", structures, extractor))
-    with connect("local", n_workers=2, threads_per_worker=1, memory_limit="3GB",
-                 quiet=True) as client:
+    with connect("local", n_workers=2, threads_per_worker=1, memory_limit="3GB", quiet=True) as client:
         path = build_store(tmp_path / "dist.zarr", structures, extractor, batch_size=2)
         loaded = client.run(lambda: len(base._CACHE))
         pids = client.run(lambda: __import__("os").getpid())

@@ -26,9 +26,7 @@ def test_features_match_predict_structure_and_energy_is_total(chgnet):
     out = ext.extract(model, structures)
     assert len(ext.feature_names(model)) == 128
     for atoms, d, e in zip(structures, out.descriptors, out.energy, strict=True):
-        single = model.predict_structure(
-            AseAtomsAdaptor.get_structure(atoms), task="e", return_atom_feas=True
-        )
+        single = model.predict_structure(AseAtomsAdaptor.get_structure(atoms), task="e", return_atom_feas=True)
         assert d.shape == (len(atoms), 128)
         # batching (3 per pass) does not change a structure's features or energy
         np.testing.assert_allclose(d[:, :64], single["atom_fea"], rtol=1e-5, atol=1e-5)

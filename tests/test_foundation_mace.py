@@ -28,13 +28,24 @@ def small_mace_model(path: Path, seed: int = 0, elements: tuple[int, ...] = (4, 
     torch.manual_seed(seed)
     block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
     model = modules.ScaleShiftMACE(
-        r_max=4.5, num_bessel=6, num_polynomial_cutoff=5, max_ell=2,
-        interaction_cls=block, interaction_cls_first=block, num_interactions=2,
-        num_elements=len(elements), hidden_irreps=o3.Irreps("8x0e + 8x1o"),
-        MLP_irreps=o3.Irreps("8x0e"), gate=torch.nn.functional.silu,
-        atomic_energies=-np.arange(1.0, len(elements) + 1), avg_num_neighbors=8.0,
-        atomic_numbers=list(elements), correlation=2, radial_type="bessel",
-        atomic_inter_scale=1.0, atomic_inter_shift=0.0,
+        r_max=4.5,
+        num_bessel=6,
+        num_polynomial_cutoff=5,
+        max_ell=2,
+        interaction_cls=block,
+        interaction_cls_first=block,
+        num_interactions=2,
+        num_elements=len(elements),
+        hidden_irreps=o3.Irreps("8x0e + 8x1o"),
+        MLP_irreps=o3.Irreps("8x0e"),
+        gate=torch.nn.functional.silu,
+        atomic_energies=-np.arange(1.0, len(elements) + 1),
+        avg_num_neighbors=8.0,
+        atomic_numbers=list(elements),
+        correlation=2,
+        radial_type="bessel",
+        atomic_inter_scale=1.0,
+        atomic_inter_shift=0.0,
     )
     torch.save(model, path)
     return path

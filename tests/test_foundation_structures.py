@@ -36,8 +36,7 @@ def structures():
     return out
 
 
-@pytest.mark.parametrize("suffix,compress", [(".xz", lzma.compress), (".gz", gzip.compress),
-                                             (".bz2", bz2.compress)])
+@pytest.mark.parametrize("suffix,compress", [(".xz", lzma.compress), (".gz", gzip.compress), (".bz2", bz2.compress)])
 def test_compressed_extxyz_reads_like_plain(tmp_path, suffix, compress):
     import ase.io
 
@@ -77,9 +76,11 @@ def test_reference_energy_errors():
 
 
 def test_core_and_foundation_imports_do_not_import_torch():
-    code = ("import sys, popsdask, popsdask.foundation; "
-            "bad = [m for m in ('torch', 'chgnet', 'mace', 'e3nn') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, popsdask, popsdask.foundation; "
+        "bad = [m for m in ('torch', 'chgnet', 'mace', 'e3nn') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -87,8 +88,13 @@ def test_core_and_foundation_imports_do_not_import_torch():
 def test_malloc_tuning_can_be_switched_off():
     code = "from popsdask.foundation.base import tune_malloc; print(tune_malloc(), tune_malloc())"
     on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**__import__("os").environ, "POPSDASK_MALLOC_TUNING": "0"})
+    off = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**__import__("os").environ, "POPSDASK_MALLOC_TUNING": "0"},
+    )
     assert off.stdout.split() == ["False", "False"]
     import platform
 

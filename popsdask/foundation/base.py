@@ -17,7 +17,12 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 __all__ = [
-    "Extracted", "Extractor", "worker_model", "clear_model_cache", "require_torch", "tune_malloc",
+    "Extracted",
+    "Extractor",
+    "worker_model",
+    "clear_model_cache",
+    "require_torch",
+    "tune_malloc",
 ]
 
 
@@ -114,8 +119,7 @@ def tune_malloc() -> bool:
     except (OSError, AttributeError):  # not glibc (musl, ...)
         return False
     m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
-    ok = (mallopt(m_trim_threshold, 256 << 20) == 1 and mallopt(m_top_pad, 64 << 20) == 1
-          and mallopt(m_mmap_max, 0) == 1)
+    ok = mallopt(m_trim_threshold, 256 << 20) == 1 and mallopt(m_top_pad, 64 << 20) == 1 and mallopt(m_mmap_max, 0) == 1
     _MALLOC_TUNED = bool(ok)
     return _MALLOC_TUNED
 

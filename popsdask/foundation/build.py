@@ -88,8 +88,7 @@ def extract_rows(
     X = np.concatenate([desc, counts], axis=1)
     e_model = np.asarray(out.energy, dtype=np.float64).reshape(-1)
     if e_model.shape[0] != len(structures):
-        raise RuntimeError(f"{where}: the model gave {e_model.shape[0]} energies for "
-                           f"{len(structures)} structures")
+        raise RuntimeError(f"{where}: the model gave {e_model.shape[0]} energies for {len(structures)} structures")
     if per_atom:
         X = X / n_atoms[:, None]
     rows: dict[str, np.ndarray] = {
@@ -201,16 +200,24 @@ def build_store(
     extract = dask.delayed(extract_rows, pure=True)
     if elements is None:
         if from_files:
-            found = compute(*[dask.delayed(_file_elements)(f) for f in items],
-                            label="elements present", progress=progress)
+            found = compute(
+                *[dask.delayed(_file_elements)(f) for f in items], label="elements present", progress=progress
+            )
             elements = elements_of_symbols(s for f in found for s in f)
         else:
             elements = elements_of(items)
     elements = list(elements)
     if from_files:
         tasks = [
-            extract(extractor, str(f), elements, energy_key=energy_key, info_keys=tuple(info_keys),
-                    per_atom=per_atom, where=str(f))
+            extract(
+                extractor,
+                str(f),
+                elements,
+                energy_key=energy_key,
+                info_keys=tuple(info_keys),
+                per_atom=per_atom,
+                where=str(f),
+            )
             for f in items
         ]
     else:
@@ -220,24 +227,29 @@ def build_store(
         if client is not None:  # ship structures to the workers once, not inside the graph
             payloads = client.scatter(payloads)
         tasks = [
-            extract(extractor, payload, elements, energy_key=energy_key,
-                    info_keys=tuple(info_keys), per_atom=per_atom,
-                    where=f"structures {a}..{b - 1}")
+            extract(
+                extractor,
+                payload,
+                elements,
+                energy_key=energy_key,
+                info_keys=tuple(info_keys),
+                per_atom=per_atom,
+                where=f"structures {a}..{b - 1}",
+            )
             for payload, (a, b) in zip(payloads, spans, strict=True)
         ]
     parts = persist(*tasks)
     if progress:
         _progress(parts)
-    meta = compute(*[dask.delayed(_without_X)(p) for p in parts], label="model energies",
-                   progress=False)
+    meta = compute(*[dask.delayed(_without_X)(p) for p in parts], label="model energies", progress=False)
     sizes = [m["n_atoms"].shape[0] for m in meta]
-    n_cols, description = compute(dask.delayed(_n_columns)(parts[0]),
-                                  dask.delayed(_describe)(extractor), label="", progress=False)
+    n_cols, description = compute(
+        dask.delayed(_n_columns)(parts[0]), dask.delayed(_describe)(extractor), label="", progress=False
+    )
     n_desc = int(n_cols) - len(elements)
     X = da.concatenate(
         [
-            da.from_delayed(dask.delayed(_take_X)(p, dtype), shape=(n, n_desc + len(elements)),
-                            dtype=dtype)
+            da.from_delayed(dask.delayed(_take_X)(p, dtype), shape=(n, n_desc + len(elements)), dtype=dtype)
             for p, n in zip(parts, sizes, strict=True)
         ],
         axis=0,
@@ -277,8 +289,9 @@ def build_store(
         "batch_size": int(batch_size),
         **(attrs or {}),
     }
-    out = write_store(path, X, y, configurations=configurations, attrs=store_attrs,
-                      chunk_rows=chunk_rows, overwrite=overwrite)
+    out = write_store(
+        path, X, y, configurations=configurations, attrs=store_attrs, chunk_rows=chunk_rows, overwrite=overwrite
+    )
     store_seconds = time.perf_counter() - t_start
     import zarr
 

@@ -84,8 +84,7 @@ class CHGNetExtractor:
             "model_version": str(getattr(model, "version", self.model)),
             "features": list(self._features()),
             "n_parameters": int(sum(p.numel() for p in model.parameters())),
-            "energy": "CHGNet total energy (eV): predict_structure 'e' times n_atoms "
-            "for intensive models",
+            "energy": "CHGNet total energy (eV): predict_structure 'e' times n_atoms for intensive models",
         }
 
     def extract(self, model: Any, structures: list[Any]) -> Extracted:
@@ -105,13 +104,13 @@ class CHGNetExtractor:
         handle = model.mlp.register_forward_pre_hook(hook) if "readout" in feats else None
         if "readout" in feats and not getattr(model, "mlp_first", True):
             handle.remove()
-            raise ValueError(
-                "features='readout' needs a CHGNet whose energy MLP acts per atom (mlp_first)"
-            )
+            raise ValueError("features='readout' needs a CHGNet whose energy MLP acts per atom (mlp_first)")
         try:
             with torch.no_grad():
                 preds = model.predict_structure(
-                    pmg, task="e", return_atom_feas="atom_fea" in feats,
+                    pmg,
+                    task="e",
+                    return_atom_feas="atom_fea" in feats,
                     batch_size=self.batch_size,
                 )
         finally:
@@ -121,10 +120,7 @@ class CHGNetExtractor:
         energy = np.array([float(p["e"]) for p in preds], dtype=np.float64)
         if getattr(model, "is_intensive", True):
             energy = energy * n_atoms
-        readout = (
-            np.split(np.concatenate(captured, axis=0), np.cumsum(n_atoms)[:-1])
-            if "readout" in feats else None
-        )
+        readout = np.split(np.concatenate(captured, axis=0), np.cumsum(n_atoms)[:-1]) if "readout" in feats else None
         descriptors = []
         for i, p in enumerate(preds):
             parts = []
@@ -133,8 +129,7 @@ class CHGNetExtractor:
             block = np.concatenate(parts, axis=1)
             if block.shape[0] != n_atoms[i]:
                 raise RuntimeError(
-                    f"CHGNet returned {block.shape[0]} atom feature rows for a structure of "
-                    f"{n_atoms[i]} atoms"
+                    f"CHGNet returned {block.shape[0]} atom feature rows for a structure of {n_atoms[i]} atoms"
                 )
             descriptors.append(block)
         return Extracted(descriptors=descriptors, energy=energy)

@@ -69,9 +69,7 @@ def resolve_mace_model(
     try:
         from mace.calculators import foundations_models as fm
     except ImportError as err:
-        raise ImportError(
-            "MACE models need mace-torch: pip install 'popsdask[foundation]'"
-        ) from err
+        raise ImportError("MACE models need mace-torch: pip install 'popsdask[foundation]'") from err
     urls: dict[str, str] = dict(fm.mace_mp_urls)
     looked: list[Path] = []
     if text in urls or text.startswith(("https://", "http://")):
@@ -99,8 +97,7 @@ def resolve_mace_model(
         )
     names = ", ".join(sorted(urls))
     raise FileNotFoundError(
-        f"MACE model file not found: {as_path.absolute()} (not a file, and not a mace_mp model "
-        f"name: {names})"
+        f"MACE model file not found: {as_path.absolute()} (not a file, and not a mace_mp model name: {names})"
     )
 
 
@@ -231,7 +228,9 @@ class MACEExtractor:
             graphs = [
                 mace_data.AtomicData.from_config(
                     mace_data.config_from_atoms(a, key_specification=keyspec, head_name=head),
-                    z_table=z_table, cutoff=float(model.r_max), heads=heads,
+                    z_table=z_table,
+                    cutoff=float(model.r_max),
+                    heads=heads,
                 )
                 for a in structures
             ]
@@ -241,11 +240,9 @@ class MACEExtractor:
         batch = next(iter(loader))
         with torch.no_grad():
             out = model(batch.to_dict(), training=False, compute_force=False)
-        inv = extract_invariant(
-            out["node_feats"], num_layers=layers, num_features=per_layer, l_max=l_max
-        )
+        inv = extract_invariant(out["node_feats"], num_layers=layers, num_features=per_layer, l_max=l_max)
         inv = inv[:, : layers * per_layer].detach().cpu().numpy().astype(np.float64)
         bounds = batch.ptr.cpu().numpy()
-        descriptors = [inv[bounds[i]: bounds[i + 1]] for i in range(len(structures))]
+        descriptors = [inv[bounds[i] : bounds[i + 1]] for i in range(len(structures))]
         energy = out["energy"].detach().cpu().numpy().astype(np.float64).reshape(-1)
         return Extracted(descriptors=descriptors, energy=energy)

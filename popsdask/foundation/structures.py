@@ -23,9 +23,7 @@ __all__ = ["read_structures", "reference_energy", "element_counts", "elements_of
 _OPENERS = {".xz": lzma.open, ".lzma": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
 
 
-def read_structures(
-    path: str | os.PathLike, index: str | int | slice = ":", format: str | None = None
-) -> list[Any]:
+def read_structures(path: str | os.PathLike, index: str | int | slice = ":", format: str | None = None) -> list[Any]:
     """Read structures with ASE, decompressing ``.xz``/``.gz``/``.bz2`` files only once.
 
     ``ase.io.read`` on a compressed extended-XYZ file seeks in the compressed stream frame by
@@ -81,8 +79,7 @@ def reference_energy(atoms: Any, energy_key: str | None = None) -> float:
     if energy_key is not None:
         if energy_key not in atoms.info:
             raise InputError(
-                f"structure {atoms.get_chemical_formula()}: no info[{energy_key!r}] "
-                f"(keys: {sorted(atoms.info)})"
+                f"structure {atoms.get_chemical_formula()}: no info[{energy_key!r}] (keys: {sorted(atoms.info)})"
             )
         return float(atoms.info[energy_key])
     if atoms.calc is None:
