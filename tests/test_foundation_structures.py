@@ -100,3 +100,18 @@ def test_malloc_tuning_can_be_switched_off():
 
     expected = "True" if platform.libc_ver()[0] == "glibc" else "False"
     assert on.stdout.split() == [expected, expected]
+
+
+def test_missing_torch_is_a_clear_error():
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from popsdask.foundation import CHGNetExtractor, MACEExtractor\n"
+        "for ext in (CHGNetExtractor(), MACEExtractor()):\n"
+        "    try:\n"
+        "        ext.load()\n"
+        "    except ImportError as err:\n"
+        "        assert 'popsdask[foundation]' in str(err) and 'torch==2.13.0' in str(err), err\n"
+        "    else:\n"
+        "        raise SystemExit('no ImportError')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
