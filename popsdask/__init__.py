@@ -1,6 +1,7 @@
 """popsdask: out-of-core POPS regression and misspecification UQ on Dask, Zarr and xarray."""
 
 from ._validate import InputError
+from .ensemble import predict_ensemble
 from .estimator import POPSRegressor, fit
 from .posterior import Posterior
 from .store import KIND_CODES, open_store, write_store
@@ -14,6 +15,7 @@ __all__ = [
     "Posterior",
     "fit",
     "open_store",
+    "predict_ensemble",
     "write_store",
     "__version__",
 ]
