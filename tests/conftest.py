@@ -34,3 +34,19 @@ def local_client():
 
     with connect("local", n_workers=2, threads_per_worker=1, memory_limit="1GB", quiet=True) as client:
         yield client
+
+
+LISTENING_BEFORE: list[tuple[int, str, int]] = []
+
+
+@pytest.fixture(autouse=True)
+def _listening_before():
+    """What the test process listened on before the test (see test_cluster's loopback check)."""
+    import psutil
+
+    LISTENING_BEFORE[:] = [
+        (os.getpid(), c.laddr.ip, c.laddr.port)
+        for c in psutil.Process().net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    ]
+    yield
