@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from .store import (
     atomic_directory,
     check_safe_group,
     commit_directory,
+    discard_directory,
     is_complete,
     mark_complete,
 )
@@ -151,7 +151,7 @@ def _write(ds: xr.Dataset, output: str | os.PathLike, overwrite: bool, progress:
         mark_complete(staging)
         commit_directory(staging, final, overwrite)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard_directory(staging)
         raise
     return open_predictions(final)
 

@@ -106,7 +106,8 @@ def _wrap_rows(arr: np.ndarray, chunk_rows: int) -> da.Array:
     rows = tuple(min(chunk_rows, n - i) for i in range(0, n, chunk_rows)) or (0,)
     name = f"array-{uuid.uuid4().hex}"
     rest = (0,) * (arr.ndim - 1)
-    dsk = {(name, k) + rest: arr[i : i + r] for k, (i, r) in enumerate(zip(np.cumsum((0,) + rows[:-1]), rows))}
+    starts = np.cumsum((0,) + rows[:-1])
+    dsk = {(name, k) + rest: arr[i : i + r] for k, (i, r) in enumerate(zip(starts, rows, strict=True))}
     return da.Array(dsk, name, chunks=(rows,) + tuple((d,) for d in arr.shape[1:]), dtype=arr.dtype, meta=arr[:0])
 
 
@@ -229,10 +230,12 @@ def tree_reduce(parts: Sequence[Delayed], combine: Callable, label: str) -> Dela
     level = list(parts)
     depth = 0
     while len(level) > 1:
+        groups = [level[i : i + SPLIT_EVERY] for i in range(0, len(level), SPLIT_EVERY)]
         level = [
-            delayed(_reduce_group, pure=True)(combine, *level[i : i + SPLIT_EVERY],
-                                              dask_key_name=f"{label}-combine-{depth}-{i}-{dask.base.tokenize(*level[i : i + SPLIT_EVERY])}")
-            for i in range(0, len(level), SPLIT_EVERY)
+            delayed(_reduce_group, pure=True)(
+                combine, *group, dask_key_name=f"{label}-combine-{depth}-{j}-{dask.base.tokenize(*group)}"
+            )
+            for j, group in enumerate(groups)
         ]
         depth += 1
     return level[0]
@@ -309,7 +312,9 @@ def fit_pops(
     if needs_refinement(stats, ev):
         coef_d = delayed(ev.coef, pure=True)
         parts = [delayed(block_residual_stats, pure=True)(xb, yb, wb, coef_d) for xb, yb, wb in design.blocks()]
-        (res,) = compute(tree_reduce(parts, combine_sum, "residual"), label="pass 1b: exact residuals", progress=progress)
+        (res,) = compute(
+            tree_reduce(parts, combine_sum, "residual"), label="pass 1b: exact residuals", progress=progress
+        )
         ev = maximise_evidence(stats, evidence, SSEAnchor(ev.coef, res[0], res[1]), (ev.eigvals, ev.eigvecs))
 
     a_inv = ev.a_inv
@@ -336,7 +341,9 @@ def fit_pops(
     if settings.posterior == "ensemble":
         corr = da.concatenate(
             [
-                da.from_delayed(delayed(block_corrections, pure=True)(xb, b, threshold, ainv_d), shape=(c, p), dtype=np.float64)
+                da.from_delayed(
+                    delayed(block_corrections, pure=True)(xb, b, threshold, ainv_d), shape=(c, p), dtype=np.float64
+                )
                 for (xb, _, _), b, c in zip(blocks, hc, counts, strict=True)
             ]
         ).rechunk((max(1, min(n_sel, default_chunk_rows(p))), p))
@@ -357,13 +364,17 @@ def fit_pops(
         basis = _fix_signs(basis)
         proj_d = delayed(a_inv @ basis, pure=True)
         if settings.percentile_clipping > 0:
-            lower, upper = _projection_percentiles(blocks, hc, counts, threshold, proj_d, basis.shape[1], settings.percentile_clipping, progress)
+            lower, upper = _projection_percentiles(
+                blocks, hc, counts, threshold, proj_d, basis.shape[1], settings.percentile_clipping, progress
+            )
         else:
             parts = [
                 delayed(block_projection_range, pure=True)(xb, b, threshold, proj_d)
                 for (xb, _, _), b in zip(blocks, hc, strict=True)
             ]
-            ((lower, upper),) = compute(tree_reduce(parts, combine_range, "bounds"), label="pass 4/4: hypercube bounds", progress=progress)
+            ((lower, upper),) = compute(
+                tree_reduce(parts, combine_range, "bounds"), label="pass 4/4: hypercube bounds", progress=progress
+            )
         mis_sigma = hypercube_second_moment(basis, lower, upper)
 
     return Posterior(
@@ -400,7 +411,9 @@ def _projection_percentiles(blocks, hc, counts, threshold, proj_d, k, clip, prog
     """Exact per-mode percentiles of the projections: rows gathered one column group at a time."""
     z = da.concatenate(
         [
-            da.from_delayed(delayed(block_projections, pure=True)(xb, b, threshold, proj_d), shape=(c, k), dtype=np.float64)
+            da.from_delayed(
+                delayed(block_projections, pure=True)(xb, b, threshold, proj_d), shape=(c, k), dtype=np.float64
+            )
             for (xb, _, _), b, c in zip(blocks, hc, counts, strict=True)
         ]
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from .store import (
     atomic_directory,
     check_safe_group,
     commit_directory,
+    discard_directory,
     is_complete,
     mark_complete,
 )
@@ -162,7 +162,7 @@ class Posterior:
             mark_complete(staging)
             commit_directory(staging, final, overwrite)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            discard_directory(staging)
             raise
         if self.corrections_ is not None:
             self.corrections_ = _open_corrections(final)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import uuid
 import warnings
 from collections.abc import Mapping
@@ -105,6 +106,19 @@ def atomic_directory(path: str | os.PathLike) -> tuple[Path, Path]:
     return final, staging
 
 
+def discard_directory(staging: Path, settle: float = 0.25, attempts: int = 20) -> None:
+    """Remove a failed write's staging directory for good.
+
+    When one task of a write fails, Dask raises at once while tasks already running keep writing
+    chunks, which would re-create files after a single ``rmtree``; remove until it stays gone.
+    """
+    for _ in range(attempts):
+        shutil.rmtree(staging, ignore_errors=True)
+        time.sleep(settle)
+        if not staging.exists():
+            return
+
+
 def commit_directory(staging: Path, final: Path, overwrite: bool) -> None:
     """Move a fully written directory into place (rename is atomic on one filesystem)."""
     if final.exists():
@@ -179,6 +193,7 @@ def write_store(
     attrs: Mapping[str, Any] | None = None,
     chunk_rows: int | None = None,
     overwrite: bool = False,
+    compress_X: bool = False,
 ) -> Path:
     """Write a descriptor store chunk by chunk.
 
@@ -203,6 +218,9 @@ def write_store(
         Rows per chunk (default: about 64 MiB of X per chunk).
     overwrite : bool
         Replace an existing store at ``path``.
+    compress_X : bool
+        Compress ``X`` with zstd. Off by default: dense descriptors compress by ~10 % while
+        decompression doubled the time of a fit from the store (every pass reads X).
 
     Returns
     -------
@@ -283,11 +301,12 @@ def write_store(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # zarr: fixed-length strings are an unstable v3 type
-            ds.to_zarr(staging, mode="w", zarr_format=3, consolidated=False, compute=True)
+            encoding = {} if compress_X else {"X": {"compressors": None}}
+            ds.to_zarr(staging, mode="w", zarr_format=3, consolidated=False, compute=True, encoding=encoding)
         mark_complete(staging)
         commit_directory(staging, final, overwrite)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard_directory(staging)
         raise
     return final
 
