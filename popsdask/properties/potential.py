@@ -1,0 +1,151 @@
+"""A potential as a small picklable value: a qSNAP θ with its settings, or a teacher by name.
+
+:class:`Potential` is what the property suite sends to Dask workers: θ (a few hundred floats),
+the :class:`SnapSettings`, or the name of a potential shipped with LAMMPS. The SNAP files are
+written once per process on first use, into a cache directory keyed by label and a hash of θ,
+so the same member evaluated many times (a relaxation, an EOS, a path) touches the disk once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._validate import InputError
+from ..atomistic.export import LammpsCalculator, pair_commands_for, write_snap_potential
+from ..atomistic.snap import SnapSettings
+
+__all__ = ["Potential", "members_from_posterior", "reference_potential"]
+
+_PAIR_CACHE: dict[tuple[int, str], list[str]] = {}
+
+
+@dataclass(frozen=True, eq=False)
+class Potential:
+    """One interatomic potential of the property suite.
+
+    Parameters
+    ----------
+    label : name, e.g. ``"mle"``, ``"sample-0007"`` or ``"reference"``
+    theta : (n_features,) qSNAP coefficients, or None for a teacher
+    settings : descriptor settings of θ, or None for a teacher
+    teacher : name of a potential shipped with LAMMPS (see :data:`popsdask.atomistic.oracle.TEACHERS`)
+    """
+
+    label: str
+    theta: np.ndarray | None = None
+    settings: SnapSettings | None = None
+    teacher: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.teacher is None) == (self.theta is None):
+            raise InputError(f"Potential {self.label!r}: give either theta (with settings) or teacher")
+        if self.theta is not None:
+            if self.settings is None:
+                raise InputError(f"Potential {self.label!r}: theta needs its SnapSettings")
+            th = np.ascontiguousarray(self.theta, dtype=float).ravel()
+            if th.shape != (self.settings.n_features,):
+                raise InputError(
+                    f"Potential {self.label!r}: θ has {th.size} values, the settings {self.settings.n_features}"
+                )
+            object.__setattr__(self, "theta", th)
+
+    @property
+    def key(self) -> str:
+        """Identity of the interactions: label plus a hash of θ (or the teacher's name)."""
+        if self.teacher is not None:
+            return f"{self.label}-{self.teacher}"
+        h = hashlib.sha1(np.asarray(self.theta, dtype="<f8").tobytes())
+        h.update(self.settings.key().encode())  # type: ignore[union-attr]
+        return f"{self.label}-{h.hexdigest()[:16]}"
+
+    @property
+    def elements(self) -> list[str]:
+        return ["W"] if self.teacher is not None else list(self.settings.elements)  # type: ignore[union-attr]
+
+    @property
+    def masses(self) -> list[float]:
+        if self.teacher is not None:
+            from ase.data import atomic_masses, atomic_numbers
+
+            return [float(atomic_masses[atomic_numbers[e]]) for e in self.elements]
+        return list(self.settings.atom_masses())  # type: ignore[union-attr]
+
+    def pair_commands(self) -> list[str]:
+        """LAMMPS commands of the interactions (SNAP files written once per process)."""
+        ck = (os.getpid(), self.key)
+        cmds = _PAIR_CACHE.get(ck)
+        if cmds is not None:
+            return list(cmds)
+        if self.teacher is not None:
+            from ..atomistic.oracle import teacher_calculator
+
+            cmds = teacher_calculator(self.teacher).pair_commands
+        else:
+            d = Path(tempfile.gettempdir()) / f"popsdask-potentials-{os.getpid()}"
+            prefix = d / self.key
+            coeff = prefix.with_name(prefix.name + ".snapcoeff")
+            param = prefix.with_name(prefix.name + ".snapparam")
+            if not (coeff.exists() and param.exists()):
+                write_snap_potential(self.theta, self.settings, prefix, comment=self.label)  # type: ignore[arg-type]
+            cmds = pair_commands_for(self.settings, coeff, param)  # type: ignore[arg-type]
+        _PAIR_CACHE[ck] = list(cmds)
+        return list(cmds)
+
+    def calculator(self) -> LammpsCalculator:
+        """ASE calculator of this potential on the process's LAMMPS instance."""
+        return LammpsCalculator(self.pair_commands(), self.elements, self.masses, label=self.label)
+
+    def __repr__(self) -> str:
+        kind = f"teacher={self.teacher!r}" if self.teacher else f"θ[{self.theta.size}]"  # type: ignore[union-attr]
+        return f"Potential({self.label!r}, {kind})"
+
+
+def reference_potential(teacher: str = "W_2940_2017_2") -> Potential:
+    """The reference ("ab initio" oracle) potential: a teacher shipped with LAMMPS."""
+    from ..atomistic.oracle import TEACHERS
+
+    if teacher not in TEACHERS:
+        raise InputError(f"teacher {teacher!r}: use one of {TEACHERS}")
+    return Potential("reference", teacher=teacher)
+
+
+def members_from_posterior(
+    posterior: Any,
+    settings: SnapSettings,
+    n_samples: int,
+    *,
+    seed: int = 0,
+    method: str = "uniform",
+) -> list[Potential]:
+    """The MLE and ``n_samples`` posterior samples as potentials.
+
+    Parameters
+    ----------
+    posterior : :class:`popsdask.posterior.Posterior` or a path to a saved one
+    settings : the descriptor settings of the posterior's features
+    n_samples : number of samples (0 for the MLE alone)
+    seed, method : passed to :meth:`Posterior.sample`
+
+    Returns
+    -------
+    list of :class:`Potential` labelled ``"mle"``, ``"sample-0000"``, ``"sample-0001"``, ...
+    """
+    from ..posterior import Posterior
+
+    if not isinstance(posterior, Posterior):
+        posterior = Posterior.load(posterior)
+    coef = np.asarray(posterior.coef_, dtype=float)
+    if coef.size != settings.n_features:
+        raise InputError(f"posterior has {coef.size} features, the descriptor settings {settings.n_features}")
+    out = [Potential("mle", coef, settings)]
+    if n_samples > 0:
+        theta = np.asarray(posterior.sample(n_samples, method=method, seed=seed).values, dtype=float)
+        out += [Potential(f"sample-{i:04d}", theta[i], settings) for i in range(theta.shape[0])]
+    return out
