@@ -171,7 +171,7 @@ def _relax_locked(
             lmp.command("min_style cg")
             lmp.command(f"fix popsdask_br all box/relax {mode} {p_bar!r} vmax 0.001 nreset 1")
             s0 = _steps(lmp)
-            lmp.command(f"minimize 0.0 {fmax * 0.1!r} {left} {10 * left}")
+            lmp.command(f"minimize 1e-12 {fmax!r} {left} {10 * left}")
             used += _steps(lmp) - s0
             lmp.command("unfix popsdask_br")
         left = max_steps - used
