@@ -66,7 +66,7 @@ class Prototype:
 
 
 PROTOTYPES: dict[str, Prototype | None] = {
-    "bcc": Prototype(229, ((0, 0, 0),), (3.155, 3.155, 3.155, 90, 90, 90), "A2 A_cI2_229_a", cubic=True, wyckoff=("2a",)),
+    "bcc": Prototype(229, ((0, 0, 0),), (3.155,) * 3 + (90,) * 3, "A2 A_cI2_229_a", cubic=True, wyckoff=("2a",)),
     "A15": Prototype(
         223, ((0, 0, 0), (0.25, 0, 0.5)), (4.556,) * 3 + (90,) * 3, "A15 Cr3Si A3B_cP8_223_c_a", cubic=True,
         wyckoff=("2a", "6c"),
@@ -74,7 +74,8 @@ PROTOTYPES: dict[str, Prototype | None] = {
     "sigma": Prototype(
         136,
         ((0, 0, 0), (0.39864, 0.39864, 0), (0.46349, 0.13122, 0), (0.73933, 0.06609, 0), (0.18267, 0.18267, 0.25202)),
-        (8.7966, 8.7966, 4.5582, 90, 90, 90), "D8_b sigma-CrFe A_tP30_136_bf2ij", wyckoff=("2a", "4f", "8i", "8i", "8j"),
+        (8.7966, 8.7966, 4.5582, 90, 90, 90), "D8_b sigma-CrFe A_tP30_136_bf2ij",
+        wyckoff=("2a", "4f", "8i", "8i", "8j"),
     ),
     "Al4W": None,
     "chi": Prototype(
@@ -107,7 +108,9 @@ PROTOTYPES: dict[str, Prototype | None] = {
         wyckoff=("2b", "2c", "2d", "6g"),
     ),
     "fcc": Prototype(225, ((0, 0, 0),), (3.6149,) * 3 + (90,) * 3, "A1 A_cF4_225_a", cubic=True, wyckoff=("4a",)),
-    "hcp": Prototype(194, ((1 / 3, 2 / 3, 0.25),), (3.2093, 3.2093, 5.2106, 90, 90, 120), "A3 A_hP2_194_c", wyckoff=("2c",)),
+    "hcp": Prototype(
+        194, ((1 / 3, 2 / 3, 0.25),), (3.2093, 3.2093, 5.2106, 90, 90, 120), "A3 A_hP2_194_c", wyckoff=("2c",)
+    ),
     "Al12W": Prototype(
         204, ((0, 0, 0), (0.809, 0.316, 0.5)), (7.58,) * 3 + (90,) * 3, "Al12W A12B_cI26_204_g_a (ICSD 58207)",
         cubic=True, wyckoff=("2a", "24g"),
