@@ -110,6 +110,43 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"demo finished in {time.perf_counter() - t0:.1f} s; report: {out / 'report' / 'report.md'}")
 
 
+def _properties(args: argparse.Namespace) -> None:
+    from .atomistic.snap import SnapSettings
+    from .properties.report import write_report
+    from .properties.runner import PROPERTIES, RUNNERS, run_properties
+
+    props = [p.strip() for p in args.properties.split(",") if p.strip()]
+    bad = [p for p in props if p not in PROPERTIES]
+    if bad:
+        raise InputError(f"unknown properties {bad}; use {','.join(PROPERTIES)}")
+    if args.method not in RUNNERS:
+        raise InputError(f"--method {args.method}: available {sorted(RUNNERS)}")
+    if args.descriptors is None:
+        desc = Path(args.posterior).parent / "descriptors.zarr"
+        if not desc.exists():
+            raise InputError("--descriptors STORE is needed (a descriptor store whose attrs hold the SNAP settings)")
+        args.descriptors = str(desc)
+    import xarray as xr
+
+    attrs = xr.open_zarr(args.descriptors, consolidated=False).attrs
+    if "snap" not in attrs:
+        raise InputError(f"{args.descriptors}: no 'snap' attribute with the descriptor settings")
+    settings = SnapSettings.from_attrs(attrs["snap"])
+    options = json.loads(args.options) if args.options else {}
+    out = Path(args.output)
+    t0 = time.perf_counter()
+    with connect_from_args(args) as client:
+        results = run_properties(
+            args.posterior, settings, props, out, n_samples=args.samples, seed=args.seed,
+            reference=args.reference, client=client, options=options, progress=not args.quiet,
+            method=args.method, sampling=args.sampling,
+        )
+    rep = write_report(results, out / "report")
+    print(rep["markdown"])
+    print(f"properties {','.join(props)} for {args.samples} members in {time.perf_counter() - t0:.1f} s; "
+          f"results: {out}; report: {out / 'report' / 'report.md'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="popsdask",
@@ -153,6 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the tungsten qSNAP demo through LAMMPS (needs popsdask[atomistic])")
     p.add_argument("--twojmax", type=int, default=4, help="--tungsten: the student's SNAP twojmax")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("properties", help="propagate a posterior to material properties (tungsten suite)")
+    p.add_argument("posterior", help="posterior store (Zarr group)")
+    p.add_argument("--descriptors", default=None,
+                   help="descriptor store whose attrs hold the SNAP settings (default: next to the posterior)")
+    p.add_argument("--samples", type=int, default=100, help="ensemble members besides the MLE")
+    p.add_argument("--properties", default="phases,paths,phonons,interstitials,surfaces,vacancy")
+    p.add_argument("-o", "--output", required=True, help="results directory (resumes if it exists)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", default="resample", help="resample (brute force) or implicit")
+    p.add_argument("--sampling", choices=("uniform", "sobol", "latin", "halton"), default="uniform")
+    p.add_argument("--reference", default="W_2940_2017_2", help="reference (oracle) potential")
+    p.add_argument("--options", default=None, help='per-property options as JSON, e.g. \'{"phases": {"n_eos": 5}}\'')
+    p.set_defaults(func=_properties)
 
     from .bench import add_bench_parser
 
