@@ -21,8 +21,10 @@ and cell, so only the topology matters):
 * Al4W (Bland & Clark 1958, Acta Cryst. 11, 231: monoclinic Cm, mC30): its Wyckoff coordinates
   were not available offline, so the phase is reported NaN with that reason rather than guessed.
 
-Per potential: the structure is relaxed (positions and cell, ``fix box/relax``, ``iso`` for cubic
-cells, ``tri`` otherwise); the bulk modulus is the Birch-Murnaghan fit (ASE's ``EquationOfState``)
+Per potential: the structure is relaxed within its space group (positions and cell; LAMMPS's
+``fix box/relax``, ``iso`` for cubic cells, ``tri`` otherwise, and ASE's ``FixSymmetry`` when a
+mechanically unstable phase would leave its space group, see :func:`relax_in_symmetry`); the
+bulk modulus is the Birch-Murnaghan fit (ASE's ``EquationOfState``)
 of ``n_eos`` homogeneously scaled volumes within ±``eos_strain`` of the relaxed volume, **with the
 internal coordinates relaxed at every volume** (cell shape fixed).
 """
@@ -36,9 +38,12 @@ import numpy as np
 import xarray as xr
 
 from .potential import Potential
-from .relax import bcc_ground_state, relax, static_results
+from .relax import Relaxed, bcc_ground_state, relax, static_results
 
-__all__ = ["NAME", "PHASES", "PROTOTYPES", "build_phase", "bulk_modulus", "compute", "cubic_elastic_constants"]
+__all__ = [
+    "NAME", "PHASES", "PROTOTYPES", "build_phase", "bulk_modulus", "compute", "cubic_elastic_constants",
+    "relax_in_symmetry",
+]  # fmt: skip
 
 NAME = "phases"
 
@@ -232,6 +237,67 @@ def cubic_elastic_constants(atoms: Any, potential: Potential, *, delta: float = 
     return {"C11": ds[0] * EV_A3_TO_GPA, "C12": ds[1] * EV_A3_TO_GPA, "C44": dg[3] * EV_A3_TO_GPA}
 
 
+def _spacegroup(atoms: Any, symprec: float = 1e-3) -> int:
+    import spglib
+
+    ds = spglib.get_symmetry_dataset((atoms.cell[:], atoms.get_scaled_positions(), atoms.numbers), symprec=symprec)
+    return int(ds.number) if ds is not None else 1
+
+
+def relax_in_symmetry(
+    atoms: Any,
+    potential: Potential,
+    *,
+    cubic: bool,
+    fmax: float = 1e-3,
+    max_steps: int = 3000,
+    stress_tol: float = 1e-4,
+) -> Relaxed:
+    """Relax positions and cell within the space group of ``atoms`` (the phase stays that phase).
+
+    First LAMMPS's native minimiser (``box/relax iso`` for cubic cells, ``tri`` otherwise), which
+    keeps the symmetry unless the phase is mechanically unstable for this potential, when
+    round-off grows along the unstable mode (e.g. hcp sliding to bcc). If the space group is lost
+    (spglib, symprec 1e-3 Å) or the native run does not converge, the relaxation is redone with
+    ASE's ``FixSymmetry`` constraint, a ``FrechetCellFilter`` and BFGS on the same potential,
+    as symmetry-constrained DFT relaxations do.
+    """
+    sg0 = _spacegroup(atoms)
+    r = relax(atoms, potential, cell="iso" if cubic else "full", fmax=fmax, max_steps=max_steps, stress_tol=stress_tol)
+    if r.converged and _spacegroup(r.atoms) == sg0:
+        return r
+    why = "lost its space group" if r.converged else r.reason
+    from ase.constraints import FixSymmetry
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import BFGS
+
+    a = atoms.copy()
+    a.calc = potential.calculator()
+    try:
+        a.set_constraint(FixSymmetry(a, symprec=1e-3))
+        opt = BFGS(FrechetCellFilter(a), logfile=None)
+        opt.run(fmax=fmax, steps=max_steps)
+        res = static_results(a, potential)
+    except Exception as err:  # LAMMPS or optimiser failure: a non-converged result
+        return Relaxed(a, float("nan"), False, f"symmetry-constrained relaxation failed: {err}"[:200], 0)
+    fm = float(np.linalg.norm(res["forces"], axis=1).max())
+    sm = float(np.abs(res["stress"]).max())
+    ok = fm < fmax and sm < stress_tol
+    a.set_constraint()
+    a.calc = None
+    reason = (
+        "ok"
+        if ok
+        else (
+            f"not converged (symmetry-constrained, {opt.nsteps} steps): max force {fm:.3g} eV/Å, "
+            f"max |stress| {sm:.3g} eV/Å^3"
+        )
+    )
+    out = Relaxed(a, float(res["energy"]), ok, reason, int(opt.nsteps) + r.n_steps, fm, sm)
+    out.note = f"native relaxation {why}; redone with FixSymmetry"  # type: ignore[attr-defined]
+    return out
+
+
 def _one_phase(name: str, potential: Potential, opts: dict[str, Any]) -> dict[str, Any]:
     out = {"energy": np.nan, "volume": np.nan, "bulk_modulus": np.nan, "n_atoms": 0, "status": "ok"}
     try:
@@ -240,9 +306,7 @@ def _one_phase(name: str, potential: Potential, opts: dict[str, Any]) -> dict[st
         out["status"] = str(err.args[0])
         return out
     out["n_atoms"] = len(atoms)
-    r = relax(
-        atoms, potential, cell="iso" if _is_cubic(name) else "full", fmax=opts["fmax"], max_steps=opts["max_steps"]
-    )
+    r = relax_in_symmetry(atoms, potential, cubic=_is_cubic(name), fmax=opts["fmax"], max_steps=opts["max_steps"])
     if not r.converged:
         out["status"] = f"relaxation: {r.reason}"
         return out

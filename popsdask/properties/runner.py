@@ -312,13 +312,6 @@ def run_resample(
         if own is not None:
             own.__exit__(None, None, None)
     wall = time.perf_counter() - t0
-    labels = [m.label for m in members]
-    out = {}
-    for prop in properties:
-        ds = combine(store, prop, labels, ref_label)
-        ds.attrs.update({"method": "resample", "seed": seed, "sampling": method, "run_wall_time": wall})
-        _to_zarr(ds, store / f"{prop}.zarr")
-        out[prop] = ds
     summary = {
         "n_tasks": len(results),
         "computed": sum(r["status"] == "computed" for r in results),
@@ -331,8 +324,14 @@ def run_resample(
         },
     }
     (store / "run.json").write_text(json.dumps(summary, indent=2, default=str))
-    for ds in out.values():
+    labels = [m.label for m in members]
+    out = {}
+    for prop in properties:
+        ds = combine(store, prop, labels, ref_label)
+        ds.attrs.update({"method": "resample", "seed": seed, "sampling": method, "run_wall_time": wall})
         ds.attrs["run_summary"] = json.dumps({k: v for k, v in summary.items() if k != "errors"}, default=str)
+        _to_zarr(ds, store / f"{prop}.zarr")
+        out[prop] = ds
     return out
 
 
