@@ -2,7 +2,7 @@
 
 The 13 structures of the paper's Fig. 4 with every site tungsten, each built with
 :func:`ase.spacegroup.crystal` from its space group and Wyckoff positions, scaled to ~16 Å^3/atom
-and reduced to its primitive cell. Sources of the prototypes (space group, Wyckoff sites and the
+and cubic ones reduced to their primitive cell. Sources of the prototypes (space group, Wyckoff sites and the
 internal parameters used as the starting point; every structure is then fully relaxed, positions
 and cell, so only the topology matters):
 
@@ -21,9 +21,9 @@ and cell, so only the topology matters):
 * Al4W (Bland & Clark 1958, Acta Cryst. 11, 231: monoclinic Cm, mC30): its Wyckoff coordinates
   were not available offline, so the phase is reported NaN with that reason rather than guessed.
 
-Per potential: the structure is relaxed within its space group (positions and cell; LAMMPS's
-``fix box/relax``, ``iso`` for cubic cells, ``tri`` otherwise, and ASE's ``FixSymmetry`` when a
-mechanically unstable phase would leave its space group, see :func:`relax_in_symmetry`); the
+Per potential: the structure is relaxed within its space group (positions and cell: LAMMPS's
+``fix box/relax iso`` for cubic cells, symmetry-allowed strains diag(a, a, c) with natively relaxed
+positions otherwise, ASE's ``FixSymmetry`` as a fallback, see :func:`relax_in_symmetry`); the
 bulk modulus is the Birch-Murnaghan fit (ASE's ``EquationOfState``)
 of ``n_eos`` homogeneously scaled volumes within ±``eos_strain`` of the relaxed volume, **with the
 internal coordinates relaxed at every volume** (cell shape fixed).
@@ -139,7 +139,8 @@ def build_phase(name: str, *, element: str = "W", volume_per_atom: float = V_STA
     name : one of :data:`PHASES`
     element : chemical symbol on every site
     volume_per_atom : Å^3
-    primitive : reduce to the primitive cell (spglib) — fewer atoms, same crystal
+    primitive : reduce cubic structures to their primitive cell (spglib) — fewer atoms, same crystal;
+        tetragonal, hexagonal and rhombohedral ones keep the conventional cell (unique axis along z)
 
     Raises
     ------
@@ -162,7 +163,7 @@ def build_phase(name: str, *, element: str = "W", volume_per_atom: float = V_STA
     )
     if len(atoms) != N_CONVENTIONAL[name]:
         raise RuntimeError(f"phase {name!r}: built {len(atoms)} atoms, expected {N_CONVENTIONAL[name]}")
-    if primitive:
+    if primitive and proto.cubic:  # non-cubic cells stay conventional: c along z for relax_in_symmetry
         atoms = _primitive(atoms)
     scale = (volume_per_atom * len(atoms) / atoms.get_volume()) ** (1 / 3)
     atoms.set_cell(atoms.cell[:] * scale, scale_atoms=True)
@@ -244,6 +245,62 @@ def _spacegroup(atoms: Any, symprec: float = 1e-3) -> int:
     return int(ds.number) if ds is not None else 1
 
 
+def _relax_uniaxial(
+    atoms: Any, potential: Potential, *, fmax: float, max_steps: int, stress_tol: float, max_iter: int = 12
+) -> Relaxed:
+    """Relax a cell with its unique axis along z (tetragonal, hexagonal, rhombohedral-in-hexagonal).
+
+    Only the symmetry-allowed strains diag(s_a, s_a, s_c) are varied, by Newton steps on
+    ((σ_xx + σ_yy)/2, σ_zz) with a finite-difference Jacobian; the positions are relaxed natively
+    by LAMMPS at every cell. A shear instability (e.g. hcp sliding to bcc) cannot develop.
+    """
+    frac = atoms.get_scaled_positions()
+    cell0 = atoms.cell[:].copy()
+    steps = 0
+
+    def evaluate(x: np.ndarray) -> tuple[Relaxed, np.ndarray]:
+        nonlocal frac, steps
+        a = atoms.copy()
+        a.set_cell(cell0 @ np.diag([x[0], x[0], x[1]]), scale_atoms=False)
+        a.set_scaled_positions(frac)
+        r = relax(a, potential, cell="none", fmax=fmax, max_steps=max_steps)
+        steps += r.n_steps
+        if r.converged:
+            frac = r.atoms.get_scaled_positions()
+        s = r.stress if r.stress is not None else np.full(6, np.nan)
+        return r, np.array([(s[0] + s[1]) / 2, s[2]])
+
+    x = np.ones(2)
+    r, g = evaluate(x)
+    h = 1e-3
+    for _ in range(max_iter):
+        if not r.converged or not np.all(np.isfinite(g)):
+            break
+        if np.abs(g).max() < stress_tol:
+            break
+        jac = np.empty((2, 2))
+        for k in range(2):
+            xk = x.copy()
+            xk[k] += h
+            _rk, gk = evaluate(xk)
+            jac[:, k] = (gk - g) / h
+        try:
+            dx = -np.linalg.solve(jac, g)
+        except np.linalg.LinAlgError:
+            break
+        dx = np.clip(dx, -0.05, 0.05)
+        x = x + dx
+        r, g = evaluate(x)
+    ok = r.converged and np.all(np.isfinite(g)) and np.abs(g).max() < stress_tol
+    sm = float(np.abs(r.stress).max()) if r.stress is not None else float("nan")
+    reason = (
+        "ok"
+        if ok and sm < stress_tol
+        else (r.reason if not r.converged else f"not converged: cell stress {sm:.3g} eV/Å^3")
+    )
+    return Relaxed(r.atoms, r.energy, reason == "ok", reason, steps, r.max_force, sm, r.stress)
+
+
 def relax_in_symmetry(
     atoms: Any,
     potential: Potential,
@@ -255,17 +312,24 @@ def relax_in_symmetry(
 ) -> Relaxed:
     """Relax positions and cell within the space group of ``atoms`` (the phase stays that phase).
 
-    First LAMMPS's native minimiser (``box/relax iso`` for cubic cells, ``tri`` otherwise), which
-    keeps the symmetry unless the phase is mechanically unstable for this potential, when
-    round-off grows along the unstable mode (e.g. hcp sliding to bcc). If the space group is lost
-    (spglib, symprec 1e-3 Å) or the native run does not converge, the relaxation is redone with
-    ASE's ``FixSymmetry`` constraint, a ``FrechetCellFilter`` and BFGS on the same potential,
-    as symmetry-constrained DFT relaxations do.
+    First LAMMPS's native minimiser (``box/relax iso`` for cubic cells, ``tri`` otherwise), kept
+    if the space group survives. Otherwise, for cells with their unique axis along z,
+    :func:`_relax_uniaxial` — only the symmetry-allowed strains, so a phase that is mechanically
+    unstable for this potential (hcp sliding to bcc along the Burgers path, for instance) stays a
+    constrained stationary point, as in symmetry-constrained DFT relaxations. If the space group
+    is still lost (an instability of the internal coordinates; spglib, symprec 1e-3 Å), or the
+    route does not converge, the relaxation is redone with ASE's ``FixSymmetry`` constraint, a
+    ``FrechetCellFilter`` and BFGS on the same potential (slower: one LAMMPS setup per step).
     """
     sg0 = _spacegroup(atoms)
-    r = relax(atoms, potential, cell="iso" if cubic else "full", fmax=fmax, max_steps=max_steps, stress_tol=stress_tol)
+    mode = "iso" if cubic else "full"
+    r = relax(atoms, potential, cell=mode, fmax=fmax, max_steps=max_steps, stress_tol=stress_tol)
     if r.converged and _spacegroup(r.atoms) == sg0:
         return r
+    if not cubic:
+        r = _relax_uniaxial(atoms, potential, fmax=fmax, max_steps=max_steps, stress_tol=stress_tol)
+        if r.converged and _spacegroup(r.atoms) == sg0:
+            return r
     why = "lost its space group" if r.converged else r.reason
     from ase.constraints import FixSymmetry
     from ase.filters import FrechetCellFilter
@@ -293,8 +357,8 @@ def relax_in_symmetry(
             f"max |stress| {sm:.3g} eV/Å^3"
         )
     )
-    out = Relaxed(a, float(res["energy"]), ok, reason, int(opt.nsteps) + r.n_steps, fm, sm)
-    out.note = f"native relaxation {why}; redone with FixSymmetry"  # type: ignore[attr-defined]
+    out = Relaxed(a, float(res["energy"]), ok, reason, int(opt.nsteps) + r.n_steps, fm, sm, res["stress"])
+    out.note = f"first route {why}; redone with FixSymmetry"  # type: ignore[attr-defined]
     return out
 
 

@@ -42,6 +42,7 @@ class Relaxed:
     n_steps : minimiser iterations in total
     max_force : largest atomic force at the end (eV/Å)
     max_stress : largest |stress| component at the end (eV/Å^3)
+    stress : final stress (Voigt xx, yy, zz, yz, xz, xy; eV/Å^3, ASE sign)
     """
 
     atoms: Any
@@ -51,6 +52,7 @@ class Relaxed:
     n_steps: int
     max_force: float = float("nan")
     max_stress: float = float("nan")
+    stress: np.ndarray | None = None  # final stress, Voigt xx yy zz yz xz xy (eV/Å^3, ASE sign)
 
 
 def _types(atoms: Any, potential: Potential) -> np.ndarray:
@@ -202,7 +204,7 @@ def _relax_locked(
             problems.append(f"max |stress| {s_now:.3g} eV/Å^3 ≥ {stress_tol:g}")
         if problems:
             reason = "not converged after " + f"{used} steps: " + "; ".join(problems)
-    return Relaxed(_atoms_like(atoms, c, x), e, reason == "ok", reason, used, fmax_now, s_now)
+    return Relaxed(_atoms_like(atoms, c, x), e, reason == "ok", reason, used, fmax_now, s_now, np.asarray(s))
 
 
 def static_results(atoms: Any, potential: Potential) -> dict[str, Any]:
