@@ -1,0 +1,547 @@
+"""Implicit-expansion predictions of tungsten properties for a whole ensemble, with fallback.
+
+Properties (Perez et al., section III.F, Fig. 11; method of Maliyov, Grigorev & Swinburne,
+arXiv:2407.02414):
+
+* :func:`phases_implicit` — bcc and hcp relaxed volume and energy per atom (cell fully
+  relaxed: ``strain="full"`` coordinates), their hcp/bcc volume ratio and energy difference;
+* :func:`vacancy_implicit` — vacancy formation energy and first-neighbour migration barrier
+  in a ``size``³ cubic bcc supercell (2·size³ − 1 atoms) whose lattice constant follows each
+  member's bcc lattice constant (the defect cell's strain is *imposed* from the bcc expansion,
+  as in the brute-force route, where every member's vacancy cell is built at its own a0).
+
+The saddle of the first-neighbour hop comes from a climbing-image NEB with the MLE
+(:func:`hop_neb`; the midpoint of the hop is not always the saddle: the twojmax-4 tungsten
+student has a metastable split vacancy there, 0.17 eV above the vacancy, and two symmetric
+saddles), and the expansion at it checks that its Hessian has exactly one negative eigenvalue.
+The expansions are built once at the MLE;
+members flagged by :meth:`Expansion.predict` (too far from the MLE) are recomputed by brute
+force (:mod:`popsdask.properties.relax`) when ``fallback=True``, and ``method`` says which
+route produced each value.
+
+:func:`compute_implicit` is the batch entry point the property runner dispatches to for
+``--method implicit``: one call per property for all members, since the point of the method is
+one expansion shared by every member.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .._validate import InputError
+from .implicit import Expansion, expand
+from .snap import SnapSettings
+
+__all__ = [
+    "IMPLICIT_PROPERTIES",
+    "brute_force_phases",
+    "brute_force_vacancy",
+    "compute_implicit",
+    "hcp_start",
+    "hop_neb",
+    "vacancy_cell",
+    "mle_expansions_phases",
+    "mle_expansions_vacancy",
+    "phases_implicit",
+    "relax_implicit",
+    "vacancy_implicit",
+]
+
+#: properties with an implicit route (names of the property modules they stand in for)
+IMPLICIT_PROPERTIES = ("phases", "vacancy")
+
+#: ideal hcp axial ratio sqrt(8/3)
+CA_IDEAL = float(np.sqrt(8.0 / 3.0))
+
+_FMAX = 1e-5  # tight MLE relaxations: the expansion point must be stationary
+_STRESS = 1e-7
+
+
+def _potential(label: str, theta: np.ndarray, settings: SnapSettings) -> Any:
+    from ..properties.potential import Potential
+
+    return Potential(label, np.asarray(theta, dtype=float), settings)
+
+
+def _status(values: Sequence[str]) -> np.ndarray:
+    width = max([2, *(len(s) for s in values)])
+    return np.array(list(values), dtype=f"<U{width}")
+
+
+# ------------------------------------------------------------------------------- structures
+def hcp_start(a_bcc: float, element: str = "W") -> Any:
+    """Ideal hcp cell (2 atoms) with the bcc volume per atom ``a_bcc³/2``."""
+    from ase.build import bulk
+
+    v_atom = a_bcc**3 / 2.0
+    a = (4.0 * v_atom / (np.sqrt(3.0) * CA_IDEAL)) ** (1.0 / 3.0)
+    return bulk(element, "hcp", a=a, c=CA_IDEAL * a)
+
+
+def vacancy_cell(a0: float, size: int, element: str = "W") -> Any:
+    """``size``³ cubic bcc supercell minus the atom at the origin; atom 0 is its (½,½,½)a neighbour."""
+    from ase.build import bulk
+
+    cell = bulk(element, "bcc", a=a0, cubic=True).repeat((size, size, size))
+    del cell[0]
+    if not np.allclose(cell.positions[0], [a0 / 2] * 3):
+        raise RuntimeError("vacancy cell: atom 0 is not the first neighbour of the vacancy")
+    return cell
+
+
+def _unwrap(atoms: Any, reference: Any) -> Any:
+    from ase.geometry import find_mic
+
+    out = atoms.copy()
+    d, _ = find_mic(out.positions - reference.positions, out.cell, out.pbc)
+    out.positions = reference.positions + d
+    return out
+
+
+def hop_neb(
+    potential: Any,
+    *,
+    size: int = 3,
+    n_images: int = 9,
+    fmax: float = 1e-3,
+    max_steps: int = 2000,
+    guess: Sequence[Any] | None = None,
+) -> dict[str, Any]:
+    """Climbing-image NEB of the first-neighbour vacancy hop at the potential's own a0.
+
+    The vacancy sits at the origin of a ``size``³ cubic bcc cell and atom 0 (its (½,½,½)a
+    neighbour) hops into it; both end points are relaxed (positions only), then ASE's NEB
+    (improved tangent, climbing image, FIRE) converges the ``n_images`` path. ``guess`` (images
+    of another potential's converged path, e.g. the MLE's) is rescaled to this potential's
+    lattice constant and used as the starting path instead of a linear interpolation.
+
+    Returns
+    -------
+    dict with ``images`` (list of Atoms), ``energies`` (eV), ``saddle`` (index of the highest
+    image), ``barrier`` (eV, NaN if not converged), ``initial_energy``, ``a0``, ``e_bcc``,
+    ``converged`` and ``status``.
+    """
+    from ase.mep import NEB
+    from ase.optimize import FIRE
+
+    from ..properties.relax import bcc_ground_state, relax
+
+    a0, e0 = bcc_ground_state(potential)
+    cell = vacancy_cell(a0, size)
+    final0 = cell.copy()
+    final0.positions[0] = 0.0
+    ends = []
+    for start in (cell, final0):
+        r = relax(start, potential, cell="none", fmax=min(fmax, 1e-4), max_steps=5000)
+        if not r.converged:
+            return {"barrier": float("nan"), "converged": False, "status": f"end point: {r.reason}"[:80]}
+        ends.append((_unwrap(r.atoms, start), r.energy))
+    (init, e_init), (final, _e_final) = ends
+    if guess is not None:
+        images = []
+        for g in guess:
+            im = g.copy()
+            im.set_cell(cell.cell, scale_atoms=True)
+            images.append(im)
+        images[0], images[-1] = init, final
+    else:
+        images = [init] + [init.copy() for _ in range(n_images - 2)] + [final]
+    for im in images:
+        im.calc = potential.calculator()
+    neb = NEB(images, climb=True, method="improvedtangent")
+    if guess is None:
+        neb.interpolate()
+    opt = FIRE(neb, logfile=None)
+    try:
+        conv = bool(opt.run(fmax=fmax, steps=max_steps))
+    except Exception as err:
+        return {"barrier": float("nan"), "converged": False, "status": f"NEB: {err}"[:80]}
+    energies = np.array([float(im.get_potential_energy()) for im in images])
+    i_sad = int(np.argmax(energies))
+    out = [im.copy() for im in images]
+    for im in out:
+        im.calc = None
+    return {
+        "images": out,
+        "energies": energies,
+        "saddle": i_sad,
+        "barrier": float(energies[i_sad] - e_init) if conv else float("nan"),
+        "initial_energy": float(e_init),
+        "a0": float(a0),
+        "e_bcc": float(e0),
+        "converged": conv,
+        "status": "ok" if conv else f"NEB not converged in {max_steps} steps",
+    }
+
+
+# ------------------------------------------------------------------------------- brute force
+def _relax_hcp(potential: Any, a_bcc: float, fmax: float, stress_tol: float) -> Any:
+    """hcp relaxed within its space group (P6_3/mmc): hcp is mechanically unstable towards bcc
+    for some members, and an unconstrained relaxation slides into bcc (Burgers path)."""
+    from ..properties.phases import relax_in_symmetry
+
+    return relax_in_symmetry(hcp_start(a_bcc), potential, cubic=False, fmax=fmax, stress_tol=stress_tol)
+
+
+def brute_force_phases(potential: Any) -> dict[str, Any]:
+    """bcc and hcp (symmetry-constrained) volume and energy per atom, positions and cell relaxed."""
+    from ..properties.relax import bcc_ground_state
+
+    out: dict[str, Any] = {}
+    try:
+        a0, e0 = bcc_ground_state(potential)
+        out["bcc"] = (a0**3 / 2.0, e0, "ok")
+    except Exception as err:
+        out["bcc"] = (float("nan"), float("nan"), f"bcc: {err}"[:80])
+        a0 = 3.18
+    r = _relax_hcp(potential, a0, 1e-4, 1e-5)
+    n = len(r.atoms)
+    out["hcp"] = (r.atoms.get_volume() / n, r.energy / n, "ok") if r.converged else (np.nan, np.nan, r.reason[:80])
+    return out
+
+
+def brute_force_vacancy(
+    potential: Any,
+    size: int = 3,
+    *,
+    guess: Sequence[Any] | None = None,
+    fmax: float = 2e-3,
+    max_steps: int = 500,
+) -> tuple[float, float, str]:
+    """(formation energy, migration barrier, status) by relaxation and CI-NEB at the member's own a0.
+
+    ``E_f = E_vac − (N − 1) e_bcc`` with the vacancy cell relaxed at fixed cell; the barrier from
+    :func:`hop_neb` (started from ``guess``, e.g. the MLE path, when given).
+    """
+    try:
+        n_images = len(guess) if guess else 9
+        res = hop_neb(potential, size=size, guess=guess, fmax=fmax, n_images=n_images, max_steps=max_steps)
+    except Exception as err:
+        return float("nan"), float("nan"), f"{type(err).__name__}: {err}"[:80]
+    if "initial_energy" not in res:
+        return float("nan"), float("nan"), res["status"]
+    n = 2 * size**3 - 1
+    ef = res["initial_energy"] - n * res["e_bcc"]
+    return float(ef), float(res["barrier"]), res["status"]
+
+
+# ------------------------------------------------------------------------------- expansions
+def mle_expansions_phases(theta0: np.ndarray, settings: SnapSettings, *, h: float = 1e-3) -> dict[str, Expansion]:
+    """Expansions (strain ``full``) at the MLE's relaxed 2-atom bcc and hcp cells."""
+    from ase.build import bulk
+
+    from ..properties.relax import relax
+
+    mle = _potential("mle", theta0, settings)
+    rb = relax(bulk("W", "bcc", a=3.18, cubic=True), mle, cell="iso", fmax=_FMAX, stress_tol=_STRESS)
+    if not rb.converged:
+        raise RuntimeError(f"MLE bcc did not relax: {rb.reason}")
+    a0 = float(np.cbrt(rb.atoms.get_volume()))
+    rh = _relax_hcp(mle, a0, _FMAX, 1e-6)
+    if not rh.converged:
+        raise RuntimeError(f"MLE hcp did not relax: {rh.reason}")
+    return {
+        "bcc": expand(rb.atoms, theta0, settings, strain="full", h=h),
+        "hcp": expand(rh.atoms, theta0, settings, strain="full", h=h),
+    }
+
+
+def mle_expansions_vacancy(
+    theta0: np.ndarray, settings: SnapSettings, *, size: int = 3, h: float = 1e-3, n_images: int = 9
+) -> dict[str, Any]:
+    """Expansions at the MLE's bcc (strain ``iso``), relaxed vacancy and NEB saddle (``iso``).
+
+    The saddle is the climbing image of a tightly converged CI-NEB (``fmax`` 1e-4 eV/Å); its
+    small residual gradient is kept in the expansion (a Newton correction). Raises if the
+    saddle's Hessian does not have exactly one negative eigenvalue. ``path`` holds the MLE's
+    converged images (the starting path of brute-force NEBs).
+    """
+    from ase.build import bulk
+
+    from ..properties.relax import relax
+
+    mle = _potential("mle", theta0, settings)
+    rb = relax(bulk("W", "bcc", a=3.18, cubic=True), mle, cell="iso", fmax=_FMAX, stress_tol=_STRESS)
+    if not rb.converged:
+        raise RuntimeError(f"MLE bcc did not relax: {rb.reason}")
+    neb = hop_neb(mle, size=size, n_images=n_images, fmax=1e-4, max_steps=5000)
+    if not neb.get("converged"):
+        raise RuntimeError(f"MLE NEB: {neb['status']}")
+    images = neb["images"]
+    init = images[0]
+    out = {
+        "bcc": expand(rb.atoms, theta0, settings, strain="iso", h=h),
+        "vacancy": expand(init, theta0, settings, strain="iso", h=h),
+        "saddle": expand(images[neb["saddle"]], theta0, settings, strain="iso", h=h),
+        "path": images,
+        "neb": {k: v for k, v in neb.items() if k != "images"},
+    }
+    neg, _ = out["saddle"].inertia()
+    if neg != 1:
+        raise RuntimeError(f"hop saddle has {neg} negative Hessian eigenvalues, expected 1")
+    return out
+
+
+# ------------------------------------------------------------------------------- predictions
+def phases_implicit(
+    theta0: np.ndarray,
+    settings: SnapSettings,
+    theta: np.ndarray,
+    *,
+    expansions: dict[str, Expansion] | None = None,
+    fallback: bool = True,
+    **thresholds: float,
+) -> xr.Dataset:
+    """bcc/hcp volume and energy per atom of every member, by implicit expansion.
+
+    Parameters
+    ----------
+    theta0 : (P,) MLE; settings : its descriptor settings
+    theta : (n, P) members
+    expansions : from :func:`mle_expansions_phases` (built when None)
+    fallback : recompute flagged members by brute-force relaxation
+    thresholds : passed to :meth:`Expansion.predict`
+
+    Returns
+    -------
+    Dataset with dims (sample, phase): ``volume_per_atom`` (Å^3; first-order cell), ``energy_per_atom``
+    (eV; second order), ``energy_per_atom_first``, ``status`` and ``method`` (``implicit`` or
+    ``brute-force``); per sample ``volume_ratio`` (hcp/bcc) and ``energy_difference`` (hcp − bcc).
+    """
+    theta = np.atleast_2d(np.asarray(theta, dtype=float))
+    exps = expansions or mle_expansions_phases(theta0, settings)
+    phases = ["bcc", "hcp"]
+    n = theta.shape[0]
+    vol = np.empty((n, 2))
+    en = np.empty((n, 2))
+    en1 = np.empty((n, 2))
+    flags = np.empty((n, 2), dtype=object)
+    hchange = np.empty((n, 2))
+    disp = np.empty((n, 2))
+    for j, ph in enumerate(phases):
+        ex = exps[ph]
+        p = ex.predict(theta, **thresholds)
+        na = ex.n_atoms
+        vol[:, j] = p.volume / na
+        en[:, j] = p.energy_second / na
+        en1[:, j] = p.energy_first / na
+        flags[:, j] = p.flag
+        hchange[:, j] = p.hessian_change
+        disp[:, j] = p.max_displacement
+    method = np.full((n, 2), "implicit", dtype="<U11")
+    status = np.full((n, 2), "ok", dtype=object)
+    for i in range(n):
+        if all(f == "ok" for f in flags[i]):
+            continue
+        if not fallback:
+            status[i] = flags[i]
+            continue
+        bf = brute_force_phases(_potential(f"fallback-{i}", theta[i], settings))
+        for j, ph in enumerate(phases):
+            vol[i, j], en[i, j], status[i, j] = bf[ph]
+            en1[i, j] = np.nan
+            method[i, j] = "brute-force"
+    ds = xr.Dataset(
+        {
+            "volume_per_atom": (("sample", "phase"), vol),
+            "energy_per_atom": (("sample", "phase"), en),
+            "energy_per_atom_first": (("sample", "phase"), en1),
+            "status": (("sample", "phase"), _status([str(s) for s in status.ravel()]).reshape(n, 2)),
+            "method": (("sample", "phase"), method),
+            "hessian_change": (("sample", "phase"), hchange),
+            "max_displacement": (("sample", "phase"), disp),
+            "volume_ratio": (("sample",), vol[:, 1] / vol[:, 0]),
+            "energy_difference": (("sample",), en[:, 1] - en[:, 0]),
+        },
+        coords={"sample": np.arange(n), "phase": phases},
+        attrs={"method": "implicit (second-order energies, first-order cells)", "source": "arXiv:2407.02414"},
+    )
+    return ds
+
+
+def vacancy_implicit(
+    theta0: np.ndarray,
+    settings: SnapSettings,
+    theta: np.ndarray,
+    *,
+    size: int = 3,
+    expansions: dict[str, Expansion] | None = None,
+    fallback: bool = True,
+    **thresholds: float,
+) -> xr.Dataset:
+    """Vacancy formation energy and first-neighbour migration barrier of every member.
+
+    The vacancy and saddle cells follow each member's bcc lattice constant: their (isotropic)
+    strain is imposed from the bcc expansion's predicted volume, the positions relax.
+
+    Returns
+    -------
+    Dataset with dim sample: ``formation_energy``, ``migration_barrier`` (eV, second order),
+    ``formation_energy_first``, ``migration_barrier_first`` (first order), ``lattice_constant``
+    (Å), ``status_formation``, ``status_barrier`` ("ok" or why the member was flagged; the
+    brute-force status when it fell back), ``method`` (``implicit``, ``brute-force`` or
+    ``mixed``) and the validity diagnostics of each expansion.
+    """
+    theta = np.atleast_2d(np.asarray(theta, dtype=float))
+    exps = expansions or mle_expansions_vacancy(theta0, settings, size=size)
+    n = theta.shape[0]
+    pb = exps["bcc"].predict(theta, **thresholds)
+    a_cubic = np.cbrt(pb.volume)  # 2-atom cubic cell
+    a00 = float(np.cbrt(exps["bcc"].atoms.get_volume()))
+    strain = a_cubic / a00 - 1.0
+    ev, es = exps["vacancy"], exps["saddle"]
+    pv = ev.predict(theta, imposed_strain=(strain * ev.length)[:, None], **thresholds)
+    ps = es.predict(theta, imposed_strain=(strain * es.length)[:, None], n_negative_expected=1, **thresholds)
+    nv = ev.n_atoms
+    e_bcc2 = pb.energy_second / exps["bcc"].n_atoms
+    e_bcc1 = pb.energy_first / exps["bcc"].n_atoms
+    ef = pv.energy_second - nv * e_bcc2
+    ef1 = pv.energy_first - nv * e_bcc1
+    eb = ps.energy_second - pv.energy_second
+    eb1 = ps.energy_first - pv.energy_first
+    n_vac = 2 * size**3 - 1
+    st_f, st_b, method = [], [], []
+    for i in range(n):
+        why_f = [f"{k}: {p.flag[i]}" for k, p in (("bcc", pb), ("vacancy", pv)) if p.flag[i] != "ok"]
+        why_b = [f"{k}: {p.flag[i]}" for k, p in (("vacancy", pv), ("saddle", ps)) if p.flag[i] != "ok"]
+        if fallback and (why_f or why_b):
+            bf_f, bf_b, st = brute_force_vacancy(
+                _potential(f"fallback-{i}", theta[i], settings), size=size, guess=exps.get("path")
+            )
+            if why_f:
+                ef[i], ef1[i], a_cubic[i] = bf_f, np.nan, np.nan
+            if why_b:
+                eb[i], eb1[i] = bf_b, np.nan
+            method.append("brute-force" if why_f and why_b else ("mixed"))
+            st_f.append(st if why_f else "ok")
+            st_b.append(st if why_b else "ok")
+            continue
+        st_f.append("; ".join(why_f)[:120] or "ok")
+        st_b.append("; ".join(why_b)[:120] or "ok")
+        method.append("implicit")
+    diag = {}
+    for key, p in (("bcc", pb), ("vacancy", pv), ("saddle", ps)):
+        diag[f"hessian_change_{key}"] = (("sample",), p.hessian_change)
+        diag[f"max_displacement_{key}"] = (("sample",), p.max_displacement)
+        diag[f"rel_energy_change_{key}"] = (("sample",), p.rel_energy_change)
+    return xr.Dataset(
+        {
+            "formation_energy": (("sample",), ef),
+            "migration_barrier": (("sample",), eb),
+            "formation_energy_first": (("sample",), ef1),
+            "migration_barrier_first": (("sample",), eb1),
+            "lattice_constant": (("sample",), a_cubic),
+            "status_formation": (("sample",), _status(st_f)),
+            "status_barrier": (("sample",), _status(st_b)),
+            "method": (("sample",), np.array(method, dtype="<U11")),
+            **diag,
+        },
+        coords={"sample": np.arange(n)},
+        attrs={
+            "method": "implicit (second-order energies)",
+            "cell": f"{size}x{size}x{size} cubic bcc, {n_vac} atoms with the vacancy",
+            "saddle": "first-neighbour hop, climbing image of the MLE CI-NEB",
+            "source": "arXiv:2407.02414",
+        },
+    )
+
+
+def relax_implicit(
+    atoms: Any,
+    theta0: np.ndarray,
+    settings: SnapSettings,
+    theta: np.ndarray,
+    *,
+    cell: str = "none",
+    fallback: bool = True,
+    expansion: Expansion | None = None,
+    fmax: float = 1e-4,
+    **thresholds: float,
+) -> xr.Dataset:
+    """Relaxed energies, positions and volumes of one structure for a batch of members.
+
+    Parameters
+    ----------
+    atoms : a minimum of θ0 (relaxed with ``cell`` degrees of freedom)
+    theta0 : (P,) expansion point; settings : descriptor settings
+    theta : (n, P) members
+    cell : ``none``, ``iso``, ``aniso`` or ``full`` (strain coordinates relaxed, as in
+        :func:`popsdask.properties.relax.relax`)
+    fallback : relax flagged members by brute force (``relax`` with that member)
+    expansion : a prebuilt :func:`expand` result (else built here)
+    fmax : force tolerance of the brute-force relaxations (eV/Å)
+
+    Returns
+    -------
+    Dataset (sample; atom, xyz; cell vectors) with ``energy`` (second order), ``energy_first``,
+    ``volume``, ``positions``, ``cell``, ``status`` (flag or brute-force reason) and ``method``.
+    """
+    from ..properties.relax import relax
+
+    theta = np.atleast_2d(np.asarray(theta, dtype=float))
+    ex = expansion or expand(atoms, theta0, settings, strain=cell)
+    p = ex.predict(theta, **thresholds)
+    e2, e1, vol = p.energy_second.copy(), p.energy_first.copy(), p.volume.copy()
+    pos, cells = p.positions.copy(), p.cells.copy()
+    status, method = [], []
+    for i in range(theta.shape[0]):
+        if p.flag[i] == "ok" or not fallback:
+            status.append(str(p.flag[i]))
+            method.append("implicit")
+            continue
+        r = relax(atoms, _potential(f"fallback-{i}", theta[i], settings), cell=cell, fmax=fmax, max_steps=5000)
+        e2[i], e1[i] = (r.energy if r.converged else np.nan), np.nan
+        vol[i] = r.atoms.get_volume()
+        pos[i], cells[i] = r.atoms.positions, r.atoms.cell[:]
+        status.append(r.reason[:80])
+        method.append("brute-force")
+    return xr.Dataset(
+        {
+            "energy": (("sample",), e2),
+            "energy_first": (("sample",), e1),
+            "volume": (("sample",), vol),
+            "positions": (("sample", "atom", "xyz"), pos),
+            "cell": (("sample", "vector", "xyz"), cells),
+            "status": (("sample",), _status(status)),
+            "method": (("sample",), np.array(method, dtype="<U11")),
+            "hessian_change": (("sample",), p.hessian_change),
+            "max_displacement": (("sample",), p.max_displacement),
+            "rel_energy_change": (("sample",), p.rel_energy_change),
+        },
+        coords={"sample": np.arange(theta.shape[0])},
+        attrs={"method": "implicit", "cell": cell, "expansion_seconds": ex.seconds},
+    )
+
+
+def compute_implicit(name: str, mle: Any, members: Sequence[Any], **options: Any) -> xr.Dataset:
+    """Batch entry point for ``popsdask properties --method implicit``.
+
+    Parameters
+    ----------
+    name : ``"phases"`` (bcc/hcp only) or ``"vacancy"``
+    mle : the MLE :class:`popsdask.properties.potential.Potential` (expansion point)
+    members : the ensemble members (Potentials with θ and the same settings)
+    options : ``size`` (vacancy), ``fallback``, thresholds of :meth:`Expansion.predict`
+
+    Returns
+    -------
+    Dataset with a ``sample`` dim (plus ``member`` labels) and ``seconds`` in its attrs.
+    """
+    if name not in IMPLICIT_PROPERTIES:
+        raise InputError(f"implicit: no implicit route for {name!r}; available: {IMPLICIT_PROPERTIES}")
+    if mle.theta is None:
+        raise InputError("implicit: the expansion point must be a qSNAP potential (θ), not a teacher")
+    t0 = time.perf_counter()
+    theta = np.stack([np.asarray(p.theta, dtype=float) for p in members])
+    if name == "phases":
+        ds = phases_implicit(mle.theta, mle.settings, theta, **options)
+    else:
+        ds = vacancy_implicit(mle.theta, mle.settings, theta, **options)
+    ds = ds.assign_coords(member=("sample", _status([p.label for p in members])))
+    ds.attrs["seconds"] = time.perf_counter() - t0
+    return ds
