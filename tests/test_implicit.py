@@ -129,6 +129,28 @@ def test_hessian_matches_finite_differences_of_lammps_forces(teacher_linear, vac
     assert vacancy_expansion.energy0 == pytest.approx(vacancy_minimum[1], abs=1e-6)
 
 
+def test_hessian_matches_lammps_dynamical_matrix(teacher_linear, vacancy_minimum, vacancy_expansion, tmp_path):
+    """LAMMPS's ``dynamical_matrix`` (PHONON package, regular, metal units) is H/m: a third route."""
+    from popsdask.atomistic.lammps_backend import get_session, lammps_box
+
+    theta0, settings = teacher_linear
+    atoms = vacancy_minimum[0]
+    pot = _potential(theta0, settings, "mle")
+    box = lammps_box(atoms.cell[:], atoms.pbc, atoms.positions)
+    assert np.allclose(box.rotation, np.eye(3))  # cubic cell: LAMMPS frame = ASE frame
+    out = tmp_path / "dynmat.dat"
+    sess = get_session()
+    with sess.lock:
+        sess.setup(box, np.ones(len(atoms), dtype=int), pot.masses, pot.pair_commands())
+        sess.lmp.command(f"dynamical_matrix all regular 1e-3 file {out}")
+    n3 = 3 * len(atoms)
+    dm = np.loadtxt(out).reshape(n3, n3) * pot.masses[0]
+    t = vacancy_expansion.translations()
+    proj = np.eye(n3) - t @ t.T
+    H = vacancy_expansion.H
+    assert np.abs(proj @ dm @ proj - H).max() < 1e-4 * np.abs(H).max()
+
+
 def test_translations_are_projected_out(vacancy_expansion) -> None:
     ex = vacancy_expansion
     t = ex.translations()
