@@ -57,7 +57,8 @@ def rank_correlations(ds: xr.Dataset, variable: str, exclude: tuple[str, ...] = 
     members = np.array([_spearman(m, np.asarray(row, dtype=float)) for row in ds[variable].sel(sel).values])
     ref_name = f"{variable}_reference"
     ref = _spearman(m, np.asarray(ds[ref_name].sel(sel).values, dtype=float)) if ref_name in ds else float("nan")
-    mean, std = float(np.nanmean(members)), float(np.nanstd(members))
+    fin = members[np.isfinite(members)]
+    mean, std = (float(fin.mean()), float(fin.std())) if fin.size else (float("nan"), float("nan"))
     return {
         "items": keep,
         "members": members,

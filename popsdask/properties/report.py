@@ -34,6 +34,10 @@ __all__ = ["PUBLISHED", "TABLES", "summary", "uq_table", "write_report"]
 TABLES: dict[str, tuple[str, ...]] = {
     "phases": ("energy", "volume_ratio", "bulk_modulus"),
     "paths": ("energy",),
+    "phonons": ("frequency", "max_frequency", "dos"),
+    "interstitials": ("formation_energy",),
+    "surfaces": ("surface_energy",),
+    "vacancy": ("formation_energy", "barrier", "energy"),
 }
 
 #: variables never tabulated (coordinates stored as data)
@@ -136,6 +140,19 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _grouped(ds: xr.Dataset, variable: str) -> dict[str, dict[str, Any]]:
+    """Summaries per label of the first item dimension (e.g. per path or per phonon band)."""
+    dims = [d for d in ds[variable].dims if d != "sample"]
+    if len(dims) < 2 and not (dims and dims[0] in ("path", "band")):
+        return {}
+    first = dims[0] if dims[0] != "qpoint" else dims[-1]
+    out = {}
+    for lab in ds[first].values:
+        sub = ds[[variable, f"{variable}_mle", f"{variable}_reference"]].sel({first: lab})
+        out[str(lab)] = summary(uq_table(sub, variable))
+    return out
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, bool) or v is None:
         return {True: "yes", False: "**no**", None: "–"}[v]
@@ -217,6 +234,15 @@ def write_report(
                 md += [f"### {var}: {len(rows)} items — bracketed {summ['n_bracketed']}/{summ['n_items']}, "
                        f"mean \\|error\\|/Std {_fmt(summ['mean_error_over_std'])}, mean \\|error\\|/(High−Low) "
                        f"{_fmt(summ['mean_error_over_range'])}", ""]  # fmt: skip
+                groups = _grouped(ds, var)
+                tables[prop][var]["groups"] = groups
+                if groups:
+                    md += ["| group | items | bracketed | mean \\|error\\|/Std | mean \\|error\\|/(High−Low) |",
+                           "|---|---|---|---|---|"]  # fmt: skip
+                    md += [f"| {g} | {v['n_items']} | {v['n_bracketed']}/{v['n_items']} | "
+                           f"{_fmt(v['mean_error_over_std'])} | {_fmt(v['mean_error_over_range'])} |"
+                           for g, v in groups.items()]  # fmt: skip
+                    md.append("")
             else:
                 md.append(_markdown(rows, summ, var, ds[var].attrs.get("units", "")))
         if prop in PUBLISHED:
@@ -324,6 +350,26 @@ def _phonon_figure(ds: xr.Dataset, path: Path) -> None:
     plt.close(fig)
 
 
+def _profile_figure(ds: xr.Dataset, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    e = np.asarray(ds["energy"].transpose("sample", "image").values, dtype=float)
+    x = np.arange(e.shape[1])
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.fill_between(x, np.nanmin(e, axis=0), np.nanmax(e, axis=0), color="0.8", label="ensemble")
+    ax.plot(x, ds["energy_mle"], "o-", color="tab:blue", label="MLE")
+    ax.plot(x, ds["energy_reference"], "s--", color="tab:red", label="reference")
+    ax.set_xlabel("NEB image")
+    ax.set_ylabel("E − E_initial (eV)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _rank_figure(ranks: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -348,6 +394,8 @@ def _rank_figure(ranks: dict[str, dict[str, Any]], path: Path) -> None:
 def _figures(data: dict[str, xr.Dataset], ranks: dict[str, Any], out: Path) -> None:
     for prop, ds in data.items():
         try:
+            if prop == "vacancy" and "energy" in ds and "image" in ds["energy"].dims:
+                _profile_figure(ds, out / "vacancy_neb.png")
             if prop == "paths":
                 _paths_figure(ds, out / "paths.png")
             elif prop == "phonons":
