@@ -152,7 +152,8 @@ class Prediction:
     rel_energy_change : (n,) |Δ·D| / (|θ0·D| + ε): relative first-order energy change
     max_displacement : (n,) largest predicted atomic displacement (Å)
     hessian_change : (n,) largest |eigenvalue| of Λ^{-½} Vᵀ ΔH V Λ^{-½} in the soft subspace
-    n_negative : (n,) negative eigenvalues of the predicted Hessian in the soft subspace
+    n_negative : (n,) negative eigenvalues of the predicted Hessian in the soft subspace (the
+        modes a parameter change can excite)
     flag : (n,) "ok" or why the member is too far from the MLE for the expansion
     """
 
@@ -192,7 +193,8 @@ class Expansion:
     G : (m, P) ∂D/∂z at z = 0
     H : (m, m) Hessian of E at z = 0 for θ0, translations projected out
     basis : (6, k) strain basis; length : strain scale L (Å)
-    soft_vectors : (m, r) eigenvectors of the r softest non-translational modes of H
+    soft_vectors : (m, r) eigenvectors of the r softest modes of H that overlap the descriptor
+        gradients (translations and symmetry-breaking modes, which no Δθ excites, left out)
     soft_values : (r,) their eigenvalues
     soft_T : (P, r, r) descriptor Hessians T_k in that subspace
     seconds : wall time of the construction (s)
@@ -424,6 +426,10 @@ def expand(
     lam, vec = np.linalg.eigh(hs)
     tr = exp.translations()
     keep = np.linalg.norm(tr.T @ vec, axis=0) < 0.5
+    # only modes a parameter change can excite: those overlapping the descriptor gradients
+    # (symmetry-breaking modes, e.g. hcp's unstable shuffles, have none and never move)
+    weight = np.linalg.norm(vec.T @ G[:, :-1], axis=1)
+    keep &= weight > 1e-6 * weight.max()
     lam, vec = lam[keep], vec[:, keep]
     order = np.argsort(np.abs(lam))[: min(n_soft, lam.size)]
     order = np.union1d(order, np.flatnonzero(lam < 0))  # every negative mode is soft

@@ -605,7 +605,7 @@ def _as_store_layout(name: str, ds: xr.Dataset, labels: Sequence[str], exps: dic
         )  # fmt: skip
         neb = exps["neb"]
         out["barrier_mle"] = neb["barrier"]
-        out["formation_energy_mle"] = neb["initial_energy"] - (exps["vacancy"].n_atoms + 1) * neb["e_bcc"]
+        out["formation_energy_mle"] = neb["initial_energy"] - exps["vacancy"].n_atoms * neb["e_bcc"]
         out["a0_mle"] = neb["a0"]
     return out.assign_coords(sample=samples)
 
