@@ -132,6 +132,7 @@ def vacancy_migration(
     relax_fmax: float = 1e-3,
     max_steps: int = 300,
     spring: float = 0.1,
+    max_rise: float = 20.0,
 ) -> dict[str, Any]:
     """Vacancy formation energy and CI-NEB hop barrier of one potential, with the structures.
 
@@ -147,6 +148,8 @@ def vacancy_migration(
     relax_fmax : force tolerance of the end-point relaxations (eV/Å)
     max_steps : FIRE iterations of the NEB
     spring : NEB spring constant (eV/Å²)
+    max_rise : stop (as not converged) when, after 50 steps, an image is this far (eV) above
+        the initial state
 
     Returns
     -------
@@ -198,7 +201,14 @@ def vacancy_migration(
         neb.interpolate()
         _attach(images, potential)
         opt = FIRE(neb, logfile=None)
-        converged = bool(opt.run(fmax=fmax, steps=max_steps))
+        converged = diverged = False
+        for done in opt.irun(fmax=fmax, steps=max_steps):
+            converged = bool(done)
+            # a path with an image tens of eV up (atoms on top of each other) does not come back
+            if opt.nsteps >= 50 and np.nanmax(neb.energies) - e_ini > max_rise:
+                diverged = True
+                break
+        converged = converged and not diverged
         out["n_steps"] = int(opt.nsteps)
         energies = np.array([im.get_potential_energy() for im in images])
         pos = np.array([im.positions for im in images])
@@ -210,6 +220,9 @@ def vacancy_migration(
         out["saddle"] = images[top].copy()
         for key in ("initial", "final", "saddle"):
             out[key].calc = None
+        if diverged:
+            out["status"] = f"NEB diverged: an image {np.max(energies) - energies[0]:.3g} eV above the initial state"
+            return out
         if not converged:
             out["status"] = f"NEB not converged in {max_steps} FIRE steps (fmax {fmax:g} eV/Å)"
             return out
