@@ -121,6 +121,14 @@ def test_runner_resumes_without_recomputing_finished_parts(run, local_client) ->
     assert summary_["computed"] == 2 and summary_["skipped"] == 2 * 5 - 2
     assert kept.stat().st_mtime_ns == stamp
     assert np.isfinite(out2["paths"].energy_reference).all()
+    # other options for one property: its parts are recomputed, the other property's are not
+    opts = {**OPTIONS, "paths": {"n_points": 3, "paths": ["bain"]}}
+    out3 = run_properties(members, None, ["phases", "paths"], store, client=local_client, options=opts,
+                          progress=False)  # fmt: skip
+    summary_ = json.loads((store / "run.json").read_text())
+    assert summary_["computed"] + len(summary_["errors"]) == 5 and summary_["skipped"] == 5, summary_
+    assert out3["paths"].sizes["point"] == 3
+    assert kept.stat().st_mtime_ns == stamp
 
 
 def test_report_table_matches_hand_computation(run, tmp_path) -> None:

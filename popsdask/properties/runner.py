@@ -3,10 +3,10 @@
 Every finished (member, property) is written at once, atomically, as its own small Zarr group
 ``<store>/parts/<property>/<label>.zarr`` (staged, marked complete, renamed into place, as
 :mod:`popsdask.store` does), so a run interrupted at any point resumes without recomputing what
-finished: parts marked complete are skipped. A task never raises: an exception becomes a part
-holding only the reason, and a non-converged item is NaN plus its ``status`` from the property
-module; a worker that dies is recorded the same way by the driver. Once every task is done the
-parts are combined into ``<store>/<property>.zarr``:
+finished: parts marked complete and computed with the same options are skipped. A task never
+raises: an exception becomes a part holding only the reason, and a non-converged item is NaN plus
+its ``status`` from the property module; a worker that dies is recorded the same way by the
+driver. Once every task is done the parts are combined into ``<store>/<property>.zarr``:
 
 * ``<var>`` with dims ``(sample, <property dims>)`` for each float variable of the module,
 * ``<var>_mle`` and ``<var>_reference`` (the MLE and the reference/oracle potential),
@@ -76,6 +76,12 @@ def _write_part(path: Path, ds: xr.Dataset) -> None:
     _to_zarr(ds, path)
 
 
+def _same_options(path: Path, options: str) -> bool:
+    """Whether a finished part was computed with these options (parts without the record: yes)."""
+    meta = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+    return meta.get("options", options) == options
+
+
 def compute_part(potential: Potential, prop: str, options: dict[str, Any], path: str) -> dict[str, Any]:
     """Compute one (member, property) and write its part; never raises (Dask task body).
 
@@ -86,7 +92,8 @@ def compute_part(potential: Potential, prop: str, options: dict[str, Any], path:
     """
     p = Path(path)
     info = {"label": potential.label, "property": prop, "pid": os.getpid()}
-    if is_complete(p):
+    opts = json.dumps(options, sort_keys=True, default=str)
+    if is_complete(p) and _same_options(p, opts):
         return {**info, "status": "skipped", "wall_time": float("nan")}
     t0 = time.perf_counter()
     try:
@@ -98,7 +105,7 @@ def compute_part(potential: Potential, prop: str, options: dict[str, Any], path:
         ds.attrs["error"] = _short(err)
         status = f"error: {ds.attrs['error']}"
     wall = time.perf_counter() - t0
-    ds.attrs.update({"wall_time": wall, "label": potential.label, "property": prop})
+    ds.attrs.update({"wall_time": wall, "label": potential.label, "property": prop, "options": opts})
     _write_part(p, ds)
     return {**info, "status": status, "wall_time": wall}
 
