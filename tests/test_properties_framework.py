@@ -171,3 +171,12 @@ def test_rank_correlations_of_known_orderings() -> None:
     assert r["reference"] == pytest.approx(1 - 6 * 2 / 120)
     r2 = rank_correlations(ds, "e", exclude=("e",))
     assert r2["items"] == ["a", "b", "c", "d"] and r2["reference"] == pytest.approx(1.0)
+
+
+def test_cli_rejects_unknown_property_before_starting_a_cluster(tmp_path, capsys) -> None:
+    from popsdask.cli import main
+
+    code = main(["properties", str(tmp_path / "posterior.zarr"), "--properties", "phases,bogus", "-o", str(tmp_path)])
+    assert code == 2 and "unknown properties ['bogus']" in capsys.readouterr().err
+    code = main(["properties", str(tmp_path / "posterior.zarr"), "--method", "nope", "-o", str(tmp_path)])
+    assert code == 2 and "--method nope" in capsys.readouterr().err
