@@ -8,7 +8,8 @@ raises: an exception becomes a part holding only the reason, and a non-converged
 its ``status`` from the property module; a worker that dies is recorded the same way by the
 driver. Once every task is done the parts are combined into ``<store>/<property>.zarr``:
 
-* ``<var>`` with dims ``(sample, <property dims>)`` for each float variable of the module,
+* ``<var>`` with dims ``(sample, <property dims>)`` for each variable of the module (in failed
+  members: NaN, -1 for integers, empty strings),
 * ``<var>_mle`` and ``<var>_reference`` (the MLE and the reference/oracle potential),
 * ``status`` / ``status_mle`` / ``status_reference`` ("ok" or the reason a value is NaN),
 * ``wall_time`` (sample) and ``wall_time_mle`` / ``wall_time_reference`` in seconds.
@@ -124,8 +125,13 @@ def _nan_like(template: xr.Dataset, reason: str) -> xr.Dataset:
     for v in out.data_vars:
         if v == "status":
             continue
-        if np.issubdtype(out[v].dtype, np.floating):
+        kind = out[v].dtype.kind
+        if kind == "f":
             out[v][...] = np.nan
+        elif kind in "iu":
+            out[v][...] = -1
+        elif kind == "U":
+            out[v][...] = ""
     if "status" in out:
         st = np.full(out["status"].shape, reason)
         out["status"] = (out["status"].dims, st.astype(f"<U{max(8, len(reason))}"))
@@ -151,8 +157,7 @@ def combine(
         else:
             filled[lab] = ds
     samples = [lab for lab in labels if lab != "mle"]
-    floats = [v for v in template.data_vars if v != "status" and np.issubdtype(template[v].dtype, np.floating)]
-    others = [v for v in template.data_vars if v != "status" and v not in floats]
+    floats = [v for v in template.data_vars if v != "status"]  # every variable, per member
     out = xr.Dataset(coords=template.coords)
     width = max(8, *(int(filled[lab]["status"].dtype.itemsize // 4) for lab in filled if "status" in filled[lab]))
     if samples:
@@ -171,8 +176,6 @@ def combine(
             if "status" in filled[tag]:
                 out[f"status_{name}"] = filled[tag]["status"].astype(f"<U{width}")
             out[f"wall_time_{name}"] = float(filled[tag].attrs.get("wall_time", np.nan))
-    for v in others:
-        out[v] = template[v]
     for v in floats:
         for k, val in template[v].attrs.items():
             for name in (v, f"{v}_mle", f"{v}_reference"):
