@@ -96,7 +96,7 @@ def uq_table(ds: xr.Dataset, variable: str) -> list[dict[str, Any]]:
         hi = float(np.max(col[ok])) - ref[k] if n_ok else float("nan")
         err = mle[k] - ref[k]
         scale = max(1.0, abs(ref[k])) if np.isfinite(ref[k]) else 1.0
-        exact = n_ok > 0 and std <= 1e-9 * scale and abs(err) <= 1e-6 * scale  # e.g. bcc relative to itself
+        exact = n_ok > 0 and std <= 1e-6 * scale and abs(err) <= 1e-6 * scale  # e.g. bcc relative to itself
         if exact:
             std, lo, hi = 0.0, 0.0, 0.0
         rows.append(
@@ -136,7 +136,8 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "n_bracketed": int(sum(br)),
         "n_items": len(br),
         "all_bracketed": bool(all(br)) if br else None,
-        "n_failed_values": int(sum(r["n_failed"] for r in rows)),
+        "n_failed_values": int(sum(r["n_failed"] for r in rows if np.isfinite(r["reference"]))),
+        "no_reference": [r["item"] for r in rows if not np.isfinite(r["reference"])],
     }
 
 
@@ -174,7 +175,8 @@ def _markdown(rows: list[dict[str, Any]], summ: dict[str, Any], title: str, unit
         "",
         f"Mean \\|error\\|/Std = {_fmt(summ['mean_error_over_std'])}; mean \\|error\\|/(High−Low) = "
         f"{_fmt(summ['mean_error_over_range'])}; bracketed {summ['n_bracketed']}/{summ['n_items']}; "
-        f"failed member values: {summ['n_failed_values']}",
+        f"failed member values: {summ['n_failed_values']}"
+        + (f"; no reference value: {', '.join(summ['no_reference'])}" if summ["no_reference"] else ""),
         "",
     ]
     return "\n".join(lines)
