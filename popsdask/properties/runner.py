@@ -345,8 +345,15 @@ def run_resample(
     return out
 
 
-#: method -> runner (helper C adds "implicit")
-RUNNERS: dict[str, Callable[..., dict[str, xr.Dataset]]] = {"resample": run_resample}
+def _run_implicit(*args: Any, **kwargs: Any) -> dict[str, xr.Dataset]:
+    """Implicit expansion at the MLE (phases: bcc/hcp, vacancy); see popsdask.atomistic.implicit_properties."""
+    from ..atomistic.implicit_properties import run_implicit
+
+    return run_implicit(*args, **kwargs)
+
+
+#: method -> runner
+RUNNERS: dict[str, Callable[..., dict[str, xr.Dataset]]] = {"resample": run_resample, "implicit": _run_implicit}
 
 
 def run_properties(
