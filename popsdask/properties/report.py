@@ -71,7 +71,7 @@ def _variables(ds: xr.Dataset, prop: str) -> list[str]:
             for v in ds.data_vars
             if f"{v}_mle" in ds and f"{v}_reference" in ds and v not in SKIP and "sample" in ds[v].dims
         )
-    return [v for v in names if v in ds]
+    return [v for v in names if v in ds and ds[v].dtype.kind == "f"]
 
 
 def uq_table(ds: xr.Dataset, variable: str) -> list[dict[str, Any]]:
