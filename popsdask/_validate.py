@@ -33,9 +33,7 @@ def check_finite_block(
         rows = _row_range(block_info) or (row_offset, row_offset + block.shape[0])
         offset = rows[0]
         first = int(np.argwhere(bad)[0][0]) + offset
-        value = block.reshape(block.shape[0], -1)[first - offset][
-            bad.reshape(block.shape[0], -1)[first - offset]
-        ][0]
+        value = block.reshape(block.shape[0], -1)[first - offset][bad.reshape(block.shape[0], -1)[first - offset]][0]
         what = "negative" if nonneg and np.isfinite(value) else "non-finite"
         span = f" (chunk rows {rows[0]}:{rows[1]})"
         prefix = f"{where}: " if where else ""

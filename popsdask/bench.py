@@ -92,8 +92,14 @@ def prepare_store(workdir: Path, n: int, dtype: str) -> Path:
     X = np.load(workdir / f"X-{dtype}.npy", mmap_mode="r")[:n]
     y = np.load(workdir / "y.npy", mmap_mode="r")[:n]
     rows = 65536 if dtype == "float32" else 32768
-    write_store(path, da.from_array(X, chunks=(rows, -1), name=False), da.from_array(y, chunks=rows, name=False),
-                chunk_rows=rows, overwrite=True, attrs={"benchmark": "synthetic N(0,1) descriptors"})
+    write_store(
+        path,
+        da.from_array(X, chunks=(rows, -1), name=False),
+        da.from_array(y, chunks=rows, name=False),
+        chunk_rows=rows,
+        overwrite=True,
+        attrs={"benchmark": "synthetic N(0,1) descriptors"},
+    )
     return path
 
 
@@ -247,7 +253,9 @@ def _case_ooc(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
         out["raw_read_after_s"] = time.perf_counter() - t
         logs = client.get_worker_logs()
         out["worker_memory_warnings"] = sum(
-            1 for lines in logs.values() for _, msg in lines
+            1
+            for lines in logs.values()
+            for _, msg in lines
             if "memory" in msg.lower() and ("spill" in msg.lower() or "pause" in msg.lower() or "exceed" in msg.lower())
         )
     return out
@@ -286,8 +294,10 @@ def run_case(spec: dict[str, Any], timeout: float = 1800.0) -> dict[str, Any]:
     def reader(stream: Any, key: str) -> None:
         outputs[key] = stream.read()
 
-    threads = [threading.Thread(target=reader, args=(proc.stdout, "out")),
-               threading.Thread(target=reader, args=(proc.stderr, "err"))]
+    threads = [
+        threading.Thread(target=reader, args=(proc.stdout, "out")),
+        threading.Thread(target=reader, args=(proc.stderr, "err")),
+    ]
     for th in threads:
         th.start()
     root = psutil.Process(proc.pid)
@@ -321,14 +331,17 @@ def run_case(spec: dict[str, Any], timeout: float = 1800.0) -> dict[str, Any]:
     for th in threads:
         th.join()
     result: dict[str, Any] = dict(spec)
-    result.update(peak_rss_gb=peak_total / 1e9,
-                  peak_rss_by_process_gb={f"{n} [{pid}]": r / 1e9 for pid, (n, r) in peak_by_proc.items()},
-                  returncode=proc.returncode, process_wall_s=time.perf_counter() - t0)
+    result.update(
+        peak_rss_gb=peak_total / 1e9,
+        peak_rss_by_process_gb={f"{n} [{pid}]": r / 1e9 for pid, (n, r) in peak_by_proc.items()},
+        returncode=proc.returncode,
+        process_wall_s=time.perf_counter() - t0,
+    )
     line = [s for s in outputs.get("out", "").splitlines() if s.startswith("BENCH-RESULT ")]
     if killed or proc.returncode != 0 or not line:
         result["error"] = killed or outputs.get("err", "")[-2000:]
     else:
-        result.update(json.loads(line[-1][len("BENCH-RESULT "):]))
+        result.update(json.loads(line[-1][len("BENCH-RESULT ") :]))
     return result
 
 
@@ -344,12 +357,18 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for (case, n, dtype), rs in groups.items():
         ok = [r for r in rs if "error" not in r]
-        rows.append({
-            "case": case, "n": n, "dtype": dtype, "repeats": len(ok), "failed": len(rs) - len(ok),
-            "wall_s": _median([r["wall_s"] for r in ok]),
-            "peak_rss_gb": _median([r["peak_rss_gb"] for r in ok]),
-            "error": next((r["error"][-300:] for r in rs if "error" in r), ""),
-        })
+        rows.append(
+            {
+                "case": case,
+                "n": n,
+                "dtype": dtype,
+                "repeats": len(ok),
+                "failed": len(rs) - len(ok),
+                "wall_s": _median([r["wall_s"] for r in ok]),
+                "peak_rss_gb": _median([r["peak_rss_gb"] for r in ok]),
+                "error": next((r["error"][-300:] for r in rs if "error" in r), ""),
+            }
+        )
     return rows
 
 
@@ -379,8 +398,11 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             fits = ("popsdask-array", "popsdask-zarr", "popsregression")
             arr, zr, ref = (get(c, n, dtype, "wall_s") for c in fits)
             rarr, rzr, rref = (get(c, n, dtype, "peak_rss_gb") for c in fits)
-            reps = "/".join(str(by[(c, n, dtype)]["repeats"]) for c in
-                            ("gram", "popsdask-array", "popsdask-zarr", "popsregression") if (c, n, dtype) in by)
+            reps = "/".join(
+                str(by[(c, n, dtype)]["repeats"])
+                for c in ("gram", "popsdask-array", "popsdask-zarr", "popsregression")
+                if (c, n, dtype) in by
+            )
             ref_txt = f"{ref:.1f}" if np.isfinite(ref) else "not run"
             lines.append(
                 f"| {n:,} | {dtype} | {floor:.2f} | {arr:.2f} ({arr / floor:.1f}×) | {zr:.2f} ({zr / floor:.1f}×) "
@@ -388,8 +410,11 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             )
     ens = [r for r in rows if r["case"] == "ensemble"]
     if ens:
-        lines += ["", "| ensemble prediction, 500 samples → Zarr | wall s | peak RSS GB (tree) | reps |",
-                  "|---|---|---|---|"]
+        lines += [
+            "",
+            "| ensemble prediction, 500 samples → Zarr | wall s | peak RSS GB (tree) | reps |",
+            "|---|---|---|---|",
+        ]
         for r in sorted(ens, key=lambda r: r["n"]):
             lines.append(f"| {r['n']:,} configurations | {r['wall_s']:.1f} | {r['peak_rss_gb']:.2f} | {r['repeats']} |")
     failed = [r for r in rows if r["failed"]]
@@ -463,11 +488,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dtypes = [s for s in args.dtypes.split(",") if s]
     cases = [s for s in args.cases.split(",") if s]
     ens_sizes = [int(s) for s in args.ensemble_sizes.split(",") if s] if "ensemble" in cases else []
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "p": args.features,
-            "repeats": args.repeats, "argv": sys.argv,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                       f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM",
-            "load_average_start": os.getloadavg()}
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "p": args.features,
+        "repeats": args.repeats,
+        "argv": sys.argv,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM",
+        "load_average_start": os.getloadavg(),
+    }
     results: list[dict[str, Any]] = []
     ooc = None
     if args.append and (out / "results.json").exists():
@@ -513,16 +541,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     continue
             r = run_case(full)
             results.append(r)
-            print(f"[bench] rep {rep} {spec['case']:15s} N={spec['n']:>9,} {spec['dtype']}: "
-                  f"{r.get('wall_s', float('nan')):8.2f} s  peak {r['peak_rss_gb']:6.2f} GB"
-                  f"{'  ERROR ' + r['error'][-200:] if 'error' in r else ''}", flush=True)
+            print(
+                f"[bench] rep {rep} {spec['case']:15s} N={spec['n']:>9,} {spec['dtype']}: "
+                f"{r.get('wall_s', float('nan')):8.2f} s  peak {r['peak_rss_gb']:6.2f} GB"
+                f"{'  ERROR ' + r['error'][-200:] if 'error' in r else ''}",
+                flush=True,
+            )
             _dump(out, meta, results, ooc)
     if args.ooc_rows:
         ooc_store = workdir / f"ooc-{args.ooc_rows}.zarr"
         gen_s = _write_ooc_store(ooc_store, args.ooc_rows, args.features)
         print(f"[bench] wrote {ooc_store} in {gen_s:.0f} s", flush=True)
-        ooc = run_case({"case": "ooc", "store": str(ooc_store), "rows": args.ooc_rows, "p": args.features,
-                        "workdir": str(workdir)}, timeout=3600)
+        ooc = run_case(
+            {
+                "case": "ooc",
+                "store": str(ooc_store),
+                "rows": args.ooc_rows,
+                "p": args.features,
+                "workdir": str(workdir),
+            },
+            timeout=3600,
+        )
         ooc["generate_s"] = gen_s
         if not args.keep_data:
             shutil.rmtree(ooc_store, ignore_errors=True)
@@ -540,8 +579,9 @@ def _dump(out: Path, meta: dict[str, Any], results: list[dict[str, Any]], ooc: d
     table = markdown(rows, meta) if results else ""
     if ooc is not None:
         table += "\n" + ooc_markdown(ooc)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "summary": rows, "runs": results, "ooc": ooc},
-                                                 indent=1, default=str))
+    (out / "results.json").write_text(
+        json.dumps({"meta": meta, "summary": rows, "runs": results, "ooc": ooc}, indent=1, default=str)
+    )
     (out / "results.md").write_text(table)
     return table
 
@@ -565,8 +605,12 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--features", type=int, default=256, help="P")
     p.add_argument("--cases", default=",".join(DEFAULT_CASES), help=f"subset of {','.join(DEFAULT_CASES)}")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--popsregression-max-rows", type=int, default=1_000_000,
-                   help="largest N for popsregression (it needs ~13.5 kB per row at P = 256)")
+    p.add_argument(
+        "--popsregression-max-rows",
+        type=int,
+        default=1_000_000,
+        help="largest N for popsregression (it needs ~13.5 kB per row at P = 256)",
+    )
     p.add_argument("--popsregression-dtypes", default="float64,float32")
     p.add_argument("--ensemble-sizes", default="100000,1580000", help="configurations to predict")
     p.add_argument("--ensemble-repeats", type=int, default=1)

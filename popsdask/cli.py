@@ -52,9 +52,15 @@ def _predict(args: argparse.Namespace) -> None:
 
     with connect_from_args(args):
         ds = predict_ensemble(
-            args.posterior, args.store, args.output, n_samples=args.n_samples,
-            method=args.method, seed=args.seed, overwrite=args.overwrite,
-            dtype="float32" if args.float32 else "float64", progress=not args.quiet,
+            args.posterior,
+            args.store,
+            args.output,
+            n_samples=args.n_samples,
+            method=args.method,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            dtype="float32" if args.float32 else "float64",
+            progress=not args.quiet,
         )
     print(f"wrote {dict(ds['prediction'].sizes)} predictions -> {args.output}")
     if "metrics" in ds.attrs:
@@ -80,8 +86,9 @@ def _demo(args: argparse.Namespace) -> None:
             raise SystemExit(f"popsdask demo --tungsten needs the atomistic extra: {err}") from err
         with connect_from_args(args) as client:
             extra = {} if args.configs is None else {"n_configs": args.configs}
-            result = run_tungsten_demo(args.output, seed=args.seed, client=client, twojmax=args.twojmax,
-                                       n_samples=args.n_samples, **extra)
+            result = run_tungsten_demo(
+                args.output, seed=args.seed, client=client, twojmax=args.twojmax, n_samples=args.n_samples, **extra
+            )
         print(json.dumps(result, indent=2, default=str))
         return
     from .demo import ROWS_PER_CONFIG, write_demo_stores
@@ -97,14 +104,30 @@ def _demo(args: argparse.Namespace) -> None:
     with connect_from_args(args):
         n_train = args.configs or 40000
         n_test = n_train // 4
-        print(f"[popsdask] generating {n_train} + {n_test} configurations "
-              f"({n_train * ROWS_PER_CONFIG} + {n_test * ROWS_PER_CONFIG} rows) in chunks", flush=True)
-        write_demo_stores(out / "train.zarr", out / "test.zarr", n_train=n_train, n_test=n_test,
-                          seed=args.seed, chunk_rows=args.chunk_rows)
+        print(
+            f"[popsdask] generating {n_train} + {n_test} configurations "
+            f"({n_train * ROWS_PER_CONFIG} + {n_test * ROWS_PER_CONFIG} rows) in chunks",
+            flush=True,
+        )
+        write_demo_stores(
+            out / "train.zarr",
+            out / "test.zarr",
+            n_train=n_train,
+            n_test=n_test,
+            seed=args.seed,
+            chunk_rows=args.chunk_rows,
+        )
         post = fit(out / "train.zarr", progress=True)
         post.save(out / "posterior.zarr", overwrite=True)
-        predict_ensemble(post, out / "test.zarr", out / "predictions.zarr", n_samples=args.n_samples,
-                         seed=args.seed, overwrite=True, progress=True)
+        predict_ensemble(
+            post,
+            out / "test.zarr",
+            out / "predictions.zarr",
+            n_samples=args.n_samples,
+            seed=args.seed,
+            overwrite=True,
+            progress=True,
+        )
     result = write_report(out / "predictions.zarr", out / "report")
     print(result["table"])
     print(f"demo finished in {time.perf_counter() - t0:.1f} s; report: {out / 'report' / 'report.md'}")
@@ -137,14 +160,25 @@ def _properties(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     with connect_from_args(args) as client:
         results = run_properties(
-            args.posterior, settings, props, out, n_samples=args.samples, seed=args.seed,
-            reference=args.reference, client=client, options=options, progress=not args.quiet,
-            method=args.method, sampling=args.sampling,
+            args.posterior,
+            settings,
+            props,
+            out,
+            n_samples=args.samples,
+            seed=args.seed,
+            reference=args.reference,
+            client=client,
+            options=options,
+            progress=not args.quiet,
+            method=args.method,
+            sampling=args.sampling,
         )
     rep = write_report(results, out / "report")
     print(rep["markdown"])
-    print(f"properties {','.join(props)} for {args.samples} members in {time.perf_counter() - t0:.1f} s; "
-          f"results: {out}; report: {out / 'report' / 'report.md'}")
+    print(
+        f"properties {','.join(props)} for {args.samples} members in {time.perf_counter() - t0:.1f} s; "
+        f"results: {out}; report: {out / 'report' / 'report.md'}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,20 +215,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job on the embedded default problem")
     p.add_argument("-o", "--output", default="demo-output")
-    p.add_argument("--configs", type=int, default=None,
-                   help="configurations (default 40000 training; --tungsten: 3000 in all)")
+    p.add_argument(
+        "--configs", type=int, default=None, help="configurations (default 40000 training; --tungsten: 3000 in all)"
+    )
     p.add_argument("--chunk-rows", type=int, default=35000)
     p.add_argument("--n-samples", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tungsten", action="store_true",
-                   help="the tungsten qSNAP demo through LAMMPS (needs popsdask[atomistic])")
+    p.add_argument(
+        "--tungsten", action="store_true", help="the tungsten qSNAP demo through LAMMPS (needs popsdask[atomistic])"
+    )
     p.add_argument("--twojmax", type=int, default=4, help="--tungsten: the student's SNAP twojmax")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("properties", help="propagate a posterior to material properties (tungsten suite)")
     p.add_argument("posterior", help="posterior store (Zarr group)")
-    p.add_argument("--descriptors", default=None,
-                   help="descriptor store whose attrs hold the SNAP settings (default: next to the posterior)")
+    p.add_argument(
+        "--descriptors",
+        default=None,
+        help="descriptor store whose attrs hold the SNAP settings (default: next to the posterior)",
+    )
     p.add_argument("--samples", type=int, default=100, help="ensemble members besides the MLE")
     p.add_argument("--properties", default="phases,paths,phonons,interstitials,surfaces,vacancy")
     p.add_argument("-o", "--output", required=True, help="results directory (resumes if it exists)")

@@ -54,8 +54,7 @@ def _import_jobqueue() -> Any:
         return importlib.import_module("dask_jobqueue")
     except ImportError as exc:
         raise ImportError(
-            f"batch-system clusters (slurm, pbs, lsf) need dask-jobqueue, which is not "
-            f"installed: {_HPC_HINT}"
+            f"batch-system clusters (slurm, pbs, lsf) need dask-jobqueue, which is not installed: {_HPC_HINT}"
         ) from exc
 
 
@@ -232,9 +231,7 @@ def jobqueue_cluster(
         If ``kind`` is unknown.
     """
     if kind not in JOBQUEUE_CLUSTERS:
-        raise ValueError(
-            f"unknown batch system {kind!r}: expected one of {sorted(JOBQUEUE_CLUSTERS)}"
-        )
+        raise ValueError(f"unknown batch system {kind!r}: expected one of {sorted(JOBQUEUE_CLUSTERS)}")
     jobqueue = _import_jobqueue()
     cls = getattr(jobqueue, JOBQUEUE_CLUSTERS[kind])
     section = f"jobqueue.{kind}"
@@ -259,12 +256,15 @@ def jobqueue_cluster(
         options["dashboard_address"] = _dashboard(host)
     # `dask worker` serves its own dashboard on all interfaces by default (distributed PR #3941),
     # whatever --interface says: bind it to the node's loopback unless the user chose otherwise.
-    extra = list(cluster_kwargs.pop("worker_extra_args", None)
-                 or dask.config.get(f"{section}.worker-extra-args", None) or [])
+    extra = list(
+        cluster_kwargs.pop("worker_extra_args", None) or dask.config.get(f"{section}.worker-extra-args", None) or []
+    )
     if not any(str(a).startswith(("--dashboard-address", "--no-dashboard")) for a in extra):
         extra += ["--dashboard-address", f"{LOOPBACK_HOST}:0"]
     kwargs: dict[str, Any] = {
-        "interface": iface, "scheduler_options": options, "worker_extra_args": extra,
+        "interface": iface,
+        "scheduler_options": options,
+        "worker_extra_args": extra,
     }
     processes = cluster_kwargs.get("processes") or dask.config.get(f"{section}.processes", None)
     processes = int(processes or 1)
@@ -368,12 +368,9 @@ def connect(
     _check_counts(n_workers, threads_per_worker, adapt)
     name = cluster.strip() if isinstance(cluster, str) else cluster
     lname = name.lower() if isinstance(name, str) else None
-    external = scheduler_file is not None or (
-        name is not None and lname != "local" and lname not in JOBQUEUE_CLUSTERS
-    )
+    external = scheduler_file is not None or (name is not None and lname != "local" and lname not in JOBQUEUE_CLUSTERS)
     if external:
-        _check_external(name, scheduler_file, n_workers, threads_per_worker, memory_limit, adapt,
-                        interface, config)
+        _check_external(name, scheduler_file, n_workers, threads_per_worker, memory_limit, adapt, interface, config)
         if scheduler_file is not None:
             client = distributed.Client(scheduler_file=str(scheduler_file), **cluster_kwargs)
         else:
@@ -398,13 +395,19 @@ def connect(
     with dask.config.set(settings):
         if lname in JOBQUEUE_CLUSTERS:
             created = jobqueue_cluster(
-                lname, threads_per_worker=threads_per_worker, memory_limit=memory_limit,
-                interface=interface, **cluster_kwargs,
+                lname,
+                threads_per_worker=threads_per_worker,
+                memory_limit=memory_limit,
+                interface=interface,
+                **cluster_kwargs,
             )
         else:
             created = local_cluster(
-                n_workers=n_workers, threads_per_worker=threads_per_worker,
-                memory_limit=memory_limit, interface=interface, **cluster_kwargs,
+                n_workers=n_workers,
+                threads_per_worker=threads_per_worker,
+                memory_limit=memory_limit,
+                interface=interface,
+                **cluster_kwargs,
             )
         try:
             if lname in JOBQUEUE_CLUSTERS and n_workers:
@@ -421,9 +424,7 @@ def connect(
             created.close()
 
 
-def _check_counts(
-    n_workers: int | None, threads_per_worker: int | None, adapt: tuple[int, int] | None
-) -> None:
+def _check_counts(n_workers: int | None, threads_per_worker: int | None, adapt: tuple[int, int] | None) -> None:
     if n_workers is not None and n_workers < 0:
         raise ValueError(f"n_workers must be >= 0, got {n_workers}")
     if threads_per_worker is not None and threads_per_worker < 1:
@@ -433,18 +434,13 @@ def _check_counts(
             raise ValueError(f"adapt must be (minimum, maximum), got {adapt!r}")
         low, high = adapt
         if low < 0 or high < 1 or low > high:
-            raise ValueError(
-                f"adapt=(minimum, maximum) needs 0 <= minimum <= maximum >= 1, got {adapt}"
-            )
+            raise ValueError(f"adapt=(minimum, maximum) needs 0 <= minimum <= maximum >= 1, got {adapt}")
 
 
-def _check_external(
-    name: str | None, scheduler_file: str | None, *creation_options: Any
-) -> None:
+def _check_external(name: str | None, scheduler_file: str | None, *creation_options: Any) -> None:
     if scheduler_file is not None and name not in (None, "local"):
         raise ValueError(
-            f"give either a cluster/scheduler address ({name!r}) or a scheduler file "
-            f"({scheduler_file!r}), not both"
+            f"give either a cluster/scheduler address ({name!r}) or a scheduler file ({scheduler_file!r}), not both"
         )
     if name is not None and not _is_address(name):
         raise ValueError(
@@ -479,30 +475,55 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     group = parser.add_argument_group("Dask cluster")
     where = group.add_mutually_exclusive_group()
     where.add_argument(
-        "--cluster", metavar="KIND|ADDRESS", default=None,
+        "--cluster",
+        metavar="KIND|ADDRESS",
+        default=None,
         help="local (default: worker processes on this machine), slurm, pbs, lsf "
         "(workers as batch jobs, needs popsdask[hpc]), or the address of a running scheduler",
     )
     where.add_argument(
-        "--scheduler", metavar="ADDRESS", default=None,
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
         help="connect to a running scheduler, e.g. tcp://node001:8786 (same as --cluster ADDRESS)",
     )
     where.add_argument(
-        "--scheduler-file", metavar="PATH", default=None,
+        "--scheduler-file",
+        metavar="PATH",
+        default=None,
         help="connect to the scheduler described by this file (dask scheduler --scheduler-file)",
     )
-    group.add_argument("--n-workers", type=_nonnegative_int, default=None, metavar="N",
-                       help="Dask workers to start (batch clusters: submitted as jobs)")
-    group.add_argument("--threads-per-worker", type=_positive_int, default=None, metavar="N",
-                       help="threads in each worker")
-    group.add_argument("--memory-limit", default=None, metavar="SIZE",
-                       help="memory per worker, e.g. 4GB")
-    group.add_argument("--adapt", nargs=2, type=_nonnegative_int, default=None,
-                       metavar=("MIN", "MAX"), help="scale adaptively between MIN and MAX workers")
-    group.add_argument("--interface", default=None, metavar="NAME",
-                       help="network interface to listen on, e.g. ib0 (default: loopback only)")
-    group.add_argument("--cluster-config", default=None, metavar="YAML",
-                       help="dask-jobqueue config file for slurm/pbs/lsf (see deploy/)")
+    group.add_argument(
+        "--n-workers",
+        type=_nonnegative_int,
+        default=None,
+        metavar="N",
+        help="Dask workers to start (batch clusters: submitted as jobs)",
+    )
+    group.add_argument(
+        "--threads-per-worker", type=_positive_int, default=None, metavar="N", help="threads in each worker"
+    )
+    group.add_argument("--memory-limit", default=None, metavar="SIZE", help="memory per worker, e.g. 4GB")
+    group.add_argument(
+        "--adapt",
+        nargs=2,
+        type=_nonnegative_int,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help="scale adaptively between MIN and MAX workers",
+    )
+    group.add_argument(
+        "--interface",
+        default=None,
+        metavar="NAME",
+        help="network interface to listen on, e.g. ib0 (default: loopback only)",
+    )
+    group.add_argument(
+        "--cluster-config",
+        default=None,
+        metavar="YAML",
+        help="dask-jobqueue config file for slurm/pbs/lsf (see deploy/)",
+    )
     return parser
 
 

@@ -84,23 +84,34 @@ def demo_arrays(n_configs: int, seed: int = 0, configs_per_block: int = 5000) ->
     return {k: da.concatenate(v) for k, v in parts.items()}
 
 
-def write_demo_stores(train_path, test_path, *, n_train: int, n_test: int, seed: int = 0,
-                      chunk_rows: int = 35000) -> None:
+def write_demo_stores(
+    train_path, test_path, *, n_train: int, n_test: int, seed: int = 0, chunk_rows: int = 35000
+) -> None:
     """Write the training and held-out stores (different seeds: disjoint configurations)."""
     from .store import write_store
 
     attrs = {
         "description": "popsdask demo: Morse + embedding reference, Gaussian radial pair basis",
-        "n_neighbours": N_NEIGHBOURS, "n_basis": N_BASIS, "r_min": R_MIN, "r_max": R_MAX,
+        "n_neighbours": N_NEIGHBOURS,
+        "n_basis": N_BASIS,
+        "r_min": R_MIN,
+        "r_max": R_MAX,
         "units": "eV, Angstrom",
     }
     for path, n, s in ((train_path, n_train, seed), (test_path, n_test, seed + 1)):
         a = demo_arrays(n, s)
         write_store(
-            path, a["X"], a["y"], config=a["config"],
+            path,
+            a["X"],
+            a["y"],
+            config=a["config"],
             # energy and force weights with equal sums, as in the paper's eq. 9 normalisation
-            weight=da.where(a["kind"] == 0, float(N_NEIGHBOURS), 1.0), kind=a["kind"], atom=a["atom"],
+            weight=da.where(a["kind"] == 0, float(N_NEIGHBOURS), 1.0),
+            kind=a["kind"],
+            atom=a["atom"],
             component=da.where(a["kind"] == 1, 0, -1).astype(np.int8),
             configurations={"n_neighbours": np.full(n, N_NEIGHBOURS, dtype=np.int32)},
-            attrs={**attrs, "seed": s}, chunk_rows=chunk_rows, overwrite=True,
+            attrs={**attrs, "seed": s},
+            chunk_rows=chunk_rows,
+            overwrite=True,
         )

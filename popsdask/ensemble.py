@@ -92,9 +92,7 @@ def predict_ensemble(
     design = design_from(data, require_y=False, fit_intercept=fit_intercept)
     n, p = design.n_rows, design.n_features
     if p != post.n_features:
-        raise InputError(
-            f"{design.source}: {p} features, but the posterior has {post.n_features} parameters"
-        )
+        raise InputError(f"{design.source}: {p} features, but the posterior has {post.n_features} parameters")
     delta = post.perturbations(n_samples, method, seed)  # (S, P)
     s = delta.shape[0]
     rows = max(256, BLOCK_BYTES // (8 * max(s, p)))
@@ -145,9 +143,7 @@ def _write(ds: xr.Dataset, output: str | os.PathLike, overwrite: bool, progress:
                 import zarr
 
                 # appending a Dataset replaces the group's attributes: restore them
-                zarr.open_group(str(staging), mode="r+").attrs.update(
-                    {**ds.attrs, "metrics": json.dumps(metrics)}
-                )
+                zarr.open_group(str(staging), mode="r+").attrs.update({**ds.attrs, "metrics": json.dumps(metrics)})
         mark_complete(staging)
         commit_directory(staging, final, overwrite)
     except BaseException:

@@ -225,8 +225,7 @@ class POPSRegressor(RegressorMixin, BaseEstimator):
     # ------------------------------------------------------------------ fit
     def _design(self, X, y, sample_weight) -> Design:
         if isinstance(X, (str, os.PathLike, xr.Dataset, da.Array)):
-            design = design_from(X, y, sample_weight, chunk_rows=self.chunk_rows,
-                                 fit_intercept=self.fit_intercept)
+            design = design_from(X, y, sample_weight, chunk_rows=self.chunk_rows, fit_intercept=self.fit_intercept)
             self.n_features_in_ = design.n_features - int(self.fit_intercept)
             return design
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=True)
@@ -257,8 +256,15 @@ class POPSRegressor(RegressorMixin, BaseEstimator):
         post = fit_pops(
             design,
             evidence=EvidenceParams(
-                self.max_iter, self.tol, self.alpha_1, self.alpha_2, self.lambda_1,
-                self.lambda_2, self.alpha_init, self.lambda_init, self.compute_score,
+                self.max_iter,
+                self.tol,
+                self.alpha_1,
+                self.alpha_2,
+                self.lambda_1,
+                self.lambda_2,
+                self.alpha_init,
+                self.lambda_init,
+                self.compute_score,
             ),
             settings=PopsSettings(
                 self.leverage_percentile, self.mode_threshold, self.percentile_clipping, self.posterior

@@ -180,14 +180,18 @@ def needs_refinement(stats: Stats, ev: Evidence, digits: float = 6.0) -> bool:
 
 
 def _log_marginal_likelihood(
-    p: EvidenceParams, s: np.ndarray, sw: float, alpha: float, lam: float,
-    ce: np.ndarray, sse: float,
+    p: EvidenceParams,
+    s: np.ndarray,
+    sw: float,
+    alpha: float,
+    lam: float,
+    ce: np.ndarray,
+    sse: float,
 ) -> float:
     logdet_sigma = -np.sum(np.log(lam + alpha * s))
     score = p.lambda_1 * log(lam) - p.lambda_2 * lam
     score += p.alpha_1 * log(alpha) - p.alpha_2 * alpha
     score += 0.5 * (
-        s.size * log(lam) + sw * log(alpha) - alpha * sse - lam * float(ce @ ce)
-        + logdet_sigma - sw * log(2 * pi)
+        s.size * log(lam) + sw * log(alpha) - alpha * sse - lam * float(ce @ ce) + logdet_sigma - sw * log(2 * pi)
     )
     return float(score)

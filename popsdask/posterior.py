@@ -78,9 +78,7 @@ class Posterior:
         return hypercube_second_moment(self.basis_, self.lower_, self.upper_)
 
     # ------------------------------------------------------------------ sampling
-    def perturbations(
-        self, n: int = DEFAULT_N_SAMPLES, method: str = "uniform", seed: int | None = 0
-    ) -> np.ndarray:
+    def perturbations(self, n: int = DEFAULT_N_SAMPLES, method: str = "uniform", seed: int | None = 0) -> np.ndarray:
         """``n`` parameter perturbations δθ (n × P), reproducible from ``seed``.
 
         Hypercube: θ = coef + U (lo + (hi - lo) u), u from ``method``. Ensemble: ``n`` of the
@@ -98,9 +96,7 @@ class Posterior:
         box = self.lower_ + (self.upper_ - self.lower_) * u
         return box @ self.basis_.T
 
-    def sample(
-        self, n: int = DEFAULT_N_SAMPLES, method: str = "uniform", seed: int | None = 0
-    ) -> xr.DataArray:
+    def sample(self, n: int = DEFAULT_N_SAMPLES, method: str = "uniform", seed: int | None = 0) -> xr.DataArray:
         """Parameter vectors θ = coef + δθ as a DataArray with dims (sample, feature)."""
         theta = self.coef_[None, :] + self.perturbations(n, method, seed)
         return xr.DataArray(

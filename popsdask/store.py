@@ -52,12 +52,29 @@ DEFAULT_CHUNK_BYTES = 64 * 2**20
 
 # codecs that only decode bytes; anything else (pickle, numcodecs objects) is refused.
 SAFE_CODECS = {
-    "bytes", "zstd", "blosc", "gzip", "crc32c", "transpose", "sharding_indexed",
-    "vlen-utf8", "vlen-bytes",
+    "bytes",
+    "zstd",
+    "blosc",
+    "gzip",
+    "crc32c",
+    "transpose",
+    "sharding_indexed",
+    "vlen-utf8",
+    "vlen-bytes",
 }
 SAFE_DATA_TYPES = {
-    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-    "float32", "float64", "fixed_length_utf32",
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float32",
+    "float64",
+    "fixed_length_utf32",
 }
 
 
@@ -259,9 +276,7 @@ def write_store(
         arrays[name] = arr.astype(np.float64)
 
     def checked(arr: da.Array, name: str, nonneg: bool = False) -> da.Array:
-        return arr.map_blocks(
-            check_finite_block, dtype=arr.dtype, variable=name, where=str(final), nonneg=nonneg
-        )
+        return arr.map_blocks(check_finite_block, dtype=arr.dtype, variable=name, where=str(final), nonneg=nonneg)
 
     data_vars: dict[str, Any] = {"X": (("row", "feature"), checked(Xd, "X"))}
     data_vars["y"] = (("row",), checked(arrays["y"], "y"))
@@ -282,9 +297,7 @@ def write_store(
         coords[name] = (("row",), arr.astype(dt))
 
     ds = xr.Dataset(data_vars, coords=coords)
-    ds["kind"].attrs.update(
-        flag_values=list(KIND_CODES.values()), flag_meanings=" ".join(KIND_CODES)
-    )
+    ds["kind"].attrs.update(flag_values=list(KIND_CODES.values()), flag_meanings=" ".join(KIND_CODES))
     for name, value in (configurations or {}).items():
         try:
             v = np.asarray(value)

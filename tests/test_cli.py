@@ -24,8 +24,21 @@ def test_fit_predict_report(tmp_path, capsys):
     assert main(["fit", str(tmp_path / "train.zarr"), "-o", str(tmp_path / "post.zarr"), *LOCAL]) == 0
     post = Posterior.load(tmp_path / "post.zarr")
     assert post.n_rows_ == 4000 and post.provenance["input"].endswith("train.zarr")
-    assert main(["predict", str(tmp_path / "post.zarr"), str(tmp_path / "test.zarr"),
-                 "-o", str(tmp_path / "pred.zarr"), "--n-samples", "64", *LOCAL]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "post.zarr"),
+                str(tmp_path / "test.zarr"),
+                "-o",
+                str(tmp_path / "pred.zarr"),
+                "--n-samples",
+                "64",
+                *LOCAL,
+            ]
+        )
+        == 0
+    )
     assert main(["report", str(tmp_path / "pred.zarr"), "-o", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out
     assert "envelope violation" in out
@@ -40,8 +53,9 @@ def test_fit_predict_report(tmp_path, capsys):
 def test_ensemble_fit_keeps_corrections_in_the_posterior(tmp_path):
     X, y, _ = misspecified(3000, 5, seed=32)
     write_store(tmp_path / "s.zarr", X, y, chunk_rows=500)
-    assert main(["fit", str(tmp_path / "s.zarr"), "-o", str(tmp_path / "p.zarr"),
-                 "--posterior", "ensemble", *LOCAL]) == 0
+    assert (
+        main(["fit", str(tmp_path / "s.zarr"), "-o", str(tmp_path / "p.zarr"), "--posterior", "ensemble", *LOCAL]) == 0
+    )
     post = Posterior.load(tmp_path / "p.zarr")
     assert post.corrections_.shape == (post.n_selected_, 5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.zarr", "s.zarr"]
@@ -59,9 +73,24 @@ def test_bad_store_is_a_clear_error(tmp_path, capsys):
 def test_demo_small(tmp_path):
     """The README's main job, scaled down (the full default runs in CI's .ci/run)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "popsdask.cli", "demo", "-o", str(tmp_path / "demo"),
-         "--configs", "6000", "--chunk-rows", "8000", "--n-samples", "100"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "popsdask.cli",
+            "demo",
+            "-o",
+            str(tmp_path / "demo"),
+            "--configs",
+            "6000",
+            "--chunk-rows",
+            "8000",
+            "--n-samples",
+            "100",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "pass 4/4" in proc.stdout and "envelope violation" in proc.stdout

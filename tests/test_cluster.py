@@ -211,10 +211,13 @@ def test_bad_cluster_arguments_exit_with_usage(argv, capsys):
 
 # ------------------------------------------------------------------------------ batch systems
 EXPECTED_SCRIPT_LINES = {
-    "slurm": ["#SBATCH -J popsdask-worker", "#SBATCH --cpus-per-task=4", "#SBATCH --mem=16G",
-              "#SBATCH -t 02:00:00"],
-    "pbs": ["#PBS -N popsdask-worker", "#PBS -l select=1:ncpus=4:mem=16GB",
-            "#PBS -l walltime=02:00:00", "cd $PBS_O_WORKDIR"],
+    "slurm": ["#SBATCH -J popsdask-worker", "#SBATCH --cpus-per-task=4", "#SBATCH --mem=16G", "#SBATCH -t 02:00:00"],
+    "pbs": [
+        "#PBS -N popsdask-worker",
+        "#PBS -l select=1:ncpus=4:mem=16GB",
+        "#PBS -l walltime=02:00:00",
+        "cd $PBS_O_WORKDIR",
+    ],
     "lsf": ["#BSUB -J popsdask-worker", "#BSUB -n 4", "#BSUB -W 02:00"],
 }
 
@@ -255,8 +258,13 @@ def test_command_line_overrides_the_config_file():
     with connect_from_args(args, queue="short", account="proj42", walltime="00:20:00") as client:
         script = client.cluster.job_script()
     lines = script.splitlines()
-    for line in ["#SBATCH --cpus-per-task=2", "#SBATCH --mem=3G", "#SBATCH -p short",
-                 "#SBATCH -A proj42", "#SBATCH -t 00:20:00"]:
+    for line in [
+        "#SBATCH --cpus-per-task=2",
+        "#SBATCH --mem=3G",
+        "#SBATCH -p short",
+        "#SBATCH -A proj42",
+        "#SBATCH -t 00:20:00",
+    ]:
         assert line in lines, (line, script)
     assert "--nthreads 2" in script and "--memory-limit 3.00GiB" in script
 
@@ -272,8 +280,15 @@ def test_slurm_processes_split_threads_and_memory(tmp_path):
 
 def test_tls_security_passes_through_to_job_scripts(tmp_path):
     require_jobqueue()
-    with connect("slurm", security=True, shared_temp_directory=str(tmp_path), interface="lo",
-                 threads_per_worker=1, memory_limit="1GiB", **QUIET) as c:
+    with connect(
+        "slurm",
+        security=True,
+        shared_temp_directory=str(tmp_path),
+        interface="lo",
+        threads_per_worker=1,
+        memory_limit="1GiB",
+        **QUIET,
+    ) as c:
         assert c.scheduler.address.startswith("tls://127.0.0.1:")
         script = c.cluster.job_script()
     assert "tls://127.0.0.1:" in script and "--tls-ca-file" in script and "--tls-key" in script
@@ -327,10 +342,9 @@ def test_deploy_configs_document_every_field():
             lines = [ln for ln in text if ln.strip().startswith(f"{leaf}:")]
             assert lines, key
             assert all("#" in ln for ln in lines), f"{kind}.yaml: {leaf} has no comment"
-        for field in ("cores", "memory", "walltime", "queue", "local-directory", "interface",
-                      "job-script-prologue"):
-            assert f"jobqueue.{kind}.{field}" in flat or any(
-                k.startswith(f"jobqueue.{kind}.{field}") for k in flat
-            ), (kind, field)
+        for field in ("cores", "memory", "walltime", "queue", "local-directory", "interface", "job-script-prologue"):
+            assert f"jobqueue.{kind}.{field}" in flat or any(k.startswith(f"jobqueue.{kind}.{field}") for k in flat), (
+                kind,
+                field,
+            )
         assert any(k in flat for k in (f"jobqueue.{kind}.account", f"jobqueue.{kind}.project"))
-

@@ -18,9 +18,7 @@ EXPECTED_FAILED_CHECKS = {
 
 
 def test_check_estimator():
-    results = check_estimator(
-        POPSRegressor(), on_fail=None, expected_failed_checks=EXPECTED_FAILED_CHECKS
-    )
+    results = check_estimator(POPSRegressor(), on_fail=None, expected_failed_checks=EXPECTED_FAILED_CHECKS)
     failed = [r for r in results if r["status"] == "failed"]
     assert not failed, [(r["check_name"], str(r["exception"])[:200]) for r in failed]
     assert sum(r["status"] == "passed" for r in results) >= 50

@@ -18,8 +18,10 @@ def rel(a, b):
 
 
 def stats_in_chunks(X, y, w, rows):
-    parts = [block_stats(X[i : i + rows], y[i : i + rows], None if w is None else w[i : i + rows])
-             for i in range(0, len(y), rows)]
+    parts = [
+        block_stats(X[i : i + rows], y[i : i + rows], None if w is None else w[i : i + rows])
+        for i in range(0, len(y), rows)
+    ]
     out = parts[0]
     for p in parts[1:]:
         out = combine_stats(out, p)

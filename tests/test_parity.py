@@ -31,8 +31,15 @@ def test_ensemble_posterior(tmp_path, weighted, percentile):
     X, y, w = misspecified(6000, 12, seed=11)
     w = w if weighted else None
     ref = POPSRegression(posterior="ensemble", leverage_percentile=percentile).fit(X, y, sample_weight=w)
-    post = fit(X, y, weight=w, posterior="ensemble", leverage_percentile=percentile,
-               chunk_rows=1000, corrections_path=tmp_path / "c.zarr")
+    post = fit(
+        X,
+        y,
+        weight=w,
+        posterior="ensemble",
+        leverage_percentile=percentile,
+        chunk_rows=1000,
+        corrections_path=tmp_path / "c.zarr",
+    )
     assert rel(post.coef_, ref.coef_) < 1e-10
     assert rel(post.sigma_, ref.sigma_) < 1e-10
     assert post.alpha_ == pytest.approx(ref.alpha_, rel=1e-10)

@@ -58,19 +58,25 @@ def ensure_slurm_installed() -> None:
         return
     why = f"SLURM is not installed ({', '.join(missing)} missing)"
     if os.geteuid() != 0:
-        pytest.skip(f"{why} and this is not root, so it cannot be installed "
-                    "(as root: apt-get install slurm-wlm munge)")
+        pytest.skip(f"{why} and this is not root, so it cannot be installed (as root: apt-get install slurm-wlm munge)")
     if _which("apt-get") is None:
         pytest.skip(f"{why} and there is no apt-get to install slurm-wlm and munge with")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     apt = ["apt-get", "-o", "DPkg::Lock::Timeout=120"]
     update = subprocess.run([*apt, "update"], env=env, capture_output=True, text=True, timeout=300)
-    install = subprocess.run([*apt, "install", "-y", "-q", "slurm-wlm", "munge"], env=env,
-                             capture_output=True, text=True, timeout=600)
+    install = subprocess.run(
+        [*apt, "install", "-y", "-q", "slurm-wlm", "munge"], env=env, capture_output=True, text=True, timeout=600
+    )
     if install.returncode != 0:
         out = update.stdout + update.stderr + install.stdout + install.stderr
-        offline = ("Unable to locate package", "Temporary failure resolving", "Could not resolve",
-                   "Failed to fetch", "Network is unreachable", "has no installation candidate")
+        offline = (
+            "Unable to locate package",
+            "Temporary failure resolving",
+            "Could not resolve",
+            "Failed to fetch",
+            "Network is unreachable",
+            "has no installation candidate",
+        )
         if any(marker in out for marker in offline):
             pytest.skip(f"{why} and the package registry is unreachable:\n{_tail(out)}")
         pytest.fail(f"apt-get install slurm-wlm munge failed:\n{_tail(out)}")
@@ -151,8 +157,7 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 
     def _spawn(self, name: str, *args: str) -> None:
         log = open(self.root / "log" / f"{name}.out", "w")  # noqa: SIM115 (closed with the process)
-        self.procs[name] = subprocess.Popen([_which(name), *args], stdout=log,
-                                            stderr=subprocess.STDOUT, env=self.env)
+        self.procs[name] = subprocess.Popen([_which(name), *args], stdout=log, stderr=subprocess.STDOUT, env=self.env)
         log.close()
 
     def _wait(self, what: str, ready, timeout: float = 30.0) -> None:
@@ -167,21 +172,30 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
         raise RuntimeError(f"timed out waiting for {what}:\n{self.logs()}")
 
     def logs(self) -> str:
-        return "\n".join(f"== {f.name}\n{_tail(f.read_text(errors='replace'))}"
-                         for f in sorted((self.root / "log").glob("*")) if f.is_file())
+        return "\n".join(
+            f"== {f.name}\n{_tail(f.read_text(errors='replace'))}"
+            for f in sorted((self.root / "log").glob("*"))
+            if f.is_file()
+        )
 
     def start(self) -> None:
         self.write_config()
         r = self.root
-        self._spawn("munged", "-F", "-f", f"--socket={r}/munge.sock", f"--key-file={r}/munge.key",
-                    f"--pid-file={r}/munged.pid", f"--log-file={r}/log/munged.log",
-                    f"--seed-file={r}/munged.seed")
+        self._spawn(
+            "munged",
+            "-F",
+            "-f",
+            f"--socket={r}/munge.sock",
+            f"--key-file={r}/munge.key",
+            f"--pid-file={r}/munged.pid",
+            f"--log-file={r}/log/munged.log",
+            f"--seed-file={r}/munged.seed",
+        )
         self._wait("munged", (r / "munge.sock").exists)
         self._spawn("slurmctld", "-D", "-f", str(self.conf))
         self._wait("slurmctld", lambda: self.run("sinfo", "-h", check=False).strip() != "")
         self._spawn("slurmd", "-D", "-f", str(self.conf), "-N", self.node)
-        self._wait("an idle node", lambda: self.run("sinfo", "-h", "-o", "%T", check=False)
-                   .strip() == "idle")
+        self._wait("an idle node", lambda: self.run("sinfo", "-h", "-o", "%T", check=False).strip() == "idle")
 
     def stop(self) -> list[str]:
         """Cancel our jobs, stop our daemons by PID; return the stragglers killed (pid: cmd)."""
@@ -212,8 +226,10 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
     def _job_processes(self) -> list[psutil.Process]:
         ours = {os.getpid(), *(p.pid for p in self.procs.values())}
         return [
-            proc for proc in psutil.process_iter(["pid", "cmdline", "status"])
-            if proc.pid not in ours and proc.info["status"] != psutil.STATUS_ZOMBIE
+            proc
+            for proc in psutil.process_iter(["pid", "cmdline", "status"])
+            if proc.pid not in ours
+            and proc.info["status"] != psutil.STATUS_ZOMBIE
             and str(self.root) in " ".join(proc.info["cmdline"] or [])
         ]
 
@@ -252,8 +268,9 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(store):
     """The same fit on a LocalCluster."""
-    with connect("local", n_workers=2, threads_per_worker=1, memory_limit="1GiB", quiet=True,
-                 dashboard_address="127.0.0.1:0"):
+    with connect(
+        "local", n_workers=2, threads_per_worker=1, memory_limit="1GiB", quiet=True, dashboard_address="127.0.0.1:0"
+    ):
         return popsdask.fit(str(store))
 
 
@@ -261,10 +278,15 @@ def _worker_options(slurm: LocalSlurm) -> dict:
     # workers import this module (the slow reader below) by name: put its root on their path
     import_root = Path(__file__).resolve().parents[__name__.count(".")]
     return {
-        "n_workers": 2, "threads_per_worker": 1, "memory_limit": "1GiB", "quiet": True,
+        "n_workers": 2,
+        "threads_per_worker": 1,
+        "memory_limit": "1GiB",
+        "quiet": True,
         "interface": "lo",
-        "queue": "debug", "walltime": "00:10:00",
-        "local_directory": str(slurm.root / "work"), "log_directory": str(slurm.root / "log"),
+        "queue": "debug",
+        "walltime": "00:10:00",
+        "local_directory": str(slurm.root / "work"),
+        "log_directory": str(slurm.root / "log"),
         "job_script_prologue": [f'export PYTHONPATH="{import_root}:$PYTHONPATH"'],
         "dashboard_address": "127.0.0.1:0",
     }
@@ -273,8 +295,7 @@ def _worker_options(slurm: LocalSlurm) -> dict:
 def _jobs_by_address(client) -> dict[str, str]:
     """Worker address -> SLURM job id, for the workers connected now."""
     names = {info["name"]: addr for addr, info in client.scheduler_info()["workers"].items()}
-    return {names[name]: job.job_id for name, job in client.cluster.workers.items()
-            if name in names}
+    return {names[name]: job.job_id for name, job in client.cluster.workers.items() if name in names}
 
 
 def _assert_same_posterior(post, ref) -> None:
@@ -342,8 +363,7 @@ def test_fit_survives_a_worker_job_cancelled_mid_fit(slurm, store, reference):
             holders: list[str] = []
             while time.monotonic() < deadline and fit_thread.is_alive():
                 held = client.has_what()
-                holders = [a for a, keys in held.items()
-                           if any("block_leverage" in str(k) for k in keys)]
+                holders = [a for a, keys in held.items() if any("block_leverage" in str(k) for k in keys)]
                 if len(holders) == 2:
                     break
                 time.sleep(0.05)
@@ -356,8 +376,7 @@ def test_fit_survives_a_worker_job_cancelled_mid_fit(slurm, store, reference):
             while time.monotonic() < deadline and victim in client.scheduler_info()["workers"]:
                 time.sleep(0.1)
             assert victim not in client.scheduler_info()["workers"], "the victim is still there"
-            assert jobs[victim] not in {j for j, s in slurm.job_states().items()
-                                        if s == "RUNNING"}
+            assert jobs[victim] not in {j for j, s in slurm.job_states().items() if s == "RUNNING"}
             fit_thread.join(timeout=150)
         assert not fit_thread.is_alive(), "the fit did not finish after a worker was lost"
         assert mid_fit, "the fit had already finished when the job was cancelled"
@@ -376,25 +395,46 @@ def test_example_batch_script_runs_a_fit_inside_one_job(slurm, store, reference,
     """deploy/slurm-fit.sbatch as documented: scheduler in the job, srun workers, popsdask fit."""
     posterior = tmp_path / "posterior.zarr"
     run_dir = tmp_path / "run"
-    exports = ",".join([
-        "ALL", f"STORE={store}", f"POSTERIOR={posterior}", "POPSDASK_INTERFACE=lo",
-        f"POPSDASK_RUN_DIR={run_dir}", f"TMPDIR={slurm.root / 'work'}",
-    ])
+    exports = ",".join(
+        [
+            "ALL",
+            f"STORE={store}",
+            f"POSTERIOR={posterior}",
+            "POPSDASK_INTERFACE=lo",
+            f"POPSDASK_RUN_DIR={run_dir}",
+            f"TMPDIR={slurm.root / 'work'}",
+        ]
+    )
     job = subprocess.run(
-        ["sbatch", "--parsable", "-N1", "-n2", "--ntasks-per-node=2",
-         "--cpus-per-task=1", "--mem=2G", "-p", "debug", "-t", "00:05:00",
-         f"--output={tmp_path / 'job.out'}", f"--export={exports}",
-         str(ROOT / "deploy" / "slurm-fit.sbatch")],
-        env=slurm.env, capture_output=True, text=True, timeout=30, cwd=tmp_path, check=True,
+        [
+            "sbatch",
+            "--parsable",
+            "-N1",
+            "-n2",
+            "--ntasks-per-node=2",
+            "--cpus-per-task=1",
+            "--mem=2G",
+            "-p",
+            "debug",
+            "-t",
+            "00:05:00",
+            f"--output={tmp_path / 'job.out'}",
+            f"--export={exports}",
+            str(ROOT / "deploy" / "slurm-fit.sbatch"),
+        ],
+        env=slurm.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        check=True,
     ).stdout.strip()
     deadline = time.monotonic() + 150  # poll faster than `sbatch --wait` does
     while time.monotonic() < deadline and job in slurm.job_states():
         time.sleep(0.5)
     record = slurm.run("scontrol", "show", "job", "-o", job)
     log = (tmp_path / "job.out").read_text() if (tmp_path / "job.out").exists() else ""
-    assert "JobState=COMPLETED" in record and "ExitCode=0:0" in record, (
-        f"{record}\n{log}\n{slurm.logs()}"
-    )
+    assert "JobState=COMPLETED" in record and "ExitCode=0:0" in record, f"{record}\n{log}\n{slurm.logs()}"
     assert "popsdask: dashboard http://127.0.0.1:8787" in log
     workers = sorted(run_dir.glob("worker-*.log"))
     assert len(workers) == 2 and all("Registered to" in w.read_text() for w in workers)

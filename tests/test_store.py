@@ -16,14 +16,20 @@ from .conftest import misspecified
 
 def test_round_trip_with_coordinates(tmp_path):
     X, y, w = misspecified(700, 4)
-    kind = np.array(["energy"] + ["force"] * 6) .repeat(1)
+    kind = np.array(["energy"] + ["force"] * 6).repeat(1)
     kind = np.tile(kind, 100)
     path = write_store(
-        tmp_path / "s.zarr", X.astype(np.float32), y, weight=w, config=np.repeat(np.arange(100), 7),
-        kind=kind, atom=np.tile(np.r_[-1, 0, 0, 0, 1, 1, 1], 100),
+        tmp_path / "s.zarr",
+        X.astype(np.float32),
+        y,
+        weight=w,
+        config=np.repeat(np.arange(100), 7),
+        kind=kind,
+        atom=np.tile(np.r_[-1, 0, 0, 0, 1, 1, 1], 100),
         component=np.tile(np.r_[-1, 0, 1, 2, 0, 1, 2], 100),
         configurations={"name": np.array([f"cfg{i}" for i in range(100)]), "n_atoms": np.full(100, 2)},
-        attrs={"twojmax": 6, "quadratic": True}, chunk_rows=128,
+        attrs={"twojmax": 6, "quadratic": True},
+        chunk_rows=128,
     )
     ds = open_store(path)
     assert ds["X"].dtype == np.float32 and ds["X"].dims == ("row", "feature")
@@ -38,8 +44,11 @@ def test_round_trip_with_coordinates(tmp_path):
 @pytest.mark.parametrize(
     "variable, mutate, message",
     [
-        ("X", lambda X, y, w: X.__setitem__((1234, 2), np.nan),
-         r"X has a non-finite value nan at row 1234 \(chunk rows 1000:1500\)"),
+        (
+            "X",
+            lambda X, y, w: X.__setitem__((1234, 2), np.nan),
+            r"X has a non-finite value nan at row 1234 \(chunk rows 1000:1500\)",
+        ),
         ("y", lambda X, y, w: y.__setitem__(17, np.inf), r"y has a non-finite value inf at row 17"),
         ("weight", lambda X, y, w: w.__setitem__(2999, -1.0), r"weight has a negative value -1.0 at row 2999"),
     ],
