@@ -10,8 +10,9 @@ appended to ``brute.jsonl`` as they finish, so a rerun resumes.
 
 Usage::
 
-    nohup python examples/implicit_vs_bruteforce.py --run /work/runs/tungsten-3000 \\
-        --out /work/runs/implicit-validation --n 100 --workers 2 > /work/runs/implicit-validation.log 2>&1 &
+    popsdask demo --tungsten --configs 3000 -o runs/tungsten-3000
+    nohup python examples/implicit_vs_bruteforce.py --run runs/tungsten-3000 \\
+        --out runs/implicit-validation --n 100 --workers 2 > runs/implicit-validation.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -116,8 +117,8 @@ def _load(jl: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", default="/work/runs/tungsten-3000")
-    ap.add_argument("--out", default="/work/runs/implicit-validation")
+    ap.add_argument("--run", required=True, help="directory of `popsdask demo --tungsten`")
+    ap.add_argument("--out", required=True)
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", type=int, default=3)
