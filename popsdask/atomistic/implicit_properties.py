@@ -34,6 +34,7 @@ import numpy as np
 import xarray as xr
 
 from .._validate import InputError
+from ..properties._defects import status_array, unwrap_like
 from .implicit import Expansion, expand
 from .snap import SnapSettings
 
@@ -69,11 +70,6 @@ def _potential(label: str, theta: np.ndarray, settings: SnapSettings) -> Any:
     return Potential(label, np.asarray(theta, dtype=float), settings)
 
 
-def _status(values: Sequence[str]) -> np.ndarray:
-    width = max([2, *(len(s) for s in values)])
-    return np.array(list(values), dtype=f"<U{width}")
-
-
 # ------------------------------------------------------------------------------- structures
 def hcp_start(a_bcc: float, element: str = "W") -> Any:
     """Ideal hcp cell (2 atoms) with the bcc volume per atom ``a_bcc³/2``."""
@@ -93,15 +89,6 @@ def vacancy_cell(a0: float, size: int, element: str = "W") -> Any:
     if not np.allclose(cell.positions[0], [a0 / 2] * 3):
         raise RuntimeError("vacancy cell: atom 0 is not the first neighbour of the vacancy")
     return cell
-
-
-def _unwrap(atoms: Any, reference: Any) -> Any:
-    from ase.geometry import find_mic
-
-    out = atoms.copy()
-    d, _ = find_mic(out.positions - reference.positions, out.cell, out.pbc)
-    out.positions = reference.positions + d
-    return out
 
 
 def hop_neb(
@@ -141,7 +128,7 @@ def hop_neb(
         r = relax(start, potential, cell="none", fmax=min(fmax, 1e-4), max_steps=5000)
         if not r.converged:
             return {"barrier": float("nan"), "converged": False, "status": f"end point: {r.reason}"[:80]}
-        ends.append((_unwrap(r.atoms, start), r.energy))
+        ends.append((unwrap_like(r.atoms, start.positions), r.energy))
     (init, e_init), (final, _e_final) = ends
     if guess is not None:
         images = []
@@ -352,7 +339,7 @@ def phases_implicit(
             "volume_per_atom": (("sample", "phase"), vol),
             "energy_per_atom": (("sample", "phase"), en),
             "energy_per_atom_first": (("sample", "phase"), en1),
-            "status": (("sample", "phase"), _status([str(s) for s in status.ravel()]).reshape(n, 2)),
+            "status": (("sample", "phase"), status_array([str(s) for s in status.ravel()]).reshape(n, 2)),
             "method": (("sample", "phase"), method),
             "hessian_change": (("sample", "phase"), hchange),
             "max_displacement": (("sample", "phase"), disp),
@@ -437,8 +424,8 @@ def vacancy_implicit(
             "formation_energy_first": (("sample",), ef1),
             "migration_barrier_first": (("sample",), eb1),
             "lattice_constant": (("sample",), a_cubic),
-            "status_formation": (("sample",), _status(st_f)),
-            "status_barrier": (("sample",), _status(st_b)),
+            "status_formation": (("sample",), status_array(st_f)),
+            "status_barrier": (("sample",), status_array(st_b)),
             "method": (("sample",), np.array(method, dtype="<U11")),
             **diag,
         },
@@ -508,7 +495,7 @@ def relax_implicit(
             "volume": (("sample",), vol),
             "positions": (("sample", "atom", "xyz"), pos),
             "cell": (("sample", "vector", "xyz"), cells),
-            "status": (("sample",), _status(status)),
+            "status": (("sample",), status_array(status)),
             "method": (("sample",), np.array(method, dtype="<U11")),
             "hessian_change": (("sample",), p.hessian_change),
             "max_displacement": (("sample",), p.max_displacement),
@@ -543,7 +530,7 @@ def compute_implicit(name: str, mle: Any, members: Sequence[Any], **options: Any
         ds = phases_implicit(mle.theta, mle.settings, theta, **options)
     else:
         ds = vacancy_implicit(mle.theta, mle.settings, theta, **options)
-    ds = ds.assign_coords(member=("sample", _status([p.label for p in members])))
+    ds = ds.assign_coords(member=("sample", status_array([p.label for p in members])))
     ds.attrs["seconds"] = time.perf_counter() - t0
     return ds
 
@@ -598,7 +585,7 @@ def _as_store_layout(name: str, ds: xr.Dataset, labels: Sequence[str], exps: dic
                 "formation_energy_first": ds.formation_energy_first,
                 "barrier_first": ds.migration_barrier_first,
                 "a0": ds.lattice_constant,
-                "status": ("sample", _status([f"{a}; {b}" if a != b else a for a, b in
+                "status": ("sample", status_array([f"{a}; {b}" if a != b else a for a, b in
                                               zip(ds.status_formation.values, ds.status_barrier.values, strict=True)])),
                 "method": ds.method,
             }

