@@ -30,6 +30,7 @@ import xarray as xr
 from dask.delayed import Delayed, delayed
 
 from ._validate import InputError, check_finite_block
+from .chunkread import chunk_refs, load
 from .evidence import EvidenceParams, SSEAnchor, maximise_evidence, needs_refinement
 from .pops import (
     block_correction_moment,
@@ -73,11 +74,31 @@ class Design:
         return [int(s) for s in np.cumsum((0,) + self.X.chunks[0][:-1])]
 
     def blocks(self) -> list[tuple[Any, Any, Any]]:
-        """(X, y, weight) delayed blocks, one per row chunk."""
-        xs = self.X.to_delayed().ravel()
-        ys = self.y.to_delayed().ravel() if self.y is not None else [None] * len(xs)
-        ws = self.weight.to_delayed().ravel() if self.weight is not None else [None] * len(xs)
-        return list(zip(xs, ys, ws, strict=True))
+        """(X, y, weight) blocks, one per row chunk: delayed blocks, or :class:`ChunkRef` for
+        chunks of a store read as raw files by the task that uses them."""
+        n = self.X.numblocks[0]
+        return list(
+            zip(_block_sources(self.X, n), _block_sources(self.y, n), _block_sources(self.weight, n), strict=True)
+        )
+
+
+def _block_sources(a: da.Array | None, n: int) -> list[Any]:
+    if a is None:
+        return [None] * n
+    refs = chunk_refs(a)
+    return refs if refs is not None else list(a.to_delayed().ravel())
+
+
+@functools.cache
+def _reading(func: Callable) -> Callable:
+    """``func`` with its :class:`ChunkRef` arguments read first, in the same task: one task per
+    chunk and pass instead of a read task whose 64 MiB result waits in worker memory."""
+
+    @functools.wraps(func)
+    def task(*args: Any, **kwargs: Any) -> Any:
+        return func(*(load(a) for a in args), **kwargs)
+
+    return task
 
 
 def _to_dask(a: Any, name: str, chunk_rows: int, where: str) -> da.Array:
@@ -277,7 +298,7 @@ class PopsSettings:
 def sufficient_statistics(design: Design, *, progress: bool = False) -> Stats:
     """Pass 1: G, XᵀWy, yᵀWy, Σw by a tree reduction over row chunks."""
     parts = [
-        delayed(_checked_stats, pure=True)(xb, yb, wb, start=s, source=design.source)
+        delayed(_reading(_checked_stats), pure=True)(xb, yb, wb, start=s, source=design.source)
         for (xb, yb, wb), s in zip(design.blocks(), design.row_starts, strict=True)
     ]
     (stats,) = compute(tree_reduce(parts, combine_stats, "gram"), label="pass 1/4: Gram", progress=progress)
@@ -311,7 +332,9 @@ def fit_pops(
     ev = maximise_evidence(stats, evidence)
     if needs_refinement(stats, ev):
         coef_d = delayed(ev.coef, pure=True)
-        parts = [delayed(block_residual_stats, pure=True)(xb, yb, wb, coef_d) for xb, yb, wb in design.blocks()]
+        parts = [
+            delayed(_reading(block_residual_stats), pure=True)(xb, yb, wb, coef_d) for xb, yb, wb in design.blocks()
+        ]
         (res,) = compute(
             tree_reduce(parts, combine_sum, "residual"), label="pass 1b: exact residuals", progress=progress
         )
@@ -321,7 +344,7 @@ def fit_pops(
     coef_d, ainv_d = delayed(ev.coef, pure=True), delayed(a_inv, pure=True)
     blocks = design.blocks()
     factor_d = delayed(leverage_factor(a_inv), pure=True)
-    hc = [delayed(block_leverage, pure=True)(xb, yb, wb, coef_d, ainv_d, factor_d) for xb, yb, wb in blocks]
+    hc = [delayed(_reading(block_leverage), pure=True)(xb, yb, wb, coef_d, ainv_d, factor_d) for xb, yb, wb in blocks]
     hc = list(persist(*hc))
     h_parts = compute(*[delayed(_column, pure=True)(b, 0) for b in hc], label="pass 2/4: leverage", progress=progress)
     h = np.concatenate(h_parts)
@@ -334,7 +357,8 @@ def fit_pops(
     del h, h_parts
 
     moment_parts = [
-        delayed(block_correction_moment, pure=True)(xb, b, threshold) for (xb, _, _), b in zip(blocks, hc, strict=True)
+        delayed(_reading(block_correction_moment), pure=True)(xb, b, threshold)
+        for (xb, _, _), b in zip(blocks, hc, strict=True)
     ]
     moment_task = tree_reduce(moment_parts, operator.add, "moment")
     corrections = None
@@ -342,7 +366,9 @@ def fit_pops(
         corr = da.concatenate(
             [
                 da.from_delayed(
-                    delayed(block_corrections, pure=True)(xb, b, threshold, ainv_d), shape=(c, p), dtype=np.float64
+                    delayed(_reading(block_corrections), pure=True)(xb, b, threshold, ainv_d),
+                    shape=(c, p),
+                    dtype=np.float64,
                 )
                 for (xb, _, _), b, c in zip(blocks, hc, counts, strict=True)
             ]
@@ -369,7 +395,7 @@ def fit_pops(
             )
         else:
             parts = [
-                delayed(block_projection_range, pure=True)(xb, b, threshold, proj_d)
+                delayed(_reading(block_projection_range), pure=True)(xb, b, threshold, proj_d)
                 for (xb, _, _), b in zip(blocks, hc, strict=True)
             ]
             ((lower, upper),) = compute(
@@ -412,7 +438,9 @@ def _projection_percentiles(blocks, hc, counts, threshold, proj_d, k, clip, prog
     z = da.concatenate(
         [
             da.from_delayed(
-                delayed(block_projections, pure=True)(xb, b, threshold, proj_d), shape=(c, k), dtype=np.float64
+                delayed(_reading(block_projections), pure=True)(xb, b, threshold, proj_d),
+                shape=(c, k),
+                dtype=np.float64,
             )
             for (xb, _, _), b, c in zip(blocks, hc, counts, strict=True)
         ]

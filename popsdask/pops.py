@@ -50,10 +50,11 @@ def block_leverage(
         if factor is None:
             q[rows] = np.einsum("ij,ij->i", Xb @ a_inv, Xb)
         else:
+            scratch = not np.shares_memory(Xb, X)  # the cast buffer may be overwritten
             for s2 in range(0, Xb.shape[0], SUB_ROWS):
                 sub = Xb[s2 : s2 + SUB_ROWS]
                 # (X L)ᵀ = Lᵀ Xᵀ; Xᵀ of a C-ordered block is Fortran-ordered: no transpose copy
-                t = dtrmm(1.0, factor, sub.T, side=0, lower=1, trans_a=1)
+                t = dtrmm(1.0, factor, sub.T, side=0, lower=1, trans_a=1, overwrite_b=scratch)
                 q[start + s2 : start + s2 + sub.shape[0]] = np.einsum("ij,ij->j", t, t)
     h = q if w is None else np.asarray(w, dtype=np.float64) * q
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -75,11 +76,24 @@ def block_selected(X: np.ndarray, hc: np.ndarray, threshold: float) -> tuple[np.
     return np.asarray(X[keep], dtype=np.float64), hc[keep, 1]
 
 
+def _selected_blocks(X: np.ndarray, hc: np.ndarray, threshold: float):
+    """Yield ``(block, c)``: float64 row blocks of the kept rows, scratch memory the caller may
+    overwrite, and their correction scales (blocks are reused, as in :func:`float64_blocks`)."""
+    keep = hc[:, 0] >= threshold
+    Xk = np.asarray(X)[keep]  # a gathered copy in the stored dtype
+    ck = hc[keep, 1]
+    for start, Xb in float64_blocks(Xk):
+        if Xb.shape[0]:
+            yield Xb, ck[start : start + Xb.shape[0]]
+
+
 def block_correction_moment(X: np.ndarray, hc: np.ndarray, threshold: float) -> np.ndarray:
     """Σ cᵢ² xᵢxᵢᵀ over the kept rows of a block (P × P)."""
-    Xs, c = block_selected(X, hc, threshold)
-    Xs *= np.abs(c)[:, None]  # Xs is a fresh copy (boolean indexing): scale in place
-    return Xs.T @ Xs
+    out = np.zeros((X.shape[1], X.shape[1]))
+    for Xb, c in _selected_blocks(X, hc, threshold):
+        Xb *= np.abs(c)[:, None]
+        out += Xb.T @ Xb
+    return out
 
 
 def block_corrections(X: np.ndarray, hc: np.ndarray, threshold: float, a_inv: np.ndarray) -> np.ndarray:
@@ -98,11 +112,14 @@ def block_projection_range(
     X: np.ndarray, hc: np.ndarray, threshold: float, proj: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-mode minimum and maximum of the kept rows' projections (+inf/-inf if none kept)."""
-    z = block_projections(X, hc, threshold, proj)
-    if z.shape[0] == 0:
-        k = proj.shape[1]
-        return np.full(k, np.inf), np.full(k, -np.inf)
-    return z.min(axis=0), z.max(axis=0)
+    k = proj.shape[1]
+    lower, upper = np.full(k, np.inf), np.full(k, -np.inf)
+    for Xb, c in _selected_blocks(X, hc, threshold):
+        z = Xb @ proj
+        z *= c[:, None]
+        np.minimum(lower, z.min(axis=0), out=lower)
+        np.maximum(upper, z.max(axis=0), out=upper)
+    return lower, upper
 
 
 def combine_range(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]):

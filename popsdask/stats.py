@@ -45,15 +45,20 @@ SUB_ROWS = 8192
 def float64_blocks(X: np.ndarray, rows: int = SUB_ROWS):
     """Yield ``(start, block)`` row slices of ``X`` as float64.
 
-    float64 input is yielded whole, as a view; other dtypes are cast ``rows`` rows at a time so
-    that a float32 chunk is never copied whole to float64 (accumulation stays in float64).
+    float64 input is yielded whole, as a view; other dtypes are cast ``rows`` rows at a time
+    into one reused buffer, so a float32 chunk is never copied whole to float64 and no fresh
+    memory is faulted in per slice (accumulation stays in float64). A yielded buffer is
+    overwritten by the next one: finish with it (or copy it) before advancing.
     """
     X = np.asarray(X)
     if X.dtype == np.float64:
         yield 0, X
         return
+    buf = np.empty((min(rows, X.shape[0]),) + X.shape[1:])
     for start in range(0, X.shape[0], rows):
-        yield start, np.asarray(X[start : start + rows], dtype=np.float64)
+        block = buf[: min(rows, X.shape[0] - start)]
+        np.copyto(block, X[start : start + rows], casting="unsafe")
+        yield start, block
 
 
 def block_stats(X: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> Stats:

@@ -34,6 +34,7 @@ import numpy as np
 import xarray as xr
 
 from ._validate import InputError, check_finite_block
+from .chunkread import raw_dask_array, raw_layout
 
 __all__ = [
     "KIND_CODES",
@@ -314,7 +315,9 @@ def write_store(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # zarr: fixed-length strings are an unstable v3 type
-            encoding = {} if compress_X else {"X": {"compressors": None}}
+            # y and weight (8 B/row) gain little from compression; raw chunks read faster
+            raw = [name for name in ("y", "weight") if name in ds] + ([] if compress_X else ["X"])
+            encoding = {name: {"compressors": None} for name in raw}
             ds.to_zarr(staging, mode="w", zarr_format=3, consolidated=False, compute=True, encoding=encoding)
         mark_complete(staging)
         commit_directory(staging, final, overwrite)
@@ -360,5 +363,14 @@ def open_store(path: str | os.PathLike, *, require_y: bool = True) -> xr.Dataset
                 raise InputError(f"{root}/{name}: dims {v.dims}, expected ('row',)")
             if v.dtype.kind not in "biuf":
                 raise InputError(f"{root}/{name}: dtype {v.dtype} is not numeric")
+    for name in ("X", "y", "weight"):
+        # uncompressed chunks are read as plain files, ~2× faster than zarr's decode pipeline
+        layout = raw_layout(root / name) if name in ds else None
+        if (
+            layout is not None
+            and layout.shape == ds[name].shape
+            and layout.chunk_shape[0] == ds[name].data.chunks[0][0]
+        ):
+            ds[name] = ds[name].copy(data=raw_dask_array(layout))
     ds.attrs["source"] = str(root)
     return ds
