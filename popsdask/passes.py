@@ -216,6 +216,18 @@ def _local_blas_limit(objs: Sequence[Any]) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def _tasks_share_a_process() -> bool:
+    """Whether block tasks may run in several threads of one Python process (the GIL)."""
+    client = _client()
+    if client is not None:
+        return any(n > 1 for n in client.nthreads().values())
+    from dask.base import get_scheduler
+    from dask.threaded import get as threaded_get
+
+    workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
+    return get_scheduler(collections=[delayed(None)]) is threaded_get and workers > 1
+
+
 def compute(*objs: Any, label: str = "", progress: bool = False) -> tuple:
     """Compute Dask objects on the current client (with a text progress bar if asked)."""
     client = _client()
@@ -344,7 +356,11 @@ def fit_pops(
     coef_d, ainv_d = delayed(ev.coef, pure=True), delayed(a_inv, pure=True)
     blocks = design.blocks()
     factor_d = delayed(leverage_factor(a_inv), pure=True)
-    hc = [delayed(_reading(block_leverage), pure=True)(xb, yb, wb, coef_d, ainv_d, factor_d) for xb, yb, wb in blocks]
+    shared = _tasks_share_a_process()
+    hc = [
+        delayed(_reading(block_leverage), pure=True)(xb, yb, wb, coef_d, ainv_d, factor_d, release_gil=shared)
+        for xb, yb, wb in blocks
+    ]
     hc = list(persist(*hc))
     h_parts = compute(*[delayed(_column, pure=True)(b, 0) for b in hc], label="pass 2/4: leverage", progress=progress)
     h = np.concatenate(h_parts)
