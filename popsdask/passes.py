@@ -196,6 +196,17 @@ def _client():
         return None
 
 
+def _local_threads(objs: Sequence[Any] = ()) -> int:
+    """Threads of Dask's local threaded scheduler when it would run ``objs``, else 0."""
+    from dask.base import get_scheduler
+    from dask.threaded import get as threaded_get
+
+    collections = [o for o in objs if dask.is_dask_collection(o)] or [delayed(None)]
+    if get_scheduler(collections=collections) is not threaded_get:
+        return 0
+    return dask.config.get("num_workers", None) or os.cpu_count() or 1
+
+
 def _local_blas_limit(objs: Sequence[Any]) -> contextlib.AbstractContextManager:
     """One BLAS thread per task when Dask's local thread pool already runs tasks in parallel.
 
@@ -204,12 +215,7 @@ def _local_blas_limit(objs: Sequence[Any]) -> contextlib.AbstractContextManager:
     slower than with one BLAS thread per task. Distributed workers already set
     ``OPENBLAS_NUM_THREADS=1`` etc., so this only applies without a client.
     """
-    from dask.base import get_scheduler
-    from dask.threaded import get as threaded_get
-
-    workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
-    collections = [o for o in objs if dask.is_dask_collection(o)]
-    if get_scheduler(collections=collections or None) is threaded_get and workers > 1:
+    if _local_threads(objs) > 1:
         from threadpoolctl import threadpool_limits
 
         return threadpool_limits(limits=1, user_api="blas")
@@ -221,11 +227,7 @@ def _tasks_share_a_process() -> bool:
     client = _client()
     if client is not None:
         return any(n > 1 for n in client.nthreads().values())
-    from dask.base import get_scheduler
-    from dask.threaded import get as threaded_get
-
-    workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
-    return get_scheduler(collections=[delayed(None)]) is threaded_get and workers > 1
+    return _local_threads() > 1
 
 
 def compute(*objs: Any, label: str = "", progress: bool = False) -> tuple:
