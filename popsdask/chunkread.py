@@ -120,10 +120,10 @@ def chunk_refs(a: da.Array) -> list[ChunkRef] | None:
         return None
     task = a.dask[(a.name,) + (0,) * a.ndim]
     args = task[1:] if isinstance(task, tuple) else getattr(task, "args", ())
-    layout = args[0] if args and isinstance(args[0], RawLayout) else None
-    if layout is None or layout.shape != a.shape or a.chunks[0][0] != layout.chunk_shape[0]:
+    if not args or not isinstance(args[0], RawLayout):
         return None
-    return [ChunkRef(layout, i) for i in range(layout.n_chunks)]
+    # any slicing or rechunking renames the array, so its chunks are still the layout's
+    return [ChunkRef(args[0], i) for i in range(args[0].n_chunks)]
 
 
 def load(block: Any) -> Any:
