@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -159,10 +160,41 @@ def mark_complete(path: str | os.PathLike) -> None:
 
 
 def is_complete(path: str | os.PathLike) -> bool:
+    """True when a popsdask writer marked the group complete (posteriors, predictions, resumable
+    parts need the mark; descriptor stores from other tools are judged by :func:`write_state`)."""
+    return write_state(path) == "complete"
+
+
+_STAGING = re.compile(r"^\..+\.partial-[0-9a-f]{8}")
+
+
+def is_staging_directory(path: str | os.PathLike) -> bool:
+    """A hidden ``.NAME.partial-XXXXXXXX`` directory of :func:`atomic_directory`."""
+    return bool(_STAGING.match(Path(path).name))
+
+
+def write_state(path: str | os.PathLike) -> str:
+    """``"complete"`` or ``"incomplete"`` by the group's own popsdask mark, ``"foreign"`` when a
+    tool other than popsdask wrote it (no mark at all), ``"missing"`` without a v3 zarr.json."""
     meta = Path(path) / "zarr.json"
     if not meta.is_file():
-        return False
-    return bool(json.loads(meta.read_text()).get("attributes", {}).get(COMPLETE_ATTR, False))
+        return "missing"
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return "missing"
+    if COMPLETE_ATTR not in attrs:
+        return "foreign"
+    return "complete" if bool(attrs[COMPLETE_ATTR]) else "incomplete"
+
+
+def _v2_hint(root: Path) -> str | None:
+    if any((root / name).exists() for name in (".zgroup", ".zarray", ".zattrs", ".zmetadata")):
+        return (
+            f"{root}: a Zarr v2 group, not a Zarr v3 group; convert it with "
+            f"python -c \"import xarray as xr; xr.open_zarr('{root}').to_zarr('NEW.zarr', zarr_format=3)\""
+        )
+    return None
 
 
 def check_safe_group(path: str | os.PathLike) -> None:
@@ -172,7 +204,7 @@ def check_safe_group(path: str | os.PathLike) -> None:
     """
     root = Path(path)
     if not (root / "zarr.json").is_file():
-        raise InputError(f"{root}: not a Zarr v3 group (no zarr.json)")
+        raise InputError(_v2_hint(root) or f"{root}: not a Zarr v3 group (no zarr.json)")
     for meta_path in root.rglob("zarr.json"):
         try:
             meta = json.loads(meta_path.read_text())
@@ -327,6 +359,53 @@ def write_store(
     return final
 
 
+def _open_dataset(root: Path) -> xr.Dataset:
+    """xarray's view of the group; arrays without ``dimension_names`` (plain zarr writers) get
+    X -> (row, feature), other 1-D arrays of X's length -> (row,)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return xr.open_zarr(root, consolidated=False, zarr_format=3, chunks={})
+        except ValueError as err:  # e.g. conflicting sizes of one dimension
+            raise InputError(f"{root}: xarray cannot open the group: {err}") from err
+        except KeyError as err:
+            if "dimension_names" not in str(err):
+                raise InputError(f"{root}: xarray cannot open the group: {err}") from err
+        import zarr
+
+        group = zarr.open_group(str(root), mode="r", zarr_format=3)
+        arrays = dict(group.arrays())
+        if "X" not in arrays or arrays["X"].ndim != 2:
+            raise InputError(f"{root}: no 2-D array 'X' (the design matrix, dims (row, feature))")
+        n = arrays["X"].shape[0]
+        ds = xr.Dataset(attrs=dict(group.attrs))
+        for name, arr in arrays.items():
+            dims = getattr(arr.metadata, "dimension_names", None)
+            if not dims or any(d is None for d in dims):
+                if name == "X":
+                    dims = ("row", "feature")
+                elif arr.ndim == 1 and arr.shape[0] == n:
+                    dims = ("row",)
+                else:
+                    dims = tuple(f"{name}_dim{i}" for i in range(arr.ndim))
+            try:
+                ds[name] = (tuple(dims), da.from_zarr(arr))
+            except ValueError as err:
+                raise InputError(f"{root}/{name}: {err}") from err
+        coords = [c for c in ("config", "kind", "atom", "component") if c in ds]
+        return ds.set_coords(coords)
+
+
+def _raw_is_decoded(var: xr.DataArray, raw_dtype: str) -> bool:
+    """The raw chunk bytes are what xarray would return: no CF packing, no non-NaN mask value
+    (another writer may have set them; popsdask's own stores never do)."""
+    enc = var.encoding
+    fill = enc.get("_FillValue", np.nan)
+    no_mask = fill is None or (isinstance(fill, (float, np.floating)) and np.isnan(fill))
+    unpacked = all(k not in enc and k not in var.attrs for k in ("scale_factor", "add_offset", "_Unsigned"))
+    return no_mask and unpacked and var.dtype == np.dtype(raw_dtype)
+
+
 def open_store(path: str | os.PathLike, *, require_y: bool = True) -> xr.Dataset:
     """Open and validate a descriptor store; arrays stay lazy (dask).
 
@@ -336,20 +415,24 @@ def open_store(path: str | os.PathLike, *, require_y: bool = True) -> xr.Dataset
     root = Path(path)
     if not root.exists():
         raise InputError(f"{root}: no such store")
-    check_safe_group(root)
-    if not is_complete(root):
+    if is_staging_directory(root):
         raise InputError(
-            f"{root}: store is not marked complete ({COMPLETE_ATTR}); it was interrupted while "
-            "being written — write it again"
+            f"{root}: the hidden staging directory of a popsdask write that did not finish (not marked "
+            f"complete); open the store it was writing, {root.parent / root.name[1:].split('.partial-')[0]}, "
+            "or write it again"
         )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = xr.open_zarr(root, consolidated=False, zarr_format=3, chunks={})
+    check_safe_group(root)
+    if write_state(root) == "incomplete":
+        raise InputError(
+            f"{root}: store is not marked complete: its {COMPLETE_ATTR} attribute is false, so a popsdask "
+            "writer started it and did not finish — write it again"
+        )
+    ds = _open_dataset(root)
     if "X" not in ds:
-        raise InputError(f"{root}: no variable 'X'")
+        raise InputError(f"{root}: no variable 'X' (the design matrix, dims (row, feature))")
     X = ds["X"]
     if X.dims != ("row", "feature"):
-        raise InputError(f"{root}/X: dims {X.dims}, expected ('row', 'feature')")
+        raise InputError(f"{root}/X: dims {X.dims}, expected ('row', 'feature'); rename the dimensions")
     if X.dtype.kind != "f":
         raise InputError(f"{root}/X: dtype {X.dtype} is not floating point")
     if X.sizes["row"] == 0:
@@ -370,6 +453,7 @@ def open_store(path: str | os.PathLike, *, require_y: bool = True) -> xr.Dataset
             layout is not None
             and layout.shape == ds[name].shape
             and layout.chunk_shape[0] == ds[name].data.chunks[0][0]
+            and _raw_is_decoded(ds[name], layout.dtype)
         ):
             ds[name] = ds[name].copy(data=raw_dask_array(layout))
     ds.attrs["source"] = str(root)

@@ -190,13 +190,17 @@ def test_killed_prediction_write_is_never_opened_and_rerun_completes(tmp_path):
     np.testing.assert_allclose(ds["prediction"].values, theta @ Xr.T, rtol=1e-10, atol=1e-12)
 
 
-def test_a_store_written_in_place_without_the_mark_is_refused(tmp_path):
-    """A writer that bypasses write_store (plain xarray.to_zarr) never produces a usable store."""
+def test_a_store_written_in_place_is_refused_only_when_its_popsdask_mark_says_unfinished(tmp_path):
+    """Another writer (plain xarray.to_zarr, no popsdask mark) gives a usable store; a group whose
+    own popsdask_complete is false was started by popsdask and never finished."""
     X, y, _ = misspecified(300, 3)
     path = write_store(tmp_path / "s.zarr", X, y)
     ds = open_store(path)
     ds.attrs.pop("popsdask_complete")
     ds.attrs.pop("source")
     ds.to_zarr(tmp_path / "copy.zarr", zarr_format=3, consolidated=False)
+    np.testing.assert_array_equal(open_store(tmp_path / "copy.zarr")["X"].values, X)
+    ds.attrs["popsdask_complete"] = False
+    ds.to_zarr(tmp_path / "unfinished.zarr", zarr_format=3, consolidated=False)
     with pytest.raises(InputError, match="not marked complete"):
-        open_store(tmp_path / "copy.zarr")
+        open_store(tmp_path / "unfinished.zarr")

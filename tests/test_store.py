@@ -120,3 +120,116 @@ def test_prediction_store_feature_mismatch(tmp_path):
     with pytest.raises(InputError, match="5 features, but the posterior has 6 parameters"):
         predict_ensemble(post, tmp_path / "p.zarr", tmp_path / "out.zarr")
     assert not (tmp_path / "out.zarr").exists()
+
+
+# ---------------------------------------------------------------- stores from other Zarr writers
+def _raw(ds, name: str = "X") -> bool:
+    return any(str(k).startswith("raw-chunks-") for k in ds[name].data.__dask_graph__().layers)
+
+
+def _foreign(path, X, y, w=None, *, chunk_rows: int = 300, encoding=None, coords=True):
+    """A descriptor store written by plain xarray (no popsdask attributes at all)."""
+    import xarray as xr
+
+    n = X.shape[0]
+    data = {"X": (("row", "feature"), X), "y": (("row",), y)}
+    if w is not None:
+        data["weight"] = (("row",), w)
+    c = {"config": (("row",), np.arange(n) // 4), "kind": (("row",), (np.arange(n) % 4 != 0).astype(np.int8))}
+    ds = xr.Dataset(data, coords=c if coords else None).chunk({"row": chunk_rows})
+    ds.to_zarr(path, zarr_format=3, encoding=encoding)  # xarray's defaults: zstd, consolidated
+    return path
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_store_from_plain_xarray_fits_like_write_store(tmp_path, dtype):
+    X, y, w = misspecified(3000, 6, seed=5)
+    X = X.astype(dtype)
+    ours = write_store(tmp_path / "ours.zarr", X, y, weight=w, chunk_rows=300)
+    theirs = _foreign(tmp_path / "theirs.zarr", X, y, w)
+    ds = open_store(theirs)
+    assert ds["X"].dtype == dtype and ds["X"].data.chunks[0][0] == 300
+    assert not _raw(ds)  # zstd-compressed chunks: zarr's reader, not the raw-file path
+    np.testing.assert_array_equal(ds["X"].values, X)
+    a, b = fit(ours), fit(theirs)
+    np.testing.assert_allclose(b.coef_, a.coef_, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(b.misspecification_sigma_, a.misspecification_sigma_, rtol=1e-10, atol=1e-30)
+    assert (a.alpha_, a.n_selected_) == pytest.approx((b.alpha_, b.n_selected_), rel=1e-12)
+    pa = predict_ensemble(a, ours, tmp_path / "pa.zarr", n_samples=16)
+    pb = predict_ensemble(b, theirs, tmp_path / "pb.zarr", n_samples=16)
+    np.testing.assert_allclose(pb["prediction"].values, pa["prediction"].values, rtol=1e-10, atol=1e-12)
+    assert json.loads(pb.attrs["metrics"]).keys() == {"energy", "force"}  # kind coordinate used
+
+
+def test_uncompressed_foreign_store_uses_the_raw_reader_unless_values_are_packed(tmp_path):
+    X, y, w = misspecified(1000, 4, seed=6)
+    plain = {"compressors": None}
+    path = _foreign(tmp_path / "raw.zarr", X, y, w, encoding={"X": plain, "y": plain, "weight": plain})
+    ds = open_store(path)
+    assert _raw(ds) and _raw(ds, "y")
+    np.testing.assert_array_equal(ds["X"].values, X)
+    np.testing.assert_allclose(fit(path).coef_, fit(X, y, weight=w, chunk_rows=300).coef_, rtol=1e-12)
+    # CF packing / a mask value other than NaN: the raw bytes are not the values, keep xarray's decoder
+    enc = {"X": {**plain, "scale_factor": 0.5}, "y": {**plain, "_FillValue": -1.0}}
+    ds = open_store(_foreign(tmp_path / "packed.zarr", X, y, encoding=enc))
+    assert not _raw(ds) and not _raw(ds, "y")
+    np.testing.assert_allclose(ds["X"].values, X, rtol=1e-15)
+
+
+def test_store_from_plain_zarr_without_dimension_names(tmp_path):
+    import zarr
+
+    X, y, w = misspecified(900, 3, seed=7)
+    g = zarr.open_group(str(tmp_path / "z.zarr"), mode="w", zarr_format=3)
+    for name, value in (("X", X), ("y", y), ("weight", w)):
+        a = g.create_array(name, shape=value.shape, chunks=(200,) + value.shape[1:], dtype=value.dtype)
+        a[:] = value
+    ds = open_store(tmp_path / "z.zarr")
+    assert ds["X"].dims == ("row", "feature") and ds["weight"].dims == ("row",)
+    np.testing.assert_allclose(fit(tmp_path / "z.zarr").coef_, fit(X, y, weight=w).coef_, rtol=1e-12)
+
+
+def test_only_unfinished_popsdask_writes_are_refused_naming_the_cause(tmp_path):
+    X, y, _ = misspecified(300, 3)
+    path = write_store(tmp_path / "s.zarr", X, y)
+    staging = tmp_path / ".s.zarr.partial-0123abcd"
+    import shutil
+
+    shutil.copytree(path, staging)
+    with pytest.raises(InputError, match=r"staging directory of a popsdask write that did not finish"):
+        open_store(staging)
+    meta = path / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"]["popsdask_complete"] = False
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=r"popsdask_complete attribute is false.*started it and did not finish"):
+        open_store(path)
+    del doc["attributes"]["popsdask_complete"]  # no popsdask mark at all: another tool's store
+    meta.write_text(json.dumps(doc))
+    assert open_store(path).sizes["row"] == 300
+
+
+def test_zarr_v2_store_gets_a_conversion_hint(tmp_path):
+    import xarray as xr
+
+    X, y, _ = misspecified(100, 2)
+    xr.Dataset({"X": (("row", "feature"), X), "y": (("row",), y)}).to_zarr(tmp_path / "v2.zarr", zarr_format=2)
+    with pytest.raises(InputError, match=r"a Zarr v2 group, not a Zarr v3 group; convert it with .*zarr_format=3") as e:
+        open_store(tmp_path / "v2.zarr")
+    assert "\n" not in str(e.value)
+
+
+def test_foreign_store_with_wrong_dimensions_or_lengths_is_named(tmp_path):
+    import xarray as xr
+
+    X, y, _ = misspecified(100, 2)
+    xr.Dataset({"X": (("sample", "descriptor"), X), "y": (("sample",), y)}).to_zarr(tmp_path / "d.zarr")
+    with pytest.raises(InputError, match=r"d.zarr/X: dims \('sample', 'descriptor'\), expected \('row', 'feature'\)"):
+        open_store(tmp_path / "d.zarr")
+    import zarr
+
+    g = zarr.open_group(str(tmp_path / "n.zarr"), mode="w", zarr_format=3)
+    g.create_array("X", shape=(100, 2), dtype="f8", dimension_names=("row", "feature"))[:] = X
+    g.create_array("y", shape=(99,), dtype="f8", dimension_names=("row",))[:] = y[:99]
+    with pytest.raises(InputError, match=r"n.zarr: xarray cannot open the group: .*row"):
+        open_store(tmp_path / "n.zarr")
