@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 
 from ._validate import InputError
+from .calibration import NLL_FLOOR_FACTOR, band_metrics, kind_tolerance
 from .passes import compute, design_from
 from .posterior import DEFAULT_N_SAMPLES, Posterior
 from .store import (
@@ -34,13 +35,21 @@ from .store import (
 
 PREDICTION_FORMAT = "popsdask.predictions/1"
 BLOCK_BYTES = 64 * 2**20
+RANGE_ROWS = 4096  # rows × CORRECTION_CHUNK float64 = 64 MiB per block of the complete envelope
+CORRECTION_CHUNK = 2048
 N_BINS = 60
 KIND_NAMES = {v: k for k, v in KIND_CODES.items()}
 
 
-def _row_coords(data: Any, n: int) -> tuple[str, dict[str, Any]]:
-    """Dimension name and row coordinates (from a store) of the prediction set."""
+def _row_coords(data: Any, n: int) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
+    """Dimension name, row coordinates and 1-D per-configuration variables of the prediction set.
+
+    Per-configuration variables (group, n_atoms, split, …) travel with the predictions so that
+    metrics can be grouped by any of them; on a ``configuration`` dimension they are taken at
+    each row's ``config``.
+    """
     coords: dict[str, Any] = {}
+    per_config: dict[str, np.ndarray] = {}
     if isinstance(data, (str, os.PathLike)):
         from .store import open_store
 
@@ -49,12 +58,16 @@ def _row_coords(data: Any, n: int) -> tuple[str, dict[str, Any]]:
         for name in ("config", "kind", "atom", "component"):
             if name in data.coords:
                 coords[name] = data[name].values
+        for name, var in data.data_vars.items():
+            if var.dims == ("configuration",) and var.dtype.kind in "biufU" and name not in coords:
+                per_config[str(name)] = var.values
     dim = "row"
     if "config" in coords and "kind" in coords:
         cfg, kind = coords["config"], coords["kind"]
         if np.all(kind == KIND_CODES["energy"]) and np.unique(cfg).size == n:
             dim = "configuration"
-    return dim, coords
+            per_config = {k: v[cfg] for k, v in per_config.items() if v.shape[0] > int(cfg.max(initial=-1))}
+    return dim, coords, per_config
 
 
 def predict_ensemble(
@@ -62,14 +75,15 @@ def predict_ensemble(
     data: Any,
     output: str | os.PathLike | None = None,
     *,
-    n_samples: int = DEFAULT_N_SAMPLES,
+    n_samples: int | None = None,
     method: str = "uniform",
     seed: int | None = 0,
     dtype: Any = np.float64,
     overwrite: bool = False,
     progress: bool = False,
+    ev_curve: tuple[int, ...] | None = None,
 ) -> xr.Dataset:
-    """Predict every row of ``data`` with ``n_samples`` posterior members.
+    """Predict every row of ``data`` with the posterior ensemble.
 
     Parameters
     ----------
@@ -78,52 +92,205 @@ def predict_ensemble(
     output : path, optional
         Zarr group to write (atomically; metrics and error histograms are added when the data
         has references ``y``). Without it the lazy Dataset is returned unwritten.
-    n_samples, method, seed : posterior sampling (see :meth:`Posterior.sample`)
+    n_samples : int, optional
+        Posterior members to draw. Hypercube: default 500. Ensemble: by default ``mean``,
+        ``std``, ``min`` and ``max`` are over *all* stored corrections (exact, computed
+        blockwise over rows × correction chunks) and ``prediction`` holds 500 of them; with
+        ``n_samples`` every summary is over that many drawn corrections.
+    method, seed : posterior sampling (see :meth:`Posterior.sample`)
     dtype : dtype of the stored ``prediction`` array (float32 halves its size)
+    ev_curve : sample counts, optional
+        Also record per row ``bracket_samples``, the smallest of these sample counts whose
+        envelope (the first S draws) contains the reference (needs ``y``): envelope violation
+        as a function of S, e.g. :data:`popsdask.calibration.EV_CURVE_SAMPLES`.
 
     Returns
     -------
     xarray.Dataset with ``prediction`` (sample, row|configuration), ``mle``, ``mean``, ``std``,
-    ``min``, ``max``, ``theta`` (sample, feature) and ``y`` when present; when written, the
-    Dataset re-opened from ``output``.
+    ``min``, ``max``, the exact envelope of the whole posterior ``box_min``/``box_max``,
+    ``theta`` (sample, feature) and ``y`` when present; when written, the Dataset re-opened
+    from ``output``. attrs ``n_samples`` (members in the summaries), ``n_prediction_samples``
+    (members in ``prediction``) and ``bounds`` (what ``min``/``max`` are).
     """
     post = posterior if isinstance(posterior, Posterior) else Posterior.load(posterior)
+    if n_samples is not None and (isinstance(n_samples, bool) or int(n_samples) < 1):
+        raise InputError(f"n_samples={n_samples!r}: must be a positive integer")
     fit_intercept = bool(post.settings.get("fit_intercept", False))
     design = design_from(data, require_y=False, fit_intercept=fit_intercept)
     n, p = design.n_rows, design.n_features
     if p != post.n_features:
         raise InputError(f"{design.source}: {p} features, but the posterior has {post.n_features} parameters")
-    delta = post.perturbations(n_samples, method, seed)  # (S, P)
+    complete = post.kind == "ensemble" and n_samples is None
+    delta = post.perturbations(DEFAULT_N_SAMPLES if n_samples is None else n_samples, method, seed)  # (S, P)
     s = delta.shape[0]
     rows = max(256, BLOCK_BYTES // (8 * max(s, p)))
     X = design.X.rechunk((rows, p)).astype(np.float64)
-    dim, coords = _row_coords(data, n)
+    dim, coords, per_config = _row_coords(data, n)
 
     mle = X @ post.coef_
     dev = (X @ delta.T).T  # (S, rows), one chunk along sample
+    if complete:
+        mean, std, lo, hi = _complete_ensemble(X, post)
+        box = (lo, hi)
+        n_summary = int(post.corrections_.shape[0])
+    else:
+        mean, std = mle + dev.mean(axis=0), dev.std(axis=0)
+        lo, hi = mle + dev.min(axis=0), mle + dev.max(axis=0)
+        box = _box_bounds(X, post)
+        n_summary = s
     data_vars: dict[str, Any] = {
         "prediction": (("sample", dim), (dev + mle[None, :]).astype(dtype)),
         "mle": ((dim,), mle),
-        "mean": ((dim,), mle + dev.mean(axis=0)),
-        "std": ((dim,), dev.std(axis=0)),
-        "min": ((dim,), mle + dev.min(axis=0)),
-        "max": ((dim,), mle + dev.max(axis=0)),
+        "mean": ((dim,), mean),
+        "std": ((dim,), std),
+        "min": ((dim,), lo),
+        "max": ((dim,), hi),
+        "box_min": ((dim,), box[0]),
+        "box_max": ((dim,), box[1]),
         "theta": (("sample", "feature"), post.coef_[None, :] + delta),
     }
     if design.y is not None:
-        data_vars["y"] = ((dim,), design.y.rechunk((X.chunks[0],)).astype(np.float64))
+        y = design.y.rechunk((X.chunks[0],)).astype(np.float64)
+        data_vars["y"] = ((dim,), y)
+        tol = _row_tolerance(X, y, coords.get("kind"), post.coef_)
+        data_vars["tolerance"] = ((dim,), tol)
+        if ev_curve:
+            data_vars["bracket_samples"] = ((dim,), _bracket(X, y, tol, post, ev_curve, method, seed))
+    per_dim = dim if dim == "configuration" else "configuration"
+    for name, values in per_config.items():
+        if name not in data_vars:
+            data_vars[name] = ((per_dim,), values)
     ds = xr.Dataset(data_vars, coords={k: ((dim,), v) for k, v in coords.items()})
+    ds["box_min"].attrs["description"] = "exact lower bound of the prediction over the whole posterior"
+    ds["box_max"].attrs["description"] = "exact upper bound of the prediction over the whole posterior"
     ds.attrs.update(
         format=PREDICTION_FORMAT,
-        n_samples=int(s),
+        n_samples=int(n_summary),
+        n_prediction_samples=int(s),
+        summaries="all corrections" if complete else f"{s} drawn members",
+        bounds="sampled",
         method=method,
         seed=-1 if seed is None else int(seed),
         posterior=post.kind,
         source=design.source,
     )
+    if ev_curve:
+        ds.attrs["ev_curve_samples"] = [int(v) for v in _curve_sizes(post, ev_curve)]
+    if isinstance(data, xr.Dataset):
+        for key in ("units", "energy_rows"):
+            if key in data.attrs:
+                ds.attrs[key] = data.attrs[key]
     if output is None:
         return ds
     return _write(ds, output, overwrite, progress)
+
+
+def _box_bounds(X: da.Array, post: Posterior) -> tuple[da.Array, da.Array]:
+    """Exact min and max of x·θ over the posterior's support, per row.
+
+    Hypercube θ = coef + U t, t ∈ [lo, hi]: x·coef + Σₖ min/max(aₖ loₖ, aₖ hiₖ) with a = Uᵀx.
+    Ensemble: min and max over every stored correction.
+    """
+    mle = X @ post.coef_
+    if post.kind == "ensemble":
+        return _correction_range(X, post, mle)
+    a = X @ post.basis_  # (rows, K)
+    at_lo, at_hi = a * post.lower_[None, :], a * post.upper_[None, :]
+    return mle + da.minimum(at_lo, at_hi).sum(axis=1), mle + da.maximum(at_lo, at_hi).sum(axis=1)
+
+
+def _correction_rows(post: Posterior) -> da.Array:
+    corr = post.corrections_
+    return corr.rechunk((max(1, min(int(corr.shape[0]), CORRECTION_CHUNK)), corr.shape[1])).astype(np.float64)
+
+
+def _correction_range(X: da.Array, post: Posterior, mle: da.Array) -> tuple[da.Array, da.Array]:
+    """Min and max of x·δθ over all corrections, by blocks of (rows × correction chunk): the
+    (rows × corrections) product exists only one block at a time."""
+    Xr = X.rechunk((min(X.chunks[0][0], RANGE_ROWS), X.shape[1]))
+    m = mle.rechunk((Xr.chunks[0],))
+    prod = Xr @ _correction_rows(post).T
+    return (m + prod.min(axis=1)).rechunk((X.chunks[0],)), (m + prod.max(axis=1)).rechunk((X.chunks[0],))
+
+
+def _complete_ensemble(X: da.Array, post: Posterior) -> tuple[da.Array, ...]:
+    """Mean, std, min and max over all stored corrections.
+
+    Mean and std are exact from the corrections' mean μ and covariance C (x·μ and √(xᵀCx),
+    the population std, as ``dev.std``); min and max need the blockwise product.
+    """
+    corr = _correction_rows(post)
+    (mu,) = compute(corr.mean(axis=0))
+    centred = corr - mu[None, :]
+    (cov,) = compute((centred.T @ centred) / corr.shape[0])
+    mle = X @ post.coef_
+    var = ((X @ cov) * X).sum(axis=1)
+    lo, hi = _correction_range(X, post, mle)
+    return mle + X @ mu, da.sqrt(da.maximum(var, 0.0)), lo, hi
+
+
+def _curve_sizes(post: Posterior, sizes: tuple[int, ...]) -> list[int]:
+    sizes = sorted({int(v) for v in sizes if int(v) > 0})
+    if post.kind == "ensemble":
+        sizes = [v for v in sizes if v <= int(post.corrections_.shape[0])]
+    return sizes
+
+
+def _row_tolerance(X: da.Array, y: da.Array, kind: np.ndarray | None, coef: np.ndarray) -> da.Array:
+    """Per row: max(1e-8 × the kind's RMS reference, the worst-case round-off P·ε·Σⱼ|xⱼθⱼ| of
+    the MLE product), so that forces which are zero by symmetry are recognised even in a
+    subset whose references are all zero (see :mod:`popsdask.calibration`)."""
+    (yv,) = compute(y)
+    kind = np.zeros(yv.shape[0], dtype=int) if kind is None else np.asarray(kind)
+    per_kind = np.zeros_like(yv)
+    for k in np.unique(kind):
+        per_kind[kind == k] = kind_tolerance(yv[kind == k])
+    roundoff = X.shape[1] * np.finfo(np.float64).eps * (abs(X) @ np.abs(coef))
+    return da.maximum(da.from_array(per_kind, chunks=(X.chunks[0],)), roundoff)
+
+
+def _bracket(X: da.Array, y: da.Array, tol: da.Array, post: Posterior, sizes, method, seed) -> da.Array:
+    """Per row: the smallest sample count S (of ``sizes``) whose first S draws bracket y ± tol."""
+    sizes = _curve_sizes(post, sizes)
+    if not sizes:
+        raise InputError("ev_curve: no sample count between 1 and the number of stored corrections")
+    draws = post.perturbations(sizes[-1], method, seed)
+    if post.kind == "ensemble":  # drawn in index order: shuffle so that prefixes are random subsets
+        draws = draws[np.random.default_rng(seed).permutation(draws.shape[0])]
+    rows = max(64, BLOCK_BYTES // (8 * draws.shape[0]))
+    Xr = X.rechunk((rows, X.shape[1]))
+    out = da.blockwise(
+        _bracket_block,
+        "i",
+        Xr,
+        "ij",
+        y.rechunk((Xr.chunks[0],)),
+        "i",
+        tol.rechunk((Xr.chunks[0],)),
+        "i",
+        concatenate=True,
+        dtype=np.float64,
+        coef=post.coef_,
+        draws=draws,
+        sizes=tuple(sizes),
+    )
+    return out.rechunk((X.chunks[0],))
+
+
+def _bracket_block(Xb, yb, tolb, *, coef, draws, sizes) -> np.ndarray:
+    r = yb - Xb @ coef
+    lo = np.full(r.shape, np.inf)
+    hi = np.full(r.shape, -np.inf)
+    out = np.full(r.shape, np.inf)
+    start = 0
+    for size in sizes:
+        dev = Xb @ draws[start:size].T
+        np.minimum(lo, dev.min(axis=1), out=lo)
+        np.maximum(hi, dev.max(axis=1), out=hi)
+        start = size
+        inside = (r >= lo - tolb) & (r <= hi + tolb) & ~np.isfinite(out)
+        out[inside] = size
+    return out
 
 
 def _write(ds: xr.Dataset, output: str | os.PathLike, overwrite: bool, progress: bool) -> xr.Dataset:
@@ -163,7 +330,8 @@ def open_predictions(path: str | os.PathLike) -> xr.Dataset:
         return xr.open_zarr(root, consolidated=False, zarr_format=3)
 
 
-def _kind_groups(ds: xr.Dataset) -> dict[str, np.ndarray]:
+def row_kinds(ds: xr.Dataset) -> dict[str, np.ndarray]:
+    """Boolean masks of the prediction elements of each row kind (``all`` without kinds)."""
     dim = ds["mle"].dims[0]
     n = ds.sizes[dim]
     if "kind" not in ds.coords:
@@ -172,34 +340,115 @@ def _kind_groups(ds: xr.Dataset) -> dict[str, np.ndarray]:
     return {KIND_NAMES.get(int(k), str(k)): kind == k for k in np.unique(kind)}
 
 
+_kind_groups = row_kinds
+
+
+def configuration_variables(ds: xr.Dataset) -> list[str]:
+    """Per-configuration variables of a prediction store (usable as ``group_by``)."""
+    return sorted(
+        str(k)
+        for k, v in ds.data_vars.items()
+        if v.dims == ("configuration",) and k not in SUMMARY_VARS and k != "prediction"
+    )
+
+
+def config_values(ds: xr.Dataset, name: str) -> np.ndarray:
+    """A per-configuration variable at every prediction element (row or configuration)."""
+    dim = ds["mle"].dims[0]
+    if name not in ds or name in SUMMARY_VARS or ds[name].ndim != 1:
+        where = ds.attrs.get("source", "<predictions>")
+        available = ", ".join(configuration_variables(ds)) or "none"
+        raise InputError(f"{where}: no per-configuration variable {name!r} (available: {available})")
+    values = ds[name].values
+    if ds[name].dims[0] == dim:
+        return values
+    if "config" not in ds.coords:
+        raise InputError(
+            f"{ds.attrs.get('source', '<predictions>')}: rows have no 'config' coordinate to look up {name!r}"
+        )
+    return values[ds["config"].values]
+
+
+SUMMARY_VARS = ("y", "mle", "mean", "std", "min", "max", "box_min", "box_max", "bracket_samples", "tolerance")
+
+
+def _per_atom(ds: xr.Dataset) -> bool:
+    return "n_atoms" in ds and not str(ds.attrs.get("energy_rows", "")).startswith("per atom")
+
+
+def _band_arrays(ds: xr.Dataset) -> dict[str, dict[str, np.ndarray]]:
+    """Per kind name: the per-row summaries of that kind (energies also per atom)."""
+    row = {k: ds[k].values for k in SUMMARY_VARS if k in ds}
+    views = {}
+    for name, mask in row_kinds(ds).items():
+        views[name] = {k: v[mask] for k, v in row.items()} | {"mask": mask}
+        if name == "energy" and _per_atom(ds):
+            n_atoms = config_values(ds, "n_atoms").astype(np.float64)[mask]
+            scaled = {k: (v if k == "bracket_samples" else v / n_atoms) for k, v in views[name].items() if k != "mask"}
+            views["energy_per_atom"] = scaled | {"mask": mask}
+    return views
+
+
+def _metrics_of(view: dict[str, np.ndarray], sel: Any, floor: float, sizes: tuple) -> dict[str, Any]:
+    tol = view["tolerance"][sel] if "tolerance" in view else kind_tolerance(view["y"])
+    box = (view["box_min"][sel], view["box_max"][sel]) if "box_min" in view else None
+    bracket = view["bracket_samples"][sel] if "bracket_samples" in view and sizes else None
+    return band_metrics(
+        *(view[k][sel] for k in ("y", "mle", "std", "min", "max")),
+        tol=tol,
+        nll_floor=floor,
+        box=box,
+        bracket=bracket,
+        sizes=sizes,
+    )
+
+
+def prediction_metrics(ds: xr.Dataset, group_by: str | None = None) -> dict[str, Any]:
+    """Every calibration metric of a prediction store per row kind, and per group.
+
+    Parameters
+    ----------
+    ds : prediction Dataset with references ``y``
+    group_by : a per-configuration variable (e.g. ``"group"``), optional
+
+    Returns
+    -------
+    dict ``{"kinds": {kind: metrics}, "groups": {value: {kind: metrics}}, "group_by": name}``
+    (``groups`` empty without ``group_by``); kinds include ``energy_per_atom`` when the store
+    knows each configuration's ``n_atoms``. Tolerances and NLL floors are the kind's, over
+    all rows (see :mod:`popsdask.calibration`).
+    """
+    if "y" not in ds:
+        raise InputError(f"{ds.attrs.get('source', '<predictions>')}: the prediction store has no references y")
+    sizes = tuple(int(v) for v in ds.attrs.get("ev_curve_samples", ()))
+    views = _band_arrays(ds)
+    labels = None if group_by is None else np.asarray(config_values(ds, group_by)).astype(str)
+    kinds: dict[str, Any] = {}
+    groups: dict[str, dict[str, Any]] = {}
+    for name, view in views.items():
+        floor = NLL_FLOOR_FACTOR * float(np.sqrt(np.mean((view["y"] - view["mle"]) ** 2)))
+        kinds[name] = _metrics_of(view, slice(None), floor, sizes)
+        if labels is None:
+            continue
+        lab = labels[view["mask"]]
+        for value in np.unique(lab):
+            groups.setdefault(str(value), {})[name] = _metrics_of(view, lab == value, floor, sizes)
+    return {"group_by": group_by, "kinds": kinds, "groups": groups}
+
+
 def summarise(ds: xr.Dataset) -> tuple[xr.Dataset, dict[str, dict[str, float]]]:
     """Metrics per row kind and log-binned histograms of |y - MLE| and |sample - MLE|.
 
     Reads the per-row summaries (N scalars) and streams ``prediction`` once for the sample
     histogram.
     """
-    row = {k: ds[k].values for k in ("y", "mle", "min", "max", "std")}
+    metrics = prediction_metrics(ds)["kinds"]
+    row = {k: ds[k].values for k in ("y", "mle", "min", "max")}
     err = row["y"] - row["mle"]
-    groups = _kind_groups(ds)
-    metrics: dict[str, dict[str, float]] = {}
+    groups = row_kinds(ds)
     edges_all, hist_ref, hist_smp = [], [], []
-    for name, mask in groups.items():
+    for mask in groups.values():
         e = err[mask]
-        std = row["std"][mask]
-        outside = (row["y"][mask] < row["min"][mask]) | (row["y"][mask] > row["max"][mask])
-        # rows whose prediction no sample moves (e.g. forces zero by symmetry) have no ratio
-        spread = std > 1e-8 * std.max(initial=0.0)
-        ratio = np.abs(e[spread]) / std[spread]
-        metrics[name] = {
-            "n": int(mask.sum()),
-            "mae_mle": float(np.mean(np.abs(e))),
-            "rmse_mle": float(np.sqrt(np.mean(e**2))),
-            "envelope_violation": float(np.mean(outside)),
-            "mean_std": float(np.mean(std)),
-            "mean_abs_error_over_std": float(np.mean(ratio)) if ratio.size else float("nan"),
-            "coverage_2sigma": float(np.mean(np.abs(e) <= 2 * std)),
-            "coverage_4sigma": float(np.mean(np.abs(e) <= 4 * std)),
-        }
         half = np.maximum(row["max"][mask] - row["mle"][mask], row["mle"][mask] - row["min"][mask])
         top = max(np.abs(e).max(initial=0.0), half.max(initial=0.0), 1e-300)
         positive = np.abs(e)[np.abs(e) > 0]

@@ -1,0 +1,205 @@
+"""Calibration diagnostics of an uncertainty band: pure numpy on per-row summaries.
+
+Every function takes per-row arrays of one subset of rows (one row kind, optionally one group):
+reference ``y``, ``mle``, ensemble ``std`` and an envelope ``[lo, hi]``. They are the
+metrics that ``popsdask report`` and ``popsdask crossval`` tabulate.
+
+Conventions
+-----------
+- **Tolerance.** A reference counts as inside an envelope when ``lo - tol <= y <= hi + tol``.
+  ``tol`` is per row: the larger of :data:`TOLERANCE_FACTOR` (1e-8) times the row kind's RMS
+  reference over the prediction set, and the worst-case float64 round-off of the MLE
+  product, P·ε·Σⱼ|xⱼθⱼ|. Round-off of a P-term float64 sum is at most that bound (and in
+  practice ~1e-14 relative), so 1e-8 is far above it and far below any physical error; the
+  round-off term keeps the rule meaningful on subsets whose references are all zero.
+- **Symmetry zeros.** Rows whose reference, MLE and envelope half-widths are all within ``tol``
+  of zero (forces that vanish by symmetry) carry no information about the band: they are
+  counted (``n_symmetry_zeros``) and left out of every coverage and calibration metric;
+  accuracy (MAE, RMSE) is over all rows.
+- **NLL floor.** The Gaussian negative log-likelihood uses ``max(std, floor)`` with
+  ``floor`` = :data:`NLL_FLOOR_FACTOR` (0.01) × the kind's RMSE of the MLE, so that rows with
+  (near-)zero spread give a large but finite penalty.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.special import erf
+from scipy.stats import norm
+
+TOLERANCE_FACTOR = 1e-8
+NLL_FLOOR_FACTOR = 0.01
+INTERVAL_ALPHA = 0.05
+COVERAGE_K = np.round(np.linspace(0.0, 5.0, 51), 10)
+EV_CURVE_SAMPLES = (50, 100, 200, 500, 1000, 2000, 5000)
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
+
+__all__ = [
+    "COVERAGE_K",
+    "EV_CURVE_SAMPLES",
+    "band_metrics",
+    "coverage_curve",
+    "envelope_violation_curve",
+    "gaussian_nll",
+    "interval_score",
+    "kind_tolerance",
+    "miscalibration_area",
+    "symmetry_zeros",
+]
+
+
+def kind_tolerance(y: np.ndarray) -> float:
+    """``TOLERANCE_FACTOR`` × RMS of the references (0 for an empty set)."""
+    y = np.asarray(y, dtype=np.float64)
+    return float(TOLERANCE_FACTOR * np.sqrt(np.mean(y**2))) if y.size else 0.0
+
+
+def outside(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, tol: float | np.ndarray) -> np.ndarray:
+    """Whether each reference lies outside ``[lo - tol, hi + tol]``."""
+    return (y < lo - tol) | (y > hi + tol)
+
+
+def symmetry_zeros(
+    y: np.ndarray, mle: np.ndarray, lo: np.ndarray, hi: np.ndarray, tol: float | np.ndarray
+) -> np.ndarray:
+    """Rows whose reference, MLE and envelope are all within ``tol`` of zero."""
+    return (np.abs(y) <= tol) & (np.abs(mle) <= tol) & (np.abs(lo) <= tol) & (np.abs(hi) <= tol)
+
+
+def coverage_curve(err: np.ndarray, std: np.ndarray, k: np.ndarray = COVERAGE_K, tol: float | np.ndarray = 0.0):
+    """Observed fraction of |error| ≤ k·std + tol and the Gaussian nominal fraction erf(k/√2).
+
+    Returns
+    -------
+    observed, nominal : (len(k),) arrays
+    """
+    a = np.abs(np.asarray(err, dtype=np.float64))
+    s = np.asarray(std, dtype=np.float64)
+    k = np.asarray(k, dtype=np.float64)
+    if a.size == 0:
+        return np.full(k.shape, np.nan), erf(k / np.sqrt(2.0))
+    observed = np.array([np.mean(a <= kk * s + tol) for kk in k])
+    return observed, erf(k / np.sqrt(2.0))
+
+
+def miscalibration_area(err: np.ndarray, std: np.ndarray, n_levels: int = 101) -> float:
+    """∫₀¹ |observed(p) − p| dp for central Gaussian intervals ±Φ⁻¹((1+p)/2)·std.
+
+    0 for a perfectly calibrated Gaussian band, up to 0.5 for one that covers nothing or
+    everything at every level.
+    """
+    a = np.abs(np.asarray(err, dtype=np.float64))
+    if a.size == 0:
+        return float("nan")
+    p = np.linspace(0.0, 1.0, n_levels)
+    z = norm.ppf((1.0 + p[:-1]) / 2.0)
+    ratio = np.sort(np.divide(a, std, out=np.full(a.shape, np.inf), where=std > 0))
+    ratio[(a == 0) & (std == 0)] = 0.0
+    observed = np.append(np.searchsorted(ratio, z, side="right") / a.size, 1.0)
+    return float(_trapezoid(np.abs(observed - p), p))
+
+
+def interval_score(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, alpha: float = INTERVAL_ALPHA) -> float:
+    """Mean interval score (Gneiting & Raftery 2007, eq. 43) of ``[lo, hi]`` read as a central
+    (1 − alpha) interval: width + (2/alpha)·(distance outside). Lower is better."""
+    y, lo, hi = (np.asarray(a, dtype=np.float64) for a in (y, lo, hi))
+    if y.size == 0:
+        return float("nan")
+    penalty = (2.0 / alpha) * (np.maximum(lo - y, 0.0) + np.maximum(y - hi, 0.0))
+    return float(np.mean(hi - lo + penalty))
+
+
+def gaussian_nll(err: np.ndarray, std: np.ndarray, floor: float) -> float:
+    """Mean Gaussian negative log-likelihood of the errors with std floored at ``floor``."""
+    e = np.asarray(err, dtype=np.float64)
+    if e.size == 0:
+        return float("nan")
+    s = np.maximum(np.asarray(std, dtype=np.float64), floor)
+    if not np.all(s > 0):
+        return float("inf")
+    return float(np.mean(0.5 * np.log(2.0 * np.pi * s**2) + e**2 / (2.0 * s**2)))
+
+
+def envelope_violation_curve(bracket: np.ndarray, sizes: tuple[int, ...] | np.ndarray) -> np.ndarray:
+    """Fraction of rows not bracketed by the first S samples, for each S in ``sizes``.
+
+    ``bracket`` is each row's smallest sample count (of ``sizes``) whose envelope contains the
+    reference, ``inf`` when none does.
+    """
+    b = np.asarray(bracket, dtype=np.float64)
+    if b.size == 0:
+        return np.full(len(sizes), np.nan)
+    return np.array([np.mean(b > s) for s in sizes])
+
+
+def band_metrics(
+    y: np.ndarray,
+    mle: np.ndarray,
+    std: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    *,
+    tol: float | np.ndarray,
+    nll_floor: float,
+    box: tuple[np.ndarray, np.ndarray] | None = None,
+    bracket: np.ndarray | None = None,
+    sizes: tuple[int, ...] = EV_CURVE_SAMPLES,
+    curve: bool = True,
+) -> dict[str, Any]:
+    """Accuracy, coverage, calibration and sharpness of one subset of rows.
+
+    Parameters
+    ----------
+    y, mle, std, lo, hi : (n,) references, MLE predictions, ensemble std, envelope
+    tol, nll_floor : the kind's tolerance and NLL floor (see the module docstring)
+    box : optional (n,) exact lower and upper bounds over the whole posterior
+    bracket : optional (n,) smallest sample count that brackets each reference
+    curve : include the coverage curve and the EV-vs-samples curve (lists)
+
+    Returns
+    -------
+    dict of JSON-ready floats (and lists for the curves)
+    """
+    y, mle, std, lo, hi = (np.asarray(a, dtype=np.float64) for a in (y, mle, std, lo, hi))
+    err = y - mle
+    tol = np.broadcast_to(np.asarray(tol, dtype=np.float64), y.shape)
+    zero = symmetry_zeros(y, mle, lo, hi, tol)
+    m = ~zero
+    e, s, t = err[m], std[m], tol[m]
+    n_used = int(m.sum())
+
+    def mean(a: np.ndarray) -> float:
+        return float(np.mean(a)) if a.size else float("nan")
+
+    spread = s > t
+    out: dict[str, Any] = {
+        "n": int(y.size),
+        "n_symmetry_zeros": int(zero.sum()),
+        "tolerance": float(np.median(tol)) if np.size(tol) else 0.0,
+        "mae_mle": mean(np.abs(err)),
+        "rmse_mle": float(np.sqrt(np.mean(err**2))) if err.size else float("nan"),
+        "envelope_violation": mean(outside(y[m], lo[m], hi[m], t)),
+        "mean_std": mean(s),
+        "mean_envelope_width": mean(hi[m] - lo[m]),
+        "mean_abs_error_over_std": mean(np.abs(e[spread]) / s[spread]),
+        "coverage_2sigma": mean(np.abs(e) <= 2 * s + t),
+        "coverage_4sigma": mean(np.abs(e) <= 4 * s + t),
+        "miscalibration_area": miscalibration_area(e, s) if n_used else float("nan"),
+        "interval_score": interval_score(y[m], lo[m], hi[m]),
+        "nll": gaussian_nll(e, s, nll_floor),
+    }
+    if box is not None:
+        blo, bhi = (np.asarray(a, dtype=np.float64)[m] for a in box)
+        out["box_violation"] = mean(outside(y[m], blo, bhi, t))
+        out["mean_box_width"] = mean(bhi - blo)
+        out["box_interval_score"] = interval_score(y[m], blo, bhi)
+    if curve:
+        observed, nominal = coverage_curve(e, s, COVERAGE_K, t)
+        out["coverage_curve"] = {"k": COVERAGE_K.tolist(), "observed": observed.tolist(), "nominal": nominal.tolist()}
+        if bracket is not None:
+            b = np.asarray(bracket, dtype=np.float64)[m]
+            ev = envelope_violation_curve(b, sizes)
+            out["ev_vs_samples"] = {"n_samples": [int(v) for v in sizes], "envelope_violation": ev.tolist()}
+    return out

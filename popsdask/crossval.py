@@ -1,0 +1,207 @@
+"""Leave-one-group-out: fit on every other group, predict the left-out one, tabulate its band.
+
+The honest out-of-distribution check of an uncertainty band: each group (a per-configuration
+variable of the store, e.g. the kind of cell) is predicted by a posterior that never saw it.
+A random split by configuration gives the in-distribution row of the same table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ._validate import InputError
+from .calibration import EV_CURVE_SAMPLES
+from .ensemble import open_predictions, predict_ensemble, prediction_metrics
+from .store import open_store
+
+RANDOM_SPLIT = "(random split)"
+SPLIT_TRAIN, SPLIT_TEST = 0, 1
+
+__all__ = ["RANDOM_SPLIT", "check_groups", "crossval_table", "leave_one_group_out", "rows_of_configurations"]
+
+
+def rows_of_configurations(ds: xr.Dataset, keep: np.ndarray, label: str) -> xr.Dataset:
+    """The rows of the configurations where ``keep`` (per configuration) is true."""
+    rows = np.flatnonzero(np.asarray(keep)[np.asarray(ds["config"].values)])
+    if rows.size == 0:
+        raise InputError(f"{ds.attrs.get('source', '<store>')}: {label} has no rows")
+    out = ds.isel(row=rows)
+    out.attrs["source"] = f"{ds.attrs.get('source', '<store>')}[{label}]"
+    return out
+
+
+def check_groups(ds: xr.Dataset, group_by: str, min_rows: int = 1) -> tuple[np.ndarray, list[str]]:
+    """Per-configuration group labels and the groups that have rows; one-line errors otherwise."""
+    where = ds.attrs.get("source", "<store>")
+    if group_by not in ds or ds[group_by].dims != ("configuration",):
+        per_config = sorted(str(k) for k, v in ds.data_vars.items() if v.dims == ("configuration",))
+        raise InputError(
+            f"{where}: no per-configuration variable {group_by!r} (available: {', '.join(per_config) or 'none'})"
+        )
+    if "config" not in ds.coords:
+        raise InputError(f"{where}: rows have no 'config' coordinate, so they cannot be grouped")
+    labels = np.asarray(ds[group_by].values).astype(str)
+    counts = np.bincount(np.asarray(ds["config"].values), minlength=labels.size)
+    groups = sorted(set(labels.tolist()))
+    for g in groups:
+        n = int(counts[labels == g].sum())
+        if n < min_rows:
+            raise InputError(f"{where}: group {group_by}={g!r} has {n} rows")
+    if len(groups) < 2:
+        raise InputError(f"{where}: {group_by} has one group ({groups[0]!r}); leave-one-group-out needs two")
+    return labels, groups
+
+
+def leave_one_group_out(
+    store: str | os.PathLike | xr.Dataset,
+    output: str | os.PathLike,
+    *,
+    group_by: str = "group",
+    random_split: bool = True,
+    test_fraction: float = 0.3,
+    n_samples: int | None = None,
+    ev_curve: tuple[int, ...] | None = EV_CURVE_SAMPLES,
+    seed: int = 0,
+    fit: Callable[[xr.Dataset], Any] | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    **fit_kwargs: Any,
+) -> dict[str, Any]:
+    """Fit on all groups but one, predict it, for every group (plus a random split).
+
+    Parameters
+    ----------
+    store : descriptor store (path or Dataset) with a per-configuration ``group_by`` variable
+    output : directory for ``<fold>/predictions.zarr``, ``crossval.json`` and ``crossval.md``
+    random_split : also fit on a random split by configuration (the store's ``split`` variable
+        when present, 0 train / 1 test, else a seeded ``test_fraction`` split)
+    n_samples, ev_curve, seed : passed to :func:`predict_ensemble`
+    fit : callable ``Dataset -> Posterior`` (default :func:`popsdask.fit` with ``fit_kwargs``)
+
+    Returns
+    -------
+    dict with ``folds``: {left-out group: {"n_configurations", "metrics" (per kind), ...}} and
+    ``table`` (markdown).
+    """
+    from .estimator import fit as default_fit
+
+    ds = store if isinstance(store, xr.Dataset) else open_store(store)
+    labels, groups = check_groups(ds, group_by)
+    out = Path(output)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    fitter = fit or (lambda d: default_fit(d, **fit_kwargs))
+    folds: dict[str, Any] = {}
+    plan = [(g, labels != g, labels == g) for g in groups]
+    if random_split:
+        plan.append((RANDOM_SPLIT, *_random_split(ds, test_fraction, seed)))
+    for i, (name, train, test) in enumerate(plan):
+        t0 = time.perf_counter()
+        if progress:
+            print(f"[popsdask] crossval {i + 1}/{len(plan)}: left out {group_by}={name}", flush=True)
+        post = fitter(rows_of_configurations(ds, train, f"{group_by}!={name}"))
+        fold_dir = out / _safe(name)
+        pred = predict_ensemble(
+            post,
+            rows_of_configurations(ds, test, f"{group_by}={name}"),
+            fold_dir / "predictions.zarr",
+            n_samples=n_samples,
+            seed=seed,
+            ev_curve=ev_curve,
+            overwrite=True,
+        )
+        metrics = prediction_metrics(pred)["kinds"]
+        folds[name] = {
+            "n_train_configurations": int(np.count_nonzero(train)),
+            "n_configurations": int(np.count_nonzero(test)),
+            "n_selected": int(post.n_selected_),
+            "seconds": time.perf_counter() - t0,
+            "predictions": str(fold_dir / "predictions.zarr"),
+            "metrics": metrics,
+        }
+    result = {"group_by": group_by, "source": str(ds.attrs.get("source", store)), "folds": folds}
+    result["table"] = crossval_table(result)
+    _write_text(out / "crossval.json", json.dumps(result, indent=2, default=str) + "\n")
+    _write_text(out / "crossval.md", result["table"] + "\n")
+    return result
+
+
+def load_folds(output: str | os.PathLike) -> dict[str, xr.Dataset]:
+    """The prediction stores of a finished leave-one-group-out run, by left-out group."""
+    info = json.loads((Path(output) / "crossval.json").read_text())
+    return {name: open_predictions(fold["predictions"]) for name, fold in info["folds"].items()}
+
+
+def _random_split(ds: xr.Dataset, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    n_cfg = ds.sizes["configuration"]
+    if "split" in ds and ds["split"].dims == ("configuration",):
+        split = np.asarray(ds["split"].values)
+    else:
+        split = np.zeros(n_cfg, dtype=np.int8)
+        perm = np.random.default_rng(seed).permutation(n_cfg)
+        split[perm[: int(round(test_fraction * n_cfg))]] = SPLIT_TEST
+    return split == SPLIT_TRAIN, split == SPLIT_TEST
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "_"
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+TABLE_COLUMNS = (
+    ("n", "rows", "{:d}"),
+    ("mae_mle", "MAE", "{:.4g}"),
+    ("envelope_violation", "EV", "{:.2%}"),
+    ("box_violation", "box EV", "{:.2%}"),
+    ("coverage_4sigma", "±4σ", "{:.2%}"),
+    ("mean_abs_error_over_std", "mean \\|err\\|/σ", "{:.3g}"),
+    ("mean_std", "mean σ", "{:.3g}"),
+    ("mean_envelope_width", "mean width", "{:.3g}"),
+    ("mean_box_width", "box width", "{:.3g}"),
+    ("miscalibration_area", "miscal. area", "{:.3f}"),
+    ("interval_score", "interval score", "{:.3g}"),
+    ("nll", "NLL", "{:.3g}"),
+    ("n_symmetry_zeros", "sym. zeros", "{:d}"),
+)
+
+
+def crossval_table(result: dict[str, Any], columns=TABLE_COLUMNS) -> str:
+    """Markdown: one table per row kind, one line per left-out group (and the random split)."""
+    folds = result["folds"]
+    kinds = sorted({k for f in folds.values() for k in f["metrics"]}, key=_kind_order)
+    lines = []
+    for kind in kinds:
+        lines += [f"**{kind}**", "", "| left out | configs | " + " | ".join(c[1] for c in columns) + " |"]
+        lines.append("|---|---:|" + "---:|" * len(columns))
+        for name, fold in folds.items():
+            m = fold["metrics"].get(kind)
+            if m is None:
+                continue
+            cells = [_cell(m.get(key), fmt) for key, _, fmt in columns]
+            lines.append(f"| {name} | {fold['n_configurations']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _cell(v: Any, fmt: str) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    return fmt.format(int(v) if fmt.endswith("d}") else v)
+
+
+def _kind_order(kind: str) -> tuple[int, str]:
+    return ({"energy": 0, "energy_per_atom": 1, "force": 2, "stress": 3}.get(kind, 9), kind)

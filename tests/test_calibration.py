@@ -1,0 +1,195 @@
+"""Exact envelopes, the complete ensemble, tolerances and calibration diagnostics (brute force)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from popsdask import fit, write_store
+from popsdask._validate import InputError
+from popsdask.calibration import (
+    band_metrics,
+    coverage_curve,
+    gaussian_nll,
+    interval_score,
+    miscalibration_area,
+)
+from popsdask.crossval import leave_one_group_out
+from popsdask.ensemble import predict_ensemble, prediction_metrics
+
+from .conftest import misspecified
+
+
+@pytest.fixture
+def grouped(tmp_path):
+    """A store with 3 kinds of configuration, one energy and two force rows each."""
+    X, y, w = misspecified(3600, 7, seed=31)
+    n_cfg = 1200
+    config = np.repeat(np.arange(n_cfg), 3)
+    kind = np.tile([0, 1, 1], n_cfg)
+    group = np.array(["bulk", "surface", "defect"])[np.arange(n_cfg) % 3]
+    n_atoms = 1 + np.arange(n_cfg) % 5
+    write_store(
+        tmp_path / "s.zarr",
+        X,
+        y,
+        weight=w,
+        config=config,
+        kind=kind,
+        chunk_rows=700,
+        configurations={"group": group, "n_atoms": n_atoms},
+    )
+    return tmp_path, X, y, config, kind, group, n_atoms
+
+
+@pytest.mark.parametrize("p", [4, 7, 10])
+def test_box_bounds_equal_vertex_enumeration(tmp_path, p):
+    X, y, w = misspecified(3000, p, seed=32 + p)
+    post = fit(X[:2500], y[:2500], weight=w[:2500])
+    k = post.basis_.shape[1]
+    assert 1 <= k <= 10
+    ds = predict_ensemble(post, X[2500:], n_samples=300, seed=1)
+    vertices = np.array(list(itertools.product(*zip(post.lower_, post.upper_, strict=True))))  # (2^K, K)
+    theta = post.coef_[None, :] + vertices @ post.basis_.T
+    pred = X[2500:] @ theta.T
+    np.testing.assert_allclose(ds["box_min"].values, pred.min(axis=1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ds["box_max"].values, pred.max(axis=1), rtol=1e-12, atol=1e-12)
+    # the box contains every sampled prediction, and is strictly wider than the samples somewhere
+    samples = ds["prediction"].values
+    assert np.all(samples >= ds["box_min"].values - 1e-12) and np.all(samples <= ds["box_max"].values + 1e-12)
+    assert np.any(ds["box_max"].values - ds["max"].values > 1e-9)
+
+
+def test_complete_ensemble_equals_brute_force(grouped):
+    tmp, X, y, *_ = grouped
+    post = fit(tmp / "s.zarr", posterior="ensemble", corrections_path=tmp / "corr.zarr")
+    corr = np.asarray(post.corrections_)
+    assert corr.shape[0] > 1000
+    from popsdask import ensemble
+
+    old = ensemble.CORRECTION_CHUNK, ensemble.RANGE_ROWS
+    ensemble.CORRECTION_CHUNK, ensemble.RANGE_ROWS = 256, 300  # many (row × correction) blocks on a small problem
+    try:
+        ds = predict_ensemble(post, tmp / "s.zarr", tmp / "p.zarr")
+    finally:
+        ensemble.CORRECTION_CHUNK, ensemble.RANGE_ROWS = old
+    dev = X @ corr.T  # (rows, all corrections)
+    mle = X @ post.coef_
+    np.testing.assert_allclose(ds["min"].values, mle + dev.min(axis=1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ds["max"].values, mle + dev.max(axis=1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ds["mean"].values, mle + dev.mean(axis=1), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ds["std"].values, dev.std(axis=1), rtol=1e-8, atol=1e-12)
+    np.testing.assert_array_equal(ds["box_min"].values, ds["min"].values)
+    assert ds.attrs["n_samples"] == corr.shape[0] and ds.attrs["n_prediction_samples"] == 500
+    # subsampling only when asked, recorded
+    sub = predict_ensemble(post, tmp / "s.zarr", n_samples=50, seed=2)
+    assert sub.attrs["n_samples"] == 50
+    assert np.all(sub["max"].values <= ds["max"].values + 1e-12)
+
+
+def test_tolerance_and_symmetry_zeros(tmp_path):
+    X, y, w = misspecified(2000, 6, seed=33)
+    post = fit(X, y, weight=w)
+    Xt, yt = X[:300].copy(), y[:300].copy()
+    Xt[:40], yt[:40] = 0.0, 0.0  # rows zero by symmetry: reference, MLE and spread all vanish
+    yt[40:50] = (Xt[40:50] @ post.coef_) + 1e-300  # inside by round-off only
+    kind = np.ones(300, dtype=int)
+    write_store(tmp_path / "t.zarr", Xt, yt, kind=kind)
+    ds = predict_ensemble(post, tmp_path / "t.zarr", tmp_path / "p.zarr", n_samples=100)
+    m = json.loads(ds.attrs["metrics"])["force"]
+    assert m["n_symmetry_zeros"] == 40 and m["n"] == 300
+    rest = slice(40, None)
+    lo, hi, tol = (ds[k].values[rest] for k in ("min", "max", "tolerance"))
+    assert np.all(tol >= 1e-8 * np.sqrt(np.mean(yt**2)))
+    outside = (yt[rest] < lo - tol) | (yt[rest] > hi + tol)
+    assert m["envelope_violation"] == pytest.approx(outside.mean())
+
+
+def test_calibration_functions_against_direct_formulas():
+    rng = np.random.default_rng(0)
+    std = rng.uniform(0.5, 2.0, 200_000)
+    err = rng.normal(size=std.size) * std  # calibrated Gaussian errors
+    obs, nominal = coverage_curve(err, std, np.array([0.0, 1.0, 2.0, 4.0]))
+    np.testing.assert_allclose(obs, nominal, atol=4e-3)
+    assert miscalibration_area(err, std) < 3e-3
+    assert miscalibration_area(err, std * 10) > 0.35  # far too wide: covers everything early
+    y = rng.normal(size=1000)
+    lo, hi = -np.ones(1000), np.ones(1000)
+    direct = np.mean(2 + 40 * (np.maximum(-1 - y, 0) + np.maximum(y - 1, 0)))
+    assert interval_score(y, lo, hi, 0.05) == pytest.approx(direct)
+    e, s = rng.normal(size=50), np.abs(rng.normal(size=50))
+    floored = np.maximum(s, 0.3)
+    assert gaussian_nll(e, s, 0.3) == pytest.approx(-np.mean(norm.logpdf(e, scale=floored)))
+
+
+def test_ev_curve_matches_prefix_envelopes(grouped):
+    tmp, X, y, config, kind, *_ = grouped
+    post = fit(tmp / "s.zarr")
+    sizes = (10, 40, 200)
+    ds = predict_ensemble(post, tmp / "s.zarr", tmp / "p.zarr", n_samples=200, seed=4, ev_curve=sizes)
+    assert ds.attrs["ev_curve_samples"] == list(sizes)
+    theta = post.sample(200, seed=4).values
+    pred = X @ theta.T
+    tol = ds["tolerance"].values
+    metrics = prediction_metrics(ds)["kinds"]
+    for name, code in (("energy", 0), ("force", 1)):
+        mask = kind == code
+        expected = [
+            np.mean(
+                (y[mask] < pred[mask, :s].min(axis=1) - tol[mask]) | (y[mask] > pred[mask, :s].max(axis=1) + tol[mask])
+            )
+            for s in sizes
+        ]
+        got = metrics[name]["ev_vs_samples"]["envelope_violation"]
+        np.testing.assert_allclose(got, expected)
+        assert got[-1] == pytest.approx(metrics[name]["envelope_violation"])
+
+
+def test_group_and_per_atom_metrics(grouped):
+    tmp, X, y, config, kind, group, n_atoms = grouped
+    post = fit(tmp / "s.zarr")
+    ds = predict_ensemble(post, tmp / "s.zarr", tmp / "p.zarr", n_samples=100)
+    res = prediction_metrics(ds, group_by="group")
+    assert set(res["groups"]) == {"bulk", "surface", "defect"}
+    mle = X @ post.coef_
+    for g in ("bulk", "defect"):
+        rows = (group[config] == g) & (kind == 1)
+        assert res["groups"][g]["force"]["n"] == rows.sum()
+        assert res["groups"][g]["force"]["mae_mle"] == pytest.approx(np.abs(y - mle)[rows].mean())
+    e = kind == 0
+    per_atom = np.abs(y - mle)[e] / n_atoms[config[e]]
+    assert res["kinds"]["energy_per_atom"]["mae_mle"] == pytest.approx(per_atom.mean())
+    with pytest.raises(InputError, match="no per-configuration variable 'phase'.*available: group, n_atoms"):
+        prediction_metrics(ds, group_by="phase")
+
+
+def test_band_metrics_bounds_and_sharpness():
+    y = np.array([0.0, 1.0, 2.0, 3.0])
+    m = band_metrics(y, y + 0.1, np.full(4, 0.5), y - 1, y + 1, tol=1e-12, nll_floor=1e-3)
+    assert m["envelope_violation"] == 0 and m["mean_envelope_width"] == 2.0 and m["mean_std"] == 0.5
+
+
+def test_leave_one_group_out_folds_never_see_their_group(grouped, tmp_path):
+    tmp, X, y, config, kind, group, n_atoms = grouped
+    res = leave_one_group_out(tmp / "s.zarr", tmp_path / "cv", group_by="group", ev_curve=(20, 100))
+    assert set(res["folds"]) == {"bulk", "surface", "defect", "(random split)"}
+    held = group[config] == "surface"
+    post = fit(X[~held], y[~held], weight=_weights(tmp)[~held])
+    fold = res["folds"]["surface"]
+    mle = X[held] @ post.coef_
+    assert fold["metrics"]["force"]["mae_mle"] == pytest.approx(np.abs(y[held] - mle)[kind[held] == 1].mean())
+    assert "| surface |" in res["table"] and (tmp_path / "cv" / "crossval.md").exists()
+    with pytest.raises(InputError, match="no per-configuration variable 'phase'"):
+        leave_one_group_out(tmp / "s.zarr", tmp_path / "cv2", group_by="phase")
+    assert not (tmp_path / "cv2").exists()
+
+
+def _weights(tmp):
+    import popsdask
+
+    ds = popsdask.open_store(tmp / "s.zarr")
+    return ds["weight"].values
