@@ -184,6 +184,7 @@ def band_metrics(
         "mean_std": mean(s),
         "mean_envelope_width": mean(hi[m] - lo[m]),
         "mean_abs_error_over_std": mean(np.abs(e[spread]) / s[spread]),
+        "median_abs_error_over_std": float(np.median(np.abs(e[spread]) / s[spread])) if spread.any() else float("nan"),
         "coverage_2sigma": mean(np.abs(e) <= 2 * s + t),
         "coverage_4sigma": mean(np.abs(e) <= 4 * s + t),
         "miscalibration_area": miscalibration_area(e, s) if n_used else float("nan"),

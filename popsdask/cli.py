@@ -1,4 +1,8 @@
-"""The ``popsdask`` command line: fit, predict, report, demo (thin shells over the API)."""
+"""The ``popsdask`` command line: descriptors, fit, predict, report, demo (thin shells over the API).
+
+Every command checks its inputs (paths, stores, options) before it starts a Dask cluster, and a
+bad input ends with exit code 2 and one line naming the path, variable and reason.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,80 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any, NoReturn
 
+from . import __version__
 from ._validate import InputError
+from .calibration import EV_CURVE_SAMPLES
 from .cluster import add_cluster_arguments, connect_from_args
+
+EV_CURVE = ",".join(str(v) for v in EV_CURVE_SAMPLES)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (exit 2), like the commands' own input errors."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Append "(default: X)" to every option with a default; flags and options whose default is
+    None say in their help what the default means."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        flag = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+        if flag or "%(default)" in text or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _number(lo: float | None = None, hi: float | None = None, kind: type = float) -> Any:
+    """argparse type: a number (int or float) in [lo, hi]."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            span = f"[{lo:g}, {hi:g}]" if hi is not None else f">= {lo:g}"
+            raise argparse.ArgumentTypeError(f"{text}: must be {span}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
+    return parse
+
+
+def _refuse_existing(path: str | Path, overwrite: bool) -> Path:
+    """The same rule and wording for every command that writes."""
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise FileExistsError(f"{p} exists; pass --overwrite to replace it")
+    return p
+
+
+SPLIT_HELP = (
+    "use only the rows of the store's {which} configurations (its per-configuration 'split' variable, "
+    "written by popsdask descriptors); default: all rows"
+)
+
+
+def _open_rows(path: str, split: str | None, *, require_y: bool) -> Any:
+    """Open (metadata only, arrays lazy) and check a descriptor store, then select its split."""
+    from .store import open_store, select_split
+
+    ds = open_store(path, require_y=require_y)
+    return ds if split is None else select_split(ds, split)
 
 
 def _fit(args: argparse.Namespace) -> None:
     from .estimator import fit
     from .store import atomic_directory
 
-    out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    out = _refuse_existing(args.output, args.overwrite)
+    data = _open_rows(args.store, args.split, require_y=True)  # before any cluster starts
     corrections = None
     if args.posterior == "ensemble":
         # stream the corrections next to the output; save() moves them into the group
@@ -26,9 +92,10 @@ def _fit(args: argparse.Namespace) -> None:
     with connect_from_args(args):
         t0 = time.perf_counter()
         post = fit(
-            args.store,
+            data,
             posterior=args.posterior,
             leverage_percentile=args.leverage_percentile,
+            minimum_relative_error=args.minimum_relative_error,
             mode_threshold=args.mode_threshold,
             percentile_clipping=args.percentile_clipping,
             fit_intercept=args.fit_intercept,
@@ -49,18 +116,29 @@ def _fit(args: argparse.Namespace) -> None:
 
 def _predict(args: argparse.Namespace) -> None:
     from .ensemble import predict_ensemble
+    from .posterior import Posterior
 
+    out = _refuse_existing(args.output, args.overwrite)
+    post = Posterior.load(args.posterior)
+    data = _open_rows(args.store, args.split, require_y=False)
+    n_features = data.sizes["feature"] + int(bool(post.settings.get("fit_intercept", False)))
+    if n_features != post.n_features:
+        raise InputError(
+            f"{args.store}/X: {data.sizes['feature']} features, but the posterior {args.posterior} has "
+            f"{post.n_features} parameters"
+        )
     with connect_from_args(args):
         ds = predict_ensemble(
-            args.posterior,
-            args.store,
-            args.output,
+            post,
+            data,
+            out,
             n_samples=args.n_samples,
             method=args.method,
             seed=args.seed,
             overwrite=args.overwrite,
             dtype="float32" if args.float32 else "float64",
             progress=not args.quiet,
+            ev_curve=_ev_curve(args.ev_curve),
         )
     print(f"wrote {dict(ds['prediction'].sizes)} predictions -> {args.output}")
     if "metrics" in ds.attrs:
@@ -69,13 +147,142 @@ def _predict(args: argparse.Namespace) -> None:
         print(metrics_table(json.loads(ds.attrs["metrics"])))
 
 
+def _check_predictions(path: Path) -> None:
+    """Refuse what is not a complete prediction store with metrics, naming what it is instead."""
+    from .ensemble import PREDICTION_FORMAT
+    from .store import STORE_FORMAT, check_safe_group, write_state
+
+    if not path.exists():
+        raise InputError(f"{path}: no such prediction store")
+    check_safe_group(path)
+    attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+    fmt = attrs.get("format")
+    if fmt != PREDICTION_FORMAT:
+        what = "a descriptor store" if fmt == STORE_FORMAT or (path / "X").is_dir() else f"format {fmt!r}"
+        raise InputError(
+            f"{path}: not a prediction store ({what}); make one with popsdask predict POSTERIOR STORE -o PREDICTIONS"
+        )
+    if write_state(path) != "complete":
+        raise InputError(f"{path}: prediction store is not marked complete (its write did not finish)")
+    if "metrics" not in attrs:
+        raise InputError(
+            f"{path}: no metrics: the predicted store has no reference values y, so there is nothing to "
+            "compare the predictions with"
+        )
+
+
 def _report(args: argparse.Namespace) -> None:
     from .report import write_report
+    from .store import atomic_directory, commit_directory, discard_directory
 
-    out = args.output or str(Path(args.predictions).with_suffix("")) + "-report"
-    result = write_report(args.predictions, out)
+    src = Path(args.predictions)
+    out = Path(args.output) if args.output else Path(str(src.with_suffix("")) + "-report")
+    _refuse_existing(out, args.overwrite)
+    _check_predictions(src)
+    final, staging = atomic_directory(out)  # a report appears whole or not at all
+    try:
+        result = write_report(src, staging)
+        commit_directory(staging, final, args.overwrite)
+    except BaseException:
+        discard_directory(staging, settle=0.0, attempts=1)
+        raise
     print(result["table"])
-    print(f"report: {Path(out) / 'report.md'}")
+    print(f"report: {out / 'report.md'}")
+
+
+def _weights(text: str) -> Any:
+    """--weights: ``paper``, ``none`` or ``a=2,b=50[,virial_factor=1,energy_per_atom=true]``."""
+    t = text.strip().lower()
+    if t in ("paper", "none"):
+        return t
+    fields: dict[str, Any] = {}
+    for item in text.split(","):
+        key, sep, value = (x.strip() for x in item.partition("="))
+        key = key.replace("-", "_")
+        try:
+            if not sep or key not in ("a", "b", "virial_factor", "energy_per_atom"):
+                raise ValueError(key)
+            if key == "energy_per_atom":
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                fields[key] = value.lower() in ("true", "1")
+            else:
+                fields[key] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: use paper, none, or a=EV,b=EV_PER_ANGSTROM[,virial_factor=F][,energy_per_atom=true|false]"
+            ) from None
+    return fields
+
+
+def _descriptors(args: argparse.Namespace) -> None:
+    try:
+        from .atomistic.configurations import expand_paths, read_configurations
+        from .atomistic.descriptor_store import build_descriptor_store
+        from .atomistic.snap import SnapSettings
+        from .atomistic.weights import WeightSettings
+    except ImportError as err:
+        raise InputError(
+            f"popsdask descriptors needs the atomistic extra (pip install 'popsdask[atomistic]'): {err}"
+        ) from err
+    out = _refuse_existing(args.output, args.overwrite)
+    files = expand_paths(args.configs)  # a missing path or an empty pattern fails here, at once
+    weights = args.weights or ("none" if args.split == "none" else "paper")
+    wset = weights if weights == "none" else WeightSettings(**({} if weights == "paper" else weights))
+    t0 = time.perf_counter()
+    res = read_configurations(
+        files,
+        elements=args.elements,
+        stress_style=args.stress_units,
+        energy_key=args.energy_key,
+        forces_key=args.forces_key,
+        index=args.index,
+    )
+    for err in res.errors[:20]:
+        print(f"popsdask descriptors: skipped {err}", file=sys.stderr)
+    if len(res.errors) > 20:
+        print(f"popsdask descriptors: ... and {len(res.errors) - 20} more skipped", file=sys.stderr)
+    cfgs = res.configurations
+    if not cfgs:
+        raise InputError(f"{' '.join(args.configs)}: no usable configurations ({len(res.errors)} skipped)")
+    print(f"[popsdask] {res.summary()} from {len(files)} file(s) in {time.perf_counter() - t0:.1f} s", flush=True)
+    elements = tuple(args.elements or sorted({s for c in cfgs for s in c.symbols}))
+    radii = tuple(args.radii or [0.5] * len(elements))
+    if len(radii) != len(elements):
+        raise InputError(f"--radii: {len(radii)} values for the {len(elements)} elements {list(elements)}")
+    settings = SnapSettings(
+        elements=elements,
+        radii=radii,
+        element_weights=(1.0,) * len(elements),
+        twojmax=args.twojmax,
+        rcutfac=args.rcutfac,
+        rfac0=args.rfac0,
+        quadratic=args.quadratic,
+    )
+    with connect_from_args(args) as client:
+        info = build_descriptor_store(
+            out,
+            cfgs,
+            settings,
+            virial="auto" if args.virial else False,
+            weights=wset,
+            test_fraction=args.test_fraction,
+            seed=args.seed,
+            split="none" if args.split == "none" else None,
+            client=client,
+            configs_per_task=args.configs_per_task,
+            chunk_rows=args.chunk_rows,
+            overwrite=args.overwrite,
+            keep_parts=args.keep_parts,
+            attrs={"inputs": [str(f) for f in files], "n_skipped_configurations": len(res.errors)},
+            progress=not args.quiet,
+        )
+    print(
+        f"wrote {info['n_configurations']} configurations ({info['n_train_configurations']} train, "
+        f"{info['n_test_configurations']} test), {info['n_rows']} rows x {info['n_features']} features in "
+        f"{info['seconds']:.1f} s ({info['parts_computed']} batches computed, {info['parts_reused']} reused); "
+        f"skipped {len(res.errors)} -> {out}"
+    )
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -104,11 +311,12 @@ def _demo(args: argparse.Namespace) -> None:
     with connect_from_args(args):
         n_train = args.configs or 40000
         n_test = n_train // 4
-        print(
-            f"[popsdask] generating {n_train} + {n_test} configurations "
-            f"({n_train * ROWS_PER_CONFIG} + {n_test * ROWS_PER_CONFIG} rows) in chunks",
-            flush=True,
-        )
+        if not args.quiet:
+            print(
+                f"[popsdask] generating {n_train} + {n_test} configurations "
+                f"({n_train * ROWS_PER_CONFIG} + {n_test * ROWS_PER_CONFIG} rows) in chunks",
+                flush=True,
+            )
         write_demo_stores(
             out / "train.zarr",
             out / "test.zarr",
@@ -117,7 +325,7 @@ def _demo(args: argparse.Namespace) -> None:
             seed=args.seed,
             chunk_rows=args.chunk_rows,
         )
-        post = fit(out / "train.zarr", progress=True)
+        post = fit(out / "train.zarr", progress=not args.quiet)
         post.save(out / "posterior.zarr", overwrite=True)
         predict_ensemble(
             post,
@@ -126,7 +334,7 @@ def _demo(args: argparse.Namespace) -> None:
             n_samples=args.n_samples,
             seed=args.seed,
             overwrite=True,
-            progress=True,
+            progress=not args.quiet,
         )
     result = write_report(out / "predictions.zarr", out / "report")
     print(result["table"])
@@ -181,46 +389,241 @@ def _properties(args: argparse.Namespace) -> None:
     )
 
 
+def _crossval(args: argparse.Namespace) -> None:
+    from .crossval import check_groups, leave_one_group_out
+    from .store import open_store
+
+    ds = open_store(args.store)  # inputs are checked before any cluster starts
+    check_groups(ds, args.group_by)
+    out = Path(args.output)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    t0 = time.perf_counter()
+    with connect_from_args(args):
+        result = leave_one_group_out(
+            ds,
+            out,
+            group_by=args.group_by,
+            random_split=not args.no_random_split,
+            test_fraction=args.test_fraction,
+            n_samples=args.n_samples,
+            ev_curve=_ev_curve(args.ev_curve),
+            seed=args.seed,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            posterior=args.posterior,
+            leverage_percentile=args.leverage_percentile,
+            mode_threshold=args.mode_threshold,
+            percentile_clipping=args.percentile_clipping,
+        )
+    print(result["table"])
+    print(f"leave-one-{args.group_by}-out in {time.perf_counter() - t0:.1f} s: {out / 'crossval.md'}")
+
+
+def _ev_curve(text: str) -> tuple[int, ...] | None:
+    if text.strip().lower() in ("", "none", "0"):
+        return None
+    try:
+        sizes = tuple(int(v) for v in text.split(","))
+    except ValueError as err:
+        raise InputError(f"--ev-curve {text!r}: give comma-separated sample counts, e.g. 50,500,5000") from err
+    if min(sizes) < 1:
+        raise InputError(f"--ev-curve {text!r}: sample counts must be positive")
+    return sizes
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="popsdask",
         description="Out-of-core POPS regression: misspecification-aware UQ for linear models on Dask.",
+        formatter_class=_Help,
     )
+    parser.add_argument("--version", action="version", version=f"popsdask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    p = sub.add_parser(
+        "descriptors",
+        help="build a descriptor store (qSNAP rows through LAMMPS) from configurations",
+        description="Read configurations (extxyz, FitSNAP JSON or any file ASE reads; files, directories, "
+        "glob patterns), compute their qSNAP design rows on Dask workers, add eq. 9 weights and a seeded "
+        "train/test split by configuration, and write a descriptor store. Resumable: batches already "
+        "computed (in STORE.parts) are reused when the command is run again.",
+    )
+    p.add_argument("configs", nargs="+", metavar="CONFIGS", help="configuration files, directories or glob patterns")
+    p.add_argument("-o", "--output", required=True, help="descriptor store to write (Zarr group)")
+    p.add_argument("--descriptor", choices=("snap",), default="snap", help="descriptor kind")
+    p.add_argument("--twojmax", type=_number(0, kind=int), default=6, help="SNAP 2J_max (band limit)")
+    p.add_argument("--rcutfac", type=_number(0), default=4.73442, help="SNAP cutoff factor (Angstrom)")
+    p.add_argument("--rfac0", type=_number(0, 1), default=0.99363, help="SNAP rfac0")
+    p.add_argument(
+        "--elements",
+        nargs="+",
+        default=None,
+        metavar="EL",
+        help="chemical symbols the descriptors cover (configurations with others are skipped); "
+        "default: every element found, sorted",
+    )
+    p.add_argument(
+        "--radii",
+        nargs="+",
+        type=_number(0),
+        default=None,
+        metavar="R",
+        help="SNAP radius per element; default: 0.5 each",
+    )
+    quad = p.add_mutually_exclusive_group()
+    quad.add_argument(
+        "--quadratic",
+        dest="quadratic",
+        action="store_true",
+        default=True,
+        help="quadratic SNAP (qSNAP) columns; the default",
+    )
+    quad.add_argument("--linear", dest="quadratic", action="store_false", help="linear SNAP columns only")
+    p.add_argument(
+        "--virial",
+        action="store_true",
+        help="add 6 virial rows for every configuration that has a stress; default: off",
+    )
+    p.add_argument(
+        "--stress-units",
+        choices=("bar", "kbar", "gpa"),
+        default=None,
+        help="units of the files' stresses; default: as the files declare (FitSNAP: StressStyle)",
+    )
+    p.add_argument(
+        "--weights",
+        type=_weights,
+        default=None,
+        metavar="paper|none|a=EV,b=EV_PER_A",
+        help="row weights: the paper's eq. 9 (a = 2 eV, b = 50 eV/A), none (no weight variable), or eq. 9 with "
+        "other a, b (and virial_factor, energy_per_atom); default: paper, none with --split none",
+    )
+    p.add_argument(
+        "--split",
+        choices=("random", "none"),
+        default="random",
+        help="random: seeded train/test split by configuration, stratified by group; none: a prediction-only "
+        "store, every configuration in the test set",
+    )
+    p.add_argument("--test-fraction", type=_number(0, 0.999999), default=0.25, help="fraction of test configurations")
+    p.add_argument("--seed", type=_number(0, kind=int), default=0, help="seed of the split")
+    p.add_argument(
+        "--index",
+        default=":",
+        metavar="START:STOP:STEP",
+        help="configurations to take from each file (ASE index, e.g. ::200 for every 200th)",
+    )
+    p.add_argument(
+        "--energy-key", default=None, help="name of the energy label; default: energy (extxyz), Energy (FitSNAP JSON)"
+    )
+    p.add_argument(
+        "--forces-key", default=None, help="name of the forces label; default: forces (extxyz), Forces (FitSNAP JSON)"
+    )
+    p.add_argument(
+        "--configs-per-task",
+        type=_number(1, kind=int),
+        default=16,
+        help="configurations per Dask task (and per resumable part file)",
+    )
+    p.add_argument(
+        "--chunk-rows", type=_number(1, kind=int), default=None, help="rows per Zarr chunk; default: ~64 MiB of X"
+    )
+    p.add_argument("--keep-parts", action="store_true", help="keep STORE.parts after the store is written")
+    p.set_defaults(func=_descriptors)
+
     p = sub.add_parser("fit", help="fit a POPS posterior to a descriptor store")
-    p.add_argument("store", help="descriptor store (Zarr group)")
+    p.add_argument("store", help="descriptor store (Zarr v3 group with X (row, feature) and y (row))")
     p.add_argument("-o", "--output", required=True, help="posterior to write (Zarr group)")
+    p.add_argument("--split", choices=("train", "test"), default=None, help=SPLIT_HELP.format(which="train"))
+    p.add_argument(
+        "--posterior",
+        choices=("hypercube", "ensemble"),
+        default="hypercube",
+        help="hypercube (box in the principal basis of the corrections) or ensemble (the corrections themselves)",
+    )
+    p.add_argument(
+        "--leverage-percentile",
+        type=_number(0, 100),
+        default=50.0,
+        help="rows with leverage above this percentile give the corrections",
+    )
+    p.add_argument(
+        "--minimum-relative-error",
+        type=float,
+        default=None,
+        metavar="EPS",
+        help="also keep only rows whose weighted residual is >= EPS x the weighted RMSE of the fit, and floor "
+        "leverages at 1e-6 in the corrections (popsregression 0.5's selection: its default is EPS=0.01 with "
+        "--leverage-percentile 0); default: %(default)s (off, popsregression 0.4.0's leverage selection)",
+    )
+    p.add_argument(
+        "--mode-threshold",
+        type=_number(0),
+        default=1e-8,
+        help="keep principal modes of the corrections whose eigenvalue exceeds this fraction of the largest",
+    )
+    p.add_argument(
+        "--percentile-clipping",
+        type=_number(0, 50),
+        default=0.0,
+        help="hypercube bounds at these percentiles of the projections instead of min/max",
+    )
+    p.add_argument("--fit-intercept", action="store_true", help="append a constant column; default: off")
+    p.set_defaults(func=_fit)
+
+    p = sub.add_parser("predict", help="ensemble predictions of a store with a posterior")
+    p.add_argument("posterior", help="posterior (Zarr group written by popsdask fit)")
+    p.add_argument("store", help="descriptor store to predict (y optional)")
+    p.add_argument("-o", "--output", required=True, help="prediction store to write (Zarr group)")
+    p.add_argument("--split", choices=("train", "test"), default=None, help=SPLIT_HELP.format(which="test"))
+    p.add_argument("--n-samples", type=_number(1, kind=int), default=500, help="posterior samples (ensemble members)")
+    p.add_argument(
+        "--method",
+        choices=("uniform", "sobol", "latin", "halton"),
+        default="uniform",
+        help="how the hypercube is sampled",
+    )
+    p.add_argument("--seed", type=_number(0, kind=int), default=0, help="seed of the posterior samples")
+    p.add_argument("--float32", action="store_true", help="store the prediction array as float32; default: float64")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("report", help="metrics table and figures of a prediction store")
+    p.add_argument("predictions", help="prediction store (written by popsdask predict from a store with y)")
+    p.add_argument("-o", "--output", default=None, help="report directory; default: PREDICTIONS-report")
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser(
+        "crossval",
+        help="leave-one-group-out: fit on every other group, predict the left-out one, tabulate its band",
+    )
+    p.add_argument("store", help="descriptor store with a per-configuration group variable")
+    p.add_argument("-o", "--output", required=True, help="directory for the folds' predictions and crossval.md/json")
+    p.add_argument("--group-by", default="group", help="per-configuration variable (default: %(default)s)")
+    p.add_argument("--no-random-split", action="store_true", help="skip the random-split row")
+    p.add_argument(
+        "--test-fraction", type=float, default=0.3, help="random split without a stored split (default: %(default)s)"
+    )
     p.add_argument("--posterior", choices=("hypercube", "ensemble"), default="hypercube")
     p.add_argument("--leverage-percentile", type=float, default=50.0)
     p.add_argument("--mode-threshold", type=float, default=1e-8)
     p.add_argument("--percentile-clipping", type=float, default=0.0)
-    p.add_argument("--fit-intercept", action="store_true")
-    p.set_defaults(func=_fit)
-
-    p = sub.add_parser("predict", help="ensemble predictions of a store with a posterior")
-    p.add_argument("posterior")
-    p.add_argument("store")
-    p.add_argument("-o", "--output", required=True, help="prediction store to write (Zarr group)")
-    p.add_argument("--n-samples", type=int, default=500)
-    p.add_argument("--method", choices=("uniform", "sobol", "latin", "halton"), default="uniform")
+    p.add_argument("--n-samples", type=int, default=None, help="members (default: 500; ensemble: all corrections)")
+    p.add_argument("--ev-curve", default=EV_CURVE, help="sample counts of the EV-vs-S curve, or none")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--float32", action="store_true", help="store the prediction array as float32")
-    p.set_defaults(func=_predict)
-
-    p = sub.add_parser("report", help="metrics table and figures of a prediction store")
-    p.add_argument("predictions")
-    p.add_argument("-o", "--output", default=None, help="report directory")
-    p.set_defaults(func=_report)
+    p.set_defaults(func=_crossval)
 
     p = sub.add_parser("demo", help="the main job on the embedded default problem")
-    p.add_argument("-o", "--output", default="demo-output")
+    p.add_argument("-o", "--output", default="demo-output", help="output directory (its stores are replaced)")
     p.add_argument(
-        "--configs", type=int, default=None, help="configurations (default 40000 training; --tungsten: 3000 in all)"
+        "--configs",
+        type=_number(1, kind=int),
+        default=None,
+        help="configurations; default: 40000 training (--tungsten: 3000 in all)",
     )
-    p.add_argument("--chunk-rows", type=int, default=35000)
-    p.add_argument("--n-samples", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunk-rows", type=_number(1, kind=int), default=35000, help="rows per Zarr chunk")
+    p.add_argument("--n-samples", type=_number(1, kind=int), default=500, help="posterior samples")
+    p.add_argument("--seed", type=_number(0, kind=int), default=0, help="seed of the data and the samples")
     p.add_argument(
         "--tungsten", action="store_true", help="the tungsten qSNAP demo through LAMMPS (needs popsdask[atomistic])"
     )
@@ -237,9 +640,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=100, help="ensemble members besides the MLE")
     p.add_argument("--properties", default="phases,paths,phonons,interstitials,surfaces,vacancy")
     p.add_argument("-o", "--output", required=True, help="results directory (resumes if it exists)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_number(0, kind=int), default=0, help="seed of the posterior samples")
     p.add_argument("--method", default="resample", help="resample (brute force) or implicit")
-    p.add_argument("--sampling", choices=("uniform", "sobol", "latin", "halton"), default="uniform")
+    p.add_argument(
+        "--sampling",
+        choices=("uniform", "sobol", "latin", "halton"),
+        default="uniform",
+        help="how the hypercube is sampled",
+    )
     p.add_argument("--reference", default="W_2940_2017_2", help="reference (oracle) potential")
     p.add_argument("--options", default=None, help='per-property options as JSON, e.g. \'{"phases": {"n_eos": 5}}\'')
     p.set_defaults(func=_properties)
@@ -254,8 +662,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "report":
             add_cluster_arguments(sp)
             sp.add_argument("--quiet", action="store_true", help="no progress bars or dashboard link")
-        if name in ("fit", "predict"):
-            sp.add_argument("--overwrite", action="store_true")
+        if name in ("fit", "predict", "report", "descriptors"):
+            sp.add_argument("--overwrite", action="store_true", help="replace an existing output; default: refuse")
+        sp.formatter_class = _Help
     return parser
 
 
@@ -264,7 +673,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (InputError, FileExistsError, FileNotFoundError) as err:
-        print(f"popsdask {args.command}: error: {err}", file=sys.stderr)
+        # the API's wording names its keyword; on the command line it is the flag
+        message = str(err).replace("pass overwrite=True", "pass --overwrite")
+        print(f"popsdask {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -100,6 +100,7 @@ def leave_one_group_out(
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
     fitter = fit or (lambda d: default_fit(d, **fit_kwargs))
+    scale = reference_scales(ds)
     folds: dict[str, Any] = {}
     plan = [(g, labels != g, labels == g) for g in groups]
     if random_split:
@@ -118,6 +119,7 @@ def leave_one_group_out(
             seed=seed,
             ev_curve=ev_curve,
             overwrite=True,
+            reference_scale=scale,
         )
         metrics = prediction_metrics(pred)["kinds"]
         folds[name] = {
@@ -133,6 +135,13 @@ def leave_one_group_out(
     _write_text(out / "crossval.json", json.dumps(result, indent=2, default=str) + "\n")
     _write_text(out / "crossval.md", result["table"] + "\n")
     return result
+
+
+def reference_scales(ds: xr.Dataset) -> dict[int, float]:
+    """RMS reference of each row kind over the whole store: the tolerance scale of every fold."""
+    y = np.asarray(ds["y"].values, dtype=np.float64)
+    kind = np.asarray(ds["kind"].values) if "kind" in ds.coords else np.zeros(y.size, dtype=int)
+    return {int(k): float(np.sqrt(np.mean(y[kind == k] ** 2))) for k in np.unique(kind)}
 
 
 def load_folds(output: str | os.PathLike) -> dict[str, xr.Dataset]:

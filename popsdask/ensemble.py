@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 
 from ._validate import InputError
-from .calibration import NLL_FLOOR_FACTOR, band_metrics, kind_tolerance
+from .calibration import NLL_FLOOR_FACTOR, TOLERANCE_FACTOR, band_metrics, kind_tolerance
 from .passes import compute, design_from
 from .posterior import DEFAULT_N_SAMPLES, Posterior
 from .store import (
@@ -31,6 +31,7 @@ from .store import (
     discard_directory,
     is_complete,
     mark_complete,
+    open_store,
 )
 
 PREDICTION_FORMAT = "popsdask.predictions/1"
@@ -50,10 +51,6 @@ def _row_coords(data: Any, n: int) -> tuple[str, dict[str, Any], dict[str, np.nd
     """
     coords: dict[str, Any] = {}
     per_config: dict[str, np.ndarray] = {}
-    if isinstance(data, (str, os.PathLike)):
-        from .store import open_store
-
-        data = open_store(data, require_y=False)
     if isinstance(data, xr.Dataset):
         for name in ("config", "kind", "atom", "component"):
             if name in data.coords:
@@ -82,6 +79,7 @@ def predict_ensemble(
     overwrite: bool = False,
     progress: bool = False,
     ev_curve: tuple[int, ...] | None = None,
+    reference_scale: dict[int, float] | None = None,
 ) -> xr.Dataset:
     """Predict every row of ``data`` with the posterior ensemble.
 
@@ -103,6 +101,9 @@ def predict_ensemble(
         Also record per row ``bracket_samples``, the smallest of these sample counts whose
         envelope (the first S draws) contains the reference (needs ``y``): envelope violation
         as a function of S, e.g. :data:`popsdask.calibration.EV_CURVE_SAMPLES`.
+    reference_scale : {kind code: RMS reference}, optional
+        The scale of each row kind for the tolerance (default: this set's RMS per kind). Pass
+        the whole store's when ``data`` is a subset, e.g. one group whose forces all vanish.
 
     Returns
     -------
@@ -116,6 +117,8 @@ def predict_ensemble(
     if n_samples is not None and (isinstance(n_samples, bool) or int(n_samples) < 1):
         raise InputError(f"n_samples={n_samples!r}: must be a positive integer")
     fit_intercept = bool(post.settings.get("fit_intercept", False))
+    if isinstance(data, (str, os.PathLike)):
+        data = open_store(data, require_y=False)
     design = design_from(data, require_y=False, fit_intercept=fit_intercept)
     n, p = design.n_rows, design.n_features
     if p != post.n_features:
@@ -152,7 +155,7 @@ def predict_ensemble(
     if design.y is not None:
         y = design.y.rechunk((X.chunks[0],)).astype(np.float64)
         data_vars["y"] = ((dim,), y)
-        tol = _row_tolerance(X, y, coords.get("kind"), post.coef_)
+        tol = _row_tolerance(X, y, coords.get("kind"), post.coef_, reference_scale)
         data_vars["tolerance"] = ((dim,), tol)
         if ev_curve:
             data_vars["bracket_samples"] = ((dim,), _bracket(X, y, tol, post, ev_curve, method, seed))
@@ -236,7 +239,9 @@ def _curve_sizes(post: Posterior, sizes: tuple[int, ...]) -> list[int]:
     return sizes
 
 
-def _row_tolerance(X: da.Array, y: da.Array, kind: np.ndarray | None, coef: np.ndarray) -> da.Array:
+def _row_tolerance(
+    X: da.Array, y: da.Array, kind: np.ndarray | None, coef: np.ndarray, scale: dict[int, float] | None
+) -> da.Array:
     """Per row: max(1e-8 × the kind's RMS reference, the worst-case round-off P·ε·Σⱼ|xⱼθⱼ| of
     the MLE product), so that forces which are zero by symmetry are recognised even in a
     subset whose references are all zero (see :mod:`popsdask.calibration`)."""
@@ -244,7 +249,8 @@ def _row_tolerance(X: da.Array, y: da.Array, kind: np.ndarray | None, coef: np.n
     kind = np.zeros(yv.shape[0], dtype=int) if kind is None else np.asarray(kind)
     per_kind = np.zeros_like(yv)
     for k in np.unique(kind):
-        per_kind[kind == k] = kind_tolerance(yv[kind == k])
+        rows = kind == k
+        per_kind[rows] = kind_tolerance(yv[rows]) if scale is None else TOLERANCE_FACTOR * scale[int(k)]
     roundoff = X.shape[1] * np.finfo(np.float64).eps * (abs(X) @ np.abs(coef))
     return da.maximum(da.from_array(per_kind, chunks=(X.chunks[0],)), roundoff)
 
@@ -390,7 +396,7 @@ def _band_arrays(ds: xr.Dataset) -> dict[str, dict[str, np.ndarray]]:
 
 
 def _metrics_of(view: dict[str, np.ndarray], sel: Any, floor: float, sizes: tuple) -> dict[str, Any]:
-    tol = view["tolerance"][sel] if "tolerance" in view else kind_tolerance(view["y"])
+    tol = view["tolerance"][sel] if "tolerance" in view else kind_tolerance(view["y"][sel])
     box = (view["box_min"][sel], view["box_max"][sel]) if "box_min" in view else None
     bracket = view["bracket_samples"][sel] if "bracket_samples" in view and sizes else None
     return band_metrics(

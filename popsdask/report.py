@@ -10,72 +10,199 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .ensemble import open_predictions
+from ._validate import InputError
+from .ensemble import KIND_NAMES, configuration_variables, open_predictions, prediction_metrics
 
 MAX_PARITY_POINTS = 20000
 
 METRIC_LABELS = {
     "n": "rows",
+    "n_symmetry_zeros": "symmetry zeros (excluded below)",
     "mae_mle": "MAE (MLE)",
     "rmse_mle": "RMSE (MLE)",
     "envelope_violation": "envelope violation",
+    "box_violation": "exact-box violation",
     "mean_std": "mean ensemble std",
-    "mean_abs_error_over_std": "mean |error|/std",
+    "mean_envelope_width": "mean envelope width",
+    "mean_box_width": "mean exact-box width",
+    "mean_abs_error_over_std": "mean \\|error\\|/std",
     "coverage_2sigma": "within ±2σ",
     "coverage_4sigma": "within ±4σ",
+    "miscalibration_area": "miscalibration area",
+    "interval_score": "interval score (α = 0.05)",
+    "nll": "Gaussian NLL (floored)",
 }
+PERCENT = ("envelope_violation", "box_violation", "coverage_2sigma", "coverage_4sigma")
+COUNTS = ("n", "n_symmetry_zeros")
+UNITLESS = PERCENT + COUNTS + ("mean_abs_error_over_std", "miscalibration_area", "nll")
 
 
-def metrics_table(metrics: dict[str, dict[str, float]]) -> str:
-    """Markdown table: one column per row kind."""
+def kind_units(units: str | None) -> dict[str, str]:
+    """Units of each row kind from a store's ``units`` attribute (LAMMPS ``metal``: eV, Å)."""
+    if not units:
+        return {}
+    text = str(units).lower()
+    if "metal" in text or "ev" in text:
+        return {"energy": "eV", "energy_per_atom": "eV/atom", "force": "eV/Å", "stress": "eV"}
+    return {}
+
+
+def metrics_table(metrics: dict[str, dict[str, float]], units: dict[str, str] | None = None) -> str:
+    """Markdown table: one column per row kind (with its unit), one line per metric."""
     kinds = list(metrics)
-    lines = ["| metric | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
+    units = units or {}
+    head = [f"{k} ({units[k]})" if k in units else k for k in kinds]
+    lines = ["| metric | " + " | ".join(head) + " |", "|---|" + "---:|" * len(kinds)]
     for key, label in METRIC_LABELS.items():
-        cells = []
-        for k in kinds:
-            v = metrics[k].get(key, float("nan"))
-            if key == "n":
-                cells.append(f"{int(v)}")
-            elif key in ("envelope_violation", "coverage_2sigma", "coverage_4sigma"):
-                cells.append(f"{100 * v:.2f} %")
-            else:
-                cells.append(f"{v:.4g}")
+        if not any(key in metrics[k] for k in kinds):
+            continue
+        cells = [_format(key, metrics[k].get(key, float("nan"))) for k in kinds]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def write_report(predictions: xr.Dataset | str | os.PathLike, outdir: str | os.PathLike) -> dict[str, Any]:
-    """Write ``report.md``, ``metrics.json`` and one ``<kind>.png`` per row kind to ``outdir``.
+def _format(key: str, v: float) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    if key in COUNTS:
+        return f"{int(v)}"
+    if key in PERCENT:
+        return f"{100 * v:.2f} %"
+    return f"{v:.4g}"
 
-    Each figure has the distribution of |reference - MLE| against |sample - MLE| (left) and
-    the parity plot of reference vs MLE with the ensemble's min/max envelope (right).
+
+GROUP_COLUMNS = (
+    "n",
+    "mae_mle",
+    "envelope_violation",
+    "box_violation",
+    "coverage_4sigma",
+    "mean_abs_error_over_std",
+    "mean_std",
+    "mean_envelope_width",
+    "miscalibration_area",
+    "nll",
+)
+
+
+def group_table(groups: dict[str, dict[str, dict]], kind: str, group_by: str) -> str:
+    """Markdown: one line per group of one row kind."""
+    cols = [c for c in GROUP_COLUMNS if any(c in g.get(kind, {}) for g in groups.values())]
+    lines = [f"| {group_by} | " + " | ".join(METRIC_LABELS[c] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name, g in groups.items():
+        if kind in g:
+            lines.append(f"| {_escape(name)} | " + " | ".join(_format(c, g[kind].get(c)) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _escape(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def write_report(
+    predictions: xr.Dataset | str | os.PathLike,
+    outdir: str | os.PathLike,
+    *,
+    group_by: str | None = None,
+) -> dict[str, Any]:
+    """Write ``report.md``, ``metrics.json``, ``calibration.json`` and figures to ``outdir``.
+
+    Per row kind: the distribution of |reference - MLE| against |sample - MLE| and the parity
+    plot with the ensemble's min/max envelope (``<kind>.png``); the coverage curve
+    (``coverage.png``) and, when the predictions recorded it, envelope violation against the
+    number of samples (``ev_vs_samples.png``). ``group_by`` (default: ``group`` when the store
+    has it) adds per-group tables.
     """
     ds = predictions if isinstance(predictions, xr.Dataset) else open_predictions(predictions)
-    if "metrics" not in ds.attrs:
-        raise ValueError("the prediction store has no references y, so there is nothing to report")
-    metrics = json.loads(ds.attrs["metrics"])
+    if "y" not in ds or "metrics" not in ds.attrs:
+        raise InputError(
+            f"{ds.attrs.get('source', predictions)}: the prediction store has no references y and no metrics, "
+            "so there is nothing to report"
+        )
+    if group_by is None and "group" in configuration_variables(ds):
+        group_by = "group"
+    calib = prediction_metrics(ds, group_by=group_by)
+    metrics = {k: {key: v for key, v in m.items() if not isinstance(v, dict)} for k, m in calib["kinds"].items()}
+    units = kind_units(ds.attrs.get("units"))
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    figures = _figures(ds, metrics, out)
-    table = metrics_table(metrics)
+    figures = _figures(ds, json.loads(ds.attrs["metrics"]), out, units)
+    figures.update(_calibration_figures(calib, out))
+    table = metrics_table(metrics, units)
     text = [
         "# popsdask prediction report",
         "",
-        f"Predictions: `{ds.encoding.get('source', ds.attrs.get('source', ''))}` — "
-        f"{ds.attrs.get('n_samples')} samples ({ds.attrs.get('method')}, seed {ds.attrs.get('seed')}) "
-        f"of the {ds.attrs.get('posterior')} posterior.",
+        f"Predictions: `{ds.attrs.get('source', '')}` — {ds.attrs.get('summaries', '')} "
+        f"({ds.attrs.get('n_samples')} members in the summaries; {ds.attrs.get('method')} sampling, "
+        f"seed {ds.attrs.get('seed')}) of the {ds.attrs.get('posterior')} posterior; "
+        f"bounds: {ds.attrs.get('bounds', 'sampled')}.",
         "",
         table,
         "",
-        "Envelope violation: fraction of references outside the [min, max] of the ensemble.",
+        "Envelope violation: fraction of references outside [min − tol, max + tol] of the ensemble; the exact "
+        "box is the envelope over the whole posterior. tol per row = max(1e-8 × the kind's RMS reference, the "
+        "round-off bound of the MLE product); rows whose reference, MLE and envelope are all within tol of zero "
+        "(symmetry zeros) are counted and left out of the coverage and calibration rows. The NLL floors the std "
+        "at 0.01 × the kind's RMSE.",
         "",
-    ] + [f"![{k}]({p.name})" for k, p in figures.items()]
+    ]
+    if calib["groups"]:
+        for kind in calib["kinds"]:
+            text += [f"## {kind} by {group_by}", "", group_table(calib["groups"], kind, group_by), ""]
+    text += ["## Figures", ""] + [f"![{k}]({Path(p).name})" for k, p in figures.items()]
     (out / "report.md").write_text("\n".join(text) + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return {"metrics": metrics, "table": table, "figures": {k: str(p) for k, p in figures.items()}}
+    (out / "calibration.json").write_text(json.dumps(calib, indent=2) + "\n")
+    return {
+        "metrics": metrics,
+        "calibration": calib,
+        "table": table,
+        "figures": {k: str(p) for k, p in figures.items()},
+    }
 
 
-def _figures(ds: xr.Dataset, metrics: dict, out: Path) -> dict[str, Path]:
+def _calibration_figures(calib: dict[str, Any], out: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = {}
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for kind, m in calib["kinds"].items():
+        c = m.get("coverage_curve")
+        if c:
+            ax.plot(c["k"], c["observed"], label=f"{kind} (area {m['miscalibration_area']:.3f})")
+    if ax.lines:
+        c = next(m["coverage_curve"] for m in calib["kinds"].values() if "coverage_curve" in m)
+        ax.plot(c["k"], c["nominal"], "k--", lw=0.8, label="Gaussian nominal")
+        ax.set_xlabel("k (interval ±k·std)")
+        ax.set_ylabel("fraction of references within")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        figures["coverage"] = out / "coverage.png"
+        fig.savefig(figures["coverage"], dpi=110)
+    plt.close(fig)
+    curves = {k: m["ev_vs_samples"] for k, m in calib["kinds"].items() if "ev_vs_samples" in m}
+    if curves:
+        fig, ax = plt.subplots(figsize=(5.5, 4.5))
+        for kind, c in curves.items():
+            line = ax.plot(c["n_samples"], 100 * np.asarray(c["envelope_violation"]), "o-", label=kind)
+            box = calib["kinds"][kind].get("box_violation")
+            if box is not None:
+                ax.axhline(100 * box, color=line[0].get_color(), ls=":", label=f"{kind}: exact box")
+        ax.set_xscale("log")
+        ax.set_xlabel("posterior samples S")
+        ax.set_ylabel("envelope violation (%)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        figures["ev_vs_samples"] = out / "ev_vs_samples.png"
+        fig.savefig(figures["ev_vs_samples"], dpi=110)
+        plt.close(fig)
+    return figures
+
+
+def _figures(ds: xr.Dataset, metrics: dict, out: Path, units: dict[str, str]) -> dict[str, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,7 +212,6 @@ def _figures(ds: xr.Dataset, metrics: dict, out: Path) -> dict[str, Path]:
     kinds = [str(k) for k in ds["kind_name"].values]
     kind_codes = ds["kind"].values if "kind" in ds.coords else None
     y, mle, lo, hi = (ds[k].values for k in ("y", "mle", "min", "max"))
-    from .ensemble import KIND_NAMES
 
     for i, kind in enumerate(kinds):
         if kind_codes is None:
@@ -101,7 +227,8 @@ def _figures(ds: xr.Dataset, metrics: dict, out: Path) -> dict[str, Path]:
         a.step(centers, h_ref / max(h_ref.sum(), 1) / widths, where="mid", color="k", label="|reference − MLE|")
         a.step(centers, h_smp / max(h_smp.sum(), 1) / widths, where="mid", color="tab:green", label="|sample − MLE|")
         a.set_xscale("log")
-        a.set_xlabel("absolute error")
+        unit = f" ({units[kind]})" if kind in units else ""
+        a.set_xlabel(f"absolute error{unit}")
         a.set_ylabel("density per decade")
         m = metrics[kind]
         a.set_title(f"{kind}: MAE {m['mae_mle']:.3g}, EV {100 * m['envelope_violation']:.1f} %")
@@ -114,8 +241,8 @@ def _figures(ds: xr.Dataset, metrics: dict, out: Path) -> dict[str, Path]:
         b.plot(y[order], mle[order], ".", ms=2, color="tab:blue", label="MLE")
         span = [np.min(y[idx]), np.max(y[idx])]
         b.plot(span, span, "k--", lw=0.8)
-        b.set_xlabel("reference")
-        b.set_ylabel("predicted")
+        b.set_xlabel(f"reference{unit}")
+        b.set_ylabel(f"predicted{unit}")
         b.legend()
         fig.tight_layout()
         path = out / f"{kind}.png"
