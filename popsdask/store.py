@@ -45,6 +45,8 @@ __all__ = [
     "atomic_directory",
     "mark_complete",
     "is_complete",
+    "select_split",
+    "write_state",
 ]
 
 KIND_CODES = {"energy": 0, "force": 1, "stress": 2}
@@ -458,3 +460,33 @@ def open_store(path: str | os.PathLike, *, require_y: bool = True) -> xr.Dataset
             ds[name] = ds[name].copy(data=raw_dask_array(layout))
     ds.attrs["source"] = str(root)
     return ds
+
+
+#: per-configuration ``split`` codes of a descriptor store (popsdask.atomistic writes them)
+SPLIT_CODES = {"train": 0, "test": 1}
+
+
+def select_split(ds: xr.Dataset, which: str) -> xr.Dataset:
+    """Rows of the ``train`` or ``test`` configurations of a store with a per-configuration
+    ``split`` variable (codes :data:`SPLIT_CODES`) and a ``config`` row coordinate.
+
+    Raises :class:`InputError` naming the store when it has no split, or no rows of ``which``.
+    """
+    source = ds.attrs.get("source", "<dataset>")
+    if which not in SPLIT_CODES:
+        raise InputError(f"{source}: split {which!r}: use one of {list(SPLIT_CODES)}")
+    if "split" not in ds or ds["split"].dims != ("configuration",):
+        raise InputError(f"{source}: no per-configuration 'split' variable, so --split {which} has nothing to select")
+    if "config" not in ds.coords:
+        raise InputError(f"{source}: no 'config' row coordinate to map the split onto rows")
+    split = np.asarray(ds["split"].values)
+    config = np.asarray(ds["config"].values)
+    if config.size and (config.min() < 0 or config.max() >= split.size):
+        raise InputError(f"{source}/config: values outside 0..{split.size - 1} (the 'split' configurations)")
+    rows = np.flatnonzero(split[config] == SPLIT_CODES[which])
+    if rows.size == 0:
+        raise InputError(f"{source}: split has no {which} configurations")
+    # every row selected: keep the store's own chunks (and the raw-chunk reader)
+    out = ds.copy(deep=False) if rows.size == config.size else ds.isel(row=rows)
+    out.attrs["source"] = f"{source}[{which}]"
+    return out
