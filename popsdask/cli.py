@@ -181,7 +181,7 @@ def _report(args: argparse.Namespace) -> None:
     _check_predictions(src)
     final, staging = atomic_directory(out)  # a report appears whole or not at all
     try:
-        result = write_report(src, staging)
+        result = write_report(src, staging, group_by=args.group_by)
         commit_directory(staging, final, args.overwrite)
     except BaseException:
         discard_directory(staging, settle=0.0, attempts=1)
@@ -577,7 +577,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", help="descriptor store to predict (y optional)")
     p.add_argument("-o", "--output", required=True, help="prediction store to write (Zarr group)")
     p.add_argument("--split", choices=("train", "test"), default=None, help=SPLIT_HELP.format(which="test"))
-    p.add_argument("--n-samples", type=_number(1, kind=int), default=500, help="posterior samples (ensemble members)")
+    p.add_argument(
+        "--n-samples",
+        type=_number(1, kind=int),
+        default=None,
+        help="posterior samples (ensemble members); default: 500 (ensemble posterior: all its corrections)",
+    )
     p.add_argument(
         "--method",
         choices=("uniform", "sobol", "latin", "halton"),
@@ -586,11 +591,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=_number(0, kind=int), default=0, help="seed of the posterior samples")
     p.add_argument("--float32", action="store_true", help="store the prediction array as float32; default: float64")
+    p.add_argument("--ev-curve", default=EV_CURVE, help="sample counts of the EV-vs-S curve, or none")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("report", help="metrics table and figures of a prediction store")
     p.add_argument("predictions", help="prediction store (written by popsdask predict from a store with y)")
     p.add_argument("-o", "--output", default=None, help="report directory; default: PREDICTIONS-report")
+    p.add_argument(
+        "--group-by",
+        default=None,
+        metavar="VAR",
+        help="per-configuration variable for per-group tables; default: group when the store has it",
+    )
     p.set_defaults(func=_report)
 
     p = sub.add_parser(
