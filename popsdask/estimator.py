@@ -15,8 +15,9 @@ from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from .evidence import EvidenceParams
-from .passes import Design, PopsSettings, design_from, fit_pops
+from ._validate import InputError
+from .evidence import Evidence, EvidenceParams
+from .passes import Design, PopsSettings, design_from, fit_pops_with_evidence
 from .posterior import DEFAULT_N_SAMPLES, Posterior
 
 PREDICT_BLOCK_ROWS = 8192
@@ -35,6 +36,7 @@ def fit(
     chunk_rows: int | None = None,
     corrections_path: str | os.PathLike | None = None,
     progress: bool = False,
+    minimum_relative_error: float | None = None,
     **evidence: Any,
 ) -> Posterior:
     """Fit a POPS posterior out of core.
@@ -48,6 +50,14 @@ def fit(
     posterior : {"hypercube", "ensemble"}
     leverage_percentile, mode_threshold, percentile_clipping : float
         As in popsregression 0.4.0.
+    minimum_relative_error : float ≥ 0 or None, default None (off)
+        popsregression ≥ 0.5's row selection: keep only rows whose weighted residual
+        √wᵢ|yᵢ - xᵢ·θ| is ≥ this × RMSE, RMSE = √(Σ wᵢeᵢ² / n_rows) of the mean fit, and
+        floor the leverage at 1e-6 in the corrections (δθᵢ = A⁻¹xᵢ wᵢeᵢ / max(hᵢ, 1e-6)).
+        Applied together with ``leverage_percentile`` (a row must pass both; if none does,
+        every row is kept); popsregression 0.5 ignores ``leverage_percentile``, so its default
+        is ``leverage_percentile=0, minimum_relative_error=0.01``. 0 keeps every row but
+        still floors the leverage. None: popsregression 0.4.0's selection, unchanged.
     fit_intercept : bool
         Append a constant column (its coefficient is the last parameter).
     chunk_rows : int, optional
@@ -67,34 +77,54 @@ def fit(
     """
     if posterior not in ("hypercube", "ensemble"):
         raise ValueError(f"posterior={posterior!r}: use 'hypercube' or 'ensemble'")
-    _check_settings(leverage_percentile, mode_threshold, percentile_clipping, chunk_rows)
+    _check_settings(leverage_percentile, mode_threshold, percentile_clipping, chunk_rows, minimum_relative_error)
     design = design_from(data, y, weight, chunk_rows=chunk_rows, fit_intercept=fit_intercept)
     if posterior == "ensemble" and corrections_path is None:
         corrections_path = Path(tempfile.mkdtemp(prefix="popsdask-")) / "corrections.zarr"
-    return fit_pops(
+    post, _ = fit_pops_with_evidence(
         design,
         evidence=EvidenceParams(**evidence),
-        settings=PopsSettings(leverage_percentile, mode_threshold, percentile_clipping, posterior),
+        settings=PopsSettings(
+            leverage_percentile, mode_threshold, percentile_clipping, posterior, _as_float(minimum_relative_error)
+        ),
         corrections_path=corrections_path,
         progress=progress,
     )
+    return post
+
+
+def _as_float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _check_minimum_relative_error(value: Any) -> None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= float(value) < np.inf
+    ):
+        raise InputError(f"minimum_relative_error={value!r}: must be a finite number >= 0, or None to disable it")
 
 
 def _check_settings(
-    leverage_percentile: float, mode_threshold: float, percentile_clipping: float, chunk_rows: int | None
+    leverage_percentile: float,
+    mode_threshold: float,
+    percentile_clipping: float,
+    chunk_rows: int | None,
+    minimum_relative_error: float | None = None,
 ) -> None:
-    """Refuse out-of-range POPS settings before any pass runs (names the parameter)."""
+    """Refuse out-of-range POPS settings before any pass runs (:class:`InputError`, a
+    ValueError, naming the parameter; the CLI reports it without a traceback)."""
     for name, value, lo, hi in (
         ("leverage_percentile", leverage_percentile, 0.0, 100.0),
         ("percentile_clipping", percentile_clipping, 0.0, 50.0),
         ("mode_threshold", mode_threshold, 0.0, np.inf),
     ):
-        if not isinstance(value, Real) or not lo <= float(value) <= hi:
-            raise ValueError(f"{name}={value!r}: must be a number in [{lo:g}, {hi:g}]")
+        if isinstance(value, bool) or not isinstance(value, Real) or not lo <= float(value) <= hi:
+            raise InputError(f"{name}={value!r}: must be a number in [{lo:g}, {hi:g}]")
+    _check_minimum_relative_error(minimum_relative_error)
     if chunk_rows is not None and (
         isinstance(chunk_rows, bool) or not isinstance(chunk_rows, Integral) or chunk_rows < 1
     ):
-        raise ValueError(f"chunk_rows={chunk_rows!r}: must be a positive integer or None")
+        raise InputError(f"chunk_rows={chunk_rows!r}: must be a positive integer or None")
 
 
 class POPSRegressor(RegressorMixin, BaseEstimator):
@@ -121,6 +151,9 @@ class POPSRegressor(RegressorMixin, BaseEstimator):
     resampling_method : {"uniform", "sobol", "latin", "halton"}, default="uniform"
     percentile_clipping : float in [0, 50], default=0
     leverage_percentile : float in [0, 100), default=50
+    minimum_relative_error : float >= 0 or None, default=None
+        popsregression ≥ 0.5's residual selection (see :func:`fit`); None disables it.
+        popsregression 0.5's default is ``leverage_percentile=0, minimum_relative_error=0.01``.
     posterior : {"hypercube", "ensemble"}, default="hypercube"
     n_posterior_samples : int, default=500
         Posterior samples kept for ``return_bounds`` (hypercube).
@@ -133,9 +166,17 @@ class POPSRegressor(RegressorMixin, BaseEstimator):
 
     Attributes
     ----------
-    coef_, intercept_, alpha_, lambda_, sigma_, misspecification_sigma_, n_iter_, scores_
+    coef_, intercept_, alpha_, lambda_, sigma_, misspecification_sigma_, n_iter_
         As in popsregression (``sigma_`` and ``misspecification_sigma_`` include the intercept
         parameter last when ``fit_intercept=True``).
+    scores_ : ndarray of shape (n_iter_ + 1,)
+        Log marginal likelihood at each evidence iteration and after the last update, as
+        scikit-learn's ``BayesianRidge.scores_``. Only set when ``compute_score=True``.
+    n_selected_ : int
+        Rows whose pointwise corrections make the posterior.
+    residual_threshold_ : float or None
+        The weighted-residual cutoff ε · RMSE applied with ``minimum_relative_error`` (None
+        when it is disabled, or when no row passed and every row was kept).
     posterior_ : Posterior
         The full posterior (basis, bounds, corrections, diagnostics).
     posterior_samples_ : ndarray of shape (n_parameters, n_posterior_samples)
@@ -161,6 +202,7 @@ class POPSRegressor(RegressorMixin, BaseEstimator):
         "resampling_method": [StrOptions({"uniform", "sobol", "latin", "halton"})],
         "percentile_clipping": [Interval(Real, 0, 50.0, closed="both")],
         "leverage_percentile": [Interval(Real, 0.0, 100.0, closed="left")],
+        "minimum_relative_error": [None, Interval(Real, 0.0, None, closed="left")],
         "posterior": [StrOptions({"hypercube", "ensemble"})],
         "n_posterior_samples": [Interval(Integral, 1, None, closed="left")],
         "random_state": [None, Interval(Integral, 0, None, closed="left")],
@@ -188,6 +230,7 @@ class POPSRegressor(RegressorMixin, BaseEstimator):
         resampling_method="uniform",
         percentile_clipping=0.0,
         leverage_percentile=50.0,
+        minimum_relative_error=None,
         posterior="hypercube",
         n_posterior_samples=DEFAULT_N_SAMPLES,
         random_state=0,
@@ -211,6 +254,7 @@ class POPSRegressor(RegressorMixin, BaseEstimator):
         self.resampling_method = resampling_method
         self.percentile_clipping = percentile_clipping
         self.leverage_percentile = leverage_percentile
+        self.minimum_relative_error = minimum_relative_error
         self.posterior = posterior
         self.n_posterior_samples = n_posterior_samples
         self.random_state = random_state
@@ -253,7 +297,8 @@ class POPSRegressor(RegressorMixin, BaseEstimator):
             root = Path(self.workdir) if self.workdir else Path(tempfile.mkdtemp(prefix="popsdask-"))
             root.mkdir(parents=True, exist_ok=True)
             corrections = Path(tempfile.mkdtemp(dir=root)) / "corrections.zarr"
-        post = fit_pops(
+        _check_minimum_relative_error(self.minimum_relative_error)  # also refuses inf and bools
+        post, ev = fit_pops_with_evidence(
             design,
             evidence=EvidenceParams(
                 self.max_iter,
@@ -267,15 +312,19 @@ class POPSRegressor(RegressorMixin, BaseEstimator):
                 self.compute_score,
             ),
             settings=PopsSettings(
-                self.leverage_percentile, self.mode_threshold, self.percentile_clipping, self.posterior
+                self.leverage_percentile,
+                self.mode_threshold,
+                self.percentile_clipping,
+                self.posterior,
+                _as_float(self.minimum_relative_error),
             ),
             corrections_path=corrections,
             progress=bool(self.verbose),
         )
-        self._set_from_posterior(post)
+        self._set_from_posterior(post, ev)
         return self
 
-    def _set_from_posterior(self, post: Posterior) -> None:
+    def _set_from_posterior(self, post: Posterior, ev: Evidence | None = None) -> None:
         self.posterior_ = post
         theta = post.coef_
         self.coef_ = theta[:-1].copy() if self.fit_intercept else theta.copy()
@@ -287,6 +336,12 @@ class POPSRegressor(RegressorMixin, BaseEstimator):
         self.n_iter_ = post.n_iter_
         self.leverage_threshold_ = post.leverage_threshold_
         self.condition_number_ = post.condition_number_
+        self.n_selected_ = post.n_selected_
+        self.residual_threshold_ = post.settings.get("residual_threshold")
+        if ev is not None and self.compute_score:
+            self.scores_ = ev.scores.copy()
+        elif hasattr(self, "scores_"):
+            del self.scores_  # from an earlier fit with compute_score=True
         if post.kind == "ensemble":
             self.posterior_samples_ = post.corrections_.T
         else:

@@ -50,7 +50,11 @@ class SSEAnchor:
 
 @dataclass
 class Evidence:
-    """Result of the evidence maximisation (attribute names follow scikit-learn)."""
+    """Result of the evidence maximisation (attribute names follow scikit-learn).
+
+    ``scores``: (n_iter + 1,) log marginal likelihood per iteration and after the final
+    update, as ``BayesianRidge(compute_score=True).scores_``; empty unless ``compute_score``.
+    """
 
     coef: np.ndarray
     alpha: float
@@ -142,7 +146,7 @@ def maximise_evidence(
     alpha = 1.0 / (stats.y_var + EPS) if p.alpha_init is None else float(p.alpha_init)
     lam = 1.0 if p.lambda_init is None else float(p.lambda_init)
     scores: list[float] = []
-    ce_old = None
+    ce = ce_old = coef_e(alpha, lam)
     it = 0
     for it in range(p.max_iter):
         ce = coef_e(alpha, lam)
@@ -156,10 +160,13 @@ def maximise_evidence(
         if it != 0 and np.sum(np.abs(V @ (ce_old - ce))) < p.tol:
             break
         ce_old = ce
+    ce_last = ce
     ce = coef_e(alpha, lam)
     sse = sse_of(ce)
     if p.compute_score:
-        scores.append(_log_marginal_likelihood(p, s, sw, alpha, lam, ce, sse))
+        # scikit-learn's last score pairs the final α, λ and sse with the coefficients of the
+        # last iteration (its loop variable), not the final ones: kept for identical scores_
+        scores.append(_log_marginal_likelihood(p, s, sw, alpha, lam, ce_last, sse))
     sigma = (V / (alpha * s + lam)) @ V.T
     return Evidence(
         coef=V @ ce,
@@ -188,6 +195,22 @@ def _log_marginal_likelihood(
     ce: np.ndarray,
     sse: float,
 ) -> float:
+    """scikit-learn's ``BayesianRidge._log_marginal_likelihood`` from the eigenvalues of G.
+
+    Parameters
+    ----------
+    p : the Gamma hyper-priors (alpha_1, alpha_2, lambda_1, lambda_2)
+    s : (P,) eigenvalues of G = XᵀWX, zeros included: log|Σ| = -Σ log(λ + α sⱼ) over all P,
+        which is also scikit-learn's n_samples ≤ n_features branch
+    sw : Σw (n_samples without weights)
+    alpha, lam : noise and weight precisions
+    ce : (P,) coefficients in the eigenbasis (|θ|² = |ce|², V orthogonal)
+    sse : Σ wᵢ (yᵢ - xᵢ·θ)²
+
+    Returns
+    -------
+    float
+    """
     logdet_sigma = -np.sum(np.log(lam + alpha * s))
     score = p.lambda_1 * log(lam) - p.lambda_2 * lam
     score += p.alpha_1 * log(alpha) - p.alpha_2 * alpha

@@ -3,7 +3,8 @@
 1. sufficient statistics (tree reduction of P × P partials);
    (1b. an exact residual pass, only when the Gram route would lose digits to cancellation);
 2. leverage h and correction scale c per row (kept on the workers; h gathered for the exact
-   percentile: N scalars);
+   percentile: N scalars); with ``minimum_relative_error`` also the weighted residual per row
+   (kept on the workers; one Σ wᵢeᵢ² per chunk gathered for the RMSE, then one count per chunk);
 3. second moment of the kept corrections (tree reduction), and for ``ensemble`` the corrections
    themselves, streamed to Zarr;
 4. hypercube bounds: min/max (tree reduction) or exact percentiles of the projections.
@@ -31,8 +32,9 @@ from dask.delayed import Delayed, delayed
 
 from ._validate import InputError, check_finite_block
 from .chunkread import chunk_refs, load
-from .evidence import EvidenceParams, SSEAnchor, maximise_evidence, needs_refinement
+from .evidence import Evidence, EvidenceParams, SSEAnchor, maximise_evidence, needs_refinement
 from .pops import (
+    LEVERAGE_FLOOR,
     block_correction_moment,
     block_corrections,
     block_leverage,
@@ -43,6 +45,8 @@ from .pops import (
     leverage_factor,
     leverage_threshold,
     principal_basis,
+    relative_error_cutoff,
+    selected_rows,
 )
 from .posterior import Posterior, provenance
 from .stats import Stats, block_residual_stats, block_stats, combine_stats, combine_sum
@@ -298,15 +302,33 @@ def _column(a: np.ndarray, j: int) -> np.ndarray:
     return a[:, j]
 
 
+def _leverage_and_sum_sq(hc: np.ndarray) -> tuple[np.ndarray, float]:
+    """The leverage column of a pass-2 block and Σ wᵢeᵢ² = Σ rᵢ² of its rows."""
+    r = hc[:, 2]
+    return hc[:, 0], float(r @ r)
+
+
+def _count_selected(hc: np.ndarray, threshold: float, min_residual: float | None) -> int:
+    return int(np.count_nonzero(selected_rows(hc, threshold, min_residual)))
+
+
 # ---------------------------------------------------------------------------- the fit
 @dataclass
 class PopsSettings:
-    """POPS parameters (popsregression 0.4.0 names and defaults)."""
+    """POPS parameters (popsregression 0.4.0 names and defaults).
+
+    ``minimum_relative_error`` (popsregression ≥ 0.5; None, the default, disables it): keep only
+    rows whose weighted residual is ≥ this × the weighted RMSE, on top of the leverage
+    selection, and floor leverages at :data:`pops.LEVERAGE_FLOOR` in the corrections.
+    ``leverage_percentile=0`` with ``minimum_relative_error=0.01`` is popsregression 0.5's
+    default selection (it ignores ``leverage_percentile``).
+    """
 
     leverage_percentile: float = 50.0
     mode_threshold: float = 1.0e-8
     percentile_clipping: float = 0.0
     posterior: str = "hypercube"
+    minimum_relative_error: float | None = None
 
 
 def sufficient_statistics(design: Design, *, progress: bool = False) -> Stats:
@@ -334,6 +356,22 @@ def fit_pops(
     ``corrections_path`` (a new Zarr array directory) receives the pointwise corrections of
     the ``ensemble`` posterior.
     """
+    post, _ = fit_pops_with_evidence(
+        design, evidence=evidence, settings=settings, corrections_path=corrections_path, progress=progress
+    )
+    return post
+
+
+def fit_pops_with_evidence(
+    design: Design,
+    *,
+    evidence: EvidenceParams | None = None,
+    settings: PopsSettings | None = None,
+    corrections_path: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> tuple[Posterior, Evidence]:
+    """:func:`fit_pops`, also returning the evidence maximisation (its ``scores`` are the log
+    marginal likelihood per iteration when ``compute_score``)."""
     settings = settings or PopsSettings()
     evidence = evidence or EvidenceParams()
     n, p = design.n_rows, design.n_features
@@ -359,23 +397,41 @@ def fit_pops(
     blocks = design.blocks()
     factor_d = delayed(leverage_factor(a_inv), pure=True)
     shared = _tasks_share_a_process()
+    by_residual = settings.minimum_relative_error is not None
+    floor = LEVERAGE_FLOOR if by_residual else None
     hc = [
-        delayed(_reading(block_leverage), pure=True)(xb, yb, wb, coef_d, ainv_d, factor_d, release_gil=shared)
+        delayed(_reading(block_leverage), pure=True)(
+            xb, yb, wb, coef_d, ainv_d, factor_d, release_gil=shared, leverage_floor=floor
+        )
         for xb, yb, wb in blocks
     ]
     hc = list(persist(*hc))
-    h_parts = compute(*[delayed(_column, pure=True)(b, 0) for b in hc], label="pass 2/4: leverage", progress=progress)
+    min_residual = None
+    if by_residual:
+        parts = compute(
+            *[delayed(_leverage_and_sum_sq, pure=True)(b) for b in hc], label="pass 2/4: leverage", progress=progress
+        )
+        h_parts = [hb for hb, _ in parts]
+        # exact Σ wᵢeᵢ² from the residuals of pass 2 (the Gram's sse may have lost digits)
+        min_residual = relative_error_cutoff(sum(ss for _, ss in parts), n, settings.minimum_relative_error)
+    else:
+        h_parts = compute(
+            *[delayed(_column, pure=True)(b, 0) for b in hc], label="pass 2/4: leverage", progress=progress
+        )
     h = np.concatenate(h_parts)
     threshold = leverage_threshold(h, settings.leverage_percentile)
-    counts = [int(np.count_nonzero(hb >= threshold)) for hb in h_parts]
-    if sum(counts) == 0:  # only possible with NaN-free but degenerate h; keep every row
-        threshold = -np.inf
+    if by_residual:
+        counts = list(compute(*[delayed(_count_selected, pure=True)(b, threshold, min_residual) for b in hc]))
+    else:
+        counts = [int(np.count_nonzero(hb >= threshold)) for hb in h_parts]
+    if sum(counts) == 0:  # degenerate h, or no row passes both criteria: keep every row
+        threshold, min_residual = -np.inf, None
         counts = [len(hb) for hb in h_parts]
     n_sel = sum(counts)
     del h, h_parts
 
     moment_parts = [
-        delayed(_reading(block_correction_moment), pure=True)(xb, b, threshold)
+        delayed(_reading(block_correction_moment), pure=True)(xb, b, threshold, min_residual)
         for (xb, _, _), b in zip(blocks, hc, strict=True)
     ]
     moment_task = tree_reduce(moment_parts, operator.add, "moment")
@@ -384,7 +440,7 @@ def fit_pops(
         corr = da.concatenate(
             [
                 da.from_delayed(
-                    delayed(_reading(block_corrections), pure=True)(xb, b, threshold, ainv_d),
+                    delayed(_reading(block_corrections), pure=True)(xb, b, threshold, ainv_d, min_residual),
                     shape=(c, p),
                     dtype=np.float64,
                 )
@@ -409,11 +465,19 @@ def fit_pops(
         proj_d = delayed(a_inv @ basis, pure=True)
         if settings.percentile_clipping > 0:
             lower, upper = _projection_percentiles(
-                blocks, hc, counts, threshold, proj_d, basis.shape[1], settings.percentile_clipping, progress
+                blocks,
+                hc,
+                counts,
+                threshold,
+                proj_d,
+                basis.shape[1],
+                settings.percentile_clipping,
+                progress,
+                min_residual,
             )
         else:
             parts = [
-                delayed(_reading(block_projection_range), pure=True)(xb, b, threshold, proj_d)
+                delayed(_reading(block_projection_range), pure=True)(xb, b, threshold, proj_d, min_residual)
                 for (xb, _, _), b in zip(blocks, hc, strict=True)
             ]
             ((lower, upper),) = compute(
@@ -421,7 +485,7 @@ def fit_pops(
             )
         mis_sigma = hypercube_second_moment(basis, lower, upper)
 
-    return Posterior(
+    post = Posterior(
         coef_=ev.coef,
         sigma_=ev.sigma,
         alpha_=ev.alpha,
@@ -438,9 +502,16 @@ def fit_pops(
         n_iter_=ev.n_iter,
         condition_number_=ev.condition_number,
         feature_names=design.feature_names,
-        settings={**vars(settings), **vars(evidence)},
+        settings={
+            **vars(settings),
+            **vars(evidence),
+            # the minimum_relative_error selection as applied (None when off or all rows kept)
+            "leverage_floor": floor,
+            "residual_threshold": min_residual,
+        },
         provenance=provenance(design.source),
     )
+    return post, ev
 
 
 def _fix_signs(basis: np.ndarray) -> np.ndarray:
@@ -451,12 +522,12 @@ def _fix_signs(basis: np.ndarray) -> np.ndarray:
     return basis * signs
 
 
-def _projection_percentiles(blocks, hc, counts, threshold, proj_d, k, clip, progress):
+def _projection_percentiles(blocks, hc, counts, threshold, proj_d, k, clip, progress, min_residual=None):
     """Exact per-mode percentiles of the projections: rows gathered one column group at a time."""
     z = da.concatenate(
         [
             da.from_delayed(
-                delayed(_reading(block_projections), pure=True)(xb, b, threshold, proj_d),
+                delayed(_reading(block_projections), pure=True)(xb, b, threshold, proj_d, min_residual),
                 shape=(c, k),
                 dtype=np.float64,
             )

@@ -5,7 +5,11 @@ For row i with weight wᵢ, residual eᵢ = yᵢ - xᵢ·θ and A⁻¹ = (G + λ
 - leverage hᵢ = wᵢ xᵢᵀ A⁻¹ xᵢ;
 - the pointwise correction, the minimiser of the global loss constrained to fit row i exactly,
   is δθᵢ = A⁻¹ xᵢ eᵢ / (xᵢᵀ A⁻¹ xᵢ) = cᵢ A⁻¹ xᵢ with cᵢ = eᵢ / (xᵢᵀA⁻¹xᵢ), and 0 where hᵢ = 0;
-- rows with hᵢ at or above the ``leverage_percentile`` of all h are kept.
+- rows with hᵢ at or above the ``leverage_percentile`` of all h are kept;
+- with ``minimum_relative_error`` = ε (popsregression's selection from its 0.5 release, see
+  :func:`relative_error_cutoff`), a kept row must also have a weighted residual
+  rᵢ = √wᵢ |eᵢ| ≥ ε · RMSE, RMSE = √(Σ wᵢeᵢ² / N) over all N rows, and leverages below
+  :data:`LEVERAGE_FLOOR` are floored in the correction: δθᵢ = A⁻¹xᵢ wᵢeᵢ / max(hᵢ, floor).
 
 Because δθᵢ = cᵢ A⁻¹xᵢ, the second moment of the kept corrections is A⁻¹ (Σ cᵢ² xᵢxᵢᵀ) A⁻¹ and
 their projections on a basis U are cᵢ xᵢ·(A⁻¹U): the passes never form δθᵢ row by row unless the
@@ -25,6 +29,11 @@ from .stats import float64_blocks
 
 SAMPLING_METHODS = ("uniform", "sobol", "latin", "halton")
 
+# popsregression's (≥ 0.5) absolute floor on the leverage h = w xᵀA⁻¹x in the correction
+# δθ = A⁻¹x w e / h: rows of near-zero leverage otherwise get corrections of order e/h, which
+# made the box 10¹³ wide on the W DFT data without leverage selection.
+LEVERAGE_FLOOR = 1.0e-6
+
 
 def block_leverage(
     X: np.ndarray,
@@ -34,12 +43,18 @@ def block_leverage(
     a_inv: np.ndarray,
     factor: np.ndarray | None = None,
     release_gil: bool = True,
+    leverage_floor: float | None = None,
 ) -> np.ndarray:
     """Leverage h and correction scale c of each row, stacked as an (n, 2) float64 array.
 
     With ``factor`` = L, the lower Cholesky factor of ``a_inv`` (A⁻¹ = L Lᵀ), the quadratic
     form xᵀA⁻¹x is computed as |Lᵀx|² (:func:`lower_quadratic_form`, ``release_gil`` passed on),
     on float64 sub-blocks of X.
+
+    With ``leverage_floor`` (the ``minimum_relative_error`` selection) the result is (n, 3):
+    h; c = w e / max(h, floor), i.e. e / (xᵀA⁻¹x) where h > floor; and the weighted residual
+    magnitude r = √w |e| that the selection compares with ε · RMSE. Without it, c = e/(xᵀA⁻¹x)
+    where h > 0 and 0 elsewhere (popsregression 0.4.0).
     """
     y = np.asarray(y, dtype=np.float64)
     n = np.shape(X)[0]
@@ -53,10 +68,16 @@ def block_leverage(
         else:
             scratch = not np.shares_memory(Xb, X)  # the cast buffer
             q[rows] = lower_quadratic_form(Xb, factor, release_gil=release_gil, scratch=scratch)
-    h = q if w is None else np.asarray(w, dtype=np.float64) * q
+    w = None if w is None else np.asarray(w, dtype=np.float64)
+    h = q if w is None else w * q
     with np.errstate(divide="ignore", invalid="ignore"):
-        c = np.where(h > 0, e / np.where(q != 0, q, 1.0), 0.0)
-    return np.stack([h, c], axis=1)
+        if leverage_floor is None:
+            c = np.where(h > 0, e / np.where(q != 0, q, 1.0), 0.0)
+            return np.stack([h, c], axis=1)
+        we = e if w is None else w * e
+        c = np.where(h > leverage_floor, e / np.where(q != 0, q, 1.0), we / leverage_floor)
+    r = np.abs(e) if w is None else np.sqrt(w) * np.abs(e)
+    return np.stack([h, c, r], axis=1)
 
 
 def lower_quadratic_form(
@@ -88,16 +109,30 @@ def leverage_factor(a_inv: np.ndarray) -> np.ndarray | None:
         return None
 
 
-def block_selected(X: np.ndarray, hc: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Rows kept by the leverage threshold (as float64) and their correction scales."""
+def selected_rows(hc: np.ndarray, threshold: float, min_residual: float | None = None) -> np.ndarray:
+    """Boolean mask of the kept rows of a :func:`block_leverage` block.
+
+    A row is kept when h ≥ ``threshold`` and, if ``min_residual`` is given (then ``hc`` has
+    the residual column), also r = √w|e| ≥ ``min_residual``.
+    """
     keep = hc[:, 0] >= threshold
+    if min_residual is not None:
+        keep &= hc[:, 2] >= min_residual
+    return keep
+
+
+def block_selected(
+    X: np.ndarray, hc: np.ndarray, threshold: float, min_residual: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows kept by :func:`selected_rows` (as float64) and their correction scales."""
+    keep = selected_rows(hc, threshold, min_residual)
     return np.asarray(X[keep], dtype=np.float64), hc[keep, 1]
 
 
-def _selected_blocks(X: np.ndarray, hc: np.ndarray, threshold: float):
+def _selected_blocks(X: np.ndarray, hc: np.ndarray, threshold: float, min_residual: float | None = None):
     """Yield ``(block, c)``: float64 row blocks of the kept rows, scratch memory the caller may
     overwrite, and their correction scales (blocks are reused, as in :func:`float64_blocks`)."""
-    keep = hc[:, 0] >= threshold
+    keep = selected_rows(hc, threshold, min_residual)
     Xk = np.asarray(X)[keep]  # a gathered copy in the stored dtype
     ck = hc[keep, 1]
     for start, Xb in float64_blocks(Xk):
@@ -105,34 +140,40 @@ def _selected_blocks(X: np.ndarray, hc: np.ndarray, threshold: float):
             yield Xb, ck[start : start + Xb.shape[0]]
 
 
-def block_correction_moment(X: np.ndarray, hc: np.ndarray, threshold: float) -> np.ndarray:
+def block_correction_moment(
+    X: np.ndarray, hc: np.ndarray, threshold: float, min_residual: float | None = None
+) -> np.ndarray:
     """Σ cᵢ² xᵢxᵢᵀ over the kept rows of a block (P × P)."""
     out = np.zeros((X.shape[1], X.shape[1]))
-    for Xb, c in _selected_blocks(X, hc, threshold):
+    for Xb, c in _selected_blocks(X, hc, threshold, min_residual):
         Xb *= np.abs(c)[:, None]
         out += Xb.T @ Xb
     return out
 
 
-def block_corrections(X: np.ndarray, hc: np.ndarray, threshold: float, a_inv: np.ndarray) -> np.ndarray:
+def block_corrections(
+    X: np.ndarray, hc: np.ndarray, threshold: float, a_inv: np.ndarray, min_residual: float | None = None
+) -> np.ndarray:
     """The pointwise corrections δθᵢ of the kept rows of a block (n_kept × P)."""
-    Xs, c = block_selected(X, hc, threshold)
+    Xs, c = block_selected(X, hc, threshold, min_residual)
     return (Xs @ a_inv) * c[:, None]
 
 
-def block_projections(X: np.ndarray, hc: np.ndarray, threshold: float, proj: np.ndarray) -> np.ndarray:
+def block_projections(
+    X: np.ndarray, hc: np.ndarray, threshold: float, proj: np.ndarray, min_residual: float | None = None
+) -> np.ndarray:
     """Coordinates Uᵀδθᵢ of the kept rows of a block, with ``proj`` = A⁻¹U (n_kept × K)."""
-    Xs, c = block_selected(X, hc, threshold)
+    Xs, c = block_selected(X, hc, threshold, min_residual)
     return (Xs @ proj) * c[:, None]
 
 
 def block_projection_range(
-    X: np.ndarray, hc: np.ndarray, threshold: float, proj: np.ndarray
+    X: np.ndarray, hc: np.ndarray, threshold: float, proj: np.ndarray, min_residual: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-mode minimum and maximum of the kept rows' projections (+inf/-inf if none kept)."""
     k = proj.shape[1]
     lower, upper = np.full(k, np.inf), np.full(k, -np.inf)
-    for Xb, c in _selected_blocks(X, hc, threshold):
+    for Xb, c in _selected_blocks(X, hc, threshold, min_residual):
         z = Xb @ proj
         z *= c[:, None]
         np.minimum(lower, z.min(axis=0), out=lower)
@@ -147,6 +188,17 @@ def combine_range(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndar
 def leverage_threshold(h: np.ndarray, leverage_percentile: float) -> float:
     """The exact ``leverage_percentile`` of all leverage scores (numpy's linear rule)."""
     return float(np.percentile(h, leverage_percentile))
+
+
+def relative_error_cutoff(sum_sq: float, n_rows: int, minimum_relative_error: float) -> float:
+    """ε · RMSE: the smallest weighted residual √wᵢ|eᵢ| a row may have to be kept.
+
+    RMSE = √(Σ wᵢeᵢ² / N) is the root mean square of the weighted residuals of the mean fit
+    over all N rows (zero-weight rows included in N), as popsregression computes it on the
+    √w-rescaled data; ``sum_sq`` = Σ wᵢeᵢ². Scaling y scales both sides, so the selection is
+    scale invariant.
+    """
+    return float(minimum_relative_error) * float(np.sqrt(sum_sq / n_rows))
 
 
 def principal_basis(moment: np.ndarray, mode_threshold: float) -> tuple[np.ndarray, np.ndarray]:
