@@ -343,15 +343,15 @@ def _demo(args: argparse.Namespace) -> None:
 
 def _properties(args: argparse.Namespace) -> None:
     from .atomistic.snap import SnapSettings
-    from .properties.report import write_report
-    from .properties.runner import PROPERTIES, RUNNERS, run_properties
+    from .properties.runner import PROPERTIES, ROUTES, run_properties
+    from .properties.tables import write_report
 
     props = [p.strip() for p in args.properties.split(",") if p.strip()]
     bad = [p for p in props if p not in PROPERTIES]
     if bad:
         raise InputError(f"unknown properties {bad}; use {','.join(PROPERTIES)}")
-    if args.method not in RUNNERS:
-        raise InputError(f"--method {args.method}: available {sorted(RUNNERS)}")
+    if args.route not in ROUTES:
+        raise InputError(f"--route/--method {args.route}: available {sorted(ROUTES)}")
     if args.descriptors is None:
         desc = Path(args.posterior).parent / "descriptors.zarr"
         if not desc.exists():
@@ -378,7 +378,7 @@ def _properties(args: argparse.Namespace) -> None:
             client=client,
             options=options,
             progress=not args.quiet,
-            method=args.method,
+            route=args.route,
             sampling=args.sampling,
         )
     rep = write_report(results, out / "report")
@@ -418,6 +418,37 @@ def _crossval(args: argparse.Namespace) -> None:
         )
     print(result["table"])
     print(f"leave-one-{args.group_by}-out in {time.perf_counter() - t0:.1f} s: {out / 'crossval.md'}")
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    from .crossval import calibrate, check_calibration_inputs
+    from .posterior import Posterior
+    from .store import open_store
+
+    post = Posterior.load(args.posterior)  # inputs are checked before any cluster starts
+    ds = open_store(args.store)
+    check_calibration_inputs(post, ds, args.group_by, args.split, args.level, args.replace)
+    if Path(args.output).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    with connect_from_args(args):
+        out = calibrate(
+            post,
+            ds,
+            args.output,
+            group_by=args.group_by,
+            split=args.split,
+            level=args.level,
+            seed=args.seed,
+            replace=args.replace,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    for kind, c in out.calibration["kinds"].items():
+        print(
+            f"{kind}: std x {c['std_scale']:.4g} (+{c['std_offset']:.3g}), "
+            f"envelope x {c['envelope_scale']:.4g} (+{c['envelope_offset']:.3g}) from {c['n']} rows"
+        )
+    print(f"calibrated ({out.calibration['method']}, level {args.level}) -> {args.output}")
 
 
 def _ev_curve(text: str) -> tuple[int, ...] | None:
@@ -625,6 +656,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_crossval)
 
+    p = sub.add_parser("calibrate", help="conformal recalibration of a posterior's std and envelope")
+    p.add_argument("posterior", help="fitted posterior (Zarr group)")
+    p.add_argument("store", help="descriptor store with references to calibrate on")
+    p.add_argument("-o", "--output", required=True, help="calibrated posterior to write")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--group-by", default=None, help="cross-conformal by this per-configuration variable (refits)")
+    how.add_argument("--split", default=None, help="split conformal on this split of the store (train, test, code)")
+    p.add_argument("--level", type=float, default=0.95, help="target coverage (default: %(default)s)")
+    p.add_argument("--replace", action="store_true", help="recalibrate an already calibrated posterior")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_calibrate)
+
     p = sub.add_parser("demo", help="the main job on the embedded default problem")
     p.add_argument("-o", "--output", default="demo-output", help="output directory (its stores are replaced)")
     p.add_argument(
@@ -653,7 +696,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--properties", default="phases,paths,phonons,interstitials,surfaces,vacancy")
     p.add_argument("-o", "--output", required=True, help="results directory (resumes if it exists)")
     p.add_argument("--seed", type=_number(0, kind=int), default=0, help="seed of the posterior samples")
-    p.add_argument("--method", default="resample", help="resample (brute force) or implicit")
+    p.add_argument(
+        "--route",
+        "--method",
+        dest="route",
+        default="resample",
+        help="resample (brute force) or implicit (--method: the older spelling)",
+    )
     p.add_argument(
         "--sampling",
         choices=("uniform", "sobol", "latin", "halton"),
@@ -674,7 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "report":
             add_cluster_arguments(sp)
             sp.add_argument("--quiet", action="store_true", help="no progress bars or dashboard link")
-        if name in ("fit", "predict", "report", "descriptors"):
+        if name in ("fit", "predict", "report", "descriptors", "crossval", "calibrate"):
             sp.add_argument("--overwrite", action="store_true", help="replace an existing output; default: refuse")
         sp.formatter_class = _Help
     return parser

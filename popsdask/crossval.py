@@ -20,6 +20,8 @@ import xarray as xr
 from ._validate import InputError
 from .calibration import EV_CURVE_SAMPLES
 from .ensemble import open_predictions, predict_ensemble, prediction_metrics
+from .posterior import Posterior
+from .recalibration import Calibration
 from .store import open_store
 
 RANDOM_SPLIT = "(random split)"
@@ -214,3 +216,186 @@ def _cell(v: Any, fmt: str) -> str:
 
 def _kind_order(kind: str) -> tuple[int, str]:
     return ({"energy": 0, "energy_per_atom": 1, "force": 2, "stress": 3}.get(kind, 9), kind)
+
+
+# ---------------------------------------------------------------------------- recalibration
+def _fold_rows(pred: xr.Dataset) -> dict[str, dict[str, np.ndarray]]:
+    """Raw per-row y, mle, std, min, max of each kind of a prediction store, symmetry zeros out."""
+    from .calibration import symmetry_zeros
+    from .ensemble import row_kinds
+
+    out = {}
+    for kind, mask in row_kinds(pred).items():
+        v = {k: pred[f"{k}_raw" if f"{k}_raw" in pred else k].values[mask] for k in ("std", "min", "max")}
+        v |= {k: pred[k].values[mask] for k in ("y", "mle", "tolerance")}
+        keep = ~symmetry_zeros(v["y"], v["mle"], v["min"], v["max"], v["tolerance"])
+        out[kind] = {k: a[keep] for k, a in v.items()}
+    return out
+
+
+def calibration_from_folds(
+    folds: dict[str, xr.Dataset], level: float, method: str, exclude: str | None = None
+) -> Calibration:
+    """Conformal scales per kind from the pooled rows of prediction stores, each group weighted
+    equally (``exclude``: leave one fold out, for a nested evaluation)."""
+    from .recalibration import fit_kind
+
+    pooled: dict[str, dict[str, list]] = {}
+    for name, pred in folds.items():
+        if name == exclude or name == RANDOM_SPLIT:
+            continue
+        for kind, v in _fold_rows(pred).items():
+            entry = pooled.setdefault(kind, {k: [] for k in ("y", "mle", "std", "min", "max", "group")})
+            for k in ("y", "mle", "std", "min", "max"):
+                entry[k].append(v[k])
+            entry["group"].append(np.full(v["y"].size, name))
+    kinds = {}
+    for kind, entry in pooled.items():
+        a = {k: np.concatenate(v) for k, v in entry.items()}
+        if a["y"].size == 0:
+            continue
+        kinds[kind] = fit_kind(a["y"], a["mle"], a["std"], a["min"], a["max"], level, a["group"])
+    info = {"groups": sorted(n for n in folds if n not in (exclude, RANDOM_SPLIT))}
+    return Calibration(level, kinds, method, info)
+
+
+def calibrated_crossval(output: str | os.PathLike, level: float = 0.95) -> dict[str, Any]:
+    """Nested evaluation of cross-conformal calibration on a finished leave-one-group-out run:
+    each left-out group is calibrated with the scales of the *other* groups' folds only.
+
+    Returns
+    -------
+    dict {group: {kind: {"raw": metrics, "calibrated": metrics, "width_ratio": float}}}
+    """
+    from .calibration import NLL_FLOOR_FACTOR, band_metrics
+
+    folds = load_folds(output)
+    result: dict[str, Any] = {}
+    for name, pred in folds.items():
+        if name == RANDOM_SPLIT:
+            continue
+        cal = calibration_from_folds(folds, level, "cross-conformal by group (nested)", exclude=name)
+        result[name] = {}
+        for kind, v in _fold_rows(pred).items():
+            floor = NLL_FLOOR_FACTOR * float(np.sqrt(np.mean((v["y"] - v["mle"]) ** 2))) if v["y"].size else 0.0
+            raw = band_metrics(v["y"], v["mle"], v["std"], v["min"], v["max"], tol=v["tolerance"], nll_floor=floor)
+            std, lo, hi = cal.apply(kind, v["mle"], v["std"], v["min"], v["max"])
+            new = band_metrics(v["y"], v["mle"], std, lo, hi, tol=v["tolerance"], nll_floor=floor)
+            ratio = new["mean_envelope_width"] / raw["mean_envelope_width"] if raw["mean_envelope_width"] else np.nan
+            result[name][kind] = {"raw": raw, "calibrated": new, "width_ratio": float(ratio)}
+    return result
+
+
+def calibrate(
+    posterior: Posterior | str | os.PathLike,
+    store: str | os.PathLike | xr.Dataset,
+    output: str | os.PathLike | None = None,
+    *,
+    group_by: str | None = None,
+    split: str | int | None = None,
+    level: float = 0.95,
+    seed: int = 0,
+    folds_dir: str | os.PathLike | None = None,
+    replace: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Posterior:
+    """Conformal recalibration of a posterior's std and envelope, stored in the posterior.
+
+    Parameters
+    ----------
+    posterior : the fitted posterior (or its path)
+    store : descriptor store with references
+    output : where to save the calibrated posterior, optional
+    group_by : cross-conformal by group: refit with the posterior's settings on every group but
+        one (leave-one-group-out), and pool the left-out scores with each group weighted equally
+    split : split conformal on the configurations of the store's ``split`` ("train" 0, "test" 1,
+        or another code) predicted by ``posterior`` itself; exactly one of the two
+    level : target coverage (of the std's ±z interval and of the envelope)
+    replace : recalibrate a posterior that is already calibrated (otherwise refused)
+
+    Returns
+    -------
+    Posterior with ``calibration`` set (see :mod:`popsdask.recalibration`)
+    """
+    import dataclasses
+    import tempfile
+
+    post = posterior if isinstance(posterior, Posterior) else Posterior.load(posterior)
+    ds = store if isinstance(store, xr.Dataset) else open_store(store)
+    where = ds.attrs.get("source", str(store))
+    check_calibration_inputs(post, ds, group_by, split, level, replace)
+    if output is not None and Path(output).exists() and not overwrite:
+        raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
+    if group_by is not None:
+        folds_path = Path(folds_dir or tempfile.mkdtemp(prefix="popsdask-calibrate-"))
+        leave_one_group_out(
+            ds,
+            folds_path,
+            group_by=group_by,
+            random_split=False,
+            ev_curve=None,
+            seed=seed,
+            overwrite=True,
+            progress=progress,
+            **refit_settings(post),
+        )
+        cal = calibration_from_folds(load_folds(folds_path), level, f"cross-conformal by {group_by}")
+    else:
+        rows = rows_of_configurations(ds, _split_mask(ds, split), f"split={split}")
+        pred = predict_ensemble(post, rows, Path(tempfile.mkdtemp(prefix="popsdask-calibrate-")) / "p.zarr", seed=seed)
+        cal = calibration_from_folds({str(split): pred}, level, f"split conformal on split={split}")
+    cal.info.update(store=str(where), seed=seed)
+    out = dataclasses.replace(post, calibration=cal.to_dict())
+    if output is not None:
+        out.save(output, overwrite=overwrite)
+    return out
+
+
+def check_calibration_inputs(post: Posterior, ds: xr.Dataset, group_by, split, level, replace) -> None:
+    """One-line errors before any work: the calibration store, the choice and the level."""
+    where = ds.attrs.get("source", "<store>")
+    if post.calibration and not replace:
+        raise InputError(
+            f"the posterior is already calibrated ({post.calibration.get('method')}, level "
+            f"{post.calibration.get('level')}); pass --replace to recalibrate it"
+        )
+    if (group_by is None) == (split is None):
+        raise InputError("give exactly one of --group-by (cross-conformal) or --split (split conformal)")
+    if not 0.0 < float(level) < 1.0:
+        raise InputError(f"--level {level}: must be in (0, 1)")
+    p = int(ds["X"].shape[1]) + int(bool(post.settings.get("fit_intercept", False)))
+    if p != post.n_features:
+        raise InputError(f"{where}: {ds['X'].shape[1]} features, but the posterior has {post.n_features} parameters")
+    if "y" not in ds:
+        raise InputError(f"{where}: no references y to calibrate on")
+    if group_by is not None:
+        check_groups(ds, group_by)
+    else:
+        n = int(np.count_nonzero(_split_mask(ds, split)[np.asarray(ds["config"].values)]))
+        if n < post.n_features:
+            raise InputError(f"{where}: split={split} has {n} rows, fewer than the {post.n_features} features")
+
+
+def _split_mask(ds: xr.Dataset, split: str | int) -> np.ndarray:
+    where = ds.attrs.get("source", "<store>")
+    if "split" not in ds or ds["split"].dims != ("configuration",):
+        raise InputError(f"{where}: no per-configuration 'split' variable")
+    codes = {"train": SPLIT_TRAIN, "test": SPLIT_TEST}
+    try:
+        code = codes[split] if split in codes else int(split)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{where}: split {split!r}: use train, test or an integer code") from err
+    return np.asarray(ds["split"].values) == code
+
+
+def refit_settings(post: Posterior) -> dict[str, Any]:
+    """The fit keyword arguments that reproduce ``post``'s settings."""
+    import dataclasses
+    import inspect
+
+    from .estimator import fit as default_fit
+    from .evidence import EvidenceParams
+
+    allowed = set(inspect.signature(default_fit).parameters) | {f.name for f in dataclasses.fields(EvidenceParams)}
+    return {k: v for k, v in post.settings.items() if k in allowed and k not in ("data", "y", "weight")}

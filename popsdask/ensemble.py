@@ -141,6 +141,10 @@ def predict_ensemble(
         lo, hi = mle + dev.min(axis=0), mle + dev.max(axis=0)
         box = _box_bounds(X, post)
         n_summary = s
+    raw: dict[str, Any] = {}
+    if post.calibration:
+        raw = {"std_raw": ((dim,), std), "min_raw": ((dim,), lo), "max_raw": ((dim,), hi)}
+        std, lo, hi = _calibrated(post, coords.get("kind"), mle, std, lo, hi)
     data_vars: dict[str, Any] = {
         "prediction": (("sample", dim), (dev + mle[None, :]).astype(dtype)),
         "mle": ((dim,), mle),
@@ -148,6 +152,7 @@ def predict_ensemble(
         "std": ((dim,), std),
         "min": ((dim,), lo),
         "max": ((dim,), hi),
+        **raw,
         "box_min": ((dim,), box[0]),
         "box_max": ((dim,), box[1]),
         "theta": (("sample", "feature"), post.coef_[None, :] + delta),
@@ -171,7 +176,7 @@ def predict_ensemble(
         n_samples=int(n_summary),
         n_prediction_samples=int(s),
         summaries="all corrections" if complete else f"{s} drawn members",
-        bounds="sampled",
+        bounds=("calibrated " if post.calibration else "") + ("complete ensemble" if complete else "sampled"),
         method=method,
         seed=-1 if seed is None else int(seed),
         posterior=post.kind,
@@ -186,6 +191,29 @@ def predict_ensemble(
     if output is None:
         return ds
     return _write(ds, output, overwrite, progress)
+
+
+def _calibrated(post: Posterior, kind: np.ndarray | None, mle, std, lo, hi):
+    """The posterior's per-kind conformal scales applied to the raw std and envelope."""
+    from .recalibration import Calibration
+
+    cal = Calibration.from_dict(post.calibration)
+    n = mle.shape[0]
+    codes = np.zeros(n, dtype=int) if kind is None else np.asarray(kind)
+    names = {int(k): (KIND_NAMES.get(int(k), str(k)) if kind is not None else "all") for k in np.unique(codes)}
+    factors = {key: np.ones(n) if key.endswith("scale") else np.zeros(n) for key in SCALE_KEYS}
+    for code, name in names.items():
+        c = cal.kinds.get(name)
+        if c is None:
+            continue
+        for key in SCALE_KEYS:
+            factors[key][codes == code] = c[key]
+    f = {k: da.from_array(v, chunks=mle.chunks) for k, v in factors.items()}
+    t, g = f["envelope_scale"], f["envelope_offset"]
+    return f["std_scale"] * (std + f["std_offset"]), mle - t * (mle - lo + g), mle + t * (hi - mle + g)
+
+
+SCALE_KEYS = ("std_scale", "std_offset", "envelope_scale", "envelope_offset")
 
 
 def _box_bounds(X: da.Array, post: Posterior) -> tuple[da.Array, da.Array]:
@@ -316,7 +344,10 @@ def _write(ds: xr.Dataset, output: str | os.PathLike, overwrite: bool, progress:
                 import zarr
 
                 # appending a Dataset replaces the group's attributes: restore them
-                zarr.open_group(str(staging), mode="r+").attrs.update({**ds.attrs, "metrics": json.dumps(metrics)})
+                attrs = {**ds.attrs, "metrics": json.dumps(metrics)}
+                if "std_raw" in written:
+                    attrs["metrics_raw"] = json.dumps(prediction_metrics(written, raw=True)["kinds"])
+                zarr.open_group(str(staging), mode="r+").attrs.update(attrs)
         mark_complete(staging)
         commit_directory(staging, final, overwrite)
     except BaseException:
@@ -354,7 +385,7 @@ def configuration_variables(ds: xr.Dataset) -> list[str]:
     return sorted(
         str(k)
         for k, v in ds.data_vars.items()
-        if v.dims == ("configuration",) and k not in SUMMARY_VARS and k != "prediction"
+        if v.dims == ("configuration",) and k not in SUMMARY_VARS and not str(k).endswith("_raw")
     )
 
 
@@ -382,9 +413,10 @@ def _per_atom(ds: xr.Dataset) -> bool:
     return "n_atoms" in ds and not str(ds.attrs.get("energy_rows", "")).startswith("per atom")
 
 
-def _band_arrays(ds: xr.Dataset) -> dict[str, dict[str, np.ndarray]]:
-    """Per kind name: the per-row summaries of that kind (energies also per atom)."""
-    row = {k: ds[k].values for k in SUMMARY_VARS if k in ds}
+def _band_arrays(ds: xr.Dataset, raw: bool = False) -> dict[str, dict[str, np.ndarray]]:
+    """Per kind name: the per-row summaries of that kind (energies also per atom); ``raw``: the
+    uncalibrated std and envelope of a calibrated prediction."""
+    row = {k: ds[f"{k}_raw" if raw and f"{k}_raw" in ds else k].values for k in SUMMARY_VARS if k in ds}
     views = {}
     for name, mask in row_kinds(ds).items():
         views[name] = {k: v[mask] for k, v in row.items()} | {"mask": mask}
@@ -409,13 +441,14 @@ def _metrics_of(view: dict[str, np.ndarray], sel: Any, floor: float, sizes: tupl
     )
 
 
-def prediction_metrics(ds: xr.Dataset, group_by: str | None = None) -> dict[str, Any]:
+def prediction_metrics(ds: xr.Dataset, group_by: str | None = None, raw: bool = False) -> dict[str, Any]:
     """Every calibration metric of a prediction store per row kind, and per group.
 
     Parameters
     ----------
     ds : prediction Dataset with references ``y``
     group_by : a per-configuration variable (e.g. ``"group"``), optional
+    raw : for a calibrated prediction, the metrics of the uncalibrated band
 
     Returns
     -------
@@ -427,7 +460,7 @@ def prediction_metrics(ds: xr.Dataset, group_by: str | None = None) -> dict[str,
     if "y" not in ds:
         raise InputError(f"{ds.attrs.get('source', '<predictions>')}: the prediction store has no references y")
     sizes = tuple(int(v) for v in ds.attrs.get("ev_curve_samples", ()))
-    views = _band_arrays(ds)
+    views = _band_arrays(ds, raw)
     labels = None if group_by is None else np.asarray(config_values(ds, group_by)).astype(str)
     kinds: dict[str, Any] = {}
     groups: dict[str, dict[str, Any]] = {}

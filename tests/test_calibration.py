@@ -193,3 +193,73 @@ def _weights(tmp):
 
     ds = popsdask.open_store(tmp / "s.zarr")
     return ds["weight"].values
+
+
+def test_recalibration_round_trip_and_refusals(grouped, tmp_path):
+    from popsdask import Posterior
+    from popsdask.cli import main
+    from popsdask.crossval import calibrate
+    from popsdask.recalibration import conformal_quantile
+
+    tmp, X, y, config, kind, group, n_atoms = grouped
+    post = fit(tmp / "s.zarr")
+    post.save(tmp_path / "post.zarr")
+    cal = calibrate(post, tmp / "s.zarr", tmp_path / "cal.zarr", group_by="group", level=0.9, seed=1)
+    back = Posterior.load(tmp_path / "cal.zarr")
+    assert back.calibration == cal.calibration and set(back.calibration["kinds"]) == {"energy", "force"}
+    ds = predict_ensemble(back, tmp / "s.zarr", tmp_path / "p.zarr", n_samples=100)
+    c = back.calibration["kinds"]["force"]
+    f = kind == 1
+    np.testing.assert_allclose(ds["std"].values[f], c["std_scale"] * (ds["std_raw"].values[f] + c["std_offset"]))
+    assert ds.attrs["bounds"].startswith("calibrated") and "metrics_raw" in ds.attrs
+    again = calibrate(post, tmp / "s.zarr", group_by="group", level=0.9, seed=1)
+    assert again.calibration["kinds"] == cal.calibration["kinds"]  # reproducible
+    # the split-conformal quantile is the ceil((n+1) level)-th smallest score
+    scores = np.arange(1.0, 20.0)
+    assert conformal_quantile(scores, 0.9) == 18.0 and conformal_quantile(scores[:5], 0.9) == np.inf
+    # refusals: twice without --replace, features that differ, a split with too few rows
+    with pytest.raises(InputError, match="already calibrated"):
+        calibrate(back, tmp / "s.zarr", group_by="group")
+    write_store(tmp_path / "other.zarr", X[:, :5], y, config=config, kind=kind, configurations={"group": group})
+    assert (
+        main(
+            [
+                "calibrate",
+                str(tmp_path / "post.zarr"),
+                str(tmp_path / "other.zarr"),
+                "--group-by",
+                "group",
+                "-o",
+                str(tmp_path / "c2.zarr"),
+            ]
+        )
+        == 2
+    )
+    assert (
+        main(
+            [
+                "calibrate",
+                str(tmp_path / "post.zarr"),
+                str(tmp / "s.zarr"),
+                "--group-by",
+                "phase",
+                "-o",
+                str(tmp_path / "c3.zarr"),
+            ]
+        )
+        == 2
+    )
+    assert not (tmp_path / "c2.zarr").exists() and not (tmp_path / "c3.zarr").exists()
+
+
+def test_crossval_cli_bad_group_exits_2_before_any_cluster(grouped, tmp_path, capsys):
+    import time
+
+    from popsdask.cli import main
+
+    tmp = grouped[0]
+    t0 = time.perf_counter()
+    assert main(["crossval", str(tmp / "s.zarr"), "--group-by", "phase", "-o", str(tmp_path / "cv")]) == 2
+    assert time.perf_counter() - t0 < 5
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "phase" in err[0] and not (tmp_path / "cv").exists()
