@@ -2,7 +2,7 @@
 
 For ``--n`` posterior members of the tungsten teacher/student run: bcc and hcp volumes per
 atom, their ratio, hcp − bcc energy, the vacancy formation energy and the first-neighbour
-migration barrier, predicted by :mod:`popsdask.atomistic.implicit_properties` (expansions at
+migration barrier, predicted by :mod:`popsdask.properties.implicit` (expansions at
 the MLE, fallback off so that every member is compared) and recomputed by brute force
 (relaxations; CI-NEB per member started from the MLE path, 53-atom cell). Writes
 ``results.npz``, ``summary.json`` and ``summary.md`` into ``--out``; brute-force results are
@@ -40,10 +40,11 @@ def _settings(run: Path):
 def _brute_static(args: tuple) -> dict:
     """bcc/hcp relaxations and the relaxed vacancy (formation energy) of one member."""
     i, theta, settings, size = args
-    from popsdask.atomistic.implicit_properties import _potential, brute_force_phases, vacancy_cell
+    from popsdask.properties.implicit import brute_force_phases, vacancy_cell
+    from popsdask.properties.potential import Potential
     from popsdask.properties.relax import bcc_ground_state, relax
 
-    pot = _potential(f"sample-{i:04d}", theta, settings)
+    pot = Potential(f"sample-{i:04d}", np.asarray(theta, dtype=float), settings)
     t0 = time.perf_counter()
     ph = brute_force_phases(pot)
     t1 = time.perf_counter()
@@ -69,9 +70,10 @@ def _brute_static(args: tuple) -> dict:
 def _brute_neb(args: tuple) -> dict:
     """CI-NEB barrier of one member, started from the MLE path."""
     i, theta, settings, path, size = args
-    from popsdask.atomistic.implicit_properties import _potential, hop_neb
+    from popsdask.properties.implicit import hop_neb
+    from popsdask.properties.potential import Potential
 
-    pot = _potential(f"sample-{i:04d}", theta, settings)
+    pot = Potential(f"sample-{i:04d}", np.asarray(theta, dtype=float), settings)
     t0 = time.perf_counter()
     res = hop_neb(pot, size=size, guess=path, n_images=len(path), fmax=1e-2, max_steps=300)
     return {
@@ -126,13 +128,13 @@ def main() -> None:
     ap.add_argument("--max-wall", type=float, default=1800.0, help="stop brute force after this (s, whole run)")
     args = ap.parse_args()
 
-    from popsdask.atomistic.implicit_properties import (
+    from popsdask.posterior import Posterior
+    from popsdask.properties.implicit import (
         mle_expansions_phases,
         mle_expansions_vacancy,
         phases_implicit,
         vacancy_implicit,
     )
-    from popsdask.posterior import Posterior
 
     t_start = time.perf_counter()
     run, out = Path(args.run), Path(args.out)

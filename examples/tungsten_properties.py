@@ -24,8 +24,8 @@ import xarray as xr
 
 from popsdask.atomistic.snap import SnapSettings
 from popsdask.cluster import connect
-from popsdask.properties.report import write_report
 from popsdask.properties.runner import PROPERTIES, run_properties
+from popsdask.properties.tables import write_report
 
 
 def main() -> None:

@@ -29,11 +29,14 @@ from typing import Any
 import dask
 import distributed
 
+from .runtime import current_client
+
 __all__ = [
     "JOBQUEUE_CLUSTERS",
     "add_cluster_arguments",
     "connect",
     "connect_from_args",
+    "current_client",
     "jobqueue_cluster",
     "load_cluster_config",
     "local_cluster",

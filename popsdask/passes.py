@@ -49,6 +49,7 @@ from .pops import (
     selected_rows,
 )
 from .posterior import Posterior, provenance
+from .runtime import current_client
 from .stats import Stats, block_residual_stats, block_stats, combine_stats, combine_sum
 from .store import default_chunk_rows, open_store
 
@@ -192,12 +193,8 @@ def design_from(
 
 # ---------------------------------------------------------------------------- execution
 def _client():
-    try:
-        from distributed import default_client
-
-        return default_client()
-    except (ImportError, ValueError):
-        return None
+    """:func:`popsdask.runtime.current_client` (the one client lookup; kept under this name)."""
+    return current_client()
 
 
 def _local_threads(objs: Sequence[Any] = ()) -> int:

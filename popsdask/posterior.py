@@ -16,14 +16,7 @@ import xarray as xr
 
 from ._validate import InputError
 from .pops import hypercube_second_moment, unit_samples
-from .store import (
-    atomic_directory,
-    check_safe_group,
-    commit_directory,
-    discard_directory,
-    is_complete,
-    mark_complete,
-)
+from .store import atomic_group, check_safe_group, is_complete
 
 POSTERIOR_FORMAT = "popsdask.posterior/1"
 DEFAULT_N_SAMPLES = 500
@@ -46,6 +39,8 @@ class Posterior:
     leverage_threshold_, n_rows_, n_selected_, n_iter_, condition_number_ : fit diagnostics
     feature_names : names of the P parameters
     settings, provenance : what produced it
+    calibration : per-kind conformal scales (:class:`popsdask.recalibration.Calibration` as a
+        dict), applied by ``predict_ensemble``; None when uncalibrated
     """
 
     coef_: np.ndarray
@@ -66,6 +61,7 @@ class Posterior:
     feature_names: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None
 
     @property
     def n_features(self) -> int:
@@ -139,27 +135,20 @@ class Posterior:
             condition_number=float(self.condition_number_) if np.isfinite(self.condition_number_) else -1.0,
             settings=json.dumps(self.settings, default=str),
             provenance=json.dumps(self.provenance, default=str),
+            calibration=json.dumps(self.calibration) if self.calibration else "",
             popsdask_complete=False,
         )
         return ds
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the posterior as a Zarr v3 group (atomically: staged, marked, renamed)."""
-        final, staging = atomic_directory(path)
-        if final.exists() and not overwrite:
-            raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = self.to_dataset()
-                if self.corrections_ is not None:  # streamed chunk by chunk, never gathered
-                    ds["corrections"] = (("correction", "feature"), self.corrections_)
-                ds.to_zarr(staging, mode="w", zarr_format=3, consolidated=False)
-            mark_complete(staging)
-            commit_directory(staging, final, overwrite)
-        except BaseException:
-            discard_directory(staging)
-            raise
+        final = Path(path).absolute()
+        with atomic_group(final, overwrite=overwrite) as staging, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = self.to_dataset()
+            if self.corrections_ is not None:  # streamed chunk by chunk, never gathered
+                ds["corrections"] = (("correction", "feature"), self.corrections_)
+            ds.to_zarr(staging, mode="w", zarr_format=3, consolidated=False)
         if self.corrections_ is not None:
             self.corrections_ = _open_corrections(final)
         return final
@@ -198,6 +187,7 @@ class Posterior:
             feature_names=[str(s) for s in ds["feature_name"].values] if "feature_name" in ds else [],
             settings=json.loads(a.get("settings", "{}")),
             provenance=json.loads(a.get("provenance", "{}")),
+            calibration=json.loads(a["calibration"]) if a.get("calibration") else None,
         )
 
 

@@ -19,6 +19,7 @@ as complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -26,7 +27,7 @@ import shutil
 import time
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ __all__ = [
     "open_store",
     "write_store",
     "atomic_directory",
+    "atomic_group",
     "mark_complete",
     "is_complete",
     "select_split",
@@ -152,6 +154,31 @@ def commit_directory(staging: Path, final: Path, overwrite: bool) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(staging, final)
+
+
+@contextlib.contextmanager
+def atomic_group(
+    path: str | os.PathLike, *, overwrite: bool = False, settle: float = 0.25, attempts: int = 20
+) -> Iterator[Path]:
+    """Write a Zarr group atomically: ``with atomic_group(path) as staging: ds.to_zarr(staging)``.
+
+    Yields a hidden staging path next to ``path``; when the block finishes the group there is
+    marked complete (:func:`mark_complete`) and renamed into place (:func:`commit_directory`).
+    On any exception (KeyboardInterrupt included) the staging directory is discarded
+    (:func:`discard_directory` with ``settle``/``attempts``) and nothing appears at ``path``.
+    An existing ``path`` raises :class:`FileExistsError` on entry unless ``overwrite``.
+    """
+    final, staging = atomic_directory(path)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield staging
+        mark_complete(staging)
+        commit_directory(staging, final, overwrite)
+    except BaseException:
+        discard_directory(staging, settle=settle, attempts=attempts)
+        raise
 
 
 def mark_complete(path: str | os.PathLike) -> None:
@@ -280,8 +307,8 @@ def write_store(
     lengths raise :class:`InputError` naming the variable and row range; nothing is left at
     ``path`` in that case.
     """
-    final, staging = atomic_directory(path)
-    if final.exists() and not overwrite:
+    final = Path(path).absolute()
+    if final.exists() and not overwrite:  # refused before any input is validated or computed
         raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
     Xshape = getattr(X, "shape", None)
     if Xshape is None or len(Xshape) != 2:
@@ -346,18 +373,12 @@ def write_store(
     ds.attrs.update(json.loads(json.dumps(dict(attrs or {}), default=str)))
     ds.attrs.update(format=STORE_FORMAT, n_rows=int(n), n_features=int(p), **{COMPLETE_ATTR: False})
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # zarr: fixed-length strings are an unstable v3 type
-            # y and weight (8 B/row) gain little from compression; raw chunks read faster
-            raw = [name for name in ("y", "weight") if name in ds] + ([] if compress_X else ["X"])
-            encoding = {name: {"compressors": None} for name in raw}
-            ds.to_zarr(staging, mode="w", zarr_format=3, consolidated=False, compute=True, encoding=encoding)
-        mark_complete(staging)
-        commit_directory(staging, final, overwrite)
-    except BaseException:
-        discard_directory(staging)
-        raise
+    with atomic_group(final, overwrite=overwrite) as staging, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr: fixed-length strings are an unstable v3 type
+        # y and weight (8 B/row) gain little from compression; raw chunks read faster
+        raw = [name for name in ("y", "weight") if name in ds] + ([] if compress_X else ["X"])
+        encoding = {name: {"compressors": None} for name in raw}
+        ds.to_zarr(staging, mode="w", zarr_format=3, consolidated=False, compute=True, encoding=encoding)
     return final
 
 

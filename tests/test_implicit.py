@@ -196,7 +196,7 @@ def test_errors_shrink_with_the_expected_orders(teacher_linear, vacancy_minimum,
 
 def test_equilibrium_volume_from_strain_coordinates(teacher_linear) -> None:
     """bcc volume (iso strain + positions) vs relaxing the cell with each perturbed potential."""
-    from popsdask.atomistic.implicit_properties import relax_implicit
+    from popsdask.properties.implicit import relax_implicit
     from popsdask.properties.relax import relax
 
     theta0, settings = teacher_linear
@@ -218,7 +218,7 @@ def test_equilibrium_volume_from_strain_coordinates(teacher_linear) -> None:
 
 
 def test_far_member_is_flagged_and_relaxed_by_brute_force(teacher_linear, vacancy_minimum, vacancy_expansion) -> None:
-    from popsdask.atomistic.implicit_properties import relax_implicit
+    from popsdask.properties.implicit import relax_implicit
     from popsdask.properties.relax import relax
 
     theta0, settings = teacher_linear

@@ -34,7 +34,7 @@ stays invertible.
 The expansion is only valid near the MLE: :meth:`Expansion.predict` flags members whose
 first-order energy change is large relative to the energy scale, whose predicted displacement
 is large, or whose Hessian (MLE Hessian plus ``Σ Δ_k T_k`` in the soft subspace) changes
-inertia or softens beyond a threshold; :mod:`popsdask.atomistic.implicit_properties` sends
+inertia or softens beyond a threshold; :mod:`popsdask.properties.implicit` sends
 those members to the brute-force route automatically.
 """
 

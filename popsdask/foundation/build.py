@@ -25,8 +25,9 @@ import dask.array as da
 import numpy as np
 
 from .._validate import InputError
-from ..passes import _client, compute, persist
-from ..store import write_store
+from ..passes import compute, persist
+from ..runtime import current_client, progress_bar
+from ..store import atomic_group, write_store
 from .base import Extractor, worker_model
 from .structures import element_counts, elements_of, read_structures, reference_energy
 
@@ -223,7 +224,7 @@ def build_store(
     else:
         spans = _batches(len(items), batch_size)
         payloads: list[Any] = [items[a:b] for a, b in spans]
-        client = _client()
+        client = current_client()
         if client is not None:  # ship structures to the workers once, not inside the graph
             payloads = client.scatter(payloads)
         tasks = [
@@ -289,14 +290,12 @@ def build_store(
         "batch_size": int(batch_size),
         **(attrs or {}),
     }
-    out = write_store(
-        path, X, y, configurations=configurations, attrs=store_attrs, chunk_rows=chunk_rows, overwrite=overwrite
-    )
-    store_seconds = time.perf_counter() - t_start
-    import zarr
+    with atomic_group(path, overwrite=overwrite) as staging:  # build_seconds is in before it is complete
+        write_store(staging, X, y, configurations=configurations, attrs=store_attrs, chunk_rows=chunk_rows)
+        import zarr
 
-    zarr.open_group(str(out), mode="r+").attrs["build_seconds"] = store_seconds
-    return out
+        zarr.open_group(str(staging), mode="r+").attrs["build_seconds"] = time.perf_counter() - t_start
+    return Path(path).absolute()
 
 
 def elements_of_symbols(symbols: Any) -> list[str]:
@@ -332,14 +331,5 @@ def _n_columns(rows: dict[str, np.ndarray]) -> int:
 
 
 def _progress(parts: Sequence[Any]) -> None:
-    try:
-        from distributed import default_client, progress
-    except ImportError:
-        return
-    try:
-        default_client()
-    except ValueError:
-        return
-    print("[popsdask] foundation-model descriptors", flush=True)
-    progress(list(parts), notebook=False)
-    print(flush=True)
+    if current_client() is not None:  # the threaded scheduler has no futures to follow
+        progress_bar(parts, "foundation-model descriptors")

@@ -1,4 +1,4 @@
-"""Implicit-expansion predictions of tungsten properties for a whole ensemble, with fallback.
+"""The implicit property route: tungsten properties of a whole ensemble from expansions at the MLE.
 
 Properties (Perez et al., section III.F, Fig. 11; method of Maliyov, Grigorev & Swinburne,
 arXiv:2407.02414):
@@ -11,38 +11,48 @@ arXiv:2407.02414):
   as in the brute-force route, where every member's vacancy cell is built at its own a0).
 
 The saddle of the first-neighbour hop comes from a climbing-image NEB with the MLE
-(:func:`hop_neb`; the midpoint of the hop is not always the saddle: the twojmax-4 tungsten
-student has a metastable split vacancy there, 0.17 eV above the vacancy, and two symmetric
-saddles), and the expansion at it checks that its Hessian has exactly one negative eigenvalue.
-The expansions are built once at the MLE;
+(:func:`hop_neb`: the brute-force route's :func:`popsdask.properties.vacancy.climbing_neb`
+with this route's conventions, vacancy at the origin and 9 images; the midpoint of the hop is
+not always the saddle: the twojmax-4 tungsten student has a metastable split vacancy there,
+0.17 eV above the vacancy, and two symmetric saddles), and the expansion at it checks that
+its Hessian has exactly one negative eigenvalue. The expansions are built once at the MLE;
 members flagged by :meth:`Expansion.predict` (too far from the MLE) are recomputed by brute
-force (:mod:`popsdask.properties.relax`) when ``fallback=True``, and ``method`` says which
-route produced each value.
+force (:mod:`popsdask.properties.relax`, :func:`hop_neb`) when ``fallback=True``, and the
+per-sample variable ``method`` says which route produced each value.
 
-:func:`compute_implicit` is the batch entry point the property runner dispatches to for
-``--method implicit``: one call per property for all members, since the point of the method is
-one expansion shared by every member.
+:func:`run_implicit` is what :func:`popsdask.properties.runner.run_properties` dispatches to for
+``route="implicit"`` (``popsdask properties --route implicit``): one call per property for all
+members, since the point of the route is one expansion shared by every member. The pure
+expansion math (:func:`popsdask.atomistic.implicit.expand`) lives in the atomistic layer.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from .._validate import InputError
-from ..properties._defects import status_array, unwrap_like
-from .implicit import Expansion, expand
-from .snap import SnapSettings
+from ..atomistic.implicit import Expansion, expand
+from ..atomistic.snap import SnapSettings
+from .phases import compute as compute_phases
+from .phases import relax_in_symmetry
+from .potential import Potential, reference_potential, resolve_members
+from .relax import bcc_ground_state, relax
+from .results import write_results
+from .status import status_array
+from .vacancy import climbing_neb, vacancy_cells
+from .vacancy import compute as compute_vacancy
 
 __all__ = [
     "IMPLICIT_PROPERTIES",
     "brute_force_phases",
     "brute_force_vacancy",
-    "compute_implicit",
     "hcp_start",
     "hop_neb",
     "vacancy_cell",
@@ -64,9 +74,7 @@ _FMAX = 1e-5  # tight MLE relaxations: the expansion point must be stationary
 _STRESS = 1e-7
 
 
-def _potential(label: str, theta: np.ndarray, settings: SnapSettings) -> Any:
-    from ..properties.potential import Potential
-
+def _potential(label: str, theta: np.ndarray, settings: SnapSettings) -> Potential:
     return Potential(label, np.asarray(theta, dtype=float), settings)
 
 
@@ -82,10 +90,7 @@ def hcp_start(a_bcc: float, element: str = "W") -> Any:
 
 def vacancy_cell(a0: float, size: int, element: str = "W") -> Any:
     """``size``³ cubic bcc supercell minus the atom at the origin; atom 0 is its (½,½,½)a neighbour."""
-    from ase.build import bulk
-
-    cell = bulk(element, "bcc", a=a0, cubic=True).repeat((size, size, size))
-    del cell[0]
+    cell, _final, _hop = vacancy_cells(a0, size, element, at_origin=True)
     if not np.allclose(cell.positions[0], [a0 / 2] * 3):
         raise RuntimeError("vacancy cell: atom 0 is not the first neighbour of the vacancy")
     return cell
@@ -114,48 +119,19 @@ def hop_neb(
     image), ``barrier`` (eV, NaN if not converged), ``initial_energy``, ``a0``, ``e_bcc``,
     ``converged`` and ``status``.
     """
-    from ase.mep import NEB
-    from ase.optimize import FIRE
-
-    from ..properties.relax import bcc_ground_state, relax
-
     a0, e0 = bcc_ground_state(potential)
-    cell = vacancy_cell(a0, size)
-    final0 = cell.copy()
-    final0.positions[0] = 0.0
-    ends = []
-    for start in (cell, final0):
-        r = relax(start, potential, cell="none", fmax=min(fmax, 1e-4), max_steps=5000)
-        if not r.converged:
-            return {"barrier": float("nan"), "converged": False, "status": f"end point: {r.reason}"[:80]}
-        ends.append((unwrap_like(r.atoms, start.positions), r.energy))
-    (init, e_init), (final, _e_final) = ends
-    if guess is not None:
-        images = []
-        for g in guess:
-            im = g.copy()
-            im.set_cell(cell.cell, scale_atoms=True)
-            images.append(im)
-        images[0], images[-1] = init, final
-    else:
-        images = [init] + [init.copy() for _ in range(n_images - 2)] + [final]
-    for im in images:
-        im.calc = potential.calculator()
-    neb = NEB(images, climb=True, method="improvedtangent")
-    if guess is None:
-        neb.interpolate()
-    opt = FIRE(neb, logfile=None)
-    try:
-        conv = bool(opt.run(fmax=fmax, steps=max_steps))
-    except Exception as err:
-        return {"barrier": float("nan"), "converged": False, "status": f"NEB: {err}"[:80]}
-    energies = np.array([float(im.get_potential_energy()) for im in images])
-    i_sad = int(np.argmax(energies))
-    out = [im.copy() for im in images]
-    for im in out:
-        im.calc = None
+    initial, final, _hop = vacancy_cells(a0, size, at_origin=True)  # atom 0 hops to the origin
+    res = climbing_neb(
+        potential, initial, final, n_images=(len(guess) if guess is not None else n_images) - 2, fmax=fmax,
+        relax_fmax=min(fmax, 1e-4), max_steps=max_steps, guess=guess,
+    )  # fmt: skip
+    if res["end_failure"] is not None:
+        return {"barrier": float("nan"), "converged": False, "status": f"end point: {res['end_failure'][1]}"[:80]}
+    if res["error"] is not None:
+        return {"barrier": float("nan"), "converged": False, "status": f"NEB: {res['error']}"[:80]}
+    energies, i_sad, conv, e_init = res["energies"], res["top"], res["converged"], res["e_initial"]
     return {
-        "images": out,
+        "images": res["images"],
         "energies": energies,
         "saddle": i_sad,
         "barrier": float(energies[i_sad] - e_init) if conv else float("nan"),
@@ -171,15 +147,11 @@ def hop_neb(
 def _relax_hcp(potential: Any, a_bcc: float, fmax: float, stress_tol: float) -> Any:
     """hcp relaxed within its space group (P6_3/mmc): hcp is mechanically unstable towards bcc
     for some members, and an unconstrained relaxation slides into bcc (Burgers path)."""
-    from ..properties.phases import relax_in_symmetry
-
     return relax_in_symmetry(hcp_start(a_bcc), potential, cubic=False, fmax=fmax, stress_tol=stress_tol)
 
 
 def brute_force_phases(potential: Any) -> dict[str, Any]:
     """bcc and hcp (symmetry-constrained) volume and energy per atom, positions and cell relaxed."""
-    from ..properties.relax import bcc_ground_state
-
     out: dict[str, Any] = {}
     try:
         a0, e0 = bcc_ground_state(potential)
@@ -223,8 +195,6 @@ def mle_expansions_phases(theta0: np.ndarray, settings: SnapSettings, *, h: floa
     """Expansions (strain ``full``) at the MLE's relaxed 2-atom bcc and hcp cells."""
     from ase.build import bulk
 
-    from ..properties.relax import relax
-
     mle = _potential("mle", theta0, settings)
     rb = relax(bulk("W", "bcc", a=3.18, cubic=True), mle, cell="iso", fmax=_FMAX, stress_tol=_STRESS)
     if not rb.converged:
@@ -250,8 +220,6 @@ def mle_expansions_vacancy(
     converged images (the starting path of brute-force NEBs).
     """
     from ase.build import bulk
-
-    from ..properties.relax import relax
 
     mle = _potential("mle", theta0, settings)
     rb = relax(bulk("W", "bcc", a=3.18, cubic=True), mle, cell="iso", fmax=_FMAX, stress_tol=_STRESS)
@@ -469,8 +437,6 @@ def relax_implicit(
     Dataset (sample; atom, xyz; cell vectors) with ``energy`` (second order), ``energy_first``,
     ``volume``, ``positions``, ``cell``, ``status`` (flag or brute-force reason) and ``method``.
     """
-    from ..properties.relax import relax
-
     theta = np.atleast_2d(np.asarray(theta, dtype=float))
     ex = expansion or expand(atoms, theta0, settings, strain=cell)
     p = ex.predict(theta, **thresholds)
@@ -506,50 +472,15 @@ def relax_implicit(
     )
 
 
-def compute_implicit(name: str, mle: Any, members: Sequence[Any], **options: Any) -> xr.Dataset:
-    """Batch entry point for ``popsdask properties --method implicit``.
-
-    Parameters
-    ----------
-    name : ``"phases"`` (bcc/hcp only) or ``"vacancy"``
-    mle : the MLE :class:`popsdask.properties.potential.Potential` (expansion point)
-    members : the ensemble members (Potentials with θ and the same settings)
-    options : ``size`` (vacancy), ``fallback``, thresholds of :meth:`Expansion.predict`
-
-    Returns
-    -------
-    Dataset with a ``sample`` dim (plus ``member`` labels) and ``seconds`` in its attrs.
-    """
-    if name not in IMPLICIT_PROPERTIES:
-        raise InputError(f"implicit: no implicit route for {name!r}; available: {IMPLICIT_PROPERTIES}")
-    if mle.theta is None:
-        raise InputError("implicit: the expansion point must be a qSNAP potential (θ), not a teacher")
-    t0 = time.perf_counter()
-    theta = np.stack([np.asarray(p.theta, dtype=float) for p in members])
-    if name == "phases":
-        ds = phases_implicit(mle.theta, mle.settings, theta, **options)
-    else:
-        ds = vacancy_implicit(mle.theta, mle.settings, theta, **options)
-    ds = ds.assign_coords(member=("sample", status_array([p.label for p in members])))
-    ds.attrs["seconds"] = time.perf_counter() - t0
-    return ds
-
-
 def _reference_values(name: str, reference: Any, options: dict[str, Any]) -> xr.Dataset | None:
     """The reference (teacher) potential's values by the brute-force property module."""
     if not reference:
         return None
-    from ..properties.potential import reference_potential
-
     ref = reference_potential(reference if isinstance(reference, str) else "W_2940_2017_2")
     try:
         if name == "phases":
-            from ..properties import phases
-
-            return phases.compute(ref, phases=("bcc", "hcp"), bulk_modulus=False)
-        from ..properties import vacancy
-
-        return vacancy.compute(ref, size=int(options.get("size", 3)))
+            return compute_phases(ref, phases=("bcc", "hcp"), bulk_modulus=False)
+        return compute_vacancy(ref, size=int(options.get("size", 3)))
     except Exception as err:  # the reference failing must not lose the members' results
         return xr.Dataset(attrs={"error": f"{type(err).__name__}: {err}"[:200]})
 
@@ -605,13 +536,14 @@ def run_implicit(
     *,
     n_samples: int = 100,
     seed: int = 0,
-    method: str = "uniform",
+    sampling: str = "uniform",
     reference: bool | str = True,
     client: Any = None,
     options: dict[str, dict[str, Any]] | None = None,
     progress: bool = True,
+    method: str | None = None,
 ) -> dict[str, xr.Dataset]:
-    """``popsdask properties --method implicit``: the runner signature of ``run_resample``.
+    """``popsdask properties --route implicit``: the runner signature of ``run_resample``.
 
     The expansions are built once at the MLE (the member labelled ``"mle"``) and every member is
     predicted from them; flagged members fall back to brute force in this process (option
@@ -620,19 +552,18 @@ def run_implicit(
     Results go to ``<store_path>/<property>.zarr`` in the runner's combined layout, with
     ``method`` per sample (``implicit``, ``brute-force`` or ``mixed``) and the first-order
     values beside the second-order ones. ``client`` is unused (the predictions are matrix
-    products; the few fallbacks run here).
+    products; the few fallbacks run here). ``method`` is the deprecated spelling of ``sampling``.
     """
-    from pathlib import Path
-
-    from ..properties.runner import _members, _to_zarr
-
+    if method is not None:
+        warnings.warn("run_implicit(method=...) is deprecated; use sampling=...", DeprecationWarning, stacklevel=2)
+        sampling = method
     bad = [p for p in properties if p not in IMPLICIT_PROPERTIES]
     if bad:
-        raise InputError(f"--method implicit: no implicit route for {bad}; available {list(IMPLICIT_PROPERTIES)}")
-    members = _members(posterior_or_members, settings, n_samples, seed, method)
+        raise InputError(f"route implicit: no implicit route for {bad}; available {list(IMPLICIT_PROPERTIES)}")
+    members = resolve_members(posterior_or_members, settings, n_samples, seed, sampling)
     mle = next((m for m in members if m.label == "mle"), None)
     if mle is None or mle.theta is None:
-        raise InputError("--method implicit needs the MLE member (label 'mle') with θ")
+        raise InputError("route implicit needs the MLE member (label 'mle') with θ")
     samples = [m for m in members if m.label != "mle"]
     theta = np.stack([np.asarray(m.theta, dtype=float) for m in samples])
     options = dict(options or {})
@@ -667,11 +598,11 @@ def run_implicit(
                 "n_brute_force": int(np.sum(ds.method.values != "implicit")),
                 "source": "Maliyov, Grigorev & Swinburne, arXiv:2407.02414",
                 "seed": seed,
-                "sampling": method,
+                "sampling": sampling,
             }
         )
         if progress:
             print(f"{name}: implicit setup {t1 - t0:.1f} s, {len(samples)} members {t2 - t1:.1f} s", flush=True)
-        _to_zarr(res, store / f"{name}.zarr")
+        write_results(res, store / f"{name}.zarr")
         out[name] = res
     return out

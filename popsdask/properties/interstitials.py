@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ._defects import bcc_supercell, ground_state, short_reason, status_array
+from .cells import bcc_supercell, ground_state
 from .potential import Potential
+from .status import short_reason, status_array
 
 __all__ = ["DEFECTS", "NAME", "classify", "compute", "formation_energy", "interstitial_cell"]
 

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ._defects import ground_state, short_reason, status_array
+from .cells import ground_state
 from .potential import Potential
+from .status import short_reason, status_array
 
 __all__ = ["NAME", "PATH", "compute", "force_constants", "frequencies_at", "q_reduced"]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,11 @@ from typing import Any
 import numpy as np
 
 from .._validate import InputError
-from ..atomistic.export import LammpsCalculator, pair_commands_for, write_snap_potential
+from ..atomistic.calculator import LammpsCalculator
 from ..atomistic.snap import SnapSettings
+from ..atomistic.snap_files import pair_commands_for, write_snap_potential
 
-__all__ = ["Potential", "members_from_posterior", "reference_potential"]
+__all__ = ["Potential", "members_from_posterior", "reference_potential", "resolve_members"]
 
 _PAIR_CACHE: dict[tuple[int, str], list[str]] = {}
 
@@ -149,3 +151,30 @@ def members_from_posterior(
         theta = np.asarray(posterior.sample(n_samples, method=method, seed=seed).values, dtype=float)
         out += [Potential(f"sample-{i:04d}", theta[i], settings) for i in range(theta.shape[0])]
     return out
+
+
+def resolve_members(
+    posterior_or_members: Any, settings: Any, n_samples: int, seed: int = 0, sampling: str = "uniform"
+) -> list[Potential]:
+    """The members a property route runs: a list of :class:`Potential` as given, or drawn.
+
+    Parameters
+    ----------
+    posterior_or_members : a :class:`~popsdask.posterior.Posterior`, its path, or a list of
+        :class:`Potential` (returned as given)
+    settings : :class:`SnapSettings` or a descriptor store whose attrs hold them (with a posterior)
+    n_samples, seed, sampling : the draw (:func:`members_from_posterior`; ``sampling`` is
+        :meth:`Posterior.sample`'s ``method``)
+    """
+    if isinstance(posterior_or_members, Sequence) and not isinstance(posterior_or_members, (str, bytes)):
+        members = list(posterior_or_members)
+        if not all(isinstance(m, Potential) for m in members):
+            raise InputError("run_properties: a list of members must hold Potential objects")
+        return members
+    if settings is None:
+        raise InputError("run_properties: settings (SnapSettings or a descriptor store) are needed with a posterior")
+    if isinstance(settings, (str, os.PathLike)):
+        import xarray as xr
+
+        settings = SnapSettings.from_attrs(xr.open_zarr(settings, consolidated=False).attrs["snap"])
+    return members_from_posterior(posterior_or_members, settings, n_samples, seed=seed, method=sampling)

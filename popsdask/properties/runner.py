@@ -16,6 +16,10 @@ driver. Once every task is done the parts are combined into ``<store>/<property>
 
 Each worker process keeps one LAMMPS instance (:func:`popsdask.atomistic.lammps_backend.get_session`)
 and writes each member's SNAP files once.
+
+:func:`run_properties` dispatches on ``route``: ``"resample"`` (:func:`run_resample`, here) or
+``"implicit"`` (:func:`popsdask.properties.implicit.run_implicit`); both take the same
+arguments and write the same combined layout. ``sampling`` is the posterior's sampling rule.
 """
 
 from __future__ import annotations
@@ -33,10 +37,22 @@ import numpy as np
 import xarray as xr
 
 from .._validate import InputError
-from ..store import atomic_directory, commit_directory, discard_directory, is_complete, mark_complete
-from .potential import Potential, members_from_posterior, reference_potential
+from ..runtime import ProgressCounter, current_client
+from ..store import is_complete
+from .implicit import run_implicit
+from .potential import Potential, reference_potential, resolve_members
+from .results import open_results, write_results
 
-__all__ = ["PROPERTIES", "RUNNERS", "combine", "part_path", "run_properties", "run_resample"]
+__all__ = [
+    "PROPERTIES",
+    "ROUTES",
+    "RUNNERS",
+    "combine",
+    "open_results",
+    "part_path",
+    "run_properties",
+    "run_resample",
+]
 
 #: property name -> module (each exposes NAME and compute(potential, **options))
 PROPERTIES: dict[str, str] = {
@@ -58,23 +74,8 @@ def _short(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}".replace("\n", " ")[:300]
 
 
-def _to_zarr(ds: xr.Dataset, path: Path) -> None:
-    """Write ``ds`` atomically to ``path`` (staged, marked complete, renamed into place)."""
-    final, staging = atomic_directory(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with warnings.catch_warnings():  # fixed-width unicode has no Zarr v3 spec yet; xarray reads it back
-            warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
-            ds.to_zarr(staging, mode="w", zarr_format=3, consolidated=False)
-        mark_complete(staging)
-        commit_directory(staging, final, overwrite=True)
-    except BaseException:
-        discard_directory(staging, settle=0.0, attempts=2)
-        raise
-
-
 def _write_part(path: Path, ds: xr.Dataset) -> None:
-    _to_zarr(ds, path)
+    write_results(ds, path)
 
 
 def _same_options(path: Path, options: str) -> bool:
@@ -187,43 +188,24 @@ def combine(
     return out
 
 
-def _members(posterior_or_members: Any, settings: Any, n_samples: int, seed: int, method: str) -> list[Potential]:
-    if isinstance(posterior_or_members, Sequence) and not isinstance(posterior_or_members, (str, bytes)):
-        members = list(posterior_or_members)
-        if not all(isinstance(m, Potential) for m in members):
-            raise InputError("run_properties: a list of members must hold Potential objects")
-        return members
-    if settings is None:
-        raise InputError("run_properties: settings (SnapSettings or a descriptor store) are needed with a posterior")
-    if isinstance(settings, (str, os.PathLike)):
-        from ..atomistic.snap import SnapSettings
-
-        settings = SnapSettings.from_attrs(xr.open_zarr(settings, consolidated=False).attrs["snap"])
-    return members_from_posterior(posterior_or_members, settings, n_samples, seed=seed, method=method)
-
-
-def _client(client: Any) -> Any:
-    if client is not None:
-        return client
-    try:
-        from distributed import default_client
-
-        return default_client()
-    except (ImportError, ValueError):
-        return None
+def _renamed(new_value: Any, old_value: Any, old: str, new: str, where: str) -> Any:
+    """``new_value``, or ``old_value`` (with a DeprecationWarning) when the old keyword was given."""
+    if old_value is None:
+        return new_value
+    warnings.warn(f"{where}({old}=...) is deprecated; use {new}=...", DeprecationWarning, stacklevel=3)
+    return old_value
 
 
 def _run_tasks(
     tasks: list[tuple[Potential, str, dict[str, Any], str]], client: Any, progress: bool
 ) -> list[dict[str, Any]]:
+    counter = ProgressCounter("properties", len(tasks), enabled=progress)
     if client == "sync":
         out = []
         for i, t in enumerate(tasks):
             out.append(compute_part(*t))
-            if progress:
-                print(f"\r[popsdask] properties {i + 1}/{len(tasks)}", end="", flush=True)
-        if progress:
-            print(flush=True)
+            counter.update(i + 1)
+        counter.close()
         return out
     from distributed import as_completed
 
@@ -232,8 +214,6 @@ def _run_tasks(
         for t in tasks
     }
     results = []
-    t0 = time.perf_counter()
-    n = len(futures)
     for i, fut in enumerate(as_completed(list(futures)), start=1):
         pot, prop, _opt, path = futures[fut]
         try:
@@ -243,16 +223,8 @@ def _run_tasks(
             _error_part(Path(path), pot.label, prop, reason)
             res = {"label": pot.label, "property": prop, "status": reason, "wall_time": float("nan"), "pid": -1}
         results.append(res)
-        if progress:
-            el = time.perf_counter() - t0
-            print(
-                f"\r[popsdask] properties {i}/{n} ({el:.0f} s, last {prop}/{pot.label}: {res['status'][:40]})"
-                + " " * 8,
-                end="",
-                flush=True,
-            )
-    if progress:
-        print(flush=True)
+        counter.update(i, f"last {prop}/{pot.label}: {res['status'][:40]}")
+    counter.close()
     return results
 
 
@@ -264,11 +236,12 @@ def run_resample(
     *,
     n_samples: int = 100,
     seed: int = 0,
-    method: str = "uniform",
+    sampling: str = "uniform",
     reference: bool | str = True,
     client: Any = None,
     options: dict[str, dict[str, Any]] | None = None,
     progress: bool = True,
+    method: str | None = None,
 ) -> dict[str, xr.Dataset]:
     """Brute-force resampling: every property recomputed self-consistently for every member.
 
@@ -279,12 +252,13 @@ def run_resample(
     settings : :class:`SnapSettings` or a descriptor store whose attrs hold them (with a posterior)
     properties : names in :data:`PROPERTIES`
     store_path : results directory (parts and combined stores); reruns resume in it
-    n_samples, seed, method : posterior samples drawn (``Posterior.sample``)
+    n_samples, seed, sampling : posterior samples drawn (``Posterior.sample``'s ``method``)
     reference : include the reference potential (True: ``W_2940_2017_2``; or a teacher name)
     client : Dask client; None uses the current one, else one is started with
         :func:`popsdask.cluster.connect`; ``"sync"`` runs in this process
     options : per-property keyword arguments of ``compute`` (e.g. ``{"phases": {"n_eos": 5}}``)
     progress : print a progress line
+    method : deprecated spelling of ``sampling``
 
     Returns
     -------
@@ -293,8 +267,9 @@ def run_resample(
     bad = [p for p in properties if p not in PROPERTIES]
     if bad:
         raise InputError(f"unknown properties {bad}; use {sorted(PROPERTIES)}")
+    sampling = _renamed(sampling, method, "method", "sampling", "run_resample")
     options = dict(options or {})
-    members = _members(posterior_or_members, settings, n_samples, seed, method)
+    members = resolve_members(posterior_or_members, settings, n_samples, seed, sampling)
     pots = list(members)
     ref_label = None
     if reference:
@@ -310,7 +285,7 @@ def run_resample(
     ]
     t0 = time.perf_counter()
     own = None
-    cl = _client(client)
+    cl = client if client is not None else current_client()
     if cl is None:
         from ..cluster import connect
 
@@ -338,22 +313,16 @@ def run_resample(
     out = {}
     for prop in properties:
         ds = combine(store, prop, labels, ref_label)
-        ds.attrs.update({"method": "resample", "seed": seed, "sampling": method, "run_wall_time": wall})
+        ds.attrs.update({"method": "resample", "seed": seed, "sampling": sampling, "run_wall_time": wall})
         ds.attrs["run_summary"] = json.dumps({k: v for k, v in summary.items() if k != "errors"}, default=str)
-        _to_zarr(ds, store / f"{prop}.zarr")
+        write_results(ds, store / f"{prop}.zarr")
         out[prop] = ds
     return out
 
 
-def _run_implicit(*args: Any, **kwargs: Any) -> dict[str, xr.Dataset]:
-    """Implicit expansion at the MLE (phases: bcc/hcp, vacancy); see popsdask.atomistic.implicit_properties."""
-    from ..atomistic.implicit_properties import run_implicit
-
-    return run_implicit(*args, **kwargs)
-
-
-#: method -> runner
-RUNNERS: dict[str, Callable[..., dict[str, xr.Dataset]]] = {"resample": run_resample, "implicit": _run_implicit}
+#: route -> runner (same signature as :func:`run_resample`)
+ROUTES: dict[str, Callable[..., dict[str, xr.Dataset]]] = {"resample": run_resample, "implicit": run_implicit}
+RUNNERS = ROUTES  # the name before routes were called routes
 
 
 def run_properties(
@@ -368,22 +337,21 @@ def run_properties(
     client: Any = None,
     options: dict[str, dict[str, Any]] | None = None,
     progress: bool = True,
-    method: str = "resample",
+    route: str = "resample",
     sampling: str = "uniform",
+    method: str | None = None,
 ) -> dict[str, xr.Dataset]:
-    """Propagate posterior uncertainty to material properties (dispatch on ``method``).
+    """Propagate posterior uncertainty to material properties (dispatch on ``route``).
 
-    ``method="resample"`` is :func:`run_resample`; other methods register in :data:`RUNNERS`
-    with the same signature. See :func:`run_resample` for the parameters.
+    ``route="resample"`` is :func:`run_resample`, ``"implicit"``
+    :func:`popsdask.properties.implicit.run_implicit`; other routes register in :data:`ROUTES`
+    with the same signature. ``method`` is the deprecated spelling of ``route``. See
+    :func:`run_resample` for the other parameters.
     """
-    if method not in RUNNERS:
-        raise InputError(f"method {method!r}: use one of {sorted(RUNNERS)}")
-    return RUNNERS[method](
+    route = _renamed(route, method, "method", "route", "run_properties")
+    if route not in ROUTES:
+        raise InputError(f"route {route!r}: use one of {sorted(ROUTES)}")
+    return ROUTES[route](
         posterior_or_members, settings, properties, store_path, n_samples=n_samples, seed=seed,
-        method=sampling, reference=reference, client=client, options=options, progress=progress,
+        sampling=sampling, reference=reference, client=client, options=options, progress=progress,
     )  # fmt: skip
-
-
-def open_results(store_path: str | os.PathLike, prop: str) -> xr.Dataset:
-    """The combined results Dataset of one property."""
-    return xr.open_zarr(Path(store_path) / f"{prop}.zarr", consolidated=False).load()

@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ._defects import ground_state, short_reason, status_array, unwrap_like
+from .cells import ground_state, unwrap_like
 from .potential import Potential
+from .status import short_reason, status_array
 
 __all__ = ["FACETS", "NAME", "compute", "primitive_indices", "slab", "surface_energy"]
 

@@ -1,4 +1,4 @@
-"""Tables in the paper's format and figures like its Figs. 4-10 from property results.
+"""The property suite's UQ tables in the paper's format and figures like its Figs. 4-10.
 
 For every item of a property (a phase, an SIA, a surface, a path point, ...), with ``ref`` the
 reference (oracle) value, ``mle`` the MLE's and the ensemble values ``x_s``:

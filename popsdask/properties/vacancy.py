@@ -19,30 +19,33 @@ by symmetry, everything else relaxed — as an independent check of the NEB.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from ._defects import bcc_supercell, ground_state, short_reason, status_array, unwrap_like
+from .cells import bcc_supercell, ground_state, unwrap_like
 from .potential import Potential
+from .status import short_reason, status_array
 
-__all__ = ["NAME", "compute", "saddle_by_symmetry", "vacancy_cells", "vacancy_migration"]
+__all__ = ["NAME", "climbing_neb", "compute", "saddle_by_symmetry", "vacancy_cells", "vacancy_migration"]
 
 NAME = "vacancy"
 
 
-def vacancy_cells(a0: float, n: int = 3, element: str = "W") -> tuple[Any, Any, int]:
+def vacancy_cells(a0: float, n: int = 3, element: str = "W", *, at_origin: bool = False) -> tuple[Any, Any, int]:
     """Unrelaxed initial and final states of a nearest-neighbour vacancy hop.
 
     Returns
     -------
     (initial, final, hop) : the ``n``×``n``×``n`` supercell minus the atom at the centre site
-        (initial) and the same atoms with atom ``hop`` — the neighbour at a0·(½,½,½) — moved
-        into the vacancy (final); atom order is the same in both.
+        (initial; with ``at_origin`` the atom at the origin, so that ``hop`` is 0, the
+        convention of the implicit route) and the same atoms with atom ``hop`` — the neighbour
+        at a0·(½,½,½) — moved into the vacancy (final); atom order is the same in both.
     """
     atoms = bcc_supercell(a0, n, element)
-    centre = np.full(3, (n // 2) * a0)
+    centre = np.zeros(3) if at_origin else np.full(3, (n // 2) * a0)
     v = int(np.argmin(np.linalg.norm(atoms.positions - centre, axis=1)))
     vac_pos = atoms.positions[v].copy()
     target = vac_pos + 0.5 * a0
@@ -60,11 +63,6 @@ def _relaxed(atoms: Any, potential: Potential, fmax: float, max_steps: int) -> t
     r = relax(atoms, potential, cell="none", fmax=fmax, max_steps=max_steps)
     out = unwrap_like(r.atoms, atoms.positions)  # relax wraps atoms into the cell
     return out, float(r.energy), r.reason
-
-
-def _attach(images: list[Any], potential: Potential) -> None:
-    for im in images:
-        im.calc = potential.calculator()
 
 
 class _FixHopperAndCentroid:
@@ -123,6 +121,100 @@ def saddle_by_symmetry(
     return mid, float(mid.get_potential_energy()), converged
 
 
+def climbing_neb(
+    potential: Potential,
+    initial: Any,
+    final: Any,
+    *,
+    n_images: int,
+    fmax: float,
+    relax_fmax: float,
+    max_steps: int,
+    spring: float = 0.1,
+    max_rise: float | None = None,
+    guess: Sequence[Any] | None = None,
+) -> dict[str, Any]:
+    """The one vacancy-hop NEB of both routes: relax the end states, then converge a CI-NEB.
+
+    Both end states are relaxed at fixed cell (LAMMPS minimiser to ``relax_fmax``, 5000 steps,
+    positions unwrapped to the starting structures); the path is the ``n_images`` intermediate
+    images of a linear interpolation, or ``guess`` (a converged path of another potential, end
+    points included, rescaled to this cell and given the relaxed end states); ASE's NEB
+    (climbing image, improved tangent, spring ``spring``) relaxes with FIRE to ``fmax`` on
+    every image in at most ``max_steps`` steps, stopped as diverged when, after 50 steps, an
+    image is more than ``max_rise`` eV above the initial state.
+
+    Used by :func:`vacancy_migration` (brute-force route) and by
+    :func:`popsdask.properties.implicit.hop_neb` (the implicit route's MLE path and fallback),
+    each with its own cell convention, image count and tolerances.
+
+    Returns
+    -------
+    dict with ``initial``, ``final`` (relaxed Atoms, None when not relaxed), ``e_initial``,
+    ``e_final`` (eV), ``end_failure`` (None, or ``(which, reason)`` when the ``initial`` or
+    ``final`` state did not relax; the NEB is then not run), ``error`` (the exception the NEB
+    optimisation raised, else None), ``images`` (copies without calculators), ``energies``
+    (absolute image energies, eV), ``top`` (index of the highest image), ``converged``,
+    ``diverged`` and ``n_steps``.
+    """
+    from ase.mep import NEB
+    from ase.optimize import FIRE
+
+    out: dict[str, Any] = {
+        "initial": None,
+        "final": None,
+        "e_initial": np.nan,
+        "e_final": np.nan,
+        "end_failure": None,
+        "error": None,
+        "images": None,
+        "energies": None,
+        "top": -1,
+        "converged": False,
+        "diverged": False,
+        "n_steps": 0,
+    }
+    for which, start in (("initial", initial), ("final", final)):
+        relaxed, energy, why = _relaxed(start, potential, relax_fmax, 5000)
+        if why != "ok":
+            out["end_failure"] = (which, why)
+            return out
+        out[which], out[f"e_{which}"] = relaxed, energy
+    ini, fin = out["initial"], out["final"]
+    if guess is not None:
+        images = []
+        for g in guess:
+            im = g.copy()
+            im.set_cell(initial.cell, scale_atoms=True)
+            images.append(im)
+        images[0], images[-1] = ini.copy(), fin.copy()
+    else:
+        images = [ini.copy() for _ in range(n_images + 1)] + [fin.copy()]
+    neb = NEB(images, k=spring, climb=True, method="improvedtangent")
+    if guess is None:
+        neb.interpolate()
+    for im in images:
+        im.calc = potential.calculator()
+    opt = FIRE(neb, logfile=None)
+    try:
+        for done in opt.irun(fmax=fmax, steps=max_steps):
+            out["converged"] = bool(done)
+            # a path with an image tens of eV up (atoms on top of each other) does not come back
+            if max_rise is not None and opt.nsteps >= 50 and np.nanmax(neb.energies) - out["e_initial"] > max_rise:
+                out["diverged"] = True
+                break
+    except Exception as err:
+        out["error"] = err
+        return out
+    out["converged"] = out["converged"] and not out["diverged"]
+    out["n_steps"] = int(opt.nsteps)
+    energies = np.array([im.get_potential_energy() for im in images])
+    out["energies"] = energies
+    out["top"] = int(np.argmax(energies))
+    out["images"] = [im.copy() for im in images]
+    return out
+
+
 def vacancy_migration(
     potential: Potential,
     *,
@@ -159,9 +251,6 @@ def vacancy_migration(
     unwrapped, same atom order), ``images``, ``hop`` (index of the migrating atom), ``n_steps``
     and ``status`` (``"ok"`` or a reason; values that could not be obtained are NaN / None).
     """
-    from ase.mep import NEB
-    from ase.optimize import FIRE
-
     n_tot = n_images + 2
     out: dict[str, Any] = {
         "a0": np.nan,
@@ -185,45 +274,35 @@ def vacancy_migration(
     try:
         start_i, start_f, hop = vacancy_cells(a0, size, potential.elements[0])
         out["hop"] = hop
-        ini, e_ini, why = _relaxed(start_i, potential, relax_fmax, 5000)
-        if why != "ok":
-            out["status"] = f"initial state: {why}"
-            return out
-        out["initial"] = ini
-        out["formation_energy"] = float(e_ini - len(ini) * e0)
-        fin, e_fin, why = _relaxed(start_f, potential, relax_fmax, 5000)
-        if why != "ok":
-            out["status"] = f"final state: {why}"
-            return out
+        neb = climbing_neb(
+            potential, start_i, start_f, n_images=n_images, fmax=fmax, relax_fmax=relax_fmax,
+            max_steps=max_steps, spring=spring, max_rise=max_rise,
+        )  # fmt: skip
+        ini, fin, e_ini = neb["initial"], neb["final"], neb["e_initial"]
+        if ini is not None:
+            out["initial"] = ini
+            out["formation_energy"] = float(e_ini - len(ini) * e0)
         out["final"] = fin
-        images = [ini.copy() for _ in range(n_images + 1)] + [fin.copy()]
-        neb = NEB(images, k=spring, climb=True, method="improvedtangent")
-        neb.interpolate()
-        _attach(images, potential)
-        opt = FIRE(neb, logfile=None)
-        converged = diverged = False
-        for done in opt.irun(fmax=fmax, steps=max_steps):
-            converged = bool(done)
-            # a path with an image tens of eV up (atoms on top of each other) does not come back
-            if opt.nsteps >= 50 and np.nanmax(neb.energies) - e_ini > max_rise:
-                diverged = True
-                break
-        converged = converged and not diverged
-        out["n_steps"] = int(opt.nsteps)
-        energies = np.array([im.get_potential_energy() for im in images])
+        if neb["end_failure"] is not None:
+            which, why = neb["end_failure"]
+            out["status"] = f"{which} state: {why}"
+            return out
+        if neb["error"] is not None:
+            raise neb["error"]
+        out["n_steps"] = neb["n_steps"]
+        energies, images, top = neb["energies"], neb["images"], neb["top"]
         pos = np.array([im.positions for im in images])
         steps = np.linalg.norm((pos[1:] - pos[:-1]).reshape(n_tot - 1, -1), axis=1)
         out["path_length"] = np.concatenate([[0.0], np.cumsum(steps)])
         out["energies"] = energies - energies[0]
-        out["images"] = [im.copy() for im in images]
-        top = int(np.argmax(energies))
+        out["images"] = images
         out["saddle"] = images[top].copy()
         for key in ("initial", "final", "saddle"):
             out[key].calc = None
-        if diverged:
+        if neb["diverged"]:
             out["status"] = f"NEB diverged: an image {np.max(energies) - energies[0]:.3g} eV above the initial state"
             return out
-        if not converged:
+        if not neb["converged"]:
             out["status"] = f"NEB not converged in {max_steps} FIRE steps (fmax {fmax:g} eV/Å)"
             return out
         if (
@@ -233,8 +312,8 @@ def vacancy_migration(
             out["status"] = "NEB maximum at an end point"
             return out
         out["barrier"] = float(energies[top] - energies[0])
-        if abs(e_fin - e_ini) > 1e-3:
-            out["status"] = f"end states differ by {e_fin - e_ini:.3g} eV (expected equal by symmetry)"
+        if abs(neb["e_final"] - e_ini) > 1e-3:
+            out["status"] = f"end states differ by {neb['e_final'] - e_ini:.3g} eV (expected equal by symmetry)"
     except Exception as err:  # never raise out of compute: NaN + reason
         out["status"] = short_reason(err)
     return out
