@@ -475,6 +475,48 @@ def prediction_metrics(ds: xr.Dataset, group_by: str | None = None, raw: bool = 
     return {"group_by": group_by, "kinds": kinds, "groups": groups}
 
 
+def metrics_dataset(metrics: dict[str, Any]) -> xr.Dataset:
+    """:func:`prediction_metrics` as an xarray Dataset: scalar metrics on (kind, group), the
+    coverage curve on (kind, group, k) and EV against samples on (kind, group, n_samples);
+    group ``"all"`` holds the per-kind values."""
+    table = {"all": metrics["kinds"]} | metrics.get("groups", {})
+    groups = list(table)
+    kinds = sorted({k for g in table.values() for k in g})
+    first = next(m for g in table.values() for m in g.values())
+    scalars = [k for k, v in first.items() if not isinstance(v, dict)]
+
+    def grid(fn, width=None):
+        shape = (len(kinds), len(groups)) + (() if width is None else (width,))
+        out = np.full(shape, np.nan)
+        for i, kind in enumerate(kinds):
+            for j, g in enumerate(groups):
+                m = table[g].get(kind)
+                if m is not None:
+                    v = fn(m)
+                    if v is not None:
+                        out[i, j] = v
+        return out
+
+    data = {k: (("kind", "group"), grid(lambda m, k=k: m.get(k))) for k in scalars}
+    coords: dict[str, Any] = {"kind": kinds, "group": groups}
+    if "coverage_curve" in first:
+        k_values = first["coverage_curve"]["k"]
+        data["coverage_observed"] = (
+            ("kind", "group", "k"),
+            grid(lambda m: m["coverage_curve"]["observed"], len(k_values)),
+        )
+        data["coverage_nominal"] = (("k",), np.asarray(first["coverage_curve"]["nominal"]))
+        coords["k"] = k_values
+    if "ev_vs_samples" in first:
+        sizes = first["ev_vs_samples"]["n_samples"]
+        data["ev_vs_samples"] = (
+            ("kind", "group", "n_samples"),
+            grid(lambda m: m.get("ev_vs_samples", {}).get("envelope_violation"), len(sizes)),
+        )
+        coords["n_samples"] = sizes
+    return xr.Dataset(data, coords=coords, attrs={"group_by": str(metrics.get("group_by"))})
+
+
 def summarise(ds: xr.Dataset) -> tuple[xr.Dataset, dict[str, dict[str, float]]]:
     """Metrics per row kind and log-binned histograms of |y - MLE| and |sample - MLE|.
 

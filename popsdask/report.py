@@ -146,6 +146,11 @@ def write_report(
         "at 0.01 × the kind's RMSE.",
         "",
     ]
+    if "metrics_raw" in ds.attrs:
+        before = {k: v for k, v in json.loads(ds.attrs["metrics_raw"]).items()}
+        before = {k: {key: v for key, v in m.items() if not isinstance(v, dict)} for k, m in before.items()}
+        text += ["## Before calibration", "", "The same predictions with the raw (uncalibrated) std and envelope:", ""]
+        text += [metrics_table(before, units), ""]
     if calib["groups"]:
         for kind in calib["kinds"]:
             text += [f"## {kind} by {group_by}", "", group_table(calib["groups"], kind, group_by), ""]

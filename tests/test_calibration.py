@@ -263,3 +263,42 @@ def test_crossval_cli_bad_group_exits_2_before_any_cluster(grouped, tmp_path, ca
     assert time.perf_counter() - t0 < 5
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "phase" in err[0] and not (tmp_path / "cv").exists()
+
+
+def test_metrics_dataset_and_empty_group(grouped, tmp_path):
+    from popsdask.crossval import check_groups
+    from popsdask.ensemble import metrics_dataset
+    from popsdask.store import open_store
+
+    tmp, X, y, config, kind, group, n_atoms = grouped
+    post = fit(tmp / "s.zarr")
+    ds = predict_ensemble(post, tmp / "s.zarr", tmp_path / "p.zarr", n_samples=50, ev_curve=(10, 50))
+    res = prediction_metrics(ds, group_by="group")
+    mds = metrics_dataset(res)
+    assert mds["envelope_violation"].dims == ("kind", "group")
+    assert (
+        mds["envelope_violation"].sel(kind="force", group="bulk")
+        == res["groups"]["bulk"]["force"]["envelope_violation"]
+    )
+    assert mds["ev_vs_samples"].sizes["n_samples"] == 2 and mds["coverage_observed"].sizes["k"] == 51
+    # a group named by configurations but with no rows
+    store = open_store(tmp / "s.zarr")
+    rows = np.flatnonzero(group[config] != "defect")
+    with pytest.raises(InputError, match="group='defect' has 0 rows"):
+        check_groups(store.isel(row=rows), "group")
+
+
+def test_calibration_split_with_fewer_rows_than_features(tmp_path):
+    from popsdask.crossval import calibrate
+
+    X, y, w = misspecified(1500, 6, seed=40)
+    config = np.arange(1500)
+    split = np.zeros(1500, dtype=np.int8)
+    split[:4] = 1  # 4 test rows for 6 features
+    write_store(tmp_path / "s.zarr", X, y, config=config, configurations={"split": split})
+    post = fit(X, y)
+    with pytest.raises(InputError, match="split=test has 4 rows, fewer than the 6 features"):
+        calibrate(post, tmp_path / "s.zarr", tmp_path / "c.zarr", split="test")
+    assert not (tmp_path / "c.zarr").exists()
+    cal = calibrate(post, tmp_path / "s.zarr", split="train", level=0.9)
+    assert cal.calibration["method"].startswith("split conformal")
