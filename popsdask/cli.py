@@ -693,7 +693,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="descriptor store whose attrs hold the SNAP settings (default: next to the posterior)",
     )
     p.add_argument("--samples", type=int, default=100, help="ensemble members besides the MLE")
-    p.add_argument("--properties", default="phases,paths,phonons,interstitials,surfaces,vacancy")
+    p.add_argument(
+        "--properties",
+        default="phases,paths,phonons,interstitials,surfaces,vacancy",
+        help="comma-separated properties to compute",
+    )
     p.add_argument("-o", "--output", required=True, help="results directory (resumes if it exists)")
     p.add_argument("--seed", type=_number(0, kind=int), default=0, help="seed of the posterior samples")
     p.add_argument(
