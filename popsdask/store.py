@@ -12,9 +12,10 @@ Layout (dimension names, not axis numbers)::
     <name>     (configuration)  per-configuration variables (name, n_atoms, ...)
 
 Attributes describe how the descriptors were made. A store is written into a hidden sibling
-directory and renamed into place once complete, and carries ``popsdask_complete = True``;
-readers refuse anything without that mark, so a killed writer never leaves a store that opens
-as complete.
+directory and renamed into place once complete, and carries ``popsdask_complete = True``; a
+killed writer leaves only the staging directory, whose name and ``popsdask_complete = False``
+readers refuse, so it never opens as complete. A group that another tool wrote (xarray, zarr:
+no popsdask mark at all) is a descriptor store like any other after the same safety checks.
 """
 
 from __future__ import annotations
@@ -430,10 +431,13 @@ def _raw_is_decoded(var: xr.DataArray, raw_dtype: str) -> bool:
 
 
 def open_store(path: str | os.PathLike, *, require_y: bool = True) -> xr.Dataset:
-    """Open and validate a descriptor store; arrays stay lazy (dask).
+    """Open and validate a descriptor store written by popsdask or any other Zarr v3 writer;
+    arrays stay lazy (dask).
 
-    Raises :class:`InputError` naming the store and variable when the store is incomplete,
-    uses a refused codec or data type, lacks ``X``/``y``, or has inconsistent shapes.
+    Raises :class:`InputError` naming the store and variable when the store is a popsdask write
+    that did not finish (a staging directory, or ``popsdask_complete`` false), is a Zarr v2 group
+    (with the command that converts it), uses a refused codec or data type, lacks ``X``/``y``,
+    or has inconsistent shapes.
     """
     root = Path(path)
     if not root.exists():
