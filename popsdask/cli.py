@@ -415,6 +415,7 @@ def _crossval(args: argparse.Namespace) -> None:
             leverage_percentile=args.leverage_percentile,
             mode_threshold=args.mode_threshold,
             percentile_clipping=args.percentile_clipping,
+            minimum_relative_error=args.minimum_relative_error,
         )
     print(result["table"])
     print(f"leave-one-{args.group_by}-out in {time.perf_counter() - t0:.1f} s: {out / 'crossval.md'}")
@@ -651,6 +652,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--leverage-percentile", type=float, default=50.0)
     p.add_argument("--mode-threshold", type=float, default=1e-8)
     p.add_argument("--percentile-clipping", type=float, default=0.0)
+    p.add_argument(
+        "--minimum-relative-error", type=float, default=None, metavar="EPS", help="as for fit (default: off)"
+    )
     p.add_argument("--n-samples", type=int, default=None, help="members (default: 500; ensemble: all corrections)")
     p.add_argument("--ev-curve", default=EV_CURVE, help="sample counts of the EV-vs-S curve, or none")
     p.add_argument("--seed", type=int, default=0)

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
+from ._validate import InputError
+
 OFFSETS = (0.0, 0.03, 0.1, 0.3, 1.0)
 DEFAULT_LEVEL = 0.95
 
@@ -79,6 +81,8 @@ def fit_scale(
     spread = np.asarray(spread, dtype=np.float64)
     labels = np.zeros(err.size, dtype=int) if groups is None else np.unique(groups, return_inverse=True)[1]
     weights = group_weights(labels)
+    counts = np.bincount(labels)
+    usable = (counts + 1.0) * level <= counts
     scale = float(np.median(spread)) if spread.size else 0.0
     best = (float("inf"), 1.0, 0.0)
     for beta in offsets:
@@ -87,12 +91,20 @@ def fit_scale(
         ok = denom > 0
         scores = np.where(ok, err / np.where(ok, denom, 1.0), np.where(err > 0, np.inf, 0.0))
         if worst_group:
-            t = max(conformal_quantile(scores[labels == g], level) for g in np.unique(labels))
+            # a group with fewer than level/(1 - level) rows has no finite conformal quantile
+            # at this level and cannot bound anything: it is left out of the maximum
+            q = [conformal_quantile(scores[labels == g], level) for g in np.unique(labels) if usable[g]]
+            t = max(q) if q else float("inf")
         else:
             t = conformal_quantile(scores, level, weights)
         width = t * float(np.average(denom, weights=weights)) if np.isfinite(t) else float("inf")
         if width < best[0]:
             best = (width, t, gamma)
+    if not np.isfinite(best[0]):
+        raise InputError(
+            f"{err.size} calibration rows in groups of at most {counts.max(initial=0)}: too few for a "
+            f"conformal quantile at level {level} (each group needs ≥ {int(np.ceil(level / (1 - level)))} rows)"
+        )
     return best[1] / target, best[2]
 
 

@@ -302,3 +302,16 @@ def test_calibration_split_with_fewer_rows_than_features(tmp_path):
     assert not (tmp_path / "c.zarr").exists()
     cal = calibrate(post, tmp_path / "s.zarr", split="train", level=0.9)
     assert cal.calibration["method"].startswith("split conformal")
+
+
+def test_worst_group_scale_skips_groups_too_small_for_the_level():
+    from popsdask.recalibration import conformal_quantile, fit_scale
+
+    rng = np.random.default_rng(3)
+    err = np.concatenate([rng.normal(size=400), 50 * rng.normal(size=400), [1e6, 1e6, 1e6]])
+    spread = np.ones(err.size)
+    groups = np.array(["easy"] * 400 + ["hard"] * 400 + ["tiny"] * 3)
+    t, gamma = fit_scale(err, spread, 0.9, groups, offsets=(0.0,))
+    assert gamma == 0.0 and t == conformal_quantile(np.abs(err[400:800]), 0.9)  # the hard group sets it
+    with pytest.raises(InputError, match="too few for a conformal quantile"):
+        fit_scale(err[-3:], spread[-3:], 0.9, groups[-3:])
