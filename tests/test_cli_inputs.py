@@ -191,3 +191,14 @@ def test_overwrite_wording_is_the_same_everywhere(capsys, stores):
     assert _run(["report", str(stores["pred"]), "-o", str(existing), "--overwrite"]) == 0
     assert not (existing / "old.txt").exists() and (existing / "report.md").exists()
     assert not [p for p in d.iterdir() if p.name.startswith(".exists")]
+
+
+def test_export_inputs(capsys, stores):
+    d, post = stores["dir"], str(stores["post"])
+    out = str(d / "members")
+    _fails(capsys, ["export", str(d / "nopost.zarr"), "--members", "3", "-o", out], "nopost.zarr: no such posterior")
+    _fails(capsys, ["export", post, "--members", "0", "-o", out], "--members", "0: must be >= 1")
+    _fails(capsys, ["export", post, "--members", "3", "-o", out], "no such store", "pass --descriptors STORE")
+    argv = ["export", post, "--members", "3", "-o", out, "--descriptors", str(stores["train"])]
+    _fails(capsys, argv, "train.zarr: no 'snap' attribute with the SNAP settings")
+    assert not (d / "members").exists()

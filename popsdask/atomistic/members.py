@@ -1,0 +1,134 @@
+"""Ensemble members out: the MLE and N posterior members as LAMMPS potential files, plus one
+LAMMPS input that runs a user's input once per member and collects a thermo quantity.
+
+The members are θ = coef + δθ with δθ from :meth:`popsdask.Posterior.perturbations`, the same
+seeded draws as :func:`popsdask.predict_ensemble` for the same ``n``, ``method`` and ``seed``,
+so member ``k`` here is sample ``k - 1`` of a prediction store. The directory is written beside
+its target and renamed into place (:func:`popsdask.store.atomic_group` semantics for a plain
+directory): it appears complete or not at all.
+
+Layout of ``DIR``::
+
+    mle.snapcoeff  mle.snapparam  mle.mod            # .mod: pair_style/pair_coeff commands
+    member-0001.snapcoeff ... member-NNNN.mod
+    ensemble.lmp                                     # lmp -in DIR/ensemble.lmp -var input IN ...
+    members.json                                     # posterior, method, seed, names
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._validate import InputError
+from ..posterior import Posterior
+from ..store import atomic_directory, commit_directory, discard_directory
+from .snap import SnapSettings
+from .snap_files import pair_commands_for, write_snap_potential
+
+__all__ = ["ENSEMBLE_INPUT", "export_members", "member_thetas"]
+
+ENSEMBLE_INPUT = "ensemble.lmp"
+
+
+def member_thetas(post: Posterior, n_members: int, method: str = "uniform", seed: int | None = 0) -> np.ndarray:
+    """(n_members, P) parameter vectors, identical to the ``theta`` of a prediction store made
+    with the same ``n_samples``, ``method`` and ``seed``."""
+    return post.coef_[None, :] + post.perturbations(n_members, method, seed)
+
+
+def _ensemble_input(names: list[str], mods: list[Path], quantity: str) -> str:
+    """LAMMPS input looping over the members (LAMMPS's ``clear`` keeps input variables)."""
+    cont = " &\n    "
+    return "\n".join(
+        [
+            "# popsdask ensemble driver: runs ${input} once per potential, records ${quantity} after it.",
+            "#   lmp -in ensemble.lmp -var input bcc.lmp [-var quantity pe/atoms] [-var out ensemble.txt]",
+            "# ${input} builds the system (units metal), runs `include ${potential}` where its pair style",
+            "# goes, and ends with its run/minimize; one line per potential is appended to ${out}.",
+            f'variable quantity index "{quantity}"',
+            "variable out index ensemble.txt",
+            'print "# member ${quantity}" file ${out} screen no',
+            "variable popsdask_name index" + cont + cont.join(names),
+            "variable potential index" + cont + cont.join(str(m) for m in mods),
+            "label popsdask_loop",
+            "clear",
+            "include ${input}",
+            "variable popsdask_value equal ${quantity}",
+            'print "${popsdask_name} $(v_popsdask_value:%.15g)" append ${out} screen no',
+            "next popsdask_name potential",
+            "jump SELF popsdask_loop",
+            "",
+        ]
+    )
+
+
+def export_members(
+    posterior: Posterior | str | os.PathLike,
+    settings: SnapSettings,
+    output: str | os.PathLike,
+    *,
+    n_members: int,
+    method: str = "uniform",
+    seed: int | None = 0,
+    quantity: str = "pe/atoms",
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write the MLE and ``n_members`` posterior members as ``pair_style snap`` files.
+
+    Parameters
+    ----------
+    posterior : Posterior or path of a saved posterior fitted on ``settings``'s columns
+    settings : the descriptor settings of the store the posterior was fitted to
+    output : directory to create
+    n_members, method, seed : the posterior draws (as ``predict``'s ``--n-samples``, ``--method``,
+        ``--seed``)
+    quantity : default LAMMPS equal-style expression the driver records (``-var quantity``)
+    overwrite : replace an existing directory
+
+    Returns
+    -------
+    dict with the directory, the driver input, member names and θ (n_members + 1, P), MLE first.
+    """
+    post = posterior if isinstance(posterior, Posterior) else Posterior.load(posterior)
+    if isinstance(n_members, bool) or int(n_members) < 1:
+        raise InputError(f"n_members={n_members!r}: must be a positive integer")
+    if post.n_features != settings.n_features:
+        raise InputError(
+            f"the posterior has {post.n_features} parameters, the SNAP settings {settings.n_features} columns "
+            "(was it fitted with an intercept or to another store?)"
+        )
+    final, staging = atomic_directory(output)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
+    theta = np.vstack([post.coef_[None, :], member_thetas(post, int(n_members), method, seed)])
+    width = max(4, len(str(theta.shape[0] - 1)))
+    names = ["mle"] + [f"member-{k:0{width}d}" for k in range(1, theta.shape[0])]
+    try:
+        staging.mkdir(parents=True)
+        for name, th in zip(names, theta, strict=True):
+            what = "MLE" if name == "mle" else f"posterior {method} sample {name[7:]} of {n_members}, seed {seed}"
+            paths = write_snap_potential(th, settings, staging / name, comment=what)
+            # the .mod file names the files where they will be, not in the staging directory
+            cmds = pair_commands_for(settings, final / paths["snapcoeff"].name, final / paths["snapparam"].name)
+            paths["mod"].write_text("# LAMMPS pair style of this potential (metal units)\n" + "\n".join(cmds) + "\n")
+        (staging / ENSEMBLE_INPUT).write_text(_ensemble_input(names, [final / f"{n}.mod" for n in names], quantity))
+        meta = {
+            "posterior": str(posterior) if isinstance(posterior, (str, os.PathLike)) else "<in memory>",
+            "n_members": int(n_members),
+            "method": method,
+            "seed": seed,
+            "members": names,
+            "note": "member k is sample k-1 of popsdask predict with the same --n-samples, --method, --seed",
+            "snap": settings.to_attrs(),
+        }
+        (staging / "members.json").write_text(json.dumps(meta, indent=2) + "\n")
+        commit_directory(staging, final, overwrite)
+    except BaseException:
+        discard_directory(staging, settle=0.0, attempts=2)
+        raise
+    return {"directory": str(final), "input": str(final / ENSEMBLE_INPUT), "names": names, "theta": theta}
