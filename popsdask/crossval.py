@@ -220,16 +220,18 @@ def _kind_order(kind: str) -> tuple[int, str]:
 
 # ---------------------------------------------------------------------------- recalibration
 def _fold_rows(pred: xr.Dataset) -> dict[str, dict[str, np.ndarray]]:
-    """Raw per-row y, mle, std, min, max of each kind of a prediction store, symmetry zeros out."""
+    """Raw per-row y, mle, std, min, max, tolerance of each kind of a prediction store, symmetry
+    zeros out; energies per atom when the store knows each configuration's n_atoms."""
     from .calibration import symmetry_zeros
-    from .ensemble import row_kinds
+    from .ensemble import band_arrays
 
+    views = band_arrays(pred, raw=True)
+    if "energy_per_atom" in views:
+        del views["energy"]
     out = {}
-    for kind, mask in row_kinds(pred).items():
-        v = {k: pred[f"{k}_raw" if f"{k}_raw" in pred else k].values[mask] for k in ("std", "min", "max")}
-        v |= {k: pred[k].values[mask] for k in ("y", "mle", "tolerance")}
+    for kind, v in views.items():
         keep = ~symmetry_zeros(v["y"], v["mle"], v["min"], v["max"], v["tolerance"])
-        out[kind] = {k: a[keep] for k, a in v.items()}
+        out[kind] = {k: v[k][keep] for k in ("y", "mle", "std", "min", "max", "tolerance")}
     return out
 
 

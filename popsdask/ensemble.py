@@ -144,7 +144,7 @@ def predict_ensemble(
     raw: dict[str, Any] = {}
     if post.calibration:
         raw = {"std_raw": ((dim,), std), "min_raw": ((dim,), lo), "max_raw": ((dim,), hi)}
-        std, lo, hi = _calibrated(post, coords.get("kind"), mle, std, lo, hi)
+        std, lo, hi = _calibrated(post, coords.get("kind"), _row_atoms(data, dim, coords, per_config), mle, std, lo, hi)
     data_vars: dict[str, Any] = {
         "prediction": (("sample", dim), (dev + mle[None, :]).astype(dtype)),
         "mle": ((dim,), mle),
@@ -193,7 +193,17 @@ def predict_ensemble(
     return _write(ds, output, overwrite, progress)
 
 
-def _calibrated(post: Posterior, kind: np.ndarray | None, mle, std, lo, hi):
+def _row_atoms(data: Any, dim: str, coords: dict[str, Any], per_config: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Atoms of each row's configuration (1 where energy rows are already per atom)."""
+    if isinstance(data, xr.Dataset) and str(data.attrs.get("energy_rows", "")).startswith("per atom"):
+        return np.ones(len(coords.get("kind", [])))
+    if "n_atoms" not in per_config or "config" not in coords:
+        return None
+    # on a configuration dimension the variables are already taken at each row's config
+    return per_config["n_atoms"] if dim == "configuration" else per_config["n_atoms"][coords["config"]]
+
+
+def _calibrated(post: Posterior, kind: np.ndarray | None, n_atoms: np.ndarray | None, mle, std, lo, hi):
     """The posterior's per-kind conformal scales applied to the raw std and envelope."""
     from .recalibration import Calibration
 
@@ -203,11 +213,21 @@ def _calibrated(post: Posterior, kind: np.ndarray | None, mle, std, lo, hi):
     names = {int(k): (KIND_NAMES.get(int(k), str(k)) if kind is not None else "all") for k in np.unique(codes)}
     factors = {key: np.ones(n) if key.endswith("scale") else np.zeros(n) for key in SCALE_KEYS}
     for code, name in names.items():
+        rows = codes == code
         c = cal.kinds.get(name)
+        if name == "energy" and "energy_per_atom" in cal.kinds:
+            # scales are unit-free; the offsets are per atom, so a total energy gets n_atoms of them
+            c = cal.kinds["energy_per_atom"]
+            if n_atoms is None:
+                raise InputError("the calibration is per atom for energies, but the store has no n_atoms")
+            atoms = np.asarray(n_atoms, dtype=np.float64)[rows]
+            for key in SCALE_KEYS:
+                factors[key][rows] = c[key] * (atoms if key.endswith("offset") else 1.0)
+            continue
         if c is None:
             continue
         for key in SCALE_KEYS:
-            factors[key][codes == code] = c[key]
+            factors[key][rows] = c[key]
     f = {k: da.from_array(v, chunks=mle.chunks) for k, v in factors.items()}
     t, g = f["envelope_scale"], f["envelope_offset"]
     return f["std_scale"] * (std + f["std_offset"]), mle - t * (mle - lo + g), mle + t * (hi - mle + g)
@@ -413,7 +433,7 @@ def _per_atom(ds: xr.Dataset) -> bool:
     return "n_atoms" in ds and not str(ds.attrs.get("energy_rows", "")).startswith("per atom")
 
 
-def _band_arrays(ds: xr.Dataset, raw: bool = False) -> dict[str, dict[str, np.ndarray]]:
+def band_arrays(ds: xr.Dataset, raw: bool = False) -> dict[str, dict[str, np.ndarray]]:
     """Per kind name: the per-row summaries of that kind (energies also per atom); ``raw``: the
     uncalibrated std and envelope of a calibrated prediction."""
     row = {k: ds[f"{k}_raw" if raw and f"{k}_raw" in ds else k].values for k in SUMMARY_VARS if k in ds}
@@ -460,7 +480,7 @@ def prediction_metrics(ds: xr.Dataset, group_by: str | None = None, raw: bool = 
     if "y" not in ds:
         raise InputError(f"{ds.attrs.get('source', '<predictions>')}: the prediction store has no references y")
     sizes = tuple(int(v) for v in ds.attrs.get("ev_curve_samples", ()))
-    views = _band_arrays(ds, raw)
+    views = band_arrays(ds, raw)
     labels = None if group_by is None else np.asarray(config_values(ds, group_by)).astype(str)
     kinds: dict[str, Any] = {}
     groups: dict[str, dict[str, Any]] = {}

@@ -206,12 +206,16 @@ def test_recalibration_round_trip_and_refusals(grouped, tmp_path):
     post.save(tmp_path / "post.zarr")
     cal = calibrate(post, tmp / "s.zarr", tmp_path / "cal.zarr", group_by="group", level=0.9, seed=1)
     back = Posterior.load(tmp_path / "cal.zarr")
-    assert back.calibration == cal.calibration and set(back.calibration["kinds"]) == {"energy", "force"}
+    assert back.calibration == cal.calibration and set(back.calibration["kinds"]) == {"energy_per_atom", "force"}
     ds = predict_ensemble(back, tmp / "s.zarr", tmp_path / "p.zarr", n_samples=100)
     c = back.calibration["kinds"]["force"]
     f = kind == 1
     np.testing.assert_allclose(ds["std"].values[f], c["std_scale"] * (ds["std_raw"].values[f] + c["std_offset"]))
     assert ds.attrs["bounds"].startswith("calibrated") and "metrics_raw" in ds.attrs
+    ce, e = back.calibration["kinds"]["energy_per_atom"], kind == 0  # offsets per atom: n_atoms of them
+    atoms = n_atoms[config[e]]
+    expected = ce["std_scale"] * (ds["std_raw"].values[e] + ce["std_offset"] * atoms)
+    np.testing.assert_allclose(ds["std"].values[e], expected)
     again = calibrate(post, tmp / "s.zarr", group_by="group", level=0.9, seed=1)
     assert again.calibration["kinds"] == cal.calibration["kinds"]  # reproducible
     # the split-conformal quantile is the ceil((n+1) level)-th smallest score
