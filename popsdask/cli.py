@@ -123,6 +123,10 @@ def _predict(args: argparse.Namespace) -> None:
     out = _refuse_existing(args.output, args.overwrite)
     post = Posterior.load(args.posterior)
     data = _open_rows(args.store, args.split, require_y=False)
+    if args.per_atom:
+        from .ensemble import per_atom_energy_rows
+
+        data = per_atom_energy_rows(data)
     n_features = data.sizes["feature"] + int(bool(post.settings.get("fit_intercept", False)))
     if n_features != post.n_features:
         raise InputError(
@@ -670,7 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=_number(0, kind=int), default=0, help="seed of the posterior samples")
     p.add_argument("--float32", action="store_true", help="store the prediction array as float32; default: float64")
-    p.add_argument("--ev-curve", default=EV_CURVE, help="sample counts of the EV-vs-S curve, or none")
+    p.add_argument("--ev-curve", default=EV_CURVE, help="sample counts of the envelope-violation-vs-S curve, or none")
+    p.add_argument("--per-atom", action="store_true", help="divide energy rows (X and y) by n_atoms: energies per atom")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("report", help="metrics table and figures of a prediction store")

@@ -29,6 +29,7 @@ from typing import Any
 import dask
 import distributed
 
+from ._validate import InputError
 from .runtime import current_client
 
 __all__ = [
@@ -363,8 +364,8 @@ def connect(
 
     Raises
     ------
-    ValueError
-        For an unknown cluster name or inconsistent options.
+    InputError (a ValueError)
+        For an unknown cluster name or inconsistent options (one line on the command line).
     ImportError
         For batch clusters without dask-jobqueue (``pip install popsdask[hpc]``).
     """
@@ -429,29 +430,29 @@ def connect(
 
 def _check_counts(n_workers: int | None, threads_per_worker: int | None, adapt: tuple[int, int] | None) -> None:
     if n_workers is not None and n_workers < 0:
-        raise ValueError(f"n_workers must be >= 0, got {n_workers}")
+        raise InputError(f"n_workers must be >= 0, got {n_workers}")
     if threads_per_worker is not None and threads_per_worker < 1:
-        raise ValueError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
+        raise InputError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
     if adapt is not None:
         if len(adapt) != 2:
-            raise ValueError(f"adapt must be (minimum, maximum), got {adapt!r}")
+            raise InputError(f"adapt must be (minimum, maximum), got {adapt!r}")
         low, high = adapt
         if low < 0 or high < 1 or low > high:
-            raise ValueError(f"adapt=(minimum, maximum) needs 0 <= minimum <= maximum >= 1, got {adapt}")
+            raise InputError(f"adapt=(minimum, maximum) needs 0 <= minimum <= maximum >= 1, got {adapt}")
 
 
 def _check_external(name: str | None, scheduler_file: str | None, *creation_options: Any) -> None:
     if scheduler_file is not None and name not in (None, "local"):
-        raise ValueError(
+        raise InputError(
             f"give either a cluster/scheduler address ({name!r}) or a scheduler file ({scheduler_file!r}), not both"
         )
     if name is not None and not _is_address(name):
-        raise ValueError(
+        raise InputError(
             f"unknown cluster {name!r}: expected 'local', 'slurm', 'pbs', 'lsf', or the address "
             "of a running scheduler such as 'tcp://host:8786'"
         )
     if any(option is not None for option in creation_options):
-        raise ValueError(
+        raise InputError(
             "n_workers, threads_per_worker, memory_limit, adapt, interface and config create a "
             "cluster; they cannot apply to an existing scheduler"
         )

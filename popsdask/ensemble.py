@@ -387,6 +387,25 @@ def open_predictions(path: str | os.PathLike) -> xr.Dataset:
         return xr.open_zarr(root, consolidated=False, zarr_format=3)
 
 
+def per_atom_energy_rows(ds: xr.Dataset) -> xr.Dataset:
+    """The store's rows with energy rows (X and y) divided by their configuration's n_atoms.
+
+    θ·row stays the prediction, now in energy per atom; force and stress rows, weights and the
+    per-configuration variables are unchanged. attrs ``energy_rows`` records the division.
+    """
+    where = ds.attrs.get("source", "<store>")
+    if "n_atoms" not in ds or "config" not in ds.coords or "kind" not in ds.coords:
+        raise InputError(f"{where}: energies per atom need per-configuration n_atoms and row config/kind")
+    n_atoms = np.asarray(ds["n_atoms"].values, dtype=float)
+    config = np.asarray(ds["config"].values)
+    factor = np.where(np.asarray(ds["kind"].values) == KIND_CODES["energy"], 1.0 / n_atoms[config], 1.0)
+    f = xr.DataArray(factor, dims=("row",))
+    out = ds.assign(X=ds["X"] * f, y=ds["y"] * f) if "y" in ds else ds.assign(X=ds["X"] * f)
+    out.attrs.update(ds.attrs)
+    out.attrs["energy_rows"] = "per atom (divided by n_atoms)"
+    return out
+
+
 def row_kinds(ds: xr.Dataset) -> dict[str, np.ndarray]:
     """Boolean masks of the prediction elements of each row kind (``all`` without kinds)."""
     dim = ds["mle"].dims[0]

@@ -319,3 +319,21 @@ def test_worst_group_scale_skips_groups_too_small_for_the_level():
     assert gamma == 0.0 and t == conformal_quantile(np.abs(err[400:800]), 0.9)  # the hard group sets it
     with pytest.raises(InputError, match="too few for a conformal quantile"):
         fit_scale(err[-3:], spread[-3:], 0.9, groups[-3:])
+
+
+def test_predict_per_atom_on_the_command_line(grouped, tmp_path):
+    from popsdask.cli import main
+    from popsdask.ensemble import open_predictions
+
+    tmp, X, y, config, kind, group, n_atoms = grouped
+    post = fit(tmp / "s.zarr")
+    post.save(tmp_path / "post.zarr")
+    args = ["predict", str(tmp_path / "post.zarr"), str(tmp / "s.zarr"), "-o", str(tmp_path / "p.zarr")]
+    assert main(args + ["--per-atom", "--cluster", "nowhere"]) == 2  # a bad cluster: one line, nothing written
+    assert not (tmp_path / "p.zarr").exists()
+    assert main(args + ["--per-atom", "--n-samples", "50", "--ev-curve", "none", "--n-workers", "1"]) == 0
+    ds = open_predictions(tmp_path / "p.zarr")
+    scale = np.where(kind == 0, 1.0 / n_atoms[config], 1.0)
+    np.testing.assert_allclose(ds["mle"].values, (X @ post.coef_) * scale, rtol=1e-12)
+    np.testing.assert_allclose(ds["y"].values, y * scale, rtol=1e-12)
+    assert "energy_per_atom" not in json.loads(ds.attrs["metrics"])  # energies already per atom

@@ -18,26 +18,11 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..ensemble import open_predictions, predict_ensemble
+from ..ensemble import open_predictions, per_atom_energy_rows, predict_ensemble
 from ..posterior import Posterior
 from ..report import write_report
 
 __all__ = ["per_atom_energy_rows", "pointwise_report"]
-
-
-def per_atom_energy_rows(ds: xr.Dataset) -> xr.Dataset:
-    """The store's rows with energy rows (X and y) divided by the configuration's atom count."""
-    n_atoms = np.asarray(ds["n_atoms"].values, dtype=float)
-    config = np.asarray(ds["config"].values)
-    factor = np.where(np.asarray(ds["kind"].values) == 0, 1.0 / n_atoms[config], 1.0)
-    f = xr.DataArray(factor, dims=("row",))
-    out = xr.Dataset(
-        {"X": ds["X"] * f, "y": ds["y"] * f},
-        coords={k: ds[k] for k in ("config", "kind", "atom", "component") if k in ds.coords},
-    )
-    out.attrs.update(ds.attrs)
-    out.attrs["energy_rows"] = "per atom (divided by n_atoms) for reporting"
-    return out
 
 
 def pointwise_report(
