@@ -2,7 +2,7 @@
 
 The envelope of an ``ensemble`` posterior over all its corrections is a (rows × corrections ×
 features) product reduced to a min and a max per row. popsdask computes it blockwise on Dask
-(``popsdask.ensemble._correction_range``, rows × 2048-correction blocks); the floor is the same
+(``popsdask.predictions.correction_range``, rows × 2048-correction blocks); the floor is the same
 products by numpy, block by block, reduced in place, on the same threads.
 
     python benchmarks/complete_envelope.py --rows 30000 --corrections 50000 --features 120 --repeats 3
@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     from popsdask import Posterior
-    from popsdask.ensemble import _correction_range
+    from popsdask.predictions import correction_range
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(args.rows, args.features))
@@ -62,7 +62,7 @@ def main() -> None:
         t_dask, t_numpy = [], []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            lo, hi = da.compute(*_correction_range(Xd, post, Xd @ post.coef_))
+            lo, hi = da.compute(*correction_range(Xd, post, Xd @ post.coef_))
             t_dask.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             flo, fhi = numpy_floor(X, C)

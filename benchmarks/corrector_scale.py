@@ -89,7 +89,7 @@ def synthetic_arrays(args: argparse.Namespace, first_block: int, n: int):
 def pipeline(args: argparse.Namespace) -> dict:
     """store → fit → predict (runs in the measured child process)."""
     import popsdask
-    from popsdask.ensemble import predict_ensemble
+    from popsdask.predictions import predict_ensemble
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

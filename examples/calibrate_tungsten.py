@@ -21,7 +21,7 @@ from pathlib import Path
 import popsdask
 from popsdask.atomistic.split import select_split
 from popsdask.crossval import calibrate, calibrated_crossval
-from popsdask.ensemble import predict_ensemble
+from popsdask.predictions import predict_ensemble
 
 KEYS = ("envelope_violation", "coverage_4sigma", "mean_abs_error_over_std", "median_abs_error_over_std")
 

@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     import popsdask
     from popsdask.cluster import connect
-    from popsdask.ensemble import predict_ensemble
     from popsdask.foundation import CHGNetExtractor, build_store
+    from popsdask.predictions import predict_ensemble
     from popsdask.report import write_report
 
     out = args.out

@@ -18,13 +18,13 @@ _LAZY = {
     "POPSRegressor": ".estimator",
     "fit": ".estimator",
     "Posterior": ".posterior",
-    "predict_ensemble": ".ensemble",
+    "predict_ensemble": ".predictions",
 }
 
 if TYPE_CHECKING:
-    from .ensemble import predict_ensemble
     from .estimator import POPSRegressor, fit
     from .posterior import Posterior
+    from .predictions import predict_ensemble
     from .store import KIND_CODES, open_store, write_store
 
 

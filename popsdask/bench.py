@@ -210,8 +210,8 @@ def _case_fit(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 
 def _case_ensemble(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    from .ensemble import predict_ensemble
     from .posterior import Posterior
+    from .predictions import predict_ensemble
 
     post = Posterior.load(workdir / "posterior.zarr")
     target = Path(spec["scratch"]) / f"pred-{spec['n']}.zarr"

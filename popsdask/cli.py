@@ -117,14 +117,14 @@ def _fit(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from .ensemble import predict_ensemble
     from .posterior import Posterior
+    from .predictions import predict_ensemble
 
     out = _refuse_existing(args.output, args.overwrite)
     post = Posterior.load(args.posterior)
     data = _open_rows(args.store, args.split, require_y=False)
     if args.per_atom:
-        from .ensemble import per_atom_energy_rows
+        from .predictions import per_atom_energy_rows
 
         data = per_atom_energy_rows(data)
     n_features = data.sizes["feature"] + int(bool(post.settings.get("fit_intercept", False)))
@@ -155,7 +155,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _check_predictions(path: Path) -> None:
     """Refuse what is not a complete prediction store with metrics, naming what it is instead."""
-    from .ensemble import PREDICTION_FORMAT
+    from .predictions import PREDICTION_FORMAT
     from .store import STORE_FORMAT, check_safe_group, write_state
 
     if not path.exists():
@@ -305,8 +305,8 @@ def _demo(args: argparse.Namespace) -> None:
         print(json.dumps(result, indent=2, default=str))
         return
     from .demo import ROWS_PER_CONFIG, write_demo_stores
-    from .ensemble import predict_ensemble
     from .estimator import fit
+    from .predictions import predict_ensemble
     from .report import write_report
 
     out = Path(args.output)

@@ -19,8 +19,8 @@ import xarray as xr
 
 from ._validate import InputError
 from .calibration import EV_CURVE_SAMPLES
-from .ensemble import open_predictions, predict_ensemble, prediction_metrics
 from .posterior import Posterior
+from .predictions import open_predictions, predict_ensemble, prediction_metrics
 from .recalibration import Calibration
 from .store import open_store
 
@@ -223,7 +223,7 @@ def _fold_rows(pred: xr.Dataset) -> dict[str, dict[str, np.ndarray]]:
     """Raw per-row y, mle, std, min, max, tolerance of each kind of a prediction store, symmetry
     zeros out; energies per atom when the store knows each configuration's n_atoms."""
     from .calibration import symmetry_zeros
-    from .ensemble import band_arrays
+    from .predictions import band_arrays
 
     views = band_arrays(pred, raw=True)
     if "energy_per_atom" in views:

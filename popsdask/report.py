@@ -11,7 +11,7 @@ import numpy as np
 import xarray as xr
 
 from ._validate import InputError
-from .ensemble import KIND_NAMES, configuration_variables, open_predictions, prediction_metrics
+from .predictions import KIND_NAMES, configuration_variables, open_predictions, prediction_metrics
 
 MAX_PARITY_POINTS = 20000
 

@@ -19,7 +19,7 @@ from popsdask.calibration import (
     miscalibration_area,
 )
 from popsdask.crossval import leave_one_group_out
-from popsdask.ensemble import predict_ensemble, prediction_metrics
+from popsdask.predictions import predict_ensemble, prediction_metrics
 
 from .conftest import misspecified
 
@@ -69,7 +69,7 @@ def test_complete_ensemble_equals_brute_force(grouped):
     post = fit(tmp / "s.zarr", posterior="ensemble", corrections_path=tmp / "corr.zarr")
     corr = np.asarray(post.corrections_)
     assert corr.shape[0] > 1000
-    from popsdask import ensemble
+    from popsdask import predictions as ensemble
 
     old = ensemble.CORRECTION_CHUNK, ensemble.RANGE_ROWS
     ensemble.CORRECTION_CHUNK, ensemble.RANGE_ROWS = 256, 300  # many (row × correction) blocks on a small problem
@@ -271,7 +271,7 @@ def test_crossval_cli_bad_group_exits_2_before_any_cluster(grouped, tmp_path, ca
 
 def test_metrics_dataset_and_empty_group(grouped, tmp_path):
     from popsdask.crossval import check_groups
-    from popsdask.ensemble import metrics_dataset
+    from popsdask.predictions import metrics_dataset
     from popsdask.store import open_store
 
     tmp, X, y, config, kind, group, n_atoms = grouped
@@ -323,7 +323,7 @@ def test_worst_group_scale_skips_groups_too_small_for_the_level():
 
 def test_predict_per_atom_on_the_command_line(grouped, tmp_path):
     from popsdask.cli import main
-    from popsdask.ensemble import open_predictions
+    from popsdask.predictions import open_predictions
 
     tmp, X, y, config, kind, group, n_atoms = grouped
     post = fit(tmp / "s.zarr")

@@ -67,7 +67,7 @@ def test_extxyz_to_report_on_the_command_line_equals_the_python_api(tmp_path, sc
     np.testing.assert_allclose(cli_post.coef_, api_post.coef_, rtol=1e-9, atol=1e-9 * np.abs(api_post.coef_).max())
     assert cli_post.n_selected_ == api_post.n_selected_
     api_pred = predict_ensemble(api_post, select_split(b, "test"), tmp_path / "api-pred.zarr", n_samples=64)
-    from popsdask.ensemble import open_predictions
+    from popsdask.predictions import open_predictions
 
     p = open_predictions(pred)
     scale = np.abs(api_pred["mle"].values).max()
@@ -108,7 +108,7 @@ def test_prediction_only_store_on_the_command_line(tmp_path, scheduler, capsys):
     pred = tmp_path / "pred.zarr"
     argv = ["predict", str(tmp_path / "p.zarr"), str(store), "-o", str(pred), "--split", "test", "--n-samples", "16"]
     assert main([*argv, *scheduler]) == 0
-    from popsdask.ensemble import open_predictions
+    from popsdask.predictions import open_predictions
 
     assert open_predictions(pred).sizes["sample"] == 16
 

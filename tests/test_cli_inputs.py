@@ -13,7 +13,7 @@ import pytest
 
 from popsdask import fit, write_store
 from popsdask.cli import main
-from popsdask.ensemble import predict_ensemble
+from popsdask.predictions import predict_ensemble
 
 from .conftest import misspecified
 

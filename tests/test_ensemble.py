@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from popsdask import Posterior, fit, write_store
-from popsdask.ensemble import predict_ensemble
+from popsdask.predictions import predict_ensemble
 from popsdask.report import write_report
 
 from .conftest import misspecified

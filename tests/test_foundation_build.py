@@ -135,8 +135,8 @@ def test_chgnet_corrector_on_tungsten_dft(tmp_path):
     """160 real W configurations: the POPS corrector removes CHGNet's DFT-setup offset."""
     pytest.importorskip("chgnet", reason="foundation extra (chgnet) not installed")
     import popsdask
-    from popsdask.ensemble import predict_ensemble
     from popsdask.foundation import CHGNetExtractor, read_structures
+    from popsdask.predictions import predict_ensemble
 
     structures = read_structures(W_DFT, index="0:9600:60")
     store = build_store(tmp_path / "w.zarr", structures, CHGNetExtractor(), per_atom=True)

@@ -21,8 +21,8 @@ import pytest
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from popsdask import Posterior, fit, write_store
-from popsdask import ensemble as ensemble_module
-from popsdask.ensemble import predict_ensemble
+from popsdask import predictions as ensemble_module
+from popsdask.predictions import predict_ensemble
 
 from .conftest import misspecified
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from popsdask import InputError, Posterior, fit, open_store, write_store
-from popsdask.ensemble import open_predictions
+from popsdask.predictions import open_predictions
 
 from .conftest import misspecified
 
@@ -71,7 +71,7 @@ WRITERS = {
     "predictions": COMMON
     + textwrap.dedent(
         """
-        from popsdask import ensemble
+        from popsdask import predictions as ensemble
         ensemble.BLOCK_BYTES = 8 * 100 * 256  # 256-row blocks: many prediction chunks
         ensemble.predict_ensemble(sys.argv[3], X, target, n_samples=100, seed=2, overwrite=True)
         """

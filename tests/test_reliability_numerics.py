@@ -22,7 +22,7 @@ import pytest
 from sklearn.linear_model import BayesianRidge
 
 from popsdask import Posterior, fit, write_store
-from popsdask.ensemble import predict_ensemble
+from popsdask.predictions import predict_ensemble
 
 from .conftest import misspecified
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from popsdask import fit, write_store
-from popsdask.ensemble import predict_ensemble
+from popsdask.predictions import predict_ensemble
 
 from .conftest import misspecified
 

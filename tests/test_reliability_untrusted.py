@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from popsdask import InputError, Posterior, fit, open_store, write_store
-from popsdask.ensemble import open_predictions, predict_ensemble
+from popsdask.predictions import open_predictions, predict_ensemble
 
 from .conftest import misspecified
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from popsdask import InputError, fit, open_store, write_store
-from popsdask.ensemble import predict_ensemble
+from popsdask.predictions import predict_ensemble
 
 from .conftest import misspecified
 

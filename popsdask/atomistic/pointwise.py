@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..ensemble import open_predictions, per_atom_energy_rows, predict_ensemble
 from ..posterior import Posterior
+from ..predictions import open_predictions, per_atom_energy_rows, predict_ensemble
 from ..report import write_report
 
 __all__ = ["per_atom_energy_rows", "pointwise_report"]
