@@ -173,22 +173,21 @@ def _calibration_figures(calib: dict[str, Any], out: Path) -> dict[str, Path]:
     import matplotlib.pyplot as plt
 
     figures = {}
+    # unit-free curves: a total energy and its per-atom view draw the same line
+    kinds = {k: m for k, m in calib["kinds"].items() if not (k == "energy" and "energy_per_atom" in calib["kinds"])}
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    for kind, m in calib["kinds"].items():
+    for kind, m in kinds.items():
         c = m.get("coverage_curve")
         if c:
             ax.plot(c["k"], c["observed"], label=f"{kind} (area {m['miscalibration_area']:.3f})")
     if ax.lines:
-        c = next(m["coverage_curve"] for m in calib["kinds"].values() if "coverage_curve" in m)
+        c = next(m["coverage_curve"] for m in kinds.values() if "coverage_curve" in m)
         ax.plot(c["k"], c["nominal"], "k--", lw=0.8, label="Gaussian nominal")
-        ax.set_xlabel("k (interval ±k·std)")
-        ax.set_ylabel("fraction of references within")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        figures["coverage"] = out / "coverage.png"
-        fig.savefig(figures["coverage"], dpi=110)
+        figures["coverage"] = _save(
+            fig, ax, "k (interval ±k·std)", "fraction of references within", out / "coverage.png"
+        )
     plt.close(fig)
-    curves = {k: m["ev_vs_samples"] for k, m in calib["kinds"].items() if "ev_vs_samples" in m}
+    curves = {k: m["ev_vs_samples"] for k, m in kinds.items() if "ev_vs_samples" in m}
     if curves:
         fig, ax = plt.subplots(figsize=(5.5, 4.5))
         for kind, c in curves.items():
@@ -197,14 +196,19 @@ def _calibration_figures(calib: dict[str, Any], out: Path) -> dict[str, Path]:
             if box is not None:
                 ax.axhline(100 * box, color=line[0].get_color(), ls=":", label=f"{kind}: exact box")
         ax.set_xscale("log")
-        ax.set_xlabel("posterior samples S")
-        ax.set_ylabel("envelope violation (%)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        figures["ev_vs_samples"] = out / "ev_vs_samples.png"
-        fig.savefig(figures["ev_vs_samples"], dpi=110)
+        path = out / "ev_vs_samples.png"
+        figures["ev_vs_samples"] = _save(fig, ax, "posterior samples S", "envelope violation (%)", path)
         plt.close(fig)
     return figures
+
+
+def _save(fig, ax, xlabel: str, ylabel: str, path: Path) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
 
 
 def _figures(ds: xr.Dataset, metrics: dict, out: Path, units: dict[str, str]) -> dict[str, Path]:
