@@ -204,3 +204,21 @@ def band_metrics(
             ev = envelope_violation_curve(b, sizes)
             out["ev_vs_samples"] = {"n_samples": [int(v) for v in sizes], "envelope_violation": ev.tolist()}
     return out
+
+
+def roundoff_tolerance(X: np.ndarray, coef: np.ndarray, intercept: float = 0.0) -> np.ndarray:
+    """Per row: the worst-case float64 round-off P·ε·Σⱼ|xⱼθⱼ| of the MLE product x·θ (+ b),
+    the second term of the tolerance convention above (P counts the intercept when there is one).
+
+    Parameters
+    ----------
+    X : (n, P) rows; coef : (P,) coefficients; intercept : b
+
+    Returns
+    -------
+    (n,) float64
+    """
+    X = np.asarray(X, dtype=np.float64)
+    coef = np.asarray(coef, dtype=np.float64)
+    p = coef.size + int(intercept != 0.0)
+    return p * np.finfo(np.float64).eps * (np.abs(X) @ np.abs(coef) + abs(float(intercept)))

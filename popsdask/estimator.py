@@ -17,7 +17,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from ._validate import InputError
 from .evidence import Evidence, EvidenceParams
-from .passes import Design, PopsSettings, design_from, fit_pops_with_evidence
+from .passes import Design, PopsSettings, compute, design_from, fit_pops_with_evidence
 from .posterior import DEFAULT_N_SAMPLES, Posterior
 
 PREDICT_BLOCK_ROWS = 8192
@@ -37,6 +37,7 @@ def fit(
     corrections_path: str | os.PathLike | None = None,
     progress: bool = False,
     minimum_relative_error: float | None = None,
+    reuse_statistics: bool = False,
     **evidence: Any,
 ) -> Posterior:
     """Fit a POPS posterior out of core.
@@ -67,6 +68,11 @@ def fit(
         temporary directory; :meth:`Posterior.save` copies them into the posterior group).
     progress : bool
         Print a progress bar per pass.
+    reuse_statistics : bool, default False
+        Take pass 1 (the Gram) and the evidence maximisation from the process's cache when
+        the same rows were fitted before (:class:`popsdask.passes.StatisticsCache`): POPS
+        settings only change passes 2–4. Dask and store inputs are identified by their dask
+        names, in-memory arrays by a SHA-256 of their bytes (one read of X).
     **evidence
         BayesianRidge hyper-parameters (max_iter, tol, alpha_1, alpha_2, lambda_1, lambda_2,
         alpha_init, lambda_init, compute_score).
@@ -78,7 +84,9 @@ def fit(
     if posterior not in ("hypercube", "ensemble"):
         raise ValueError(f"posterior={posterior!r}: use 'hypercube' or 'ensemble'")
     _check_settings(leverage_percentile, mode_threshold, percentile_clipping, chunk_rows, minimum_relative_error)
-    design = design_from(data, y, weight, chunk_rows=chunk_rows, fit_intercept=fit_intercept)
+    design = design_from(
+        data, y, weight, chunk_rows=chunk_rows, fit_intercept=fit_intercept, content_key=reuse_statistics
+    )
     if posterior == "ensemble" and corrections_path is None:
         corrections_path = Path(tempfile.mkdtemp(prefix="popsdask-")) / "corrections.zarr"
     post, _ = fit_pops_with_evidence(
@@ -89,6 +97,7 @@ def fit(
         ),
         corrections_path=corrections_path,
         progress=progress,
+        reuse_statistics=reuse_statistics,
     )
     return post
 
@@ -163,6 +172,11 @@ class POPSRegressor(RegressorMixin, BaseEstimator):
         Row chunk size for in-memory input.
     workdir : str or None
         Directory for the ``ensemble`` corrections (default: a temporary directory).
+    reuse_statistics : bool, default=False
+        Reuse pass 1 (the Gram) and the evidence maximisation of an earlier fit of the same
+        rows in this process (see :func:`fit`): a search over POPS settings then computes the
+        Gram once per training fold, with results identical to fresh fits. Off by default
+        because in-memory inputs are hashed (one read of X) to be identified.
 
     Attributes
     ----------
@@ -208,6 +222,7 @@ class POPSRegressor(RegressorMixin, BaseEstimator):
         "random_state": [None, Interval(Integral, 0, None, closed="left")],
         "chunk_rows": [None, Interval(Integral, 1, None, closed="left")],
         "workdir": [None, str, os.PathLike],
+        "reuse_statistics": ["boolean"],
     }
 
     def __init__(
@@ -236,6 +251,7 @@ class POPSRegressor(RegressorMixin, BaseEstimator):
         random_state=0,
         chunk_rows=None,
         workdir=None,
+        reuse_statistics=False,
     ):
         self.max_iter = max_iter
         self.tol = tol
@@ -260,6 +276,7 @@ class POPSRegressor(RegressorMixin, BaseEstimator):
         self.random_state = random_state
         self.chunk_rows = chunk_rows
         self.workdir = workdir
+        self.reuse_statistics = reuse_statistics
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -268,14 +285,15 @@ class POPSRegressor(RegressorMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fit
     def _design(self, X, y, sample_weight) -> Design:
+        kw = dict(chunk_rows=self.chunk_rows, fit_intercept=self.fit_intercept, content_key=self.reuse_statistics)
         if isinstance(X, (str, os.PathLike, xr.Dataset, da.Array)):
-            design = design_from(X, y, sample_weight, chunk_rows=self.chunk_rows, fit_intercept=self.fit_intercept)
+            design = design_from(X, y, sample_weight, **kw)
             self.n_features_in_ = design.n_features - int(self.fit_intercept)
             return design
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=True)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
-        return design_from(X, y, sample_weight, chunk_rows=self.chunk_rows, fit_intercept=self.fit_intercept)
+        return design_from(X, y, sample_weight, **kw)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, sample_weight=None):
@@ -320,6 +338,7 @@ class POPSRegressor(RegressorMixin, BaseEstimator):
             ),
             corrections_path=corrections,
             progress=bool(self.verbose),
+            reuse_statistics=self.reuse_statistics,
         )
         self._set_from_posterior(post, ev)
         return self
@@ -389,5 +408,144 @@ class POPSRegressor(RegressorMixin, BaseEstimator):
             out += [yp.max(axis=1) + out[0], yp.min(axis=1) + out[0]]
         if return_epistemic_std:
             out.append(da.sqrt(epi))
-        values = da.compute(*out)
+        values = compute(*out)  # the passes' executor: the client, or synchronous inside a worker task
         return values[0] if len(values) == 1 else tuple(values)
+
+
+class CalibratedPOPSRegressor(RegressorMixin, BaseEstimator):
+    """A :class:`POPSRegressor` whose std and envelope are recalibrated at ``level`` by split
+    conformal on configurations held out of its own POPS fit.
+
+    POPSRegressor has no calibration level; this wrapper makes it a parameter a search can
+    tune beside the POPS settings (grid keys ``level`` and ``estimator__leverage_percentile``
+    etc.). ``fit`` holds out a seeded ``calibration_fraction`` of the configurations, fits the
+    estimator on the others, and fits :func:`popsdask.recalibration.fit_kind` per row kind
+    on the held-out rows (symmetry zeros left out, as ``popsdask calibrate`` does); ``predict``
+    applies the scales. The held-out rows are the same for every setting of a search, so with
+    ``reuse_statistics=True`` the POPS fit computes its Gram once per training fold.
+
+    Parameters
+    ----------
+    estimator : POPSRegressor, optional
+        The POPS fit (default ``POPSRegressor()``); cloned by ``fit``.
+    level : float in (0, 1), default 0.95
+        Target coverage of the std's ±z interval and of the envelope.
+    calibration_fraction : float in (0, 1), default 0.25
+        Share of the configurations (rows when ``fit`` gets no ``config``) calibrated on.
+    row_kind : callable X -> (n,) labels, optional
+        Row kinds calibrated separately (e.g. :class:`popsdask.scoring.KindByColumns`);
+        default: all rows as one kind.
+    random_state : int, default 0
+        Seed of the held-out configurations.
+
+    Attributes
+    ----------
+    estimator_ : POPSRegressor, fitted on the other configurations
+    calibration_ : popsdask.recalibration.Calibration
+    coef_, intercept_, n_features_in_ : as the estimator's
+    """
+
+    _parameter_constraints: dict = {
+        "estimator": [None, POPSRegressor],
+        "level": [Interval(Real, 0.0, 1.0, closed="neither")],
+        "calibration_fraction": [Interval(Real, 0.0, 1.0, closed="neither")],
+        "row_kind": [None, callable],
+        "random_state": [Interval(Integral, 0, None, closed="left")],
+    }
+
+    def __init__(self, estimator=None, *, level=0.95, calibration_fraction=0.25, row_kind=None, random_state=0):
+        self.estimator = estimator
+        self.level = level
+        self.calibration_fraction = calibration_fraction
+        self.row_kind = row_kind
+        self.random_state = random_state
+
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y, sample_weight=None, config=None):
+        """Fit POPS on part of the configurations and calibrate on the rest.
+
+        Parameters
+        ----------
+        X : array-like (n_samples, n_features)
+        y : array-like (n_samples,)
+        sample_weight : array-like (n_samples,), optional
+        config : array-like (n_samples,), optional
+            Configuration of each row: the rows of one configuration (its energy and forces)
+            are held out together. Default: every row on its own.
+
+        Returns
+        -------
+        self
+        """
+        from sklearn.base import clone
+
+        from .recalibration import Calibration, fit_kind
+        from .scoring import kind_labels, predict_band
+
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=True)
+        config = np.arange(len(y)) if config is None else np.asarray(config)
+        if config.shape != y.shape:
+            raise ValueError(f"config has shape {config.shape}, y has {y.shape}")
+        configs = np.unique(config)
+        n_cal = int(round(self.calibration_fraction * configs.size))
+        if n_cal < 1 or n_cal >= configs.size:
+            raise ValueError(
+                f"calibration_fraction={self.calibration_fraction} of {configs.size} configurations leaves "
+                "no configuration to fit or none to calibrate on"
+            )
+        held = np.random.default_rng(self.random_state).permutation(configs)[:n_cal]
+        cal = np.isin(config, held)
+        est = clone(self.estimator if self.estimator is not None else POPSRegressor())
+        w = None if sample_weight is None else np.asarray(sample_weight)[~cal]
+        est.fit(X[~cal], y[~cal], sample_weight=w)
+        Xc, yc = X[cal], y[cal]
+        band = predict_band(est, Xc)
+        labels = kind_labels(Xc, len(yc), self.row_kind)
+        kinds = {}
+        for kind in np.unique(labels):
+            m = labels == kind
+            keep = _informative(yc[m], {k: v[m] for k, v in band.items()})
+            b = {k: v[m][keep] for k, v in band.items()}
+            kinds[str(kind)] = fit_kind(yc[m][keep], b["mle"], b["std"], b["lo"], b["hi"], self.level)
+        self.calibration_ = Calibration(
+            float(self.level),
+            kinds,
+            "split conformal on held-out configurations",
+            {"n_configurations": int(n_cal), "seed": int(self.random_state)},
+        )
+        self.estimator_ = est
+        self.coef_, self.intercept_ = est.coef_, est.intercept_
+        return self
+
+    def predict(self, X, return_std=False, return_bounds=False, return_epistemic_std=False):
+        """As :meth:`POPSRegressor.predict`, with the std and envelope calibrated per row kind
+        (the epistemic std is not). ``X`` as there; ``row_kind`` is given the rows as an
+        array (a dask array for dask, store or Dataset input).
+        """
+        from .scoring import kind_labels
+
+        check_is_fitted(self)
+        if isinstance(X, (str, os.PathLike, xr.Dataset)):
+            rows = design_from(X, require_y=False).X
+        elif isinstance(X, da.Array):
+            rows = X
+        else:
+            X = rows = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        mle, std, hi, lo, *epi = self.estimator_.predict(
+            X, return_std=True, return_bounds=True, return_epistemic_std=return_epistemic_std
+        )
+        labels = kind_labels(rows, mle.shape[0], self.row_kind)
+        std, lo, hi = std.copy(), lo.copy(), hi.copy()
+        for kind in np.unique(labels):
+            m = labels == kind
+            std[m], lo[m], hi[m] = self.calibration_.apply(str(kind), mle[m], std[m], lo[m], hi[m])
+        out = [mle] + ([std] if return_std else []) + ([hi, lo] if return_bounds else []) + epi
+        return out[0] if len(out) == 1 else tuple(out)
+
+
+def _informative(y: np.ndarray, band: dict[str, np.ndarray]) -> np.ndarray:
+    """Rows that are not symmetry zeros (:func:`popsdask.calibration.symmetry_zeros`)."""
+    from .calibration import kind_tolerance, symmetry_zeros
+
+    tol = np.maximum(kind_tolerance(y), band["roundoff"])
+    return ~symmetry_zeros(y, band["mle"], band["lo"], band["hi"], tol)

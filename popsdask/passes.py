@@ -17,9 +17,13 @@ Dask's threaded scheduler.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
+import hashlib
 import operator
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +69,9 @@ class Design:
     weight: da.Array | None
     source: str
     feature_names: list[str]
+    #: identity of the rows as chunked here (dask names, or content hashes of in-memory
+    #: inputs); None when unknown. Equal keys mean equal data and chunks, so pass 1 is reusable.
+    key: str | None = None
 
     @property
     def n_rows(self) -> int:
@@ -137,6 +144,30 @@ def _wrap_rows(arr: np.ndarray, chunk_rows: int) -> da.Array:
     return da.Array(dsk, name, chunks=(rows,) + tuple((d,) for d in arr.shape[1:]), dtype=arr.dtype, meta=arr[:0])
 
 
+def content_token(a: Any) -> str | None:
+    """The identity of an input array: its dask name, or a SHA-256 of a numpy array's bytes.
+
+    Dask names identify their data, as dask itself assumes (a store's include its zarr.json
+    modification time, so a store rewritten by popsdask gets new names; a store edited in
+    place by another tool keeps them). In-memory arrays are hashed whole, one read of X: a
+    sampled checksum could miss an edited row. On this machine 0.17 s for 314,308 × 120
+    float64, about the in-memory Gram at P = 120 (the hash grows as N·P, the Gram as N·P²).
+    None: not a numeric array.
+    """
+    if isinstance(a, xr.DataArray):
+        a = a.data
+    if a is None:
+        return "none"
+    if isinstance(a, da.Array):
+        return f"dask:{a.name}"
+    arr = np.asarray(a)
+    if arr.dtype == object:
+        return None
+    h = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
+    h.update(np.ascontiguousarray(arr).view(np.uint8).reshape(-1))
+    return f"sha256:{h.hexdigest()}"
+
+
 def design_from(
     data: Any,
     y: Any = None,
@@ -145,8 +176,13 @@ def design_from(
     chunk_rows: int | None = None,
     fit_intercept: bool = False,
     require_y: bool = True,
+    content_key: bool = False,
 ) -> Design:
-    """Normalise a numpy/dask array, an xarray Dataset or a store path into a :class:`Design`."""
+    """Normalise a numpy/dask array, an xarray Dataset or a store path into a :class:`Design`.
+
+    ``content_key``: also identify the data (:attr:`Design.key`, for the pass-1 cache); dask
+    inputs are identified by name for free, in-memory ones are hashed (one read of each).
+    """
     source = "<array>"
     names: list[str] = []
     if isinstance(data, (str, os.PathLike)):
@@ -170,6 +206,7 @@ def design_from(
     if n == 0 or p == 0:
         raise InputError(f"{source}: X is empty (shape {X.shape})")
     rows = chunk_rows or (X.chunks[0][0] if isinstance(X, da.Array) else default_chunk_rows(p))
+    tokens = [content_token(v) for v in (X, y, weight)] if content_key else [None]
     X = _to_dask(X, "X", rows, source)
     X = X.rechunk({1: -1})
     if fit_intercept:
@@ -188,13 +225,43 @@ def design_from(
         arrays[name] = arr.rechunk((X.chunks[0],))
     if require_y and arrays["y"] is None:
         raise InputError(f"{source}: no targets y")
-    return Design(X, arrays["y"], arrays["weight"], source, names)
+    key = None
+    if all(t is not None for t in tokens):
+        # the chunks are part of the identity: they fix the order of the float64 reduction
+        key = dask.base.tokenize("popsdask-design", tokens, X.chunks, X.dtype.str, fit_intercept)
+    return Design(X, arrays["y"], arrays["weight"], source, names, key)
 
 
 # ---------------------------------------------------------------------------- execution
 def _client():
-    """:func:`popsdask.runtime.current_client` (the one client lookup; kept under this name)."""
-    return current_client()
+    """:func:`popsdask.runtime.current_client` (the one client lookup; kept under this name),
+    or None inside a task on a distributed worker (see :func:`_in_worker_task`)."""
+    return None if _in_worker_task() else current_client()
+
+
+def _in_worker_task() -> bool:
+    """Whether this runs inside a task on a distributed worker, e.g. a fit in a dask-ml search.
+
+    There the passes run synchronously in the task: its rows are already in this worker's
+    memory, the search's parallelism is across its tasks, and submitting the passes to the
+    cluster from a task would block the worker thread that the passes' tasks need (with one
+    thread per worker, a deadlock).
+    """
+    try:
+        from distributed import get_worker
+
+        get_worker()
+        return True
+    except (ImportError, ValueError):
+        return False
+
+
+def _local_scheduler(objs: Sequence[Any]) -> contextlib.AbstractContextManager:
+    """How the passes run without a client: synchronously inside a worker task, else on Dask's
+    threaded scheduler with one BLAS thread per task (:func:`_local_blas_limit`)."""
+    if _in_worker_task():
+        return dask.config.set(scheduler="sync")
+    return _local_blas_limit(objs)
 
 
 def _local_threads(objs: Sequence[Any] = ()) -> int:
@@ -225,6 +292,10 @@ def _local_blas_limit(objs: Sequence[Any]) -> contextlib.AbstractContextManager:
 
 def _tasks_share_a_process() -> bool:
     """Whether block tasks may run in several threads of one Python process (the GIL)."""
+    if _in_worker_task():  # other tasks of this worker (e.g. other fits of a search) run beside
+        from distributed import get_worker
+
+        return get_worker().state.nthreads > 1
     client = _client()
     if client is not None:
         return any(n > 1 for n in client.nthreads().values())
@@ -235,7 +306,7 @@ def compute(*objs: Any, label: str = "", progress: bool = False) -> tuple:
     """Compute Dask objects on the current client (with a text progress bar if asked)."""
     client = _client()
     if client is None:
-        with _local_blas_limit(objs):
+        with _local_scheduler(objs):
             if progress:
                 from dask.diagnostics import ProgressBar
 
@@ -256,7 +327,7 @@ def compute(*objs: Any, label: str = "", progress: bool = False) -> tuple:
 def persist(*objs: Any) -> tuple:
     client = _client()
     if client is None:
-        with _local_blas_limit(objs):
+        with _local_scheduler(objs):
             return dask.persist(*objs)
     return tuple(client.persist(list(objs)))
 
@@ -340,6 +411,109 @@ def sufficient_statistics(design: Design, *, progress: bool = False) -> Stats:
     return stats
 
 
+class StatisticsCache:
+    """Pass 1 (and the evidence maximisation) of recent fits, by :attr:`Design.key`.
+
+    POPS settings (leverage_percentile, minimum_relative_error, mode_threshold,
+    percentile_clipping, posterior) only change passes 2–4, so a search over them on one
+    training fold needs the Gram pass once. Entries are keyed by the design's identity (dask
+    names, or SHA-256 of in-memory arrays, plus the row chunks and ``fit_intercept``), so an
+    entry is only ever used for the same rows chunked the same way, and a reused fit is
+    bit-identical to a fresh one. A design without a key is never cached.
+
+    Least recently used entries are dropped beyond ``maxsize`` entries or ``max_bytes`` of
+    arrays. Thread-safe; concurrent fits of one key compute pass 1 once (the others wait), as
+    when a threaded dask-ml search fits several settings of one fold at the same time.
+    Values are copied in and out, so a caller that edits a fitted attribute in place cannot
+    change a later fit.
+    """
+
+    def __init__(self, maxsize: int = 16, max_bytes: int = 512 * 2**20) -> None:
+        self.maxsize, self.max_bytes = maxsize, max_bytes
+        self._entries: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()  # key: (value, bytes)
+        self._lock = threading.Lock()
+        self._key_locks: dict[tuple, threading.Lock] = {}
+        self.hits = self.misses = 0
+
+    def get_or_compute(self, key: tuple, make: Callable[[], Any]) -> tuple[Any, bool]:
+        """The cached value of ``key`` (a copy) and True, or ``make()`` cached and False."""
+        with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in self._entries:
+                    self._entries.move_to_end(key)
+                    self.hits += 1
+                    return copy.deepcopy(self._entries[key][0]), True
+                self.misses += 1
+            try:
+                value = make()
+            except BaseException:
+                with self._lock:
+                    self._key_locks.pop(key, None)
+                raise
+            size = _nbytes(value)
+            with self._lock:
+                self._entries[key] = (copy.deepcopy(value), size)
+                while self._entries and (
+                    len(self._entries) > self.maxsize or sum(n for _, n in self._entries.values()) > self.max_bytes
+                ):
+                    old, _ = self._entries.popitem(last=False)
+                    self._key_locks.pop(old, None)
+            return value, False
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._key_locks.clear()
+            self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _nbytes(value: Any) -> int:
+    return sum(v.nbytes for v in vars(value).values() if isinstance(v, np.ndarray))
+
+
+#: the process's pass-1 cache (each distributed worker process has its own)
+STATISTICS_CACHE = StatisticsCache()
+
+
+def statistics_and_evidence(
+    design: Design, evidence: EvidenceParams, *, progress: bool = False, reuse: bool = False
+) -> tuple[Stats, Evidence]:
+    """Pass 1, the evidence maximisation and (when needed) pass 1b, from
+    :data:`STATISTICS_CACHE` when ``reuse`` and the design has a key (see
+    :class:`StatisticsCache`)."""
+
+    if not reuse or design.key is None:
+        stats = sufficient_statistics(design, progress=progress)
+        return stats, _evidence(design, stats, evidence, progress)
+    cache = STATISTICS_CACHE
+    stats, hit = cache.get_or_compute(("stats", design.key), lambda: sufficient_statistics(design, progress=progress))
+    if hit and progress:
+        print("[popsdask] pass 1/4: Gram (reused)", flush=True)
+    # the evidence (and pass 1b) depend on the BayesianRidge parameters too
+    ev_key = ("evidence", design.key, tuple(sorted(vars(evidence).items())))
+    ev, _ = cache.get_or_compute(ev_key, lambda: _evidence(design, stats, evidence, progress))
+    return stats, ev
+
+
+def _evidence(design: Design, stats: Stats, evidence: EvidenceParams, progress: bool) -> Evidence:
+    ev = maximise_evidence(stats, evidence)
+    if needs_refinement(stats, ev):
+        coef_d = delayed(ev.coef, pure=True)
+        parts = [
+            delayed(_reading(block_residual_stats), pure=True)(xb, yb, wb, coef_d) for xb, yb, wb in design.blocks()
+        ]
+        (res,) = compute(
+            tree_reduce(parts, combine_sum, "residual"), label="pass 1b: exact residuals", progress=progress
+        )
+        ev = maximise_evidence(stats, evidence, SSEAnchor(ev.coef, res[0], res[1]), (ev.eigvals, ev.eigvecs))
+    return ev
+
+
 def fit_pops(
     design: Design,
     *,
@@ -347,14 +521,21 @@ def fit_pops(
     settings: PopsSettings | None = None,
     corrections_path: str | os.PathLike | None = None,
     progress: bool = False,
+    reuse_statistics: bool = False,
 ) -> Posterior:
     """Fit BayesianRidge evidence maximisation and the POPS posterior, pass by pass.
 
     ``corrections_path`` (a new Zarr array directory) receives the pointwise corrections of
-    the ``ensemble`` posterior.
+    the ``ensemble`` posterior. ``reuse_statistics``: take pass 1 from (and put it in)
+    :data:`STATISTICS_CACHE` when the design has a :attr:`~Design.key`.
     """
     post, _ = fit_pops_with_evidence(
-        design, evidence=evidence, settings=settings, corrections_path=corrections_path, progress=progress
+        design,
+        evidence=evidence,
+        settings=settings,
+        corrections_path=corrections_path,
+        progress=progress,
+        reuse_statistics=reuse_statistics,
     )
     return post
 
@@ -366,6 +547,7 @@ def fit_pops_with_evidence(
     settings: PopsSettings | None = None,
     corrections_path: str | os.PathLike | None = None,
     progress: bool = False,
+    reuse_statistics: bool = False,
 ) -> tuple[Posterior, Evidence]:
     """:func:`fit_pops`, also returning the evidence maximisation (its ``scores`` are the log
     marginal likelihood per iteration when ``compute_score``)."""
@@ -377,17 +559,7 @@ def fit_pops_with_evidence(
             f"{design.source}: {n} rows (n_samples = {n}) but {p} features; "
             "POPS needs at least as many rows as features"
         )
-    stats = sufficient_statistics(design, progress=progress)
-    ev = maximise_evidence(stats, evidence)
-    if needs_refinement(stats, ev):
-        coef_d = delayed(ev.coef, pure=True)
-        parts = [
-            delayed(_reading(block_residual_stats), pure=True)(xb, yb, wb, coef_d) for xb, yb, wb in design.blocks()
-        ]
-        (res,) = compute(
-            tree_reduce(parts, combine_sum, "residual"), label="pass 1b: exact residuals", progress=progress
-        )
-        ev = maximise_evidence(stats, evidence, SSEAnchor(ev.coef, res[0], res[1]), (ev.eigvals, ev.eigvecs))
+    _, ev = statistics_and_evidence(design, evidence, progress=progress, reuse=reuse_statistics)
 
     a_inv = ev.a_inv
     coef_d, ainv_d = delayed(ev.coef, pure=True), delayed(a_inv, pure=True)
