@@ -135,11 +135,13 @@ def predict_ensemble(
     if complete:
         mean, std, lo, hi = _complete_ensemble(X, post)
         box = (lo, hi)
+        roundoff = _roundoff(X, post.coef_)
         n_summary = int(post.corrections_.shape[0])
     else:
-        mean, std = mle + dev.mean(axis=0), dev.std(axis=0)
-        lo, hi = mle + dev.min(axis=0), mle + dev.max(axis=0)
-        box = _box_bounds(X, post)
+        summary = _sampled_summaries(X, dev, post)
+        mean, std, lo, hi = (summary[:, k] for k in range(1, 5))
+        box = _box_bounds(X, post) if post.kind == "ensemble" else (summary[:, 5], summary[:, 6])
+        roundoff = summary[:, 7]
         n_summary = s
     raw: dict[str, Any] = {}
     if post.calibration:
@@ -160,7 +162,7 @@ def predict_ensemble(
     if design.y is not None:
         y = design.y.rechunk((X.chunks[0],)).astype(np.float64)
         data_vars["y"] = ((dim,), y)
-        tol = _row_tolerance(X, y, coords.get("kind"), post.coef_, reference_scale)
+        tol = _row_tolerance(y, roundoff, coords.get("kind"), reference_scale)
         data_vars["tolerance"] = ((dim,), tol)
         if ev_curve:
             data_vars["bracket_samples"] = ((dim,), _bracket(X, y, tol, post, ev_curve, method, seed))
@@ -237,17 +239,9 @@ SCALE_KEYS = ("std_scale", "std_offset", "envelope_scale", "envelope_offset")
 
 
 def _box_bounds(X: da.Array, post: Posterior) -> tuple[da.Array, da.Array]:
-    """Exact min and max of x·θ over the posterior's support, per row.
-
-    Hypercube θ = coef + U t, t ∈ [lo, hi]: x·coef + Σₖ min/max(aₖ loₖ, aₖ hiₖ) with a = Uᵀx.
-    Ensemble: min and max over every stored correction.
-    """
-    mle = X @ post.coef_
-    if post.kind == "ensemble":
-        return correction_range(X, post, mle)
-    a = X @ post.basis_  # (rows, K)
-    at_lo, at_hi = a * post.lower_[None, :], a * post.upper_[None, :]
-    return mle + da.minimum(at_lo, at_hi).sum(axis=1), mle + da.maximum(at_lo, at_hi).sum(axis=1)
+    """Exact min and max of x·θ over an ensemble posterior's support: over every stored
+    correction (a hypercube's closed form is in :func:`_summary_block`)."""
+    return correction_range(X, post, X @ post.coef_)
 
 
 def _correction_rows(post: Posterior) -> da.Array:
@@ -288,7 +282,7 @@ def _curve_sizes(post: Posterior, sizes: tuple[int, ...]) -> list[int]:
 
 
 def _row_tolerance(
-    X: da.Array, y: da.Array, kind: np.ndarray | None, coef: np.ndarray, scale: dict[int, float] | None
+    y: da.Array, roundoff: da.Array, kind: np.ndarray | None, scale: dict[int, float] | None
 ) -> da.Array:
     """Per row: max(1e-8 × the kind's RMS reference, the worst-case round-off P·ε·Σⱼ|xⱼθⱼ| of
     the MLE product), so that forces which are zero by symmetry are recognised even in a
@@ -299,8 +293,57 @@ def _row_tolerance(
     for k in np.unique(kind):
         rows = kind == k
         per_kind[rows] = kind_tolerance(yv[rows]) if scale is None else TOLERANCE_FACTOR * scale[int(k)]
-    roundoff = X.shape[1] * np.finfo(np.float64).eps * (abs(X) @ np.abs(coef))
-    return da.maximum(da.from_array(per_kind, chunks=(X.chunks[0],)), roundoff)
+    return da.maximum(da.from_array(per_kind, chunks=roundoff.chunks), roundoff)
+
+
+def _roundoff(X: da.Array, coef: np.ndarray) -> da.Array:
+    return X.shape[1] * np.finfo(np.float64).eps * (abs(X) @ np.abs(coef))
+
+
+N_SUMMARIES = 8  # mle, mean, std, min, max, box min, box max, round-off
+
+
+def _sampled_summaries(X: da.Array, dev: da.Array, post: Posterior) -> da.Array:
+    """(rows, 8) per-row summaries of drawn members, one task per row block: the block of
+    deviations that is written as ``prediction`` is reduced where it is, in one pass."""
+    box = post.kind != "ensemble"
+    return da.blockwise(
+        _summary_block,
+        "ik",
+        dev,
+        "si",
+        X,
+        "ij",
+        new_axes={"k": N_SUMMARIES},
+        concatenate=True,
+        dtype=np.float64,
+        coef=post.coef_,
+        basis=post.basis_ if box else None,
+        lower=post.lower_ if box else None,
+        upper=post.upper_ if box else None,
+    )
+
+
+def _summary_block(devb, Xb, *, coef, basis, lower, upper) -> np.ndarray:
+    out = np.empty((Xb.shape[0], N_SUMMARIES))
+    mle = Xb @ coef
+    out[:, 0] = mle
+    out[:, 1] = mle + devb.mean(axis=0)
+    out[:, 2] = devb.std(axis=0)
+    out[:, 3] = mle + devb.min(axis=0)
+    out[:, 4] = mle + devb.max(axis=0)
+    if basis is not None:
+        # the exact box x·coef + Σₖ min/max(aₖ loₖ, aₖ hiₖ), a = Uᵀx, as centre ± radius:
+        # min/max(aₖ loₖ, aₖ hiₖ) = aₖ midₖ ∓ |aₖ| halfₖ (one product with U, no (rows × K) temporaries)
+        a = Xb @ basis
+        centre = mle + a @ ((lower + upper) / 2.0)
+        radius = np.abs(a, out=a) @ ((upper - lower) / 2.0)
+        out[:, 5] = centre - radius
+        out[:, 6] = centre + radius
+    else:
+        out[:, 5:7] = np.nan
+    out[:, 7] = Xb.shape[1] * np.finfo(np.float64).eps * (np.abs(Xb) @ np.abs(coef))
+    return out
 
 
 def _bracket(X: da.Array, y: da.Array, tol: da.Array, post: Posterior, sizes, method, seed) -> da.Array:
