@@ -26,8 +26,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.special import erf
-from scipy.stats import norm
 
 TOLERANCE_FACTOR = 1e-8
 NLL_FLOOR_FACTOR = 0.01
@@ -75,6 +73,8 @@ def coverage_curve(err: np.ndarray, std: np.ndarray, k: np.ndarray = COVERAGE_K,
     -------
     observed, nominal : (len(k),) arrays
     """
+    from scipy.special import erf  # scipy on first use: the CLI imports this module for its defaults
+
     a = np.abs(np.asarray(err, dtype=np.float64))
     s = np.asarray(std, dtype=np.float64)
     k = np.asarray(k, dtype=np.float64)
@@ -90,6 +90,8 @@ def miscalibration_area(err: np.ndarray, std: np.ndarray, n_levels: int = 101) -
     0 for a perfectly calibrated Gaussian band, up to 0.5 for one that covers nothing or
     everything at every level.
     """
+    from scipy.stats import norm
+
     a = np.abs(np.asarray(err, dtype=np.float64))
     if a.size == 0:
         return float("nan")

@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 
 from ._validate import InputError
-from .calibration import NLL_FLOOR_FACTOR, TOLERANCE_FACTOR, band_metrics, kind_tolerance
+from .calibration import NLL_FLOOR_FACTOR, TOLERANCE_FACTOR, band_metrics, kind_tolerance, roundoff_tolerance
 from .passes import compute, design_from
 from .posterior import DEFAULT_N_SAMPLES, Posterior
 from .store import (
@@ -297,7 +297,7 @@ def _row_tolerance(
 
 
 def _roundoff(X: da.Array, coef: np.ndarray) -> da.Array:
-    return X.shape[1] * np.finfo(np.float64).eps * (abs(X) @ np.abs(coef))
+    return X.map_blocks(roundoff_tolerance, coef=coef, drop_axis=1, dtype=np.float64)
 
 
 N_SUMMARIES = 8  # mle, mean, std, min, max, box min, box max, round-off
@@ -342,7 +342,7 @@ def _summary_block(devb, Xb, *, coef, basis, lower, upper) -> np.ndarray:
         out[:, 6] = centre + radius
     else:
         out[:, 5:7] = np.nan
-    out[:, 7] = Xb.shape[1] * np.finfo(np.float64).eps * (np.abs(Xb) @ np.abs(coef))
+    out[:, 7] = roundoff_tolerance(Xb, coef)
     return out
 
 
