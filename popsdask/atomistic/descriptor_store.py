@@ -38,9 +38,12 @@ from ..store import write_store
 from .configurations import Configuration, validate_configuration
 from .snap import RowBlock, SnapSettings, snap_rows
 from .split import SPLIT_CODES, split_configurations
-from .weights import WeightSettings, paper_weights
+from .weights import WeightSettings, element_reference_energies, paper_weights
 
-__all__ = ["PartsReport", "build_descriptor_store", "compute_parts", "parts_directory"]
+__all__ = ["PartsReport", "build_descriptor_store", "composition_bins", "compute_parts", "parts_directory"]
+
+#: upper edges of the mixture bins of :func:`composition_bins` (fraction of the second element)
+COMPOSITION_EDGES = (0.25, 0.5, 0.75, 1.0)
 
 _SMALL = ("y", "reference", "kind", "atom", "component", "config")
 
@@ -196,6 +199,31 @@ def compute_parts(
     return report
 
 
+def composition_bins(counts: np.ndarray, elements: Sequence[str]) -> np.ndarray:
+    """A composition label per configuration, for reports by composition.
+
+    One element: its symbol. Two: the pure elements' symbols, and for mixtures the fraction x
+    of the second element in quarter bins ``Be_0.25-0.50`` (0.25 < x <= 0.50; the last bin is
+    open at 1). More: the elements present, joined by ``-`` in the settings' order.
+    """
+    counts = np.asarray(counts)
+    n = counts.sum(axis=1)
+    out = []
+    for row, total in zip(counts, n, strict=True):
+        present = [e for e, c in zip(elements, row, strict=True) if c > 0]
+        if len(present) == 1 or len(elements) != 2:
+            out.append("-".join(present))
+            continue
+        x = row[1] / total
+        lo = 0.0
+        for hi in COMPOSITION_EDGES:
+            if x <= hi:
+                break
+            lo = hi
+        out.append(f"{elements[1]}_{lo:.2f}-{hi:.2f}")
+    return np.array(out)
+
+
 def _load(path: str, name: str) -> np.ndarray:
     with np.load(path) as z:
         return z[name]
@@ -294,6 +322,7 @@ def build_descriptor_store(
 
     n_cfg = len(configurations)
     n_atoms = np.array([c.n_atoms for c in configurations])
+    counts = np.array([[c.symbols.count(e) for e in settings.elements] for c in configurations], dtype=np.int64)
     energy = np.array([c.energy for c in configurations], dtype=float)
     groups = np.array([c.group or "-" for c in configurations])
     split_scheme = "given"
@@ -316,7 +345,8 @@ def build_descriptor_store(
     norm_over = train if train.any() else np.ones(n_cfg, dtype=bool)
     w = None
     if wset is not None:
-        w = paper_weights(kind, config, atom, energy / n_atoms, n_atoms, force_norm, norm_over, wset)
+        w = paper_weights(kind, config, atom, energy / n_atoms, n_atoms, force_norm, norm_over, wset, counts=counts)
+        mu, mu_how = element_reference_energies(energy / n_atoms, counts, norm_over)
     ref_energy = np.zeros(n_cfg)
     e_rows = kind == 0
     ref_energy[config[e_rows]] = small["reference"][e_rows]
@@ -334,6 +364,10 @@ def build_descriptor_store(
         "has_virial_rows": np.array([_wants_virial(c, virial) for c in configurations]),
         "cell": np.array([c.cell for c in configurations]),
         "pbc": np.array([c.pbc for c in configurations], dtype=bool),
+        # composition: for reports by composition (report --group-by composition_bin)
+        **{f"count_{e}": counts[:, i] for i, e in enumerate(settings.elements)},
+        **{f"fraction_{e}": counts[:, i] / n_atoms for i, e in enumerate(settings.elements)},
+        "composition_bin": composition_bins(counts, settings.elements),
     }
     store_attrs = {
         "descriptor": "qSNAP (LAMMPS compute snap)" if settings.quadratic else "SNAP",
@@ -352,6 +386,9 @@ def build_descriptor_store(
         else {
             "scheme": "paper eq. 9",
             "normalised_over": "training configurations" if train.any() else "all configurations",
+            "energy_reference": {
+                e: {"eV_per_atom": float(m), "from": h} for e, m, h in zip(settings.elements, mu, mu_how, strict=True)
+            },
             **wset.to_attrs(),
         },
         "split": {

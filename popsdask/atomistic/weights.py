@@ -8,6 +8,13 @@ that its weighted residual is a per-atom energy error. Energy and force weights 
 so that **each sums to the number of training energy rows** over the training set; test rows
 get the same formula and scale factors. Virial rows get ``virial_factor`` times their
 configuration's energy-row weight.
+
+With several elements the energies per atom of different compositions are not comparable (Be
+sits ~5.6 eV/atom above W in the W–Be set), so ΔE is measured from a composition-weighted
+reference Σ_e x_e μ_e, with μ_e the lowest energy per atom of the training configurations of
+pure e (a formation energy per atom; elements without a pure training configuration get μ_e
+from a least-squares fit of the training energies per atom on the fractions). For one element
+this is the lowest training energy per atom, as in the paper.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import numpy as np
 
 from .._validate import InputError
 
-__all__ = ["WeightSettings", "paper_weights"]
+__all__ = ["WeightSettings", "element_reference_energies", "paper_weights"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,45 @@ class WeightSettings:
         return asdict(self)
 
 
+def element_reference_energies(
+    energy_per_atom: np.ndarray, counts: np.ndarray, train: np.ndarray
+) -> tuple[np.ndarray, list[str]]:
+    """Per-element reference energies μ_e (eV/atom) of the eq. 9 ΔE, and how each was found.
+
+    Parameters
+    ----------
+    energy_per_atom : (n_configurations,)
+    counts : (n_configurations, n_elements) atoms of each element
+    train : (n_configurations,) configurations the reference is taken from
+
+    Returns
+    -------
+    (n_elements,) μ_e, and per element ``"pure minimum"``, ``"least squares"`` or ``"no
+    training atoms"`` (μ_e = 0: it weighs no training configuration).
+    """
+    epa = np.asarray(energy_per_atom, dtype=float)
+    counts = np.asarray(counts, dtype=float)
+    train = np.asarray(train, dtype=bool)
+    frac = counts / counts.sum(axis=1, keepdims=True)
+    mu = np.full(frac.shape[1], np.nan)
+    how: list[str] = []
+    for e in range(frac.shape[1]):
+        pure = train & (frac[:, e] == 1.0)
+        if pure.any():
+            mu[e] = epa[pure].min()
+            how.append("pure minimum")
+        elif not np.any(frac[train, e]):
+            mu[e] = 0.0
+            how.append("no training atoms")
+        else:
+            how.append("least squares")
+    missing = np.isnan(mu)
+    if missing.any():  # fit the rest of the training energies on the missing fractions
+        known = frac[train][:, ~missing] @ mu[~missing]
+        mu[missing] = np.linalg.lstsq(frac[train][:, missing], epa[train] - known, rcond=None)[0]
+    return mu, how
+
+
 def paper_weights(
     kind: np.ndarray,
     config: np.ndarray,
@@ -48,6 +94,7 @@ def paper_weights(
     force_norm: np.ndarray,
     train: np.ndarray,
     settings: WeightSettings | None = None,
+    counts: np.ndarray | None = None,
 ) -> np.ndarray:
     """Row weights (eq. 9), normalised over the training configurations.
 
@@ -58,6 +105,8 @@ def paper_weights(
     force_norm : (n_rows,) norm of the reference force on the row's atom (ignored elsewhere)
     train : (n_configurations,) True for training configurations
     settings : WeightSettings
+    counts : (n_configurations, n_elements) atoms per element; with two or more elements ΔE is
+        taken from the composition-weighted reference (:func:`element_reference_energies`)
 
     Returns
     -------
@@ -70,6 +119,10 @@ def paper_weights(
     if not train.any():
         raise InputError("paper_weights: no training configurations")
     epa = np.asarray(energy_per_atom, dtype=float)
+    if counts is not None and np.asarray(counts).shape[1] > 1:
+        counts = np.asarray(counts, dtype=float)
+        mu, _ = element_reference_energies(epa, counts, train)
+        epa = epa - (counts / counts.sum(axis=1, keepdims=True)) @ mu
     e0 = epa[train].min()
     w_cfg = np.exp(-(epa - e0) / s.a)
     if s.energy_per_atom:

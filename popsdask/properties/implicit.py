@@ -40,6 +40,7 @@ import xarray as xr
 from .._validate import InputError
 from ..atomistic.implicit import Expansion, expand
 from ..atomistic.snap import SnapSettings
+from .cells import bcc_guess
 from .phases import compute as compute_phases
 from .phases import relax_in_symmetry
 from .potential import Potential, reference_potential, resolve_members
@@ -147,7 +148,9 @@ def hop_neb(
 def _relax_hcp(potential: Any, a_bcc: float, fmax: float, stress_tol: float) -> Any:
     """hcp relaxed within its space group (P6_3/mmc): hcp is mechanically unstable towards bcc
     for some members, and an unconstrained relaxation slides into bcc (Burgers path)."""
-    return relax_in_symmetry(hcp_start(a_bcc), potential, cubic=False, fmax=fmax, stress_tol=stress_tol)
+    return relax_in_symmetry(
+        hcp_start(a_bcc, potential.element), potential, cubic=False, fmax=fmax, stress_tol=stress_tol
+    )
 
 
 def brute_force_phases(potential: Any) -> dict[str, Any]:
@@ -158,7 +161,7 @@ def brute_force_phases(potential: Any) -> dict[str, Any]:
         out["bcc"] = (a0**3 / 2.0, e0, "ok")
     except Exception as err:
         out["bcc"] = (float("nan"), float("nan"), f"bcc: {err}"[:80])
-        a0 = 3.18
+        a0 = bcc_guess(potential.element)
     r = _relax_hcp(potential, a0, 1e-4, 1e-5)
     n = len(r.atoms)
     out["hcp"] = (r.atoms.get_volume() / n, r.energy / n, "ok") if r.converged else (np.nan, np.nan, r.reason[:80])
@@ -196,7 +199,8 @@ def mle_expansions_phases(theta0: np.ndarray, settings: SnapSettings, *, h: floa
     from ase.build import bulk
 
     mle = _potential("mle", theta0, settings)
-    rb = relax(bulk("W", "bcc", a=3.18, cubic=True), mle, cell="iso", fmax=_FMAX, stress_tol=_STRESS)
+    start = bulk(mle.element, "bcc", a=bcc_guess(mle.element), cubic=True)
+    rb = relax(start, mle, cell="iso", fmax=_FMAX, stress_tol=_STRESS)
     if not rb.converged:
         raise RuntimeError(f"MLE bcc did not relax: {rb.reason}")
     a0 = float(np.cbrt(rb.atoms.get_volume()))
@@ -222,7 +226,8 @@ def mle_expansions_vacancy(
     from ase.build import bulk
 
     mle = _potential("mle", theta0, settings)
-    rb = relax(bulk("W", "bcc", a=3.18, cubic=True), mle, cell="iso", fmax=_FMAX, stress_tol=_STRESS)
+    start = bulk(mle.element, "bcc", a=bcc_guess(mle.element), cubic=True)
+    rb = relax(start, mle, cell="iso", fmax=_FMAX, stress_tol=_STRESS)
     if not rb.converged:
         raise RuntimeError(f"MLE bcc did not relax: {rb.reason}")
     neb = hop_neb(mle, size=size, n_images=n_images, fmax=1e-4, max_steps=5000)

@@ -172,7 +172,7 @@ def compute(
     if gs_status == "ok":
         for k, kind in enumerate(defects):
             try:
-                atoms = interstitial_cell(kind, a0, size, potential.elements[0])
+                atoms = interstitial_cell(kind, a0, size, potential.element)
                 if rattle > 0:
                     atoms.rattle(rattle, seed=seed + k)
                 r = relax(atoms, potential, cell="none", fmax=fmax, max_steps=max_steps)

@@ -78,7 +78,7 @@ def compute(potential: Potential, *, paths: tuple[str, ...] | list[str] = PATHS,
     """
     a0, e_bcc = bcc_ground_state(potential)
     v = a0**3 / 2.0
-    el = potential.elements[0]
+    el = potential.element
     lams = np.linspace(0.0, 1.0, n_points)
     names = list(paths)
     energy = np.full((len(names), n_points), np.nan)

@@ -53,7 +53,8 @@ EV_A3_TO_GPA = 160.21766208
 #: the paper's Fig. 4 order
 PHASES = ("bcc", "A15", "sigma", "Al4W", "chi", "mu", "C15", "C36", "C14", "Al5W", "fcc", "hcp", "Al12W")
 
-#: volume per atom the prototypes are scaled to before relaxing (Å^3; W bcc ≈ 16.0)
+#: volume per atom of :func:`build_phase` when none is given (Å^3; W bcc ≈ 16.0). ``compute``
+#: scales every prototype to the potential's own relaxed bcc volume instead.
 V_START = 16.0
 
 
@@ -365,7 +366,7 @@ def relax_in_symmetry(
 def _one_phase(name: str, potential: Potential, opts: dict[str, Any]) -> dict[str, Any]:
     out = {"energy": np.nan, "volume": np.nan, "bulk_modulus": np.nan, "n_atoms": 0, "status": "ok"}
     try:
-        atoms = build_phase(name, volume_per_atom=opts["volume_per_atom"])
+        atoms = build_phase(name, element=potential.element, volume_per_atom=opts["volume_per_atom"])
     except KeyError as err:
         out["status"] = str(err.args[0])
         return out
@@ -394,7 +395,7 @@ def compute(
     n_eos: int = 7,
     eos_strain: float = 0.03,
     bulk_modulus: bool = True,
-    volume_per_atom: float = V_START,
+    volume_per_atom: float | None = None,
 ) -> xr.Dataset:
     """Relaxed phase energies, volumes and bulk moduli of one potential.
 
@@ -411,6 +412,8 @@ def compute(
     names = list(phases)
     a0, e_bcc = bcc_ground_state(potential)
     v_bcc = a0**3 / 2
+    if opts["volume_per_atom"] is None:  # prototypes start at this potential's own bcc volume
+        opts["volume_per_atom"] = v_bcc
     rows = [_one_phase(n, potential, opts) for n in names]
     e = np.array([r["energy"] for r in rows], dtype=float)
     v = np.array([r["volume"] for r in rows], dtype=float)

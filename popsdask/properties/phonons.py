@@ -85,7 +85,7 @@ def force_constants(potential: Potential, a0: float, *, supercell: int = 4, disp
 
     from .relax import static_results
 
-    el = potential.elements[0]
+    el = potential.element
     unit = PhonopyAtoms(symbols=[el, el], cell=np.eye(3) * a0, scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5]])
     # is_symmetry=False: phonopy's symmetry search of a 128-atom cell costs ~2 s per member,
     # six ± displacements of the one primitive atom cost six force calls (~0.1 s)

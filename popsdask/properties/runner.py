@@ -40,7 +40,7 @@ from .._validate import InputError
 from ..runtime import ProgressCounter, current_client
 from ..store import is_complete
 from .implicit import run_implicit
-from .potential import Potential, reference_potential, resolve_members
+from .potential import Potential, default_reference, reference_potential, resolve_members
 from .results import open_results, write_results
 
 __all__ = [
@@ -107,7 +107,9 @@ def compute_part(potential: Potential, prop: str, options: dict[str, Any], path:
         ds.attrs["error"] = _short(err)
         status = f"error: {ds.attrs['error']}"
     wall = time.perf_counter() - t0
-    ds.attrs.update({"wall_time": wall, "label": potential.label, "property": prop, "options": opts})
+    ds.attrs.update(
+        {"wall_time": wall, "label": potential.label, "property": prop, "options": opts, "element": potential.element}
+    )
     _write_part(p, ds)
     return {**info, "status": status, "wall_time": wall}
 
@@ -253,7 +255,8 @@ def run_resample(
     properties : names in :data:`PROPERTIES`
     store_path : results directory (parts and combined stores); reruns resume in it
     n_samples, seed, sampling : posterior samples drawn (``Posterior.sample``'s ``method``)
-    reference : include the reference potential (True: ``W_2940_2017_2``; or a teacher name)
+    reference : include the reference potential (True: the default of the members' element,
+        :data:`~.potential.DEFAULT_REFERENCES`; or a teacher name)
     client : Dask client; None uses the current one, else one is started with
         :func:`popsdask.cluster.connect`; ``"sync"`` runs in this process
     options : per-property keyword arguments of ``compute`` (e.g. ``{"phases": {"n_eos": 5}}``)
@@ -273,7 +276,10 @@ def run_resample(
     pots = list(members)
     ref_label = None
     if reference:
-        ref = reference_potential(reference if isinstance(reference, str) else "W_2940_2017_2")
+        # the reference builds the members' element; True: that element's default teacher
+        element = members[0].element if members else None
+        name = reference if isinstance(reference, str) else default_reference(element or "W")
+        ref = reference_potential(name, element=element)
         pots = [ref, *pots]
         ref_label = ref.label
     store = Path(store_path)

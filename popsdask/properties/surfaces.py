@@ -184,7 +184,7 @@ def compute(
         for k, hkl in enumerate(facets):
             try:
                 nl = layers_for(hkl, a0, thickness)
-                atoms = slab(hkl, a0, nl, vacuum, potential.elements[0])
+                atoms = slab(hkl, a0, nl, vacuum, potential.element)
                 layers[k], area[k] = nl, surface_area(atoms)
                 gamma0[k] = surface_energy(static_energy(atoms, potential), len(atoms), e0, area[k])
                 if not relaxed:

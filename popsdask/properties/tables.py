@@ -43,8 +43,9 @@ TABLES: dict[str, tuple[str, ...]] = {
 #: variables never tabulated (coordinates stored as data)
 SKIP = {"coordinate", "n_atoms", "distance"}
 
-#: published values for tungsten, for context only (not the reference of the statistics)
-PUBLISHED: dict[str, list[dict[str, Any]]] = {
+#: published values per element (sources cited), for context only (not the reference of the
+#: statistics); an element without an entry gets none
+PUBLISHED: dict[str, dict[str, list[dict[str, Any]]]] = {"W": {
     "bcc": [
         {"quantity": "lattice constant (Å)", "value": 3.165, "source": "experiment, room temperature (Kittel, "
          "Introduction to Solid State Physics, 8th ed., Table 1.4)"},
@@ -60,7 +61,7 @@ PUBLISHED: dict[str, list[dict[str, Any]]] = {
         {"quantity": "vacancy formation energy (eV)", "value": 3.67, "source": "experiment, Rasch, Siegel & Schultz, "
          "Phil. Mag. A 41, 91 (1980)"},
     ],
-}  # fmt: skip
+}}  # fmt: skip
 
 
 def _variables(ds: xr.Dataset, prop: str) -> list[str]:
@@ -216,6 +217,9 @@ def write_report(
     dict with ``tables`` (property -> variable -> rows and summary), ``ranks`` and ``markdown``.
     """
     data = _open(results, properties)
+    # the results' element (recorded by the runner) selects the published values
+    element = next((str(ds.attrs["element"]) for ds in data.values() if ds.attrs.get("element")), None)
+    published = PUBLISHED.get(element, {}) if element else {}
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     md = ["# Property uncertainty report", ""]
@@ -247,9 +251,9 @@ def write_report(
                     md.append("")
             else:
                 md.append(_markdown(rows, summ, var, ds[var].attrs.get("units", "")))
-        if prop in PUBLISHED:
-            md += ["Published values for context (not used in the statistics):", ""]
-            md += [f"- {p['quantity']}: {p['value']} — {p['source']}" for p in PUBLISHED[prop]]
+        if prop in published:
+            md += [f"Published values for {element}, for context (not used in the statistics):", ""]
+            md += [f"- {p['quantity']}: {p['value']} — {p['source']}" for p in published[prop]]
             md.append("")
     ranks = rank_table(data)
     if ranks:
@@ -263,7 +267,7 @@ def write_report(
     text = "\n".join(md)
     (out / "report.md").write_text(text)
     js = {"tables": tables, "ranks": {k: {**v, "members": [float(x) for x in v["members"]]} for k, v in ranks.items()},
-          "published": PUBLISHED}  # fmt: skip
+          "element": element, "published": published}  # fmt: skip
     (out / "report.json").write_text(json.dumps(js, indent=1, default=float))
     if figures:
         _figures(data, ranks, out)

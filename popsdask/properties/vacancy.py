@@ -272,7 +272,7 @@ def vacancy_migration(
     if status != "ok":
         return out
     try:
-        start_i, start_f, hop = vacancy_cells(a0, size, potential.elements[0])
+        start_i, start_f, hop = vacancy_cells(a0, size, potential.element)
         out["hop"] = hop
         neb = climbing_neb(
             potential, start_i, start_f, n_images=n_images, fmax=fmax, relax_fmax=relax_fmax,
