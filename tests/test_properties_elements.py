@@ -48,3 +48,17 @@ def test_missing_definitions_are_one_line() -> None:
     assert reference_potential("WBe_Wood_PRB2019", element="Be").element == "Be"
     assert bcc_guess("Ta") == pytest.approx(3.31, abs=0.01)
     assert np.isfinite(bcc_guess("Cu"))  # fcc reference: the bcc cell of the same volume
+
+
+def test_oracle_generates_the_teachers_element() -> None:
+    """Teacher/student demos beyond tungsten: the generator draws the teacher's element at its
+    lattice scale and labels it with the teacher."""
+    from popsdask.atomistic.oracle import bcc_lattice_guess, generate_tungsten_configurations
+
+    cfgs = generate_tungsten_configurations(6, seed=1, teacher="Mo_Chen_PRM2017", configs_per_task=6)
+    assert all(set(c.symbols) == {"Mo"} and np.isfinite(c.energy) for c in cfgs)
+    assert bcc_lattice_guess("Mo") == pytest.approx(3.15, abs=0.01)
+    w = generate_tungsten_configurations(2, seed=1, configs_per_task=2)  # the same draws, as tungsten
+    assert all(set(c.symbols) == {"W"} for c in w)
+    assert cfgs[0].group == w[0].group  # same shape, cell scaled to Mo's lattice
+    np.testing.assert_allclose(cfgs[0].cell, w[0].cell * bcc_lattice_guess("Mo") / 3.1805, rtol=1e-12)

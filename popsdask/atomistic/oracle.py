@@ -31,14 +31,37 @@ from .lammps_backend import get_session, lammps_box, potentials_dir
 __all__ = [
     "CATEGORIES",
     "TEACHERS",
+    "bcc_lattice_guess",
     "generate_tungsten_configurations",
     "label_configurations",
     "teacher_calculator",
 ]
 
-#: bcc tungsten lattice constant of the default teacher (Å)
+#: bcc tungsten lattice constant of the default teacher (Å); the structures are drawn at this
+#: scale and rescaled to another teacher's element by :func:`bcc_lattice_guess`
 A_BCC = 3.1805
 V_ATOM = A_BCC**3 / 2
+
+
+def bcc_lattice_guess(element: str) -> float:
+    """A bcc lattice constant (Å) for ``element``: ASE's reference bcc ``a``, else the bcc cell
+    of the same volume per atom as its reference crystal. A starting point, never a result."""
+    from ase.data import atomic_numbers, reference_states
+
+    z = atomic_numbers.get(element)
+    ref = reference_states[z] if z else None
+    if not ref or "a" not in ref:
+        raise InputError(f"element {element!r}: no reference crystal to start a bcc lattice constant from")
+    a, sym = float(ref["a"]), ref["symmetry"]
+    per_cell = {"bcc": 2, "fcc": 4, "diamond": 8, "sc": 1}
+    if sym in per_cell:
+        volume = a**3 / per_cell[sym]
+    elif sym == "hcp":
+        volume = np.sqrt(3) / 4 * a**3 * float(ref.get("c/a", 1.633))
+    else:  # other lattices: close packed at the nearest-neighbour distance a
+        volume = a**3 / np.sqrt(2)
+    return float((2 * volume) ** (1 / 3))
+
 
 #: teachers with hand-written commands; any other ``NAME.snap`` shipped in the wheel also works
 TEACHERS = ("W_2940_2017_2", "W_zhou.eam.alloy")
@@ -294,9 +317,15 @@ def _generate_and_label(
     indices: Sequence[int], seed: int, max_atoms: int, min_distance: float, teacher: str
 ) -> list[Configuration]:
     calc = teacher_calculator(teacher)
+    element = calc.elements[0]
+    # drawn at tungsten's scale, rescaled to the teacher's element (same shapes, its lattice)
+    scale = 1.0 if element == "W" else bcc_lattice_guess(element) / A_BCC
     out = []
     for i in indices:
         atoms, name, md = _draw(i, seed, max_atoms, min_distance)
+        if element != "W":
+            atoms.set_chemical_symbols([element] * len(atoms))
+            atoms.set_cell(atoms.cell[:] * scale, scale_atoms=True)
         if md:
             atoms.positions = _md_positions(atoms, calc, md)
             atoms.wrap()
@@ -320,7 +349,9 @@ def generate_tungsten_configurations(
     client: Any = None,
     configs_per_task: int = 25,
 ) -> list[Configuration]:
-    """Generate ``n_configs`` diverse tungsten configurations labelled by the teacher.
+    """Generate ``n_configs`` diverse configurations of the teacher's (first) element, labelled
+    by the teacher: tungsten by default, any element of a shipped ``NAME.snap`` (rescaled by
+    :func:`bcc_lattice_guess`).
 
     Parameters
     ----------

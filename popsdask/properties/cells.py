@@ -18,28 +18,13 @@ __all__ = ["bcc_guess", "bcc_supercell", "ground_state", "unwrap_like"]
 
 
 def bcc_guess(element: str) -> float:
-    """A starting bcc lattice constant (Å) for ``element``: ASE's reference bcc ``a``, else
-    the bcc cell of the same volume per atom as its reference fcc, hcp or other crystal.
+    """A starting bcc lattice constant (Å) for ``element``
+    (:func:`popsdask.atomistic.oracle.bcc_lattice_guess`: ASE's reference bcc ``a``, else the bcc
+    cell of the same volume per atom). Only a starting point: every property uses the
+    potential's own relaxed value."""
+    from ..atomistic.oracle import bcc_lattice_guess
 
-    Only a starting point: every property uses the potential's own relaxed value.
-    """
-    from ase.data import atomic_numbers, reference_states
-
-    from .._validate import InputError
-
-    z = atomic_numbers.get(element)
-    ref = reference_states[z] if z else None
-    if not ref or "a" not in ref:
-        raise InputError(f"element {element!r}: no reference crystal to start a bcc lattice constant from")
-    a, sym = float(ref["a"]), ref["symmetry"]
-    per_cell = {"bcc": 2, "fcc": 4, "diamond": 8, "sc": 1}
-    if sym in per_cell:
-        volume = a**3 / per_cell[sym]
-    elif sym == "hcp":
-        volume = np.sqrt(3) / 4 * a**2 * a * float(ref.get("c/a", 1.633))
-    else:  # other lattices: a close-packed guess from the nearest-neighbour distance a
-        volume = a**3 / np.sqrt(2)
-    return float((2 * volume) ** (1 / 3))
+    return bcc_lattice_guess(element)
 
 
 def ground_state(potential: Potential) -> tuple[float, float, str]:
