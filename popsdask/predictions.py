@@ -459,9 +459,6 @@ def row_kinds(ds: xr.Dataset) -> dict[str, np.ndarray]:
     return {KIND_NAMES.get(int(k), str(k)): kind == k for k in np.unique(kind)}
 
 
-_kind_groups = row_kinds
-
-
 def configuration_variables(ds: xr.Dataset) -> list[str]:
     """Per-configuration variables of a prediction store (usable as ``group_by``)."""
     return sorted(
