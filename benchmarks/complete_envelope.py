@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -79,6 +80,8 @@ def main() -> None:
                 "numpy_floor_s": med_n,
                 "ratio": med_d / med_n,
                 "gflops_popsdask": flops / med_d / 1e9,
+                # the process holds X and all corrections (numpy floor) besides the Dask run
+                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                 "runs_popsdask_s": t_dask,
                 "runs_numpy_s": t_numpy,
             }
