@@ -82,33 +82,36 @@ def _open_rows(path: str, split: str | None, *, require_y: bool) -> Any:
 
 
 def _fit(args: argparse.Namespace) -> None:
+    import shutil
+
     from .estimator import fit
-    from .store import atomic_directory
+    from .store import output_lock
 
     out = _refuse_existing(args.output, args.overwrite)
     data = _open_rows(args.store, args.split, require_y=True)  # before any cluster starts
-    corrections = None
-    if args.posterior == "ensemble":
-        # stream the corrections next to the output; save() moves them into the group
-        corrections = atomic_directory(out)[1].with_suffix(".corrections.zarr")
-    with connect_from_args(args):
-        t0 = time.perf_counter()
-        post = fit(
-            data,
-            posterior=args.posterior,
-            leverage_percentile=args.leverage_percentile,
-            minimum_relative_error=args.minimum_relative_error,
-            mode_threshold=args.mode_threshold,
-            percentile_clipping=args.percentile_clipping,
-            fit_intercept=args.fit_intercept,
-            corrections_path=corrections,
-            progress=not args.quiet,
-        )
-        post.save(out, overwrite=args.overwrite)
-    if corrections is not None:
-        import shutil
-
-        shutil.rmtree(corrections, ignore_errors=True)
+    # every pass is checkpointed next to the output (the ensemble's corrections too), so a
+    # killed fit continues with --resume; removed once the posterior is saved
+    checkpoint = out.with_name(out.name + ".checkpoint")
+    with output_lock(out):  # a second fit of the same output exits 2 at once
+        _refuse_existing(args.output, args.overwrite)  # again: another fit may have just finished it
+        if checkpoint.exists() and not args.resume and not args.quiet:
+            print(f"popsdask fit: starting over; --resume would continue the fit in {checkpoint}", file=sys.stderr)
+        with connect_from_args(args):
+            t0 = time.perf_counter()
+            post = fit(
+                data,
+                posterior=args.posterior,
+                leverage_percentile=args.leverage_percentile,
+                minimum_relative_error=args.minimum_relative_error,
+                mode_threshold=args.mode_threshold,
+                percentile_clipping=args.percentile_clipping,
+                fit_intercept=args.fit_intercept,
+                progress=not args.quiet,
+                checkpoint=checkpoint,
+                resume=args.resume,
+            )
+            post.save(out, overwrite=args.overwrite)
+        shutil.rmtree(checkpoint, ignore_errors=True)
     print(
         f"fitted {post.n_rows_} rows x {post.n_features} features in {time.perf_counter() - t0:.1f} s: "
         f"alpha={post.alpha_:.4g} lambda={post.lambda_:.4g} selected={post.n_selected_} "
@@ -695,6 +698,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="hypercube bounds at these percentiles of the projections instead of min/max",
     )
     p.add_argument("--fit-intercept", action="store_true", help="append a constant column; default: off")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed fit from its last finished pass (OUTPUT.checkpoint, written by every fit); "
+        "refused when the store or the settings changed; default: start over",
+    )
     p.set_defaults(func=_fit)
 
     p = sub.add_parser("predict", help="ensemble predictions of a store with a posterior")

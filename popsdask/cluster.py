@@ -41,6 +41,7 @@ __all__ = [
     "jobqueue_cluster",
     "load_cluster_config",
     "local_cluster",
+    "NannyLocalCluster",
 ]
 
 #: ``--cluster`` names served by dask-jobqueue, mapped to their cluster class.
@@ -139,6 +140,33 @@ def _interface_host(interface: str) -> str:
         raise ValueError(f"network interface {interface!r}: {exc}") from exc
 
 
+#: SpecCluster's lost-worker timer while a popsdask LocalCluster handles a worker's removal
+NANNY_LOST_WORKER_TIMEOUT = "3650d"
+
+
+class NannyLocalCluster(distributed.LocalCluster):
+    """A :class:`distributed.LocalCluster` that leaves restarting killed workers to their nannies.
+
+    On every worker removal SpecCluster starts a timer (``distributed.deploy.lost-worker-timeout``,
+    15 s) that closes the worker's nanny for good if, when it fires, no worker of that *name* is
+    registered. The timer is not cancelled when the nanny brings the worker back, so a worker
+    killed twice within 15 s whose second restart is still running when the first timer fires
+    loses its nanny: the nanny logs "Restarting worker", the new process registers and is told
+    to close ("Closing Nanny ... Reason: nanny-close" exactly 15 s after the first removal),
+    and with two workers the cluster ends with none and a fit waits for ever. distributed
+    accepted that race when it added the check (dask/distributed#2990, #3088: "if the new worker
+    has not spun up yet then this will delete the old worker"); it is still in 2026.8.0
+    (``SpecCluster._update_worker_status``). Here the nannies live in this process and restart
+    their own workers, so the timer is pushed out of reach; batch clusters keep it (a lost job
+    must be closed to be replaced).
+    """
+
+    def _update_worker_status(self, op: str, msg: Any) -> None:
+        # the timeout is read inside this call, on the event loop: set it for this call only
+        with dask.config.set({"distributed.deploy.lost-worker-timeout": NANNY_LOST_WORKER_TIMEOUT}):
+            super()._update_worker_status(op, msg)
+
+
 def local_cluster(
     *,
     n_workers: int | None = None,
@@ -165,7 +193,9 @@ def local_cluster(
 
     Returns
     -------
-    distributed.LocalCluster
+    NannyLocalCluster
+        A :class:`distributed.LocalCluster` whose killed workers are always restarted by their
+        nannies (see :class:`NannyLocalCluster`).
     """
     kwargs: dict[str, Any] = {"processes": True}
     if interface is None:
@@ -182,7 +212,7 @@ def local_cluster(
         if value is not None:
             kwargs[key] = value
     kwargs.update(cluster_kwargs)
-    return distributed.LocalCluster(**kwargs)
+    return NannyLocalCluster(**kwargs)
 
 
 def jobqueue_cluster(

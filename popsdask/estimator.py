@@ -38,6 +38,8 @@ def fit(
     progress: bool = False,
     minimum_relative_error: float | None = None,
     reuse_statistics: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
     **evidence: Any,
 ) -> Posterior:
     """Fit a POPS posterior out of core.
@@ -73,6 +75,17 @@ def fit(
         the same rows were fitted before (:class:`popsdask.passes.StatisticsCache`): POPS
         settings only change passes 2–4. Dask and store inputs are identified by their dask
         names, in-memory arrays by a SHA-256 of their bytes (one read of X).
+    checkpoint : path, optional
+        A directory (e.g. ``posterior.zarr.checkpoint``) where each finished pass is written
+        atomically: the sufficient statistics and evidence, the leverage selection with each
+        chunk's leverage block, the correction moment (``ensemble``: and the corrections, which
+        the returned posterior then reads from there: keep the checkpoint until it is saved),
+        and the bounds. Replaced unless ``resume``. Held under a lock file for the fit.
+    resume : bool, default False
+        Continue from the last finished pass in ``checkpoint`` (nothing there: from pass 1).
+        Refused with :class:`InputError` when the data's fingerprint (source, shape, chunking,
+        metadata and sampled-chunk checksums) or any setting differs from the checkpoint's.
+        The result equals the uninterrupted fit.
     **evidence
         BayesianRidge hyper-parameters (max_iter, tol, alpha_1, alpha_2, lambda_1, lambda_2,
         alpha_init, lambda_init, compute_score).
@@ -87,7 +100,7 @@ def fit(
     design = design_from(
         data, y, weight, chunk_rows=chunk_rows, fit_intercept=fit_intercept, content_key=reuse_statistics
     )
-    if posterior == "ensemble" and corrections_path is None:
+    if posterior == "ensemble" and corrections_path is None and checkpoint is None:
         corrections_path = Path(tempfile.mkdtemp(prefix="popsdask-")) / "corrections.zarr"
     post, _ = fit_pops_with_evidence(
         design,
@@ -98,6 +111,8 @@ def fit(
         corrections_path=corrections_path,
         progress=progress,
         reuse_statistics=reuse_statistics,
+        checkpoint=checkpoint,
+        resume=resume,
     )
     return post
 

@@ -20,12 +20,16 @@ import contextlib
 import copy
 import functools
 import hashlib
+import json
 import operator
 import os
+import re
+import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dask
@@ -548,9 +552,19 @@ def fit_pops_with_evidence(
     corrections_path: str | os.PathLike | None = None,
     progress: bool = False,
     reuse_statistics: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> tuple[Posterior, Evidence]:
     """:func:`fit_pops`, also returning the evidence maximisation (its ``scores`` are the log
-    marginal likelihood per iteration when ``compute_score``)."""
+    marginal likelihood per iteration when ``compute_score``).
+
+    ``checkpoint``: a directory where each finished pass's result is written atomically
+    (:class:`Checkpoint`); ``resume`` continues from its last finished pass after checking that
+    the data's fingerprint and the settings are those it was made with (else
+    :class:`InputError`). Without ``resume`` an existing checkpoint is replaced. The ``ensemble``
+    corrections then live in the checkpoint (``corrections_path`` is not used): keep it until
+    the posterior is saved.
+    """
     settings = settings or PopsSettings()
     evidence = evidence or EvidenceParams()
     n, p = design.n_rows, design.n_features
@@ -559,11 +573,102 @@ def fit_pops_with_evidence(
             f"{design.source}: {n} rows (n_samples = {n}) but {p} features; "
             "POPS needs at least as many rows as features"
         )
-    _, ev = statistics_and_evidence(design, evidence, progress=progress, reuse=reuse_statistics)
+    if checkpoint is None:
+        if resume:
+            raise ValueError("resume=True needs a checkpoint directory to resume from")
+        return _fit_passes(design, evidence, settings, corrections_path, progress, reuse_statistics, None)
+    from .store import output_lock
 
+    with output_lock(checkpoint):  # one fit per checkpoint at a time
+        ckpt = Checkpoint.open(checkpoint, design, evidence, settings, resume=resume)
+        try:
+            return _fit_passes(design, evidence, settings, corrections_path, progress, reuse_statistics, ckpt)
+        except BaseException:
+            if not any(ckpt.has(name) for name in CHECKPOINT_PASSES):
+                ckpt.remove()  # nothing to resume: leave no empty directory behind
+            raise
+
+
+def _fit_passes(
+    design: Design,
+    evidence: EvidenceParams,
+    settings: PopsSettings,
+    corrections_path: str | os.PathLike | None,
+    progress: bool,
+    reuse_statistics: bool,
+    ckpt: Checkpoint | None,
+) -> tuple[Posterior, Evidence]:
+    """The passes in order, each taken from ``ckpt`` when it holds it, else computed (and then
+    checkpointed)."""
+    ev = ckpt.load_evidence(progress) if ckpt else None
+    if ev is None:
+        stats, ev = statistics_and_evidence(design, evidence, progress=progress, reuse=reuse_statistics)
+        if ckpt:
+            ckpt.save_evidence(stats, ev)
+    lev = None
+    if ckpt:
+        # pass 2's blocks are read back only for a pass 3 or 4 still to run
+        done = ckpt.has("moment") and (settings.posterior == "ensemble" or ckpt.has("bounds"))
+        lev = ckpt.load_leverage(progress, blocks=not done)
+    if lev is None:
+        lev = leverage_pass(design, ev, settings, progress)
+        if ckpt:
+            ckpt.save_leverage(lev)
+    moment = ckpt.load_moment(progress) if ckpt else None
+    if moment is None:
+        moment = moment_pass(design, ev, lev, settings, corrections_path, progress, ckpt)
+    bounds = None
+    if settings.posterior == "hypercube":
+        bounds = ckpt.load_bounds(progress) if ckpt else None
+        if bounds is None:
+            bounds = bounds_pass(design, ev, lev, moment.moment, settings, progress)
+            if ckpt:
+                ckpt.save_bounds(bounds)
+    return _posterior(design, ev, lev, moment, bounds, evidence, settings), ev
+
+
+@dataclass
+class Leverage:
+    """Pass 2's result: the per-chunk (h, c[, r]) blocks kept for passes 3–4 (persisted on the
+    workers, or read from a checkpoint) and the row selection they define."""
+
+    blocks: list[Any]
+    threshold: float
+    min_residual: float | None
+    counts: list[int]
+    floor: float | None
+
+    @property
+    def n_selected(self) -> int:
+        return sum(self.counts)
+
+
+@dataclass
+class Moment:
+    """Pass 3's result: Σ c² xxᵀ over the kept rows (``inner``), the second moment
+    A⁻¹ inner A⁻¹ of the corrections, and the ``ensemble`` corrections (lazy, on disk)."""
+
+    inner: np.ndarray
+    moment: np.ndarray
+    corrections: da.Array | None = None
+
+
+@dataclass
+class Bounds:
+    """Pass 4's result: the principal basis of the moment and the box's bounds along it."""
+
+    basis: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+
+
+def leverage_pass(design: Design, ev: Evidence, settings: PopsSettings, progress: bool = False) -> Leverage:
+    """Pass 2: leverage h and correction scale c per row (kept on the workers), h gathered for
+    the exact percentile; with ``minimum_relative_error`` the residual cutoff and one count of
+    kept rows per chunk."""
+    n = design.n_rows
     a_inv = ev.a_inv
     coef_d, ainv_d = delayed(ev.coef, pure=True), delayed(a_inv, pure=True)
-    blocks = design.blocks()
     factor_d = delayed(leverage_factor(a_inv), pure=True)
     shared = _tasks_share_a_process()
     by_residual = settings.minimum_relative_error is not None
@@ -572,7 +677,7 @@ def fit_pops_with_evidence(
         delayed(_reading(block_leverage), pure=True)(
             xb, yb, wb, coef_d, ainv_d, factor_d, release_gil=shared, leverage_floor=floor
         )
-        for xb, yb, wb in blocks
+        for xb, yb, wb in design.blocks()
     ]
     hc = list(persist(*hc))
     min_residual = None
@@ -596,65 +701,112 @@ def fit_pops_with_evidence(
     if sum(counts) == 0:  # degenerate h, or no row passes both criteria: keep every row
         threshold, min_residual = -np.inf, None
         counts = [len(hb) for hb in h_parts]
-    n_sel = sum(counts)
-    del h, h_parts
+    return Leverage(hc, float(threshold), min_residual, [int(c) for c in counts], floor)
 
+
+def moment_pass(
+    design: Design,
+    ev: Evidence,
+    lev: Leverage,
+    settings: PopsSettings,
+    corrections_path: str | os.PathLike | None = None,
+    progress: bool = False,
+    ckpt: Checkpoint | None = None,
+) -> Moment:
+    """Pass 3: Σ c² xxᵀ over the kept rows by a tree reduction; for ``ensemble`` the corrections
+    themselves streamed to Zarr by the workers (into the checkpoint when there is one, which
+    then records the pass)."""
+    p = design.n_features
+    a_inv = ev.a_inv
+    blocks = design.blocks()
+    threshold, min_residual = lev.threshold, lev.min_residual
     moment_parts = [
         delayed(_reading(block_correction_moment), pure=True)(xb, b, threshold, min_residual)
-        for (xb, _, _), b in zip(blocks, hc, strict=True)
+        for (xb, _, _), b in zip(blocks, lev.blocks, strict=True)
     ]
     moment_task = tree_reduce(moment_parts, operator.add, "moment")
-    corrections = None
-    if settings.posterior == "ensemble":
-        corr = da.concatenate(
-            [
-                da.from_delayed(
-                    delayed(_reading(block_corrections), pure=True)(xb, b, threshold, ainv_d, min_residual),
-                    shape=(c, p),
-                    dtype=np.float64,
-                )
-                for (xb, _, _), b, c in zip(blocks, hc, counts, strict=True)
-            ]
-        ).rechunk((max(1, min(n_sel, default_chunk_rows(p))), p))
-        if corrections_path is None:
-            raise ValueError("the ensemble posterior needs corrections_path to stream corrections to")
-        write = da.to_zarr(corr, str(corrections_path), compute=False, zarr_format=3, overwrite=True)
-        inner, _ = compute(moment_task, write, label="pass 3/4: corrections → Zarr", progress=progress)
-        corrections = da.from_zarr(str(corrections_path))
-    else:
+    if settings.posterior != "ensemble":
         (inner,) = compute(moment_task, label="pass 3/4: correction moment", progress=progress)
-    moment = a_inv @ inner @ a_inv
+        result = Moment(inner, a_inv @ inner @ a_inv)
+        if ckpt:
+            ckpt.save_moment(result)
+        return result
+    ainv_d = delayed(a_inv, pure=True)
+    corr = da.concatenate(
+        [
+            da.from_delayed(
+                delayed(_reading(block_corrections), pure=True)(xb, b, threshold, ainv_d, min_residual),
+                shape=(c, p),
+                dtype=np.float64,
+            )
+            for (xb, _, _), b, c in zip(blocks, lev.blocks, lev.counts, strict=True)
+        ]
+    ).rechunk((max(1, min(lev.n_selected, default_chunk_rows(p))), p))
+    label = "pass 3/4: corrections → Zarr"
+    if ckpt:
+        return ckpt.save_moment_with_corrections(
+            lambda path: compute(moment_task, _corrections_write(corr, path), label=label, progress=progress)[0],
+            a_inv,
+        )
+    if corrections_path is None:
+        raise ValueError("the ensemble posterior needs corrections_path to stream corrections to")
+    inner, _ = compute(moment_task, _corrections_write(corr, corrections_path), label=label, progress=progress)
+    return Moment(inner, a_inv @ inner @ a_inv, da.from_zarr(str(corrections_path)))
 
-    basis = lower = upper = None
-    if settings.posterior == "ensemble":
-        mis_sigma = moment / n_sel
+
+def _corrections_write(corr: da.Array, path: str | os.PathLike) -> Any:
+    return da.to_zarr(corr, str(path), compute=False, zarr_format=3, overwrite=True)
+
+
+def bounds_pass(
+    design: Design, ev: Evidence, lev: Leverage, moment: np.ndarray, settings: PopsSettings, progress: bool = False
+) -> Bounds:
+    """Pass 4: the principal basis of the moment (on the client) and the min/max, or exact
+    percentiles, of the kept corrections' projections on it."""
+    basis, _ = principal_basis(moment, settings.mode_threshold)
+    basis = _fix_signs(basis)
+    proj_d = delayed(ev.a_inv @ basis, pure=True)
+    blocks = design.blocks()
+    threshold, min_residual = lev.threshold, lev.min_residual
+    if settings.percentile_clipping > 0:
+        lower, upper = _projection_percentiles(
+            blocks,
+            lev.blocks,
+            lev.counts,
+            threshold,
+            proj_d,
+            basis.shape[1],
+            settings.percentile_clipping,
+            progress,
+            min_residual,
+        )
     else:
-        basis, _ = principal_basis(moment, settings.mode_threshold)
-        basis = _fix_signs(basis)
-        proj_d = delayed(a_inv @ basis, pure=True)
-        if settings.percentile_clipping > 0:
-            lower, upper = _projection_percentiles(
-                blocks,
-                hc,
-                counts,
-                threshold,
-                proj_d,
-                basis.shape[1],
-                settings.percentile_clipping,
-                progress,
-                min_residual,
-            )
-        else:
-            parts = [
-                delayed(_reading(block_projection_range), pure=True)(xb, b, threshold, proj_d, min_residual)
-                for (xb, _, _), b in zip(blocks, hc, strict=True)
-            ]
-            ((lower, upper),) = compute(
-                tree_reduce(parts, combine_range, "bounds"), label="pass 4/4: hypercube bounds", progress=progress
-            )
-        mis_sigma = hypercube_second_moment(basis, lower, upper)
+        parts = [
+            delayed(_reading(block_projection_range), pure=True)(xb, b, threshold, proj_d, min_residual)
+            for (xb, _, _), b in zip(blocks, lev.blocks, strict=True)
+        ]
+        ((lower, upper),) = compute(
+            tree_reduce(parts, combine_range, "bounds"), label="pass 4/4: hypercube bounds", progress=progress
+        )
+    return Bounds(basis, lower, upper)
 
-    post = Posterior(
+
+def _posterior(
+    design: Design,
+    ev: Evidence,
+    lev: Leverage,
+    moment: Moment,
+    bounds: Bounds | None,
+    evidence: EvidenceParams,
+    settings: PopsSettings,
+) -> Posterior:
+    if bounds is None:  # ensemble
+        mis_sigma = moment.moment / lev.n_selected
+        basis = lower = upper = None
+    else:
+        basis, lower, upper = bounds.basis, bounds.lower, bounds.upper
+        mis_sigma = hypercube_second_moment(basis, lower, upper)
+    return Posterior(
         coef_=ev.coef,
         sigma_=ev.sigma,
         alpha_=ev.alpha,
@@ -664,10 +816,10 @@ def fit_pops_with_evidence(
         basis_=basis,
         lower_=lower,
         upper_=upper,
-        corrections_=corrections,
-        leverage_threshold_=threshold,
-        n_rows_=n,
-        n_selected_=n_sel,
+        corrections_=moment.corrections,
+        leverage_threshold_=lev.threshold,
+        n_rows_=design.n_rows,
+        n_selected_=lev.n_selected,
         n_iter_=ev.n_iter,
         condition_number_=ev.condition_number,
         feature_names=design.feature_names,
@@ -675,12 +827,11 @@ def fit_pops_with_evidence(
             **vars(settings),
             **vars(evidence),
             # the minimum_relative_error selection as applied (None when off or all rows kept)
-            "leverage_floor": floor,
-            "residual_threshold": min_residual,
+            "leverage_floor": lev.floor,
+            "residual_threshold": lev.min_residual,
         },
         provenance=provenance(design.source),
     )
-    return post, ev
 
 
 def _fix_signs(basis: np.ndarray) -> np.ndarray:
@@ -711,3 +862,267 @@ def _projection_percentiles(blocks, hc, counts, threshold, proj_d, k, clip, prog
     )
     (qq,) = compute(q, label="pass 4/4: hypercube percentiles", progress=progress)
     return qq[0], qq[1]
+
+
+# ---------------------------------------------------------------------------- checkpoints
+CHECKPOINT_FORMAT = "popsdask.checkpoint/1"
+#: the checkpointed passes, in order, and their progress labels
+CHECKPOINT_PASSES = {
+    "evidence": "pass 1/4: Gram and evidence",
+    "leverage": "pass 2/4: leverage",
+    "moment": "pass 3/4: correction moment",
+    "bounds": "pass 4/4: hypercube bounds",
+}
+_SAMPLED_CHUNKS = 3
+
+
+def _block_digest(X: np.ndarray, y: np.ndarray | None, w: np.ndarray | None) -> str:
+    h = hashlib.sha256()
+    for a in (X, y, w):
+        if a is None:
+            h.update(b"none")
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.view(np.uint8).reshape(-1))
+    return h.hexdigest()
+
+
+def _metadata_digest(source: str) -> str:
+    """SHA-256 of every zarr.json of the store behind ``source`` (``PATH`` or ``PATH[split]``);
+    "none" for in-memory data."""
+    root = Path(re.sub(r"\[\w+\]$", "", source))
+    if not (root / "zarr.json").is_file():
+        return "none"
+    h = hashlib.sha256()
+    for meta in sorted(root.rglob("zarr.json")):
+        h.update(str(meta.relative_to(root)).encode())
+        h.update(meta.read_bytes())
+    return h.hexdigest()
+
+
+def design_fingerprint(design: Design) -> dict[str, str]:
+    """What a checkpoint must match to be resumed: the rows' source, shape, dtype and chunking,
+    a checksum of the store's metadata, and a checksum of the first, middle and last chunk of
+    X, y and weight (one small compute: a full checksum would be one more pass over X)."""
+    blocks = design.blocks()
+    picks = sorted({0, len(blocks) // 2, len(blocks) - 1})[:_SAMPLED_CHUNKS]
+    digests = compute(*[delayed(_reading(_block_digest), pure=True)(*blocks[i]) for i in picks])
+    chunks = hashlib.sha256(repr(design.X.chunks[0]).encode()).hexdigest()
+    return {
+        "source": design.source,
+        "shape": f"{design.n_rows} x {design.n_features}",
+        "dtype": design.X.dtype.str,
+        "row chunks": f"{len(blocks)} chunks, sha256 {chunks[:16]}",
+        "weights": "yes" if design.weight is not None else "no",
+        "metadata": _metadata_digest(design.source),
+        "sampled chunks": hashlib.sha256(" ".join(digests).encode()).hexdigest(),
+    }
+
+
+def _setting_text(value: Any) -> str:
+    """A setting as compared on resume: numbers as floats (50 and 50.0 are one setting)."""
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        return repr(float(value))
+    return json.dumps(value)
+
+
+def _optional(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _save_block(block: np.ndarray, path: str) -> None:
+    np.save(path, block, allow_pickle=False)
+
+
+def _load_block(path: str) -> np.ndarray:
+    return np.load(path, allow_pickle=False)
+
+
+class Checkpoint:
+    """Each finished pass of a fit, in a directory next to its output, so that a fit whose
+    client was killed (walltime, preemption, Ctrl-C) continues from its last finished pass.
+
+    One Zarr group per pass (``evidence``: the sufficient statistics and the evidence solution;
+    ``leverage``: threshold, residual cutoff, per-chunk counts and every chunk's (h, c[, r])
+    block, written by the workers that hold it; ``moment``: Σ c² xxᵀ, and for ``ensemble`` the
+    corrections; ``bounds``: basis and box), each written by :func:`store.atomic_group` (staged,
+    marked complete, renamed), so a killed writer leaves a pass either whole or absent. Values
+    are stored as float64 bytes (``.npy``), so a resumed fit is the uninterrupted one. Every
+    group carries the data's :func:`design_fingerprint` and the settings; :meth:`open` with
+    ``resume`` refuses a checkpoint whose fingerprint or settings differ, naming the first
+    difference.
+    """
+
+    def __init__(self, root: Path, identity: dict[str, str]) -> None:
+        self.root, self.identity = root, identity
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike, design: Design, evidence: EvidenceParams, settings: PopsSettings, *, resume: bool
+    ) -> Checkpoint:
+        root = Path(path).absolute()
+        settings_all = {**vars(settings), **vars(evidence)}
+        identity = {
+            "format": CHECKPOINT_FORMAT,
+            **design_fingerprint(design),
+            **{f"setting {k}": _setting_text(v) for k, v in sorted(settings_all.items())},
+        }
+        if root.exists() and not resume:
+            shutil.rmtree(root)
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".*.partial-*"):  # staging of a killed writer (the lock is ours)
+            shutil.rmtree(stale, ignore_errors=True)
+        ckpt = cls(root, identity)
+        if resume:
+            for name in CHECKPOINT_PASSES:
+                if ckpt._group(name) is not None:
+                    ckpt._check(name)
+        return ckpt
+
+    def has(self, name: str) -> bool:
+        """Whether pass ``name`` is checkpointed (complete)."""
+        return self._group(name) is not None
+
+    def _group(self, name: str) -> Path | None:
+        from .store import is_complete
+
+        path = self.root / name
+        return path if is_complete(path) else None
+
+    def _check(self, name: str) -> None:
+        import zarr
+
+        saved = json.loads(zarr.open_group(str(self.root / name), mode="r").attrs["identity"])
+        for key in sorted(set(saved) | set(self.identity), key=list(self.identity).index):
+            if saved.get(key) != self.identity.get(key):
+                raise InputError(
+                    f"{self.root}: cannot resume: {key} was {saved.get(key)} when this checkpoint was made and is "
+                    f"{self.identity.get(key)} now; fit again without resuming (or restore the store and settings)"
+                )
+
+    @contextlib.contextmanager
+    def _writing(self, name: str, values: dict[str, Any]) -> Any:
+        """Stage the group of pass ``name`` (the block may add files to it), then write
+        ``values`` (arrays and scalars; None recorded as such) and commit it atomically."""
+        import zarr
+
+        from .store import atomic_group
+
+        with atomic_group(self.root / name, overwrite=True) as staging:
+            group = zarr.open_group(str(staging), mode="w", zarr_format=3)
+            yield staging
+            arrays = {k: np.asarray(v) for k, v in values.items() if v is not None}
+            np.savez(staging / "values.npz", **arrays)
+            group.attrs.update(
+                identity=json.dumps(self.identity), none=[k for k, v in values.items() if v is None], **{"pass": name}
+            )
+
+    def _values(self, name: str) -> dict[str, Any] | None:
+        import zarr
+
+        path = self._group(name)
+        if path is None:
+            return None
+        self._check(name)
+        with np.load(path / "values.npz", allow_pickle=False) as z:
+            values: dict[str, Any] = {k: z[k] for k in z.files}
+        values.update(dict.fromkeys(zarr.open_group(str(path), mode="r").attrs["none"]))
+        return values
+
+    def _loaded(self, name: str, progress: bool) -> None:
+        if progress:
+            print(f"[popsdask] {CHECKPOINT_PASSES[name]} (from checkpoint {self.root})", flush=True)
+
+    # pass 1 -------------------------------------------------------------------
+    def save_evidence(self, stats: Stats, ev: Evidence) -> None:
+        values = {f"stats.{k}": v for k, v in vars(stats).items()}
+        values.update({f"ev.{k}": v for k, v in vars(ev).items()})
+        with self._writing("evidence", values):
+            pass
+
+    def load_evidence(self, progress: bool) -> Evidence | None:
+        v = self._values("evidence")
+        if v is None:
+            return None
+        self._loaded("evidence", progress)
+        return Evidence(
+            coef=v["ev.coef"],
+            alpha=float(v["ev.alpha"]),
+            lambda_=float(v["ev.lambda_"]),
+            sigma=v["ev.sigma"],
+            n_iter=int(v["ev.n_iter"]),
+            eigvals=v["ev.eigvals"],
+            eigvecs=v["ev.eigvecs"],
+            sse=float(v["ev.sse"]),
+            scores=v["ev.scores"],
+        )
+
+    # pass 2 -------------------------------------------------------------------
+    def save_leverage(self, lev: Leverage) -> None:
+        values = {
+            "threshold": lev.threshold,
+            "min_residual": lev.min_residual,
+            "floor": lev.floor,
+            "counts": np.asarray(lev.counts, dtype=np.int64),
+        }
+        with self._writing("leverage", values) as staging:
+            (staging / "blocks").mkdir()
+            # each block is written where it is held (a worker), 16–24 bytes per row
+            writes = [
+                delayed(_save_block, pure=False)(b, str(staging / "blocks" / f"{i:06d}.npy"))
+                for i, b in enumerate(lev.blocks)
+            ]
+            compute(*writes)
+
+    def load_leverage(self, progress: bool, blocks: bool = True) -> Leverage | None:
+        """Pass 2 from the checkpoint; ``blocks``: also its per-chunk blocks, read once and kept
+        on the workers for passes 3–4, as pass 2 leaves them (else ``Leverage.blocks`` is empty)."""
+        v = self._values("leverage")
+        if v is None:
+            return None
+        self._loaded("leverage", progress)
+        counts = [int(c) for c in v["counts"]]
+        paths = [str(self.root / "leverage" / "blocks" / f"{i:06d}.npy") for i in range(len(counts))] if blocks else []
+        loaded = persist(*[delayed(_load_block, pure=True)(path) for path in paths]) if paths else ()
+        return Leverage(
+            list(loaded), float(v["threshold"]), _optional(v["min_residual"]), counts, _optional(v["floor"])
+        )
+
+    # pass 3 -------------------------------------------------------------------
+    def save_moment(self, moment: Moment) -> None:
+        with self._writing("moment", {"inner": moment.inner, "moment": moment.moment}):
+            pass
+
+    def save_moment_with_corrections(self, run: Callable[[Path], np.ndarray], a_inv: np.ndarray) -> Moment:
+        """Pass 3 of an ``ensemble`` fit: ``run(path)`` streams the corrections to ``path``
+        inside the staged group and returns Σ c² xxᵀ; both are committed together."""
+        values: dict[str, Any] = {}
+        with self._writing("moment", values) as staging:
+            inner = run(staging / "corrections")
+            values.update(inner=inner, moment=a_inv @ inner @ a_inv)
+        return Moment(values["inner"], values["moment"], da.from_zarr(str(self.root / "moment" / "corrections")))
+
+    def load_moment(self, progress: bool) -> Moment | None:
+        v = self._values("moment")
+        if v is None:
+            return None
+        self._loaded("moment", progress)
+        corr = self.root / "moment" / "corrections"
+        return Moment(v["inner"], v["moment"], da.from_zarr(str(corr)) if corr.exists() else None)
+
+    # pass 4 -------------------------------------------------------------------
+    def save_bounds(self, bounds: Bounds) -> None:
+        with self._writing("bounds", vars(bounds)):
+            pass
+
+    def load_bounds(self, progress: bool) -> Bounds | None:
+        v = self._values("bounds")
+        if v is None:
+            return None
+        self._loaded("bounds", progress)
+        return Bounds(v["basis"], v["lower"], v["upper"])
+
+    def remove(self) -> None:
+        """Delete the checkpoint (once the posterior is saved)."""
+        shutil.rmtree(self.root, ignore_errors=True)

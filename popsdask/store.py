@@ -21,10 +21,13 @@ no popsdask mark at all) is a descriptor store like any other after the same saf
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 import warnings
@@ -50,6 +53,9 @@ __all__ = [
     "is_complete",
     "select_split",
     "write_state",
+    "output_lock",
+    "OutputLocked",
+    "DiskFull",
 ]
 
 KIND_CODES = {"energy": 0, "force": 1, "stress": 2}
@@ -144,7 +150,14 @@ def discard_directory(staging: Path, settle: float = 0.25, attempts: int = 20) -
 
 
 def commit_directory(staging: Path, final: Path, overwrite: bool) -> None:
-    """Move a fully written directory into place (rename is atomic on one filesystem)."""
+    """Move a fully written directory into place (rename is atomic on one filesystem), under
+    :func:`output_lock` of ``final``: of two writers committing one path at once, the second
+    sees the first's output (FileExistsError, or a replace with ``overwrite``)."""
+    with output_lock(final):
+        _commit_directory(staging, final, overwrite)
+
+
+def _commit_directory(staging: Path, final: Path, overwrite: bool) -> None:
     if final.exists():
         if not overwrite:
             shutil.rmtree(staging, ignore_errors=True)
@@ -157,6 +170,97 @@ def commit_directory(staging: Path, final: Path, overwrite: bool) -> None:
         os.replace(staging, final)
 
 
+class OutputLocked(InputError):
+    """Another process is writing the same output (its lock file is held)."""
+
+
+#: locks this process holds, by lock-file path: [open file, depth] (re-entrant per process)
+_HELD_LOCKS: dict[Path, list[Any]] = {}
+_HELD_LOCKS_GUARD = threading.Lock()
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file of an output: ``.NAME.lock`` beside it."""
+    final = Path(path).absolute()
+    return final.with_name(f".{final.name}.lock")
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold the exclusive ``fcntl`` lock of the output ``path`` (a ``.NAME.lock`` file beside it)
+    for the block, or raise :class:`OutputLocked` at once (one line naming the path and the
+    holder's PID) when another process holds it.
+
+    The kernel releases the lock when the holder exits however it exits (SIGKILL included), so
+    a stale lock file never blocks anyone. Re-entrant within a process (a command that holds it
+    may call writers that take it again). The file is unlinked before it is unlocked, and a
+    locker checks that the file it locked is still the one at the path, so two processes never
+    hold locks on two different files of one name.
+    """
+    lock = lock_path(path)
+    with _HELD_LOCKS_GUARD:
+        held = _HELD_LOCKS.get(lock)
+        if held is not None:
+            held[1] += 1
+    if held is None:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            f = open(lock, "a+")  # held open for as long as the lock
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                f.close()
+                final = Path(path).absolute()
+                raise OutputLocked(
+                    f"{final}: another popsdask process (PID {holder}) is writing it; wait for it to finish "
+                    f"(lock {lock.name})"
+                ) from None
+            try:
+                same = os.fstat(f.fileno()).st_ino == os.stat(lock).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            f.close()  # the holder unlinked it between our open and flock: lock the new file
+        f.truncate(0)
+        f.write(str(os.getpid()))
+        f.flush()
+        with _HELD_LOCKS_GUARD:
+            _HELD_LOCKS[lock] = held = [f, 1]
+    try:
+        yield lock
+    finally:
+        with _HELD_LOCKS_GUARD:
+            held[1] -= 1
+            last = held[1] == 0
+            if last:
+                del _HELD_LOCKS[lock]
+        if last:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock)
+            held[0].close()  # closing releases the flock
+
+
+class DiskFull(InputError):
+    """A write ran out of space (ENOSPC, or EDQUOT for a quota); its staging was removed."""
+
+
+def disk_full(err: BaseException, final: Path) -> DiskFull | None:
+    """The one-line :class:`DiskFull` for ``err`` when it (or an exception it was raised from,
+    e.g. by dask or zarr) is "no space left on device", else None."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = "the existing one is untouched" if final.exists() else "nothing was written there"
+            return DiskFull(f"{final}: no space left on device while writing it; {kept} (partial write removed)")
+        e = e.__cause__ or e.__context__
+    return None
+
+
 @contextlib.contextmanager
 def atomic_group(
     path: str | os.PathLike, *, overwrite: bool = False, settle: float = 0.25, attempts: int = 20
@@ -167,19 +271,28 @@ def atomic_group(
     marked complete (:func:`mark_complete`) and renamed into place (:func:`commit_directory`).
     On any exception (KeyboardInterrupt included) the staging directory is discarded
     (:func:`discard_directory` with ``settle``/``attempts``) and nothing appears at ``path``.
-    An existing ``path`` raises :class:`FileExistsError` on entry unless ``overwrite``.
+    An existing ``path`` raises :class:`FileExistsError` on entry unless ``overwrite``; the
+    write holds :func:`output_lock` of ``path``, so a second process writing the same path at
+    the same time gets :class:`OutputLocked` on entry instead of interleaving with it. A write
+    that fills the disk raises :class:`DiskFull` (one line naming ``path``).
     """
     final, staging = atomic_directory(path)
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        yield staging
-        mark_complete(staging)
-        commit_directory(staging, final, overwrite)
-    except BaseException:
-        discard_directory(staging, settle=settle, attempts=attempts)
-        raise
+    with output_lock(final):  # two writers of one path: the second is refused, not interleaved
+        if final.exists() and not overwrite:  # written while we waited for nothing: re-check
+            raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
+        try:
+            yield staging
+            mark_complete(staging)
+            commit_directory(staging, final, overwrite)
+        except BaseException as err:
+            discard_directory(staging, settle=settle, attempts=attempts)
+            full = disk_full(err, final)
+            if full is not None:
+                raise full from err
+            raise
 
 
 def mark_complete(path: str | os.PathLike) -> None:

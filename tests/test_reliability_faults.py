@@ -16,12 +16,15 @@ import os
 import signal
 import time
 
+import dask
+import distributed
 import numpy as np
 import pytest
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from popsdask import Posterior, fit, write_store
 from popsdask import predictions as ensemble_module
+from popsdask.cluster import NannyLocalCluster
 from popsdask.predictions import predict_ensemble
 
 from .conftest import misspecified
@@ -29,6 +32,7 @@ from .conftest import misspecified
 CHUNK_ROWS = 125
 N_ROWS = 4000  # 32 chunks per pass: a kill after the 3rd finished task is mid-pass
 KILL_AFTER = 3
+N_WORKERS = 2
 
 
 class KillWorkerMidPass(SchedulerPlugin):
@@ -74,7 +78,7 @@ def _run_with_kills(client, prefixes, func):
         result = func()
     finally:
         scheduler.remove_plugin(name=plugin.name)
-    _wait_for_workers(client, 2)
+    _wait_for_workers(client, N_WORKERS)  # every killed worker is back before the next test
     return result, plugin
 
 
@@ -95,10 +99,11 @@ def _assert_dead(pids) -> None:
 def cluster_client():
     from popsdask.cluster import connect
 
-    # three workers: two kills in one run never leave the cluster empty. distributed's nanny
-    # sometimes fails to bring a killed worker back (seen before and after session 12), and with
-    # two workers that left none, and the run waited for ever.
-    with connect("local", n_workers=3, threads_per_worker=1, memory_limit="1GB", quiet=True) as client:
+    # two workers: both are killed within seconds of each other, and each is killed again while
+    # restarting. A plain LocalCluster then closed both nannies 15 s after their first kill
+    # (distributed's lost-worker timer, see popsdask.cluster.NannyLocalCluster) and the fit
+    # waited for ever; connect's cluster must survive exactly that.
+    with connect("local", n_workers=N_WORKERS, threads_per_worker=1, memory_limit="1GB", quiet=True) as client:
         yield client
 
 
@@ -164,3 +169,45 @@ def test_ensemble_prediction_survives_a_worker_kill_mid_write(cluster_client, st
         _same(ds[name].values, reference[name].values)
     assert ds.attrs["metrics"] == reference.attrs["metrics"]
     assert ds.attrs["popsdask_complete"] is True
+
+
+def _kill_the_worker_and_wait(cluster_cls: type) -> tuple[str | None, list[int]]:
+    """Start a 1-worker cluster, SIGKILL its worker, and return its nanny's status (None: gone)
+    and the PIDs of the workers registered once the nanny restarted it or SpecCluster closed
+    the nanny (60 s)."""
+    with (
+        cluster_cls(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=":0",
+            memory_limit="1GB",
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        client.wait_for_workers(1, timeout=60)
+        (first,) = [ws.pid for ws in cluster.scheduler.workers.values()]
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            pids = [ws.pid for ws in cluster.scheduler.workers.values() if ws.pid != first]
+            if not cluster.workers or pids:
+                break
+            time.sleep(0.05)
+        nanny = next(iter(cluster.workers.values()), None)
+        return (None if nanny is None else str(nanny.status.name)), pids
+
+
+def test_a_nanny_restarting_its_worker_is_not_closed_by_the_lost_worker_timer():
+    """The flake's root cause, made deterministic: SpecCluster closes the nanny of a removed
+    worker when no worker of its name is registered ``lost-worker-timeout`` after the removal.
+    A restart takes seconds (a process spawn), so with the timer at 50 ms instead of 15 s
+    a plain LocalCluster loses the nanny after one kill; NannyLocalCluster keeps it and the
+    restarted worker stays."""
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "50ms"}):
+        status, workers = _kill_the_worker_and_wait(distributed.LocalCluster)
+        # if this starts failing, distributed fixed its timer and NannyLocalCluster can go
+        assert status is None and not workers, "distributed's LocalCluster kept the nanny"
+        status, workers = _kill_the_worker_and_wait(NannyLocalCluster)
+        assert status == "running" and len(workers) == 1
