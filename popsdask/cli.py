@@ -136,7 +136,9 @@ def _predict(args: argparse.Namespace) -> None:
             f"{args.store}/X: {data.sizes['feature']} features, but the posterior {args.posterior} has "
             f"{post.n_features} parameters"
         )
-    with connect_from_args(args):
+    from .store import output_lock
+
+    with output_lock(out), connect_from_args(args):  # a second predict of the same output exits 2 at once
         ds = predict_ensemble(
             post,
             data,

@@ -23,16 +23,7 @@ from ._validate import InputError
 from .calibration import NLL_FLOOR_FACTOR, TOLERANCE_FACTOR, band_metrics, kind_tolerance, roundoff_tolerance
 from .passes import compute, design_from
 from .posterior import DEFAULT_N_SAMPLES, Posterior
-from .store import (
-    KIND_CODES,
-    atomic_directory,
-    check_safe_group,
-    commit_directory,
-    discard_directory,
-    is_complete,
-    mark_complete,
-    open_store,
-)
+from .store import KIND_CODES, atomic_group, check_safe_group, is_complete, open_store
 
 PREDICTION_FORMAT = "popsdask.predictions/1"
 BLOCK_BYTES = 64 * 2**20
@@ -391,31 +382,23 @@ def _bracket_block(Xb, yb, tolb, *, coef, draws, sizes) -> np.ndarray:
 
 
 def _write(ds: xr.Dataset, output: str | os.PathLike, overwrite: bool, progress: bool) -> xr.Dataset:
-    final, staging = atomic_directory(output)
-    if final.exists() and not overwrite:
-        raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds.attrs["popsdask_complete"] = False
-            write = ds.to_zarr(staging, mode="w", zarr_format=3, consolidated=False, compute=False)
-            compute(write, label="ensemble prediction → Zarr", progress=progress)
-            written = xr.open_zarr(staging, consolidated=False, zarr_format=3)
-            if "y" in written:
-                extra, metrics = summarise(written)
-                extra.to_zarr(staging, mode="a", zarr_format=3, consolidated=False)
-                import zarr
+    final = Path(output).absolute()
+    with atomic_group(final, overwrite=overwrite) as staging, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.attrs["popsdask_complete"] = False
+        write = ds.to_zarr(staging, mode="w", zarr_format=3, consolidated=False, compute=False)
+        compute(write, label="ensemble prediction → Zarr", progress=progress)
+        written = xr.open_zarr(staging, consolidated=False, zarr_format=3)
+        if "y" in written:
+            extra, metrics = summarise(written)
+            extra.to_zarr(staging, mode="a", zarr_format=3, consolidated=False)
+            import zarr
 
-                # appending a Dataset replaces the group's attributes: restore them
-                attrs = {**ds.attrs, "metrics": json.dumps(metrics)}
-                if "std_raw" in written:
-                    attrs["metrics_raw"] = json.dumps(prediction_metrics(written, raw=True)["kinds"])
-                zarr.open_group(str(staging), mode="r+").attrs.update(attrs)
-        mark_complete(staging)
-        commit_directory(staging, final, overwrite)
-    except BaseException:
-        discard_directory(staging)
-        raise
+            # appending a Dataset replaces the group's attributes: restore them
+            attrs = {**ds.attrs, "metrics": json.dumps(metrics)}
+            if "std_raw" in written:
+                attrs["metrics_raw"] = json.dumps(prediction_metrics(written, raw=True)["kinds"])
+            zarr.open_group(str(staging), mode="r+").attrs.update(attrs)
     return open_predictions(final)
 
 
