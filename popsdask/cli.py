@@ -19,6 +19,8 @@ from . import __version__
 from ._validate import InputError
 from .calibration import EV_CURVE_SAMPLES
 from .cluster import add_cluster_arguments, connect_from_args
+from .parameters import add_arguments as add_pops_arguments
+from .parameters import check_arguments as check_pops_args
 
 EV_CURVE = ",".join(str(v) for v in EV_CURVE_SAMPLES)
 
@@ -88,7 +90,8 @@ def _fit(args: argparse.Namespace) -> None:
     from .store import output_lock
 
     out = _refuse_existing(args.output, args.overwrite)
-    data = _open_rows(args.store, args.split, require_y=True)  # before any cluster starts
+    check_pops_args(args)  # before any cluster starts
+    data = _open_rows(args.store, args.split, require_y=True)
     # every pass is checkpointed next to the output (the ensemble's corrections too), so a
     # killed fit continues with --resume; removed once the posterior is saved
     checkpoint = out.with_name(out.name + ".checkpoint")
@@ -429,7 +432,8 @@ def _crossval(args: argparse.Namespace) -> None:
     from .crossval import check_groups, leave_one_group_out
     from .store import open_store
 
-    ds = open_store(args.store)  # inputs are checked before any cluster starts
+    check_pops_args(args)  # inputs are checked before any cluster starts
+    ds = open_store(args.store)
     check_groups(ds, args.group_by)
     out = Path(args.output)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
@@ -666,39 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", help="descriptor store (Zarr v3 group with X (row, feature) and y (row))")
     p.add_argument("-o", "--output", required=True, help="posterior to write (Zarr group)")
     p.add_argument("--split", choices=("train", "test"), default=None, help=SPLIT_HELP.format(which="train"))
-    p.add_argument(
-        "--posterior",
-        choices=("hypercube", "ensemble"),
-        default="hypercube",
-        help="hypercube (box in the principal basis of the corrections) or ensemble (the corrections themselves)",
-    )
-    p.add_argument(
-        "--leverage-percentile",
-        type=_number(0, 100),
-        default=50.0,
-        help="rows with leverage above this percentile give the corrections",
-    )
-    p.add_argument(
-        "--minimum-relative-error",
-        type=float,
-        default=None,
-        metavar="EPS",
-        help="also keep only rows whose weighted residual is >= EPS x the weighted RMSE of the fit, and floor "
-        "leverages at 1e-6 in the corrections (popsregression 0.5's selection: its default is EPS=0.01 with "
-        "--leverage-percentile 0); default: %(default)s (off, popsregression 0.4.0's leverage selection)",
-    )
-    p.add_argument(
-        "--mode-threshold",
-        type=_number(0),
-        default=1e-8,
-        help="keep principal modes of the corrections whose eigenvalue exceeds this fraction of the largest",
-    )
-    p.add_argument(
-        "--percentile-clipping",
-        type=_number(0, 50),
-        default=0.0,
-        help="hypercube bounds at these percentiles of the projections instead of min/max",
-    )
+    add_pops_arguments(p)  # --posterior, --leverage-percentile, ...: one table with fit() and POPSRegressor
     p.add_argument("--fit-intercept", action="store_true", help="append a constant column; default: off")
     p.add_argument(
         "--resume",
@@ -753,13 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--test-fraction", type=float, default=0.3, help="random split without a stored split (default: %(default)s)"
     )
-    p.add_argument("--posterior", choices=("hypercube", "ensemble"), default="hypercube")
-    p.add_argument("--leverage-percentile", type=float, default=50.0)
-    p.add_argument("--mode-threshold", type=float, default=1e-8)
-    p.add_argument("--percentile-clipping", type=float, default=0.0)
-    p.add_argument(
-        "--minimum-relative-error", type=float, default=None, metavar="EPS", help="as for fit (default: off)"
-    )
+    add_pops_arguments(p)
     p.add_argument("--n-samples", type=int, default=None, help="members (default: 500; ensemble: all corrections)")
     p.add_argument("--ev-curve", default=EV_CURVE, help="sample counts of the EV-vs-S curve, or none")
     p.add_argument("--seed", type=int, default=0)

@@ -17,6 +17,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from ._validate import InputError
 from .evidence import Evidence, EvidenceParams
+from .parameters import POPS_SETTINGS, check_settings, sklearn_constraints
 from .passes import Design, PopsSettings, compute, design_from, fit_pops_with_evidence
 from .posterior import DEFAULT_N_SAMPLES, Posterior
 
@@ -94,9 +95,14 @@ def fit(
     -------
     Posterior
     """
-    if posterior not in ("hypercube", "ensemble"):
-        raise ValueError(f"posterior={posterior!r}: use 'hypercube' or 'ensemble'")
-    _check_settings(leverage_percentile, mode_threshold, percentile_clipping, chunk_rows, minimum_relative_error)
+    _check_settings(
+        chunk_rows,
+        posterior=posterior,
+        leverage_percentile=leverage_percentile,
+        mode_threshold=mode_threshold,
+        percentile_clipping=percentile_clipping,
+        minimum_relative_error=minimum_relative_error,
+    )
     design = design_from(
         data, y, weight, chunk_rows=chunk_rows, fit_intercept=fit_intercept, content_key=reuse_statistics
     )
@@ -121,30 +127,11 @@ def _as_float(value: float | None) -> float | None:
     return None if value is None else float(value)
 
 
-def _check_minimum_relative_error(value: Any) -> None:
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= float(value) < np.inf
-    ):
-        raise InputError(f"minimum_relative_error={value!r}: must be a finite number >= 0, or None to disable it")
-
-
-def _check_settings(
-    leverage_percentile: float,
-    mode_threshold: float,
-    percentile_clipping: float,
-    chunk_rows: int | None,
-    minimum_relative_error: float | None = None,
-) -> None:
+def _check_settings(chunk_rows: int | None, **settings: Any) -> None:
     """Refuse out-of-range POPS settings before any pass runs (:class:`InputError`, a
-    ValueError, naming the parameter; the CLI reports it without a traceback)."""
-    for name, value, lo, hi in (
-        ("leverage_percentile", leverage_percentile, 0.0, 100.0),
-        ("percentile_clipping", percentile_clipping, 0.0, 50.0),
-        ("mode_threshold", mode_threshold, 0.0, np.inf),
-    ):
-        if isinstance(value, bool) or not isinstance(value, Real) or not lo <= float(value) <= hi:
-            raise InputError(f"{name}={value!r}: must be a number in [{lo:g}, {hi:g}]")
-    _check_minimum_relative_error(minimum_relative_error)
+    ValueError, naming the parameter; the CLI reports it without a traceback). The bounds are
+    :data:`popsdask.parameters.POPS_SETTINGS`, the same as ``POPSRegressor``'s and the CLI's."""
+    check_settings(**settings)
     if chunk_rows is not None and (
         isinstance(chunk_rows, bool) or not isinstance(chunk_rows, Integral) or chunk_rows < 1
     ):
@@ -226,18 +213,14 @@ class POPSRegressor(RegressorMixin, BaseEstimator):
         "fit_intercept": ["boolean"],
         "copy_X": ["boolean"],
         "verbose": ["verbose"],
-        "mode_threshold": [Interval(Real, 0, None, closed="neither")],
         "resample_density": [None, Interval(Real, 0, None, closed="neither")],
         "resampling_method": [StrOptions({"uniform", "sobol", "latin", "halton"})],
-        "percentile_clipping": [Interval(Real, 0, 50.0, closed="both")],
-        "leverage_percentile": [Interval(Real, 0.0, 100.0, closed="left")],
-        "minimum_relative_error": [None, Interval(Real, 0.0, None, closed="left")],
-        "posterior": [StrOptions({"hypercube", "ensemble"})],
         "n_posterior_samples": [Interval(Integral, 1, None, closed="left")],
         "random_state": [None, Interval(Integral, 0, None, closed="left")],
         "chunk_rows": [None, Interval(Integral, 1, None, closed="left")],
         "workdir": [None, str, os.PathLike],
         "reuse_statistics": ["boolean"],
+        **sklearn_constraints(),  # the POPS settings: one table with fit() and the CLI
     }
 
     def __init__(
@@ -330,7 +313,7 @@ class POPSRegressor(RegressorMixin, BaseEstimator):
             root = Path(self.workdir) if self.workdir else Path(tempfile.mkdtemp(prefix="popsdask-"))
             root.mkdir(parents=True, exist_ok=True)
             corrections = Path(tempfile.mkdtemp(dir=root)) / "corrections.zarr"
-        _check_minimum_relative_error(self.minimum_relative_error)  # also refuses inf and bools
+        POPS_SETTINGS["minimum_relative_error"].check(self.minimum_relative_error)  # also refuses inf and bools
         post, ev = fit_pops_with_evidence(
             design,
             evidence=EvidenceParams(
