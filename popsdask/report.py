@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,7 @@ def write_report(
     outdir: str | os.PathLike,
     *,
     group_by: str | None = None,
+    extra_figures: Callable[[xr.Dataset, Path], dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Write ``report.md``, ``metrics.json``, ``calibration.json`` and figures to ``outdir``.
 
@@ -111,7 +113,8 @@ def write_report(
     plot with the ensemble's min/max envelope (``<kind>.png``); the coverage curve
     (``coverage.png``) and, when the predictions recorded it, envelope violation against the
     number of samples (``ev_vs_samples.png``). ``group_by`` (default: ``group`` when the store
-    has it) adds per-group tables.
+    has it) adds per-group tables. ``extra_figures(ds, outdir)`` may write more figures
+    (returning {name: path}); they are linked from ``report.md`` too.
     """
     ds = predictions if isinstance(predictions, xr.Dataset) else open_predictions(predictions)
     if "y" not in ds or "metrics" not in ds.attrs:
@@ -128,6 +131,8 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     figures = _figures(ds, json.loads(ds.attrs["metrics"]), out, units)
     figures.update(_calibration_figures(calib, out))
+    if extra_figures is not None:
+        figures.update({k: Path(v) for k, v in extra_figures(ds, out).items()})
     table = metrics_table(metrics, units)
     text = [
         "# popsdask prediction report",

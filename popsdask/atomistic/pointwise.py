@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from ..posterior import Posterior
-from ..predictions import open_predictions, per_atom_energy_rows, predict_ensemble
+from ..predictions import per_atom_energy_rows, predict_ensemble
 from ..report import write_report
 
 __all__ = ["per_atom_energy_rows", "pointwise_report"]
@@ -51,12 +51,10 @@ def pointwise_report(
         seed=seed,
         overwrite=True,
     )
-    rep = write_report(pred_path, out / "report")
-    figures = dict(rep["figures"])
-    figures.update(outlier_figures(open_predictions(pred_path), out / "report"))
+    rep = write_report(pred_path, out / "report", extra_figures=outlier_figures)
     return {
         "metrics": rep["metrics"],
-        "figures": figures,
+        "figures": rep["figures"],
         "predictions": str(pred_path),
         "report": str(out / "report" / "report.md"),
     }
