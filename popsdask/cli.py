@@ -364,7 +364,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _properties(args: argparse.Namespace) -> None:
-    from .atomistic.snap import SnapSettings
+    from .atomistic.descriptors import backend_from_store
     from .properties.runner import PROPERTIES, ROUTES, run_properties
     from .properties.tables import write_report
 
@@ -379,12 +379,7 @@ def _properties(args: argparse.Namespace) -> None:
         if not desc.exists():
             raise InputError("--descriptors STORE is needed (a descriptor store whose attrs hold the SNAP settings)")
         args.descriptors = str(desc)
-    import xarray as xr
-
-    attrs = xr.open_zarr(args.descriptors, consolidated=False).attrs
-    if "snap" not in attrs:
-        raise InputError(f"{args.descriptors}: no 'snap' attribute with the descriptor settings")
-    settings = SnapSettings.from_attrs(attrs["snap"])
+    settings = backend_from_store(args.descriptors)  # the store's descriptor (SNAP, ...)
     # which element the suite builds, on which lattice, against which reference: checked here
     element = args.element or settings.elements[0]
     if element not in settings.elements:
@@ -517,23 +512,22 @@ def _export(args: argparse.Namespace) -> None:
         attrs = open_store(desc, require_y=False).attrs
     except InputError as err:
         raise InputError(f"{err} (the descriptor store of {args.posterior}; pass --descriptors STORE)") from err
-    if "snap" not in attrs:
-        raise InputError(
-            f"{desc}: no 'snap' attribute with the SNAP settings; pass --descriptors, a store made by "
-            "popsdask descriptors"
-        )
-    if post.kind == "ensemble" and args.method != "uniform":
-        raise InputError(f"--method {args.method}: an ensemble posterior draws its stored corrections (use uniform)")
     try:
+        from .atomistic.descriptors import backend_from_attrs
         from .atomistic.members import export_members
-        from .atomistic.snap import SnapSettings
     except ImportError as err:
         raise InputError(
             f"popsdask export needs the atomistic extra (pip install 'popsdask[atomistic]'): {err}"
         ) from err
+    try:
+        settings = backend_from_attrs(attrs, where=desc)  # the store's descriptor (SNAP, ...)
+    except InputError as err:
+        raise InputError(f"{err} (pass --descriptors STORE)") from err
+    if post.kind == "ensemble" and args.method != "uniform":
+        raise InputError(f"--method {args.method}: an ensemble posterior draws its stored corrections (use uniform)")
     res = export_members(
         post,
-        SnapSettings.from_attrs(attrs["snap"]),
+        settings,
         out,
         n_members=args.members,
         method=args.method,

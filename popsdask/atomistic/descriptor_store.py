@@ -1,4 +1,7 @@
-"""Build a qSNAP descriptor store from configurations, in parallel over Dask workers, resumably.
+"""Build a descriptor store from configurations, in parallel over Dask workers, resumably.
+
+The rows come from any :class:`~popsdask.atomistic.descriptors.DescriptorBackend` (qSNAP
+:class:`~popsdask.atomistic.snap.SnapSettings`, ...).
 
 Two stages:
 
@@ -36,7 +39,8 @@ import numpy as np
 from .._validate import InputError
 from ..store import write_store
 from .configurations import Configuration, validate_configuration
-from .snap import RowBlock, SnapSettings, snap_rows
+from .descriptors import DescriptorBackend, check_backend
+from .snap import RowBlock
 from .split import SPLIT_CODES, split_configurations
 from .weights import WeightSettings, element_reference_energies, paper_weights
 
@@ -89,14 +93,14 @@ def _rows_of(cfg: Configuration, virial: bool | str) -> int:
 def _compute_part(
     batch: Sequence[Configuration],
     offset: int,
-    settings: SnapSettings,
+    settings: DescriptorBackend,
     virial: bool | str,
     target: str,
 ) -> str:
     blocks = []
     for i, cfg in enumerate(batch):
         try:
-            blocks.append(snap_rows(cfg, settings, virial=_wants_virial(cfg, virial), config_index=offset + i))
+            blocks.append(settings.rows(cfg, virial=_wants_virial(cfg, virial), config_index=offset + i))
         except InputError:
             raise
         except Exception as err:  # LAMMPS raises bare Exception
@@ -120,7 +124,7 @@ def _readable(path: Path, n_rows: int, n_features: int) -> bool:
 def compute_parts(
     path: str | os.PathLike,
     configurations: Sequence[Configuration],
-    settings: SnapSettings,
+    settings: DescriptorBackend,
     *,
     virial: bool | str = False,
     client: Any = None,
@@ -232,7 +236,7 @@ def _load(path: str, name: str) -> np.ndarray:
 def build_descriptor_store(
     path: str | os.PathLike,
     configurations: Sequence[Configuration],
-    settings: SnapSettings,
+    settings: DescriptorBackend,
     *,
     virial: bool | str = False,
     weights: WeightSettings | str | None = None,
@@ -247,13 +251,14 @@ def build_descriptor_store(
     attrs: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Build a descriptor store of qSNAP rows with weights and a train/test split.
+    """Build a descriptor store of a backend's rows (qSNAP, ...) with weights and a train/test split.
 
     Parameters
     ----------
     path : store directory (Zarr v3)
     configurations : labelled configurations (energies and forces)
-    settings : descriptor settings (twojmax, cutoff, reference pair style, ...)
+    settings : the descriptor (:class:`SnapSettings` or any other backend of
+        :mod:`popsdask.atomistic.descriptors`)
     virial : add 6 virial rows per configuration: True, False, or ``"auto"`` (where a stress is
         present)
     weights : eq. 9 settings (default a = 2 eV, b = 50 eV/Å), or ``"none"`` for a store without
@@ -275,6 +280,7 @@ def build_descriptor_store(
     dict with the store path, counts, timings and how many parts were computed or reused.
     """
     t0 = time.perf_counter()
+    check_backend(settings, "build_descriptor_store")
     final = Path(path).absolute()
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
@@ -370,16 +376,7 @@ def build_descriptor_store(
         "composition_bin": composition_bins(counts, settings.elements),
     }
     store_attrs = {
-        "descriptor": "qSNAP (LAMMPS compute snap)" if settings.quadratic else "SNAP",
-        "snap": settings.to_attrs(),
-        "feature_names": settings.feature_names(),
-        "columns": "per element: [atom count (beta0), linear B, quadratic terms with 1/2 on the "
-        "diagonal] in .snapcoeff order",
-        "energy_rows": "sum over atoms; y = total energy - reference pair energy (eV)",
-        "force_rows": "theta . row = force (eV/A); y = force - reference pair force",
-        "virial_rows": "Voigt xx,yy,zz,yz,xz,xy; theta . row = virial W = -stress*volume (eV)",
-        "reference_pair": settings.reference_style or "none",
-        "reference_coeffs": list(settings.reference_coeffs),
+        **settings.store_attrs(),
         "units": "metal (eV, Angstrom)",
         "weights": {"scheme": "none"}
         if wset is None

@@ -27,8 +27,7 @@ import numpy as np
 from .._validate import InputError
 from ..posterior import Posterior
 from ..store import atomic_directory, commit_directory, discard_directory
-from .snap import SnapSettings
-from .snap_files import pair_commands_for, write_snap_potential
+from .descriptors import DescriptorBackend
 
 __all__ = ["ENSEMBLE_INPUT", "export_members", "member_thetas"]
 
@@ -69,7 +68,7 @@ def _ensemble_input(names: list[str], mods: list[Path], quantity: str) -> str:
 
 def export_members(
     posterior: Posterior | str | os.PathLike,
-    settings: SnapSettings,
+    settings: DescriptorBackend,
     output: str | os.PathLike,
     *,
     n_members: int,
@@ -78,7 +77,8 @@ def export_members(
     quantity: str = "pe/atoms",
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Write the MLE and ``n_members`` posterior members as ``pair_style snap`` files.
+    """Write the MLE and ``n_members`` posterior members as potential files (``pair_style snap``
+    for SNAP; any :class:`~popsdask.atomistic.descriptors.DescriptorBackend`).
 
     Parameters
     ----------
@@ -99,7 +99,7 @@ def export_members(
         raise InputError(f"n_members={n_members!r}: must be a positive integer")
     if post.n_features != settings.n_features:
         raise InputError(
-            f"the posterior has {post.n_features} parameters, the SNAP settings {settings.n_features} columns "
+            f"the posterior has {post.n_features} parameters, the descriptors {settings.n_features} columns "
             "(was it fitted with an intercept or to another store?)"
         )
     final, staging = atomic_directory(output)
@@ -112,9 +112,9 @@ def export_members(
         staging.mkdir(parents=True)
         for name, th in zip(names, theta, strict=True):
             what = "MLE" if name == "mle" else f"posterior {method} sample {name[7:]} of {n_members}, seed {seed}"
-            paths = write_snap_potential(th, settings, staging / name, comment=what)
+            paths = settings.write_potential(th, staging / name, comment=what)
             # the .mod file names the files where they will be, not in the staging directory
-            cmds = pair_commands_for(settings, final / paths["snapcoeff"].name, final / paths["snapparam"].name)
+            cmds = settings.pair_commands({k: final / p.name for k, p in paths.items()})
             paths["mod"].write_text("# LAMMPS pair style of this potential (metal units)\n" + "\n".join(cmds) + "\n")
         (staging / ENSEMBLE_INPUT).write_text(_ensemble_input(names, [final / f"{n}.mod" for n in names], quantity))
         meta = {
@@ -124,7 +124,7 @@ def export_members(
             "seed": seed,
             "members": names,
             "note": "member k is sample k-1 of popsdask predict with the same --n-samples, --method, --seed",
-            "snap": settings.to_attrs(),
+            **{k: v for k, v in settings.store_attrs().items() if k in ("descriptor", "snap")},
         }
         (staging / "members.json").write_text(json.dumps(meta, indent=2) + "\n")
         commit_directory(staging, final, overwrite)

@@ -21,15 +21,21 @@ from the targets and returned as ``reference``.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from .._validate import InputError
 from .configurations import Configuration
+from .descriptors import register_backend
 from .lammps_backend import NKTV2P, LammpsSession, get_session, lammps_box
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .calculator import LammpsCalculator
 
 __all__ = ["SnapSettings", "RowBlock", "n_bispectrum", "snap_rows", "zbl_reference"]
 
@@ -132,6 +138,9 @@ class SnapSettings:
     reference_style: str | None = None
     reference_coeffs: tuple[str, ...] = ()
     masses: tuple[float, ...] | None = field(default=None, compare=False)
+
+    #: the descriptor protocol's registry name (:mod:`popsdask.atomistic.descriptors`)
+    backend: ClassVar[str] = "snap"
 
     def __post_init__(self) -> None:
         n = len(self.elements)
@@ -245,6 +254,63 @@ class SnapSettings:
 
     def key(self) -> str:
         return json.dumps(self.to_attrs(), sort_keys=True)
+
+    # -- the descriptor protocol (popsdask.atomistic.descriptors) -------------------------
+    def rows(
+        self,
+        cfg: Configuration,
+        *,
+        virial: bool = False,
+        config_index: int = 0,
+        session: LammpsSession | None = None,
+    ) -> RowBlock:
+        """:func:`snap_rows` of ``cfg``."""
+        return snap_rows(cfg, self, virial=virial, config_index=config_index, session=session)
+
+    def store_attrs(self) -> dict[str, Any]:
+        """Store attributes: ``descriptor`` (backend and settings), ``snap`` (the same settings,
+        as stores before the protocol recorded them) and what the columns and rows mean."""
+        settings = self.to_attrs()
+        return {
+            "descriptor": {
+                "backend": self.backend,
+                "name": "qSNAP (LAMMPS compute snap)" if self.quadratic else "SNAP",
+                "settings": settings,
+            },
+            "snap": settings,
+            "feature_names": self.feature_names(),
+            "columns": "per element: [atom count (beta0), linear B, quadratic terms with 1/2 on the "
+            "diagonal] in .snapcoeff order",
+            "energy_rows": "sum over atoms; y = total energy - reference pair energy (eV)",
+            "force_rows": "theta . row = force (eV/A); y = force - reference pair force",
+            "virial_rows": "Voigt xx,yy,zz,yz,xz,xy; theta . row = virial W = -stress*volume (eV)",
+            "reference_pair": self.reference_style or "none",
+            "reference_coeffs": list(self.reference_coeffs),
+        }
+
+    def potential_paths(self, prefix: str | os.PathLike) -> dict[str, Path]:
+        prefix = Path(prefix)
+        return {k: prefix.with_name(f"{prefix.name}.{k}") for k in ("snapcoeff", "snapparam", "mod")}
+
+    def write_potential(self, theta: Any, prefix: str | os.PathLike, *, comment: str = "") -> dict[str, Path]:
+        """:func:`~popsdask.atomistic.snap_files.write_snap_potential` of θ."""
+        from .snap_files import write_snap_potential
+
+        return write_snap_potential(theta, self, prefix, comment=comment)
+
+    def pair_commands(self, paths: Any) -> list[str]:
+        """``pair_style snap`` (plus the reference) of the files ``paths``."""
+        from .snap_files import pair_commands_for
+
+        return pair_commands_for(self, paths["snapcoeff"], paths["snapparam"])
+
+    def calculator(
+        self, theta: Any, directory: str | os.PathLike | None = None, *, label: str = "qsnap"
+    ) -> LammpsCalculator:
+        """:func:`~popsdask.atomistic.snap_files.snap_calculator` of θ."""
+        from .snap_files import snap_calculator
+
+        return snap_calculator(theta, self, directory, label=label)
 
 
 @dataclass
@@ -364,3 +430,6 @@ def snap_rows(
         component=comp[keep],
         config=np.full(m, config_index, dtype=np.int64),
     )
+
+
+register_backend(SnapSettings.backend, SnapSettings)

@@ -1,9 +1,11 @@
 """A potential as a small picklable value: a qSNAP θ with its settings, or a teacher by name.
 
 :class:`Potential` is what the property suite sends to Dask workers: θ (a few hundred floats),
-the :class:`SnapSettings`, or the name of a potential shipped with LAMMPS. The SNAP files are
-written once per process on first use, into a cache directory keyed by label and a hash of θ,
-so the same member evaluated many times (a relaxation, an EOS, a path) touches the disk once.
+its descriptor (:class:`~popsdask.atomistic.snap.SnapSettings` or any other
+:class:`~popsdask.atomistic.descriptors.DescriptorBackend`), or the name of a potential shipped
+with LAMMPS. The potential files are written once per process on first use, into a cache
+directory keyed by label and a hash of θ, so the same member evaluated many times (a
+relaxation, an EOS, a path) touches the disk once.
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ import numpy as np
 
 from .._validate import InputError
 from ..atomistic.calculator import LammpsCalculator
-from ..atomistic.snap import SnapSettings
-from ..atomistic.snap_files import pair_commands_for, write_snap_potential
+from ..atomistic.descriptors import DescriptorBackend, backend_from_store
 
 __all__ = [
     "DEFAULT_REFERENCES",
@@ -51,7 +52,7 @@ class Potential:
 
     label: str
     theta: np.ndarray | None = None
-    settings: SnapSettings | None = None
+    settings: DescriptorBackend | None = None
     teacher: str | None = None
     species: str | None = None
 
@@ -60,7 +61,7 @@ class Potential:
             raise InputError(f"Potential {self.label!r}: give either theta (with settings) or teacher")
         if self.theta is not None:
             if self.settings is None:
-                raise InputError(f"Potential {self.label!r}: theta needs its SnapSettings")
+                raise InputError(f"Potential {self.label!r}: theta needs its descriptor settings")
             th = np.ascontiguousarray(self.theta, dtype=float).ravel()
             if th.shape != (self.settings.n_features,):
                 raise InputError(
@@ -104,7 +105,7 @@ class Potential:
         return list(self.settings.atom_masses())  # type: ignore[union-attr]
 
     def pair_commands(self) -> list[str]:
-        """LAMMPS commands of the interactions (SNAP files written once per process)."""
+        """LAMMPS commands of the interactions (potential files written once per process)."""
         ck = (os.getpid(), self.key)
         cmds = _PAIR_CACHE.get(ck)
         if cmds is not None:
@@ -116,11 +117,12 @@ class Potential:
         else:
             d = Path(tempfile.gettempdir()) / f"popsdask-potentials-{os.getpid()}"
             prefix = d / self.key
-            coeff = prefix.with_name(prefix.name + ".snapcoeff")
-            param = prefix.with_name(prefix.name + ".snapparam")
-            if not (coeff.exists() and param.exists()):
-                write_snap_potential(self.theta, self.settings, prefix, comment=self.label)  # type: ignore[arg-type]
-            cmds = pair_commands_for(self.settings, coeff, param)  # type: ignore[arg-type]
+            settings = self.settings
+            assert settings is not None
+            paths = settings.potential_paths(prefix)
+            if not all(p.exists() for p in paths.values()):
+                paths = settings.write_potential(self.theta, prefix, comment=self.label)
+            cmds = settings.pair_commands(paths)
         _PAIR_CACHE[ck] = list(cmds)
         return list(cmds)
 
@@ -159,7 +161,7 @@ def reference_potential(teacher: str = "W_2940_2017_2", element: str | None = No
 
 def members_from_posterior(
     posterior: Any,
-    settings: SnapSettings,
+    settings: DescriptorBackend,
     n_samples: int,
     *,
     seed: int = 0,
@@ -208,7 +210,8 @@ def resolve_members(
     ----------
     posterior_or_members : a :class:`~popsdask.posterior.Posterior`, its path, or a list of
         :class:`Potential` (returned as given)
-    settings : :class:`SnapSettings` or a descriptor store whose attrs hold them (with a posterior)
+    settings : the descriptor (e.g. :class:`~popsdask.atomistic.snap.SnapSettings`) or a descriptor
+        store whose attrs hold it (with a posterior)
     n_samples, seed, sampling : the draw (:func:`members_from_posterior`; ``sampling`` is
         :meth:`Posterior.sample`'s ``method``)
     element : the element of the suite's structures, for drawn members (default: the first)
@@ -219,11 +222,9 @@ def resolve_members(
             raise InputError("run_properties: a list of members must hold Potential objects")
         return members
     if settings is None:
-        raise InputError("run_properties: settings (SnapSettings or a descriptor store) are needed with a posterior")
+        raise InputError("run_properties: settings (a descriptor or a descriptor store) are needed with a posterior")
     if isinstance(settings, (str, os.PathLike)):
-        import xarray as xr
-
-        settings = SnapSettings.from_attrs(xr.open_zarr(settings, consolidated=False).attrs["snap"])
+        settings = backend_from_store(settings)
     return members_from_posterior(
         posterior_or_members, settings, n_samples, seed=seed, method=sampling, element=element
     )
