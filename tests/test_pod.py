@@ -129,3 +129,44 @@ def test_pod_store_records_the_parameter_file_and_rebuilds_it(tmp_path) -> None:
         c.stress = np.zeros(6)
     with pytest.raises(InputError, match="no virial rows"):
         build_descriptor_store(tmp_path / "v.zarr", cfgs, SETTINGS, virial=True, configs_per_task=2)
+
+
+def test_descriptors_fit_export_on_the_command_line_with_pod(tmp_path, local_client, capsys) -> None:
+    """popsdask descriptors --descriptor pod --pod-param FILE, fit and export: the exported MLE
+    runs as pair_style pod and equals θ·rows (labels from the shipped Ta POD)."""
+    import json
+
+    from ase.io import write
+
+    from popsdask import Posterior
+    from popsdask.cli import main
+
+    shipped = LammpsCalculator(["pair_style pod", f"pair_coeff * * {PARAM} {COEFF} Ta"], ["Ta"])
+    frames = []
+    for i in range(16):
+        atoms = bulk("Ta", "bcc", a=3.25 + 0.01 * i, cubic=True).repeat(2)
+        atoms.positions += np.random.default_rng(i).normal(scale=0.08, size=atoms.positions.shape)
+        atoms.calc = shipped
+        atoms.get_potential_energy()
+        frames.append(atoms)
+    data = tmp_path / "ta.extxyz"
+    write(data, frames, format="extxyz")
+    sched = ["--scheduler", local_client.scheduler.address, "--quiet"]
+    store, post, out = tmp_path / "ta.zarr", tmp_path / "post.zarr", tmp_path / "members"
+    argv = ["descriptors", str(data), "-o", str(store), "--descriptor", "pod", "--pod-param", PARAM, "--seed", "1"]
+    assert main([*argv, *sched]) == 0
+    assert main(["descriptors", str(data), "-o", str(tmp_path / "x.zarr"), "--descriptor", "pod", *sched]) == 2
+    assert "--descriptor pod needs --pod-param FILE" in capsys.readouterr().err
+    assert backend_from_store(store) == SETTINGS
+    assert main(["fit", str(store), "-o", str(post), "--split", "train", *sched]) == 0
+    assert main(["export", str(post), "--members", "2", "-o", str(out)]) == 0
+    meta = json.loads((out / "members.json").read_text())
+    assert meta["descriptor"]["backend"] == "pod" and "snap" not in meta
+    theta = Posterior.load(post).coef_
+    mod = (out / "mle.mod").read_text().splitlines()
+    calc = LammpsCalculator([ln for ln in mod if not ln.startswith("#")], ["Ta"])
+    cfg = _structures()[0]
+    rows = SETTINGS.rows(cfg)
+    e, f = _labels(calc, cfg)
+    np.testing.assert_allclose(e, rows.X[0] @ theta, rtol=1e-10)
+    np.testing.assert_allclose(f.ravel(), rows.X[1:] @ theta, atol=1e-8)
