@@ -7,6 +7,9 @@ products by numpy, block by block, reduced in place, on the same threads.
 
     python benchmarks/complete_envelope.py --rows 30000 --corrections 50000 --features 120 --repeats 3
 
+(``popsdask bench --cases envelope --envelope-sizes RxCxF`` runs the same two in separate
+processes, for their own peak RSS.)
+
 Prints one JSON line: medians of the two timings and their ratio.
 """
 
@@ -22,16 +25,11 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
+from popsdask.bench import envelope_floor
+
 
 def numpy_floor(X: np.ndarray, C: np.ndarray, rows: int = 4096, cols: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    lo = np.full(X.shape[0], np.inf)
-    hi = np.full(X.shape[0], -np.inf)
-    for i in range(0, X.shape[0], rows):
-        for j in range(0, C.shape[0], cols):
-            b = X[i : i + rows] @ C[j : j + cols].T
-            np.minimum(lo[i : i + rows], b.min(axis=1), out=lo[i : i + rows])
-            np.maximum(hi[i : i + rows], b.max(axis=1), out=hi[i : i + rows])
-    return lo, hi
+    return envelope_floor(X, C, rows, cols)
 
 
 def main() -> None:

@@ -15,6 +15,14 @@ Cases
 ``popsdask-zarr``   ``popsdask.fit`` of a descriptor store path (threaded scheduler)
 ``popsregression``  ``POPSRegression().fit`` (reference, everything in memory)
 ``ensemble``        ``predict_ensemble`` of 500 samples for a store of N configurations → Zarr
+``ensemble-floor``  its floor: the same X·[Δᵀ | U] products (500 samples and the K box modes)
+                    by numpy, block by block from the same chunk files, and a raw write of the
+                    prediction's bytes (``--cases ensemble`` runs both)
+``envelope``        the complete-ensemble envelope (``predictions.correction_range``, min/max of
+                    x·δθ over every stored correction) of R rows × C corrections × F features
+``envelope-floor``  its floor: the same products by blocked numpy, reduced in place
+                    (``--envelope-sizes RxCxF``; each case in its own process, so the peak RSS
+                    of each is its own)
 ``ooc``             an out-of-core fit on a LocalCluster (2 workers, 4 GB each), per-pass times
                     next to the raw read time of the same store
 
@@ -41,7 +49,7 @@ from typing import Any
 import numpy as np
 
 DEFAULT_SIZES = (100_000, 300_000, 1_000_000, 1_580_000)
-DEFAULT_CASES = ("gram", "gram1", "popsdask-array", "popsdask-zarr", "popsregression", "ensemble")
+DEFAULT_CASES = ("gram", "gram1", "popsdask-array", "popsdask-zarr", "popsregression", "ensemble", "envelope")
 # popsregression 0.4.0 peak RSS per row at P = 256 (issue 3: 13.3 GB at 1M, 20.9 GB at 1.58M)
 POPSREG_BYTES_PER_ROW = 13.5e3
 SAMPLE_SECONDS = 0.05
@@ -225,6 +233,107 @@ def _case_ensemble(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     return out
 
 
+def _case_ensemble_floor(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """The floor of ``ensemble``: its matmuls and the raw write of its prediction bytes."""
+    from .chunkread import read_chunk
+    from .posterior import DEFAULT_N_SAMPLES, Posterior
+    from .predictions import BLOCK_BYTES
+    from .store import open_store
+
+    post = Posterior.load(workdir / "posterior.zarr")
+    delta = post.perturbations(DEFAULT_N_SAMPLES, "uniform", 0)
+    # the prediction also forms X·U once per row (the exact box of the hypercube)
+    right = np.hstack([post.coef_[:, None], delta.T, post.basis_])
+    layout = open_store(store_path(workdir, spec["n"], "float64"))["X"].data
+    from .chunkread import chunk_refs
+
+    refs = chunk_refs(layout)
+    assert refs is not None
+    n, p = int(layout.shape[0]), int(layout.shape[1])
+    rows = max(256, BLOCK_BYTES // (8 * max(delta.shape[0], p)))
+    target = Path(spec["scratch"]) / f"floor-{spec['n']}.bin"
+    out: dict[str, Any] = {"rss_loaded_gb": _rss_gb(), "columns": int(right.shape[1])}
+    t = time.perf_counter()
+    with open(target, "wb") as f:
+        for ref in refs:
+            X = read_chunk(ref.layout, ref.index)
+            for i in range(0, X.shape[0], rows):
+                prod = X[i : i + rows] @ right
+                dev = prod[:, 1 : 1 + delta.shape[0]]
+                (dev + prod[:, :1]).T.tofile(f)  # (sample, row) bytes, as the prediction array
+    out["wall_s"] = time.perf_counter() - t
+    out["written_gb"] = target.stat().st_size / 1e9
+    out["rows"] = n
+    target.unlink()
+    return out
+
+
+def envelope_floor(X: np.ndarray, C: np.ndarray, rows: int = 4096, cols: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Min and max of X Cᵀ per row by blocked numpy, reduced in place (the envelope's floor)."""
+    lo = np.full(X.shape[0], np.inf)
+    hi = np.full(X.shape[0], -np.inf)
+    for i in range(0, X.shape[0], rows):
+        for j in range(0, C.shape[0], cols):
+            b = X[i : i + rows] @ C[j : j + cols].T
+            np.minimum(lo[i : i + rows], b.min(axis=1), out=lo[i : i + rows])
+            np.maximum(hi[i : i + rows], b.max(axis=1), out=hi[i : i + rows])
+    return lo, hi
+
+
+def envelope_sizes(text: str) -> list[tuple[int, int, int]]:
+    return [tuple(int(v) for v in item.split("x")) for item in text.split(",") if item]  # type: ignore[misc]
+
+
+def _envelope_data(spec: dict[str, Any]) -> tuple[np.ndarray, Path]:
+    rows, corrections, features = spec["envelope"]
+    X = np.random.default_rng(0).normal(size=(rows, features))
+    return X, Path(spec["scratch"]) / f"corrections-{corrections}x{features}.zarr"
+
+
+def prepare_corrections(scratch: Path, corrections: int, features: int) -> Path:
+    import dask.array as da
+
+    path = scratch / f"corrections-{corrections}x{features}.zarr"
+    if not path.exists():
+        C = np.random.default_rng(1).normal(size=(corrections, features)) * 1e-3
+        da.from_array(C, chunks=(65536, features)).to_zarr(str(path), zarr_format=3)
+    return path
+
+
+def _case_envelope(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """``correction_range`` on Dask's threaded scheduler (``envelope``) or blocked numpy
+    (``envelope-floor``) over the same rows and corrections."""
+    import dask.array as da
+
+    X, path = _envelope_data(spec)
+    out: dict[str, Any] = {"rss_loaded_gb": _rss_gb()}
+    if spec["case"] == "envelope":
+        from .posterior import Posterior
+        from .predictions import correction_range
+
+        f = X.shape[1]
+        post = Posterior(
+            coef_=np.zeros(f),
+            sigma_=np.eye(f),
+            alpha_=1.0,
+            lambda_=1.0,
+            misspecification_sigma_=np.eye(f),
+            kind="ensemble",
+            corrections_=da.from_zarr(str(path)),
+        )
+        Xd = da.from_array(X, chunks=(65536, f))
+        t = time.perf_counter()
+        lo, hi = da.compute(*correction_range(Xd, post, Xd @ post.coef_))
+        out["wall_s"] = time.perf_counter() - t
+    else:
+        C = np.asarray(da.from_zarr(str(path)))
+        t = time.perf_counter()
+        lo, hi = envelope_floor(X, C)
+        out["wall_s"] = time.perf_counter() - t
+    out["checksum"] = float(np.sum(hi) - np.sum(lo))
+    return out
+
+
 def _case_ooc(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     import dask.array as da
 
@@ -273,6 +382,10 @@ def _child(spec_json: str) -> None:
     workdir = Path(spec["workdir"])
     if spec["case"] == "ensemble":
         result = _case_ensemble(spec, workdir)
+    elif spec["case"] == "ensemble-floor":
+        result = _case_ensemble_floor(spec, workdir)
+    elif spec["case"].startswith("envelope"):
+        result = _case_envelope(spec, workdir)
     elif spec["case"] == "ooc":
         result = _case_ooc(spec, workdir)
     else:
@@ -290,6 +403,7 @@ def run_case(spec: dict[str, Any], timeout: float = 1800.0) -> dict[str, Any]:
     import psutil
 
     cmd = [sys.executable, "-m", "popsdask.bench", "_case", json.dumps(spec)]
+    load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak_total = 0
@@ -343,6 +457,7 @@ def run_case(spec: dict[str, Any], timeout: float = 1800.0) -> dict[str, Any]:
         peak_rss_by_process_gb={f"{n} [{pid}]": r / 1e9 for pid, (n, r) in peak_by_proc.items()},
         returncode=proc.returncode,
         process_wall_s=time.perf_counter() - t0,
+        load_average=[load_start, os.getloadavg()[0]],
     )
     line = [s for s in outputs.get("out", "").splitlines() if s.startswith("BENCH-RESULT ")]
     if killed or proc.returncode != 0 or not line:
@@ -429,6 +544,59 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         lines += ["", "Failed or skipped runs:"]
         lines += [f"- {r['case']} N={r['n']:,} {r['dtype']}: {r['failed']}× {r['error'][:200]!r}" for r in failed]
     return "\n".join(lines) + "\n"
+
+
+#: (case, its floor, what the ratio is called)
+RATIO_PAIRS = (
+    ("popsdask-array", "gram", "fit in memory / numpy Gram (faster of gram, gram1)"),
+    ("popsdask-zarr", "gram", "fit from Zarr / numpy Gram (faster of gram, gram1)"),
+    ("popsregression", "popsdask-array", "popsregression / popsdask fit"),
+    ("ensemble", "ensemble-floor", "prediction / its floor (X·[Δᵀ|U] + raw write)"),
+    ("envelope", "envelope-floor", "complete-ensemble envelope / blocked numpy"),
+)
+
+
+def _floor_time(by: dict[tuple, dict[str, Any]], case: str, key: tuple) -> float:
+    if case != "gram":
+        r = by.get((case, *key))
+        return r["wall_s"] if r else float("nan")
+    times = [by[(c, *key)]["wall_s"] for c in ("gram", "gram1") if (c, *key) in by]
+    return min(times) if times else float("nan")
+
+
+def ratios_markdown(results: list[dict[str, Any]]) -> str:
+    """Same-run ratios, repeat by repeat (each case against its floor of the same repeat), with
+    their median, the largest per-process peak RSS and the load average around the case."""
+    ok = [r for r in results if "error" not in r and "wall_s" in r]
+    by = {(r["case"], r.get("n", 0), r.get("dtype", ""), r.get("repeat", 0)): r for r in ok}
+    lines = [
+        "| ratio | N | data | per repeat | median | peak RSS GB (largest process / tree) | load average |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    found = False
+    for case, floor, label in RATIO_PAIRS:
+        keys = sorted({(r["n"], r["dtype"]) for r in ok if r["case"] == case})
+        for n, dtype in keys:
+            reps = sorted(r["repeat"] for r in ok if (r["case"], r["n"], r["dtype"]) == (case, n, dtype))
+            ratios, rss, loads = [], [], []
+            for rep in reps:
+                r = by[(case, n, dtype, rep)]
+                f = _floor_time(by, floor, (n, dtype, rep))
+                if np.isfinite(f):  # popsregression / popsdask: both ways round, larger is slower
+                    ratios.append(r["wall_s"] / f)
+                    rss.append((max(r["peak_rss_by_process_gb"].values(), default=0.0), r["peak_rss_gb"]))
+                    loads.append(r.get("load_average", [float("nan")])[0])
+            if not ratios:
+                continue
+            found = True
+            per = ", ".join(f"{v:.2f}" for v in ratios)
+            big = max(rss)
+            load = f"{min(loads):.1f}–{max(loads):.1f}"
+            lines.append(
+                f"| {label} | {n:,} | {dtype} | {per} | **{statistics.median(ratios):.2f}×** "
+                f"| {big[0]:.2f} / {big[1]:.2f} | {load} |"
+            )
+    return ("\n".join(lines) + "\n") if found else ""
 
 
 def ooc_markdown(r: dict[str, Any]) -> str:
@@ -528,16 +696,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for n in sizes:
         for dtype in dtypes:
             for case in cases:
-                if case == "ensemble":
+                if case in ("ensemble", "envelope"):
                     continue
                 ref_ok = n <= args.popsregression_max_rows and dtype in args.popsregression_dtypes.split(",")
                 if case == "popsregression" and not ref_ok:
                     continue
                 specs.append({"case": case, "n": n, "dtype": dtype})
-    specs += [{"case": "ensemble", "n": n, "dtype": "float64"} for n in ens_sizes]
+    for n in ens_sizes:
+        specs += [{"case": c, "n": n, "dtype": "float64"} for c in ("ensemble", "ensemble-floor")]
+    env_sizes = envelope_sizes(args.envelope_sizes) if "envelope" in cases else []
+    for r, c, f in env_sizes:
+        prepare_corrections(workdir, c, f)
+        for case in ("envelope", "envelope-floor"):
+            specs.append({"case": case, "n": r, "dtype": f"{c}x{f}", "envelope": [r, c, f]})
     for rep in range(args.repeats):
         for spec in specs:
-            if spec["case"] == "ensemble" and rep >= args.ensemble_repeats:
+            if spec["case"].startswith("ensemble") and rep >= args.ensemble_repeats:
                 continue
             full = {**spec, "workdir": str(workdir), "scratch": str(workdir), "repeat": rep}
             if spec["case"] == "popsregression":
@@ -589,7 +763,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _dump(out: Path, meta: dict[str, Any], results: list[dict[str, Any]], ooc: dict[str, Any] | None) -> str:
     rows = summarise(results)
-    table = markdown(rows, meta) if results else ""
+    table = markdown(rows, meta) + "\n" + ratios_markdown(results) if results else ""
     if ooc is not None:
         table += "\n" + ooc_markdown(ooc)
     (out / "results.json").write_text(
@@ -627,6 +801,12 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--popsregression-dtypes", default="float64,float32")
     p.add_argument("--ensemble-sizes", default="100000,1580000", help="configurations to predict")
     p.add_argument("--ensemble-repeats", type=int, default=1)
+    p.add_argument(
+        "--envelope-sizes",
+        default="20000x40000x120",
+        help="complete-ensemble envelope cases ROWSxCORRECTIONSxFEATURES, comma-separated "
+        "(the issue's 130000x225000x120 takes ~15 min per run on 2 cores)",
+    )
     p.add_argument("--ooc-rows", type=int, default=0, help="rows of the out-of-core float32 store (0: skip)")
     p.add_argument("--workdir", default=None, help="data directory (kept if given; default: temporary)")
     p.add_argument("--keep-data", action="store_true")

@@ -49,8 +49,8 @@ class ChunkRef:
     layout: RawLayout
     index: int
 
-    def load(self) -> np.ndarray:
-        return read_chunk(self.layout, self.index)
+    def load(self, mapped: bool = False) -> np.ndarray:
+        return (map_chunk if mapped else read_chunk)(self.layout, self.index)
 
 
 def raw_layout(array_dir: str | os.PathLike) -> RawLayout | None:
@@ -102,6 +102,35 @@ def read_chunk(layout: RawLayout, index: int) -> np.ndarray:
     return flat.reshape(layout.chunk_shape)[:rows]
 
 
+def map_chunk(layout: RawLayout, index: int) -> np.ndarray:
+    """Rows of chunk ``index`` as a read-only view of the file mapped into memory.
+
+    For the fit's passes, whose kernels only read X: a page-cached 64 MiB chunk maps and sums
+    in 0.006 s against 0.026–0.033 s for ``np.fromfile`` (which faults in fresh memory and
+    copies every byte), i.e. most of the cost of reading X once per pass disappears. The
+    mapping lives as long as the array. A chunk file truncated by another program while mapped
+    would fault the reading process (SIGBUS); popsdask itself never rewrites chunk files in
+    place (stores are replaced by renaming a new directory).
+    """
+    import mmap
+
+    c, rest = layout.chunk_shape[0], layout.chunk_shape[1:]
+    rows = min(c, layout.shape[0] - index * c)
+    path = layout.chunk_file(index)
+    if not os.path.exists(path):
+        return np.full((rows, *rest), np.nan, dtype=layout.dtype)
+    dtype = np.dtype(layout.dtype)
+    size = int(np.prod(layout.chunk_shape))
+    with open(path, "rb") as f:
+        nbytes = os.fstat(f.fileno()).st_size
+        if nbytes != size * dtype.itemsize:
+            dims = " × ".join(str(d) for d in layout.chunk_shape)
+            raise InputError(f"{path}: {nbytes // dtype.itemsize} values in chunk {index}, expected {dims} = {size}")
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # pre-fault: no page-fault storm
+        mapped = mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
+    return np.frombuffer(mapped, dtype=dtype).reshape(layout.chunk_shape)[:rows]
+
+
 def raw_dask_array(layout: RawLayout) -> da.Array:
     """A dask array with one task per chunk file, chunks identical to zarr's."""
     n, c = layout.shape[0], layout.chunk_shape[0]
@@ -126,6 +155,7 @@ def chunk_refs(a: da.Array) -> list[ChunkRef] | None:
     return [ChunkRef(args[0], i) for i in range(args[0].n_chunks)]
 
 
-def load(block: Any) -> Any:
-    """The array of a block: a :class:`ChunkRef` is read, anything else returned as is."""
-    return block.load() if isinstance(block, ChunkRef) else block
+def load(block: Any, mapped: bool = False) -> Any:
+    """The array of a block: a :class:`ChunkRef` is read (``mapped``: as a read-only memory
+    map, :func:`map_chunk`), anything else returned as is."""
+    return block.load(mapped) if isinstance(block, ChunkRef) else block

@@ -108,11 +108,13 @@ def _block_sources(a: da.Array | None, n: int) -> list[Any]:
 @functools.cache
 def _reading(func: Callable) -> Callable:
     """``func`` with its :class:`ChunkRef` arguments read first, in the same task: one task per
-    chunk and pass instead of a read task whose 64 MiB result waits in worker memory."""
+    chunk and pass instead of a read task whose 64 MiB result waits in worker memory. Chunks
+    are memory-mapped (:func:`chunkread.map_chunk`): the block kernels only read X, and none
+    of their results is a view of it."""
 
     @functools.wraps(func)
     def task(*args: Any, **kwargs: Any) -> Any:
-        return func(*(load(a) for a in args), **kwargs)
+        return func(*(load(a, mapped=True) for a in args), **kwargs)
 
     return task
 
