@@ -392,6 +392,11 @@ def _properties(args: argparse.Namespace) -> None:
             raise InputError("--descriptors STORE is needed (a descriptor store whose attrs hold the SNAP settings)")
         args.descriptors = str(desc)
     settings = backend_from_store(args.descriptors)  # the store's descriptor (SNAP, ...)
+    if args.route == "implicit" and settings.backend != "snap":
+        raise InputError(
+            f"--route implicit: the {settings.backend} backend gives no virial rows and descriptor gradients "
+            "(the implicit route needs SNAP's); use --route resample"
+        )
     # which element the suite builds, on which lattice, against which reference: checked here
     element = args.element or settings.elements[0]
     if element not in settings.elements:

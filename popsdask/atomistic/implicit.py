@@ -49,7 +49,7 @@ import numpy as np
 from .._validate import InputError
 from .configurations import Configuration
 from .lammps_backend import voigt_to_matrix
-from .snap import SnapSettings, snap_rows
+from .snap import SnapSettings
 
 __all__ = [
     "STRAIN_BASES",
@@ -122,7 +122,7 @@ def generalized_gradients(
     m = _deformation(e)
     pos = (np.asarray(atoms.positions) + u) @ m
     cell = np.asarray(atoms.cell[:]) @ m
-    rows = snap_rows(_unlabelled(atoms, pos, cell), settings, virial=True)
+    rows = settings.rows(_unlabelled(atoms, pos, cell), virial=True)  # the protocol (SNAP: snap_rows)
     A = np.concatenate([rows.X, rows.reference[:, None]], axis=1)  # (1 + 3N + 6, P + 1)
     D = A[0]
     dDdx = -A[1 : 1 + 3 * n].reshape(n, 3, -1)  # ∂D/∂x' (force rows are −∂D/∂x)
