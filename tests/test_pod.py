@@ -198,3 +198,24 @@ def test_implicit_route_refuses_pod_in_one_line(tmp_path, capsys) -> None:
     assert main([*argv, "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "--route implicit: the pod backend gives no virial rows" in err and len(err.strip().splitlines()) == 1
+
+
+def test_two_element_pod_blocks_and_pair_style_pod(tmp_path) -> None:
+    """Per-element blocks: a W–Be POD (the Ta basis with two species) has one block per element,
+    each starting with its atom count, and pair_style pod equals θ·rows."""
+    two = PodSettings(param=open(PARAM).read().replace("species Ta", "species W Be"))
+    assert two.elements == ("W", "Be") and two.n_features % 2 == 0
+    per = two.n_features // 2
+    assert two.feature_names()[0] == "W:count" and two.feature_names()[per] == "Be:count"
+    atoms = bulk("W", "bcc", a=3.2, cubic=True).repeat(2)
+    symbols = atoms.get_chemical_symbols()
+    for i in (1, 4, 7):
+        symbols[i] = "Be"
+    atoms.set_chemical_symbols(symbols)
+    cfg = _config(atoms, "wbe")
+    rows = two.rows(cfg)
+    assert rows.X[0, 0] == 13 and rows.X[0, per] == 3
+    theta = np.random.default_rng(4).normal(scale=0.01, size=two.n_features)
+    e, f = _labels(two.calculator(theta, tmp_path), cfg)
+    np.testing.assert_allclose(e, rows.X[0] @ theta, rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(f.ravel(), rows.X[1:] @ theta, atol=1e-10)
