@@ -219,3 +219,28 @@ def test_two_element_pod_blocks_and_pair_style_pod(tmp_path) -> None:
     e, f = _labels(two.calculator(theta, tmp_path), cfg)
     np.testing.assert_allclose(e, rows.X[0] @ theta, rtol=1e-12, atol=1e-10)
     np.testing.assert_allclose(f.ravel(), rows.X[1:] @ theta, atol=1e-10)
+
+
+def test_fit_on_pod_rows_recovers_the_shipped_ta_pod(tmp_path) -> None:
+    """Labels from the shipped Ta POD, POD rows, popsdask.fit: θ comes back (rows unweighted; eq. 9
+    weights with BayesianRidge's isotropic prior shrink POD's columns, which span 0.1 to 10³)."""
+    from popsdask import fit
+
+    shipped = LammpsCalculator(["pair_style pod", f"pair_coeff * * {PARAM} {COEFF} Ta"], ["Ta"])
+    cfgs = []
+    for i in range(40):
+        atoms = bulk("Ta", "bcc", a=3.1 + 0.01 * i, cubic=True).repeat(2)
+        atoms.positions += np.random.default_rng(i).normal(scale=0.1, size=atoms.positions.shape)
+        atoms.calc = shipped
+        atoms.get_potential_energy()
+        cfgs.append(Configuration.from_atoms(atoms, name=f"t{i}", group="g"))
+    store = tmp_path / "ta.zarr"
+    build_descriptor_store(store, cfgs, SETTINGS, weights="none", test_fraction=0.25, seed=0, configs_per_task=10)
+    ds = open_store(store)
+    train = np.isin(ds["config"].values, np.flatnonzero(ds["split"].values == 0))
+    post = fit(ds["X"].values[train], ds["y"].values[train])
+    theta = read_pod_coefficients(COEFF)
+    np.testing.assert_allclose(post.coef_, theta, atol=1e-2 * np.abs(theta).max())
+    test = ~train
+    err = ds["X"].values[test] @ post.coef_ - ds["y"].values[test]
+    assert np.abs(err).max() < 1e-3  # eV and eV/Å on the test configurations
