@@ -315,12 +315,26 @@ def _sampled_summaries(X: da.Array, dev: da.Array, post: Posterior) -> da.Array:
     )
 
 
+def _mean_std(devb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and population std over axis 0 from Σx and Σx² (no (S × rows) temporaries, a third
+    of np.std's time); rows where the mean dwarfs the spread, whose variance the difference
+    would lose to cancellation, fall back to np.std."""
+    n = devb.shape[0]
+    mean = devb.sum(axis=0) / n
+    var = np.einsum("ij,ij->j", devb, devb) / n - mean * mean
+    std = np.sqrt(np.maximum(var, 0.0))
+    lossy = mean * mean > 1e6 * np.abs(var)
+    if lossy.any():
+        std[lossy] = devb[:, lossy].std(axis=0)
+    return mean, std
+
+
 def _summary_block(devb, Xb, *, coef, basis, lower, upper) -> np.ndarray:
     out = np.empty((Xb.shape[0], N_SUMMARIES))
     mle = Xb @ coef
     out[:, 0] = mle
-    out[:, 1] = mle + devb.mean(axis=0)
-    out[:, 2] = devb.std(axis=0)
+    out[:, 1], out[:, 2] = _mean_std(devb)
+    out[:, 1] += mle
     out[:, 3] = mle + devb.min(axis=0)
     out[:, 4] = mle + devb.max(axis=0)
     if basis is not None:

@@ -337,3 +337,14 @@ def test_predict_per_atom_on_the_command_line(grouped, tmp_path):
     np.testing.assert_allclose(ds["mle"].values, (X @ post.coef_) * scale, rtol=1e-12)
     np.testing.assert_allclose(ds["y"].values, y * scale, rtol=1e-12)
     assert "energy_per_atom" not in json.loads(ds.attrs["metrics"])  # energies already per atom
+
+
+def test_block_mean_std_matches_numpy_also_when_the_mean_dwarfs_the_spread():
+    from popsdask.predictions import _mean_std
+
+    rng = np.random.default_rng(5)
+    dev = rng.normal(size=(500, 300))
+    dev[:, :10] = 1e6 + 1e-4 * dev[:, :10]  # variance lost to cancellation in Σx² - n·mean²
+    mean, std = _mean_std(dev)
+    np.testing.assert_allclose(mean, dev.mean(axis=0), rtol=1e-14)
+    np.testing.assert_allclose(std, dev.std(axis=0), rtol=1e-9)
