@@ -82,6 +82,17 @@ class Configuration:
         src = f"{self.source}: " if self.source else ""
         return f"{src}configuration {self.name!r}"
 
+    def type_indices(self, elements: Sequence[str]) -> np.ndarray:
+        """LAMMPS atom types (1-based positions in ``elements``) of the atoms; an element the
+        descriptors do not cover is one line naming it and the configuration."""
+        index = {e: i + 1 for i, e in enumerate(elements)}
+        try:
+            return np.array([index[s] for s in self.symbols], dtype=int)
+        except KeyError as err:
+            raise InputError(
+                f"{self.where()}: unknown element {err.args[0]!r}; the descriptors cover {list(elements)}"
+            ) from None
+
     @classmethod
     def from_atoms(
         cls,

@@ -244,16 +244,6 @@ class PodSettings:
         return LammpsCalculator(self.pair_commands(paths), self.elements, self.atom_masses(), label=label)
 
 
-def _types(cfg: Configuration, settings: PodSettings) -> np.ndarray:
-    index = {e: i + 1 for i, e in enumerate(settings.elements)}
-    try:
-        return np.array([index[s] for s in cfg.symbols], dtype=int)
-    except KeyError as err:
-        raise InputError(
-            f"{cfg.where()}: unknown element {err.args[0]!r}; the descriptors cover {list(settings.elements)}"
-        ) from None
-
-
 def raw_compute_pod(
     cfg: Configuration, settings: PodSettings, session: LammpsSession | None = None
 ) -> tuple[np.ndarray, Any]:
@@ -263,7 +253,12 @@ def raw_compute_pod(
     cut = settings.cutoff + 1e-6
     param = settings.param_file()
     with sess.lock:
-        sess.setup(box, _types(cfg, settings), settings.atom_masses(), [f"pair_style zero {cut!r}", "pair_coeff * *"])
+        sess.setup(
+            box,
+            cfg.type_indices(settings.elements),
+            settings.atom_masses(),
+            [f"pair_style zero {cut!r}", "pair_coeff * *"],
+        )
         sess.lmp.command(f'compute pod all pod/global {param} "" {" ".join(settings.elements)}')
         sess.lmp.command("run 0")
         A = sess.global_array("pod")

@@ -335,16 +335,6 @@ class RowBlock:
         )
 
 
-def _types(cfg: Configuration, settings: SnapSettings) -> np.ndarray:
-    index = {e: i + 1 for i, e in enumerate(settings.elements)}
-    try:
-        return np.array([index[s] for s in cfg.symbols], dtype=int)
-    except KeyError as err:
-        raise InputError(
-            f"{cfg.where()}: unknown element {err.args[0]!r}; the descriptors cover {list(settings.elements)}"
-        ) from None
-
-
 def raw_compute_snap(
     cfg: Configuration, settings: SnapSettings, session: LammpsSession | None = None
 ) -> tuple[np.ndarray, Any]:
@@ -352,7 +342,9 @@ def raw_compute_snap(
     sess = session or get_session()
     box = lammps_box(cfg.cell, cfg.pbc, cfg.positions, where=cfg.where())
     with sess.lock:
-        sess.setup(box, _types(cfg, settings), settings.atom_masses(), settings.descriptor_pair_commands())
+        sess.setup(
+            box, cfg.type_indices(settings.elements), settings.atom_masses(), settings.descriptor_pair_commands()
+        )
         sess.lmp.command(settings.compute_command("snap"))
         sess.lmp.command("run 0")
         A = sess.global_array("snap")
@@ -392,7 +384,7 @@ def snap_rows(
     A, box = raw_compute_snap(cfg, settings, session)
     n = cfg.n_atoms
     nd = settings.n_descriptors
-    types = _types(cfg, settings)
+    types = cfg.type_indices(settings.elements)
     ne = len(settings.elements)
     B = A[:, :-1]
     ref = A[:, -1].copy()
