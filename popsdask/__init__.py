@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._validate import InputError
+from .validation import InputError
 
 __version__ = "0.1.0"
 

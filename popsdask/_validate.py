@@ -1,41 +1,5 @@
-"""Input checks shared by the store writer, the estimator and the Dask passes."""
+"""Deprecated alias of :mod:`popsdask.validation` (a private name that every package
+imported); kept for one release."""
 
-from __future__ import annotations
-
-import numpy as np
-
-
-class InputError(ValueError):
-    """Bad input: the message names what is wrong and where (store, variable, rows)."""
-
-
-def _row_range(block_info: dict | None) -> tuple[int, int] | None:
-    if not block_info or 0 not in block_info:
-        return None
-    loc = block_info[0].get("array-location")
-    return (int(loc[0][0]), int(loc[0][1])) if loc else None
-
-
-def check_finite_block(
-    block: np.ndarray,
-    *,
-    variable: str,
-    where: str = "",
-    nonneg: bool = False,
-    block_info: dict | None = None,
-    row_offset: int = 0,
-) -> np.ndarray:
-    """Return ``block`` unchanged, or raise :class:`InputError` naming the first bad row."""
-    bad = ~np.isfinite(block)
-    if nonneg:
-        bad |= block < 0
-    if bad.any():
-        rows = _row_range(block_info) or (row_offset, row_offset + block.shape[0])
-        offset = rows[0]
-        first = int(np.argwhere(bad)[0][0]) + offset
-        value = block.reshape(block.shape[0], -1)[first - offset][bad.reshape(block.shape[0], -1)[first - offset]][0]
-        what = "negative" if nonneg and np.isfinite(value) else "non-finite"
-        span = f" (chunk rows {rows[0]}:{rows[1]})"
-        prefix = f"{where}: " if where else ""
-        raise InputError(f"{prefix}{variable} has a {what} value {float(value)!r} at row {first}{span}")
-    return block
+from .validation import *  # noqa: F403
+from .validation import InputError, check_finite_block  # noqa: F401

@@ -19,7 +19,7 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
-from ._validate import InputError
+from .validation import InputError
 
 _DTYPES = {"float32": "<f4", "float64": "<f8"}
 

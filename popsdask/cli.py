@@ -16,11 +16,11 @@ from typing import Any, NoReturn
 import numpy as np
 
 from . import __version__
-from ._validate import InputError
 from .calibration import EV_CURVE_SAMPLES
 from .cluster import add_cluster_arguments, connect_from_args
 from .parameters import add_arguments as add_pops_arguments
 from .parameters import check_arguments as check_pops_args
+from .validation import InputError
 
 EV_CURVE = ",".join(str(v) for v in EV_CURVE_SAMPLES)
 

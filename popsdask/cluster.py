@@ -29,8 +29,8 @@ from typing import Any
 import dask
 import distributed
 
-from ._validate import InputError
 from .runtime import current_client
+from .validation import InputError
 
 __all__ = [
     "JOBQUEUE_CLUSTERS",

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ._validate import InputError
 from .calibration import EV_CURVE_SAMPLES
 from .posterior import Posterior
 from .predictions import open_predictions, predict_ensemble, prediction_metrics
 from .recalibration import Calibration
 from .store import open_store
+from .validation import InputError
 
 RANDOM_SPLIT = "(random split)"
 SPLIT_TRAIN, SPLIT_TEST = 0, 1

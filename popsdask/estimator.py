@@ -15,11 +15,11 @@ from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from ._validate import InputError
 from .evidence import Evidence, EvidenceParams
 from .parameters import POPS_SETTINGS, check_settings, sklearn_constraints
 from .passes import Design, PopsSettings, compute, design_from, fit_pops_with_evidence
 from .posterior import DEFAULT_N_SAMPLES, Posterior
+from .validation import InputError
 
 PREDICT_BLOCK_ROWS = 8192
 

@@ -13,8 +13,8 @@ from math import log, pi
 import numpy as np
 from scipy.linalg import eigh
 
-from ._validate import InputError
 from .stats import Stats
+from .validation import InputError
 
 EPS = np.finfo(np.float64).eps
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import Any
 
-from ._validate import InputError
+from .validation import InputError
 
 POSTERIOR_KINDS = ("hypercube", "ensemble")
 

@@ -38,7 +38,6 @@ import numpy as np
 import xarray as xr
 from dask.delayed import Delayed, delayed
 
-from ._validate import InputError, check_finite_block
 from .chunkread import chunk_refs, load
 from .evidence import Evidence, EvidenceParams, SSEAnchor, maximise_evidence, needs_refinement
 from .pops import (
@@ -60,6 +59,7 @@ from .posterior import Posterior, provenance
 from .runtime import current_client
 from .stats import Stats, block_residual_stats, block_stats, combine_stats, combine_sum
 from .store import default_chunk_rows, open_store
+from .validation import InputError, check_finite_block
 
 SPLIT_EVERY = 8
 

@@ -14,9 +14,9 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._validate import InputError
 from .pops import hypercube_second_moment, unit_samples
 from .store import atomic_group, check_safe_group, is_complete
+from .validation import InputError
 
 POSTERIOR_FORMAT = "popsdask.posterior/1"
 DEFAULT_N_SAMPLES = 500

@@ -19,11 +19,11 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._validate import InputError
 from .calibration import NLL_FLOOR_FACTOR, TOLERANCE_FACTOR, band_metrics, kind_tolerance, roundoff_tolerance
 from .passes import compute, design_from
 from .posterior import DEFAULT_N_SAMPLES, Posterior
 from .store import KIND_CODES, atomic_group, check_safe_group, is_complete, open_store
+from .validation import InputError
 
 PREDICTION_FORMAT = "popsdask.predictions/1"
 BLOCK_BYTES = 64 * 2**20

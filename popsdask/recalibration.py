@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
-from ._validate import InputError
+from .validation import InputError
 
 OFFSETS = (0.0, 0.03, 0.1, 0.3, 1.0)
 DEFAULT_LEVEL = 0.95

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ._validate import InputError
 from .predictions import KIND_NAMES, configuration_variables, open_predictions, prediction_metrics
+from .validation import InputError
 
 MAX_PARITY_POINTS = 20000
 

@@ -39,8 +39,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._validate import InputError, check_finite_block
 from .chunkread import raw_dask_array, raw_layout
+from .validation import InputError, check_finite_block
 
 __all__ = [
     "KIND_CODES",

@@ -10,7 +10,6 @@ import pytest
 from scipy.stats import norm
 
 from popsdask import fit, write_store
-from popsdask._validate import InputError
 from popsdask.calibration import (
     band_metrics,
     coverage_curve,
@@ -20,6 +19,7 @@ from popsdask.calibration import (
 )
 from popsdask.crossval import leave_one_group_out
 from popsdask.predictions import predict_ensemble, prediction_metrics
+from popsdask.validation import InputError
 
 from .conftest import misspecified
 

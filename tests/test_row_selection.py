@@ -17,9 +17,9 @@ import pytest
 from sklearn.linear_model import BayesianRidge
 
 from popsdask import POPSRegressor, fit
-from popsdask._validate import InputError
 from popsdask.passes import design_from
 from popsdask.pops import LEVERAGE_FLOOR, block_leverage, relative_error_cutoff, selected_rows
+from popsdask.validation import InputError
 
 from .conftest import misspecified
 

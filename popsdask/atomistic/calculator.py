@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
-from .._validate import InputError
+from ..validation import InputError
 from .configurations import Configuration
 from .lammps_backend import NKTV2P, get_session, lammps_box
 

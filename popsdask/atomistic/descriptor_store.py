@@ -36,8 +36,8 @@ import dask
 import dask.array as da
 import numpy as np
 
-from .._validate import InputError
 from ..store import write_store
+from ..validation import InputError
 from .configurations import Configuration, validate_configuration
 from .descriptors import DescriptorBackend, check_backend
 from .snap import RowBlock

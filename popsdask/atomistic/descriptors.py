@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .._validate import InputError
+from ..validation import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .calculator import LammpsCalculator

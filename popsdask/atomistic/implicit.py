@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import InputError
+from ..validation import InputError
 from .configurations import Configuration
 from .lammps_backend import voigt_to_matrix
 from .snap import SnapSettings

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import InputError
+from ..validation import InputError
 
 __all__ = [
     "NKTV2P",

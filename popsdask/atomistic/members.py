@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import InputError
 from ..posterior import Posterior
 from ..store import atomic_directory, commit_directory, discard_directory
+from ..validation import InputError
 from .descriptors import DescriptorBackend
 
 __all__ = ["ENSEMBLE_INPUT", "export_members", "member_thetas"]

@@ -23,7 +23,7 @@ from typing import Any
 import dask
 import numpy as np
 
-from .._validate import InputError
+from ..validation import InputError
 from .configurations import Configuration
 from .export import LammpsCalculator
 from .lammps_backend import get_session, lammps_box, potentials_dir

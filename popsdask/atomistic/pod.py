@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .._validate import InputError
+from ..validation import InputError
 from .calculator import LammpsCalculator
 from .configurations import Configuration
 from .descriptors import register_backend

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from .._validate import InputError
+from ..validation import InputError
 from .configurations import Configuration
 from .descriptors import register_backend
 from .lammps_backend import NKTV2P, LammpsSession, get_session, lammps_box

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import InputError
+from ..validation import InputError
 from .calculator import LammpsCalculator
 from .snap import SnapSettings
 

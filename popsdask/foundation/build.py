@@ -24,10 +24,10 @@ import dask
 import dask.array as da
 import numpy as np
 
-from .._validate import InputError
 from ..passes import compute, persist
 from ..runtime import current_client, progress_bar
 from ..store import atomic_group, write_store
+from ..validation import InputError
 from .base import Extractor, worker_model
 from .structures import element_counts, elements_of, read_structures, reference_energy
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import InputError
+from ..validation import InputError
 
 __all__ = ["read_structures", "reference_energy", "element_counts", "elements_of"]
 

@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .._validate import InputError
 from ..atomistic.implicit import Expansion, expand
 from ..atomistic.snap import SnapSettings
+from ..validation import InputError
 from .cells import bcc_guess
 from .phases import compute as compute_phases
 from .phases import relax_in_symmetry

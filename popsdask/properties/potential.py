@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import InputError
 from ..atomistic.calculator import LammpsCalculator
 from ..atomistic.descriptors import DescriptorBackend, backend_from_store
+from ..validation import InputError
 
 __all__ = [
     "DEFAULT_REFERENCES",

@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .._validate import InputError
 from ..runtime import ProgressCounter, current_client
 from ..store import is_complete
+from ..validation import InputError
 from .implicit import run_implicit
 from .potential import Potential, default_reference, reference_potential, resolve_members
 from .results import open_results, write_results
