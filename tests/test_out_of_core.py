@@ -9,9 +9,11 @@ import pytest
 from popsdask import fit, open_store, write_store
 from popsdask.cluster import connect
 
-WORKER_MEMORY = 400 * 2**20
-FEATURES, CHUNK, N_CHUNKS = 256, 8192, 79
-ROWS = CHUNK * N_CHUNKS  # X is 1.33 GB of float64: 3.2× a worker's limit
+# a worker process of the test environment holds ~375 MB before any data: dask.array imports
+# `sparse` (and numba) when dask-ml's dependencies are installed, so a 400 MB limit left no room
+WORKER_MEMORY = 600 * 2**20
+FEATURES, CHUNK, N_CHUNKS = 256, 8192, 113
+ROWS = CHUNK * N_CHUNKS  # X is 1.9 GB of float64: 3.2× a worker's limit
 
 
 def _rows(block_id=None):
