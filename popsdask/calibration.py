@@ -44,6 +44,7 @@ __all__ = [
     "interval_score",
     "kind_tolerance",
     "miscalibration_area",
+    "nll_floor",
     "symmetry_zeros",
 ]
 
@@ -52,6 +53,12 @@ def kind_tolerance(y: np.ndarray) -> float:
     """``TOLERANCE_FACTOR`` × RMS of the references (0 for an empty set)."""
     y = np.asarray(y, dtype=np.float64)
     return float(TOLERANCE_FACTOR * np.sqrt(np.mean(y**2))) if y.size else 0.0
+
+
+def nll_floor(y: np.ndarray, mle: np.ndarray) -> float:
+    """The NLL's std floor of a row kind: :data:`NLL_FLOOR_FACTOR` × its RMSE of the MLE."""
+    y = np.asarray(y, dtype=np.float64)
+    return NLL_FLOOR_FACTOR * float(np.sqrt(np.mean((y - mle) ** 2))) if y.size else 0.0
 
 
 def outside(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, tol: float | np.ndarray) -> np.ndarray:

@@ -21,11 +21,10 @@ from .calibration import EV_CURVE_SAMPLES
 from .posterior import Posterior
 from .predictions import open_predictions, predict_ensemble, prediction_metrics
 from .recalibration import Calibration
-from .store import open_store
+from .store import SPLIT_CODES, open_store
 from .validation import InputError
 
 RANDOM_SPLIT = "(random split)"
-SPLIT_TRAIN, SPLIT_TEST = 0, 1
 
 __all__ = ["RANDOM_SPLIT", "check_groups", "crossval_table", "leave_one_group_out", "rows_of_configurations"]
 
@@ -159,8 +158,8 @@ def _random_split(ds: xr.Dataset, test_fraction: float, seed: int) -> tuple[np.n
     else:
         split = np.zeros(n_cfg, dtype=np.int8)
         perm = np.random.default_rng(seed).permutation(n_cfg)
-        split[perm[: int(round(test_fraction * n_cfg))]] = SPLIT_TEST
-    return split == SPLIT_TRAIN, split == SPLIT_TEST
+        split[perm[: int(round(test_fraction * n_cfg))]] = SPLIT_CODES["test"]
+    return split == SPLIT_CODES["train"], split == SPLIT_CODES["test"]
 
 
 def _safe(name: str) -> str:
@@ -269,7 +268,7 @@ def calibrated_crossval(output: str | os.PathLike, level: float = 0.95) -> dict[
     -------
     dict {group: {kind: {"raw": metrics, "calibrated": metrics, "width_ratio": float}}}
     """
-    from .calibration import NLL_FLOOR_FACTOR, band_metrics
+    from .calibration import band_metrics, nll_floor
 
     folds = load_folds(output)
     result: dict[str, Any] = {}
@@ -279,7 +278,7 @@ def calibrated_crossval(output: str | os.PathLike, level: float = 0.95) -> dict[
         cal = calibration_from_folds(folds, level, "cross-conformal by group (nested)", exclude=name)
         result[name] = {}
         for kind, v in _fold_rows(pred).items():
-            floor = NLL_FLOOR_FACTOR * float(np.sqrt(np.mean((v["y"] - v["mle"]) ** 2))) if v["y"].size else 0.0
+            floor = nll_floor(v["y"], v["mle"])
             raw = band_metrics(v["y"], v["mle"], v["std"], v["min"], v["max"], tol=v["tolerance"], nll_floor=floor)
             std, lo, hi = cal.apply(kind, v["mle"], v["std"], v["min"], v["max"])
             new = band_metrics(v["y"], v["mle"], std, lo, hi, tol=v["tolerance"], nll_floor=floor)
@@ -383,9 +382,8 @@ def _split_mask(ds: xr.Dataset, split: str | int) -> np.ndarray:
     where = ds.attrs.get("source", "<store>")
     if "split" not in ds or ds["split"].dims != ("configuration",):
         raise InputError(f"{where}: no per-configuration 'split' variable")
-    codes = {"train": SPLIT_TRAIN, "test": SPLIT_TEST}
     try:
-        code = codes[split] if split in codes else int(split)
+        code = SPLIT_CODES[split] if split in SPLIT_CODES else int(split)
     except (TypeError, ValueError) as err:
         raise InputError(f"{where}: split {split!r}: use train, test or an integer code") from err
     return np.asarray(ds["split"].values) == code

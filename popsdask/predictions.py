@@ -19,7 +19,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .calibration import NLL_FLOOR_FACTOR, TOLERANCE_FACTOR, band_metrics, kind_tolerance, roundoff_tolerance
+from .calibration import TOLERANCE_FACTOR, band_metrics, kind_tolerance, nll_floor, roundoff_tolerance
 from .passes import compute, design_from
 from .posterior import DEFAULT_N_SAMPLES, Posterior
 from .store import KIND_CODES, atomic_group, check_safe_group, is_complete, open_store
@@ -198,7 +198,7 @@ def _row_atoms(data: Any, dim: str, coords: dict[str, Any], per_config: dict[str
 
 def _calibrated(post: Posterior, kind: np.ndarray | None, n_atoms: np.ndarray | None, mle, std, lo, hi):
     """The posterior's per-kind conformal scales applied to the raw std and envelope."""
-    from .recalibration import Calibration
+    from .recalibration import SCALE_KEYS, Calibration, apply_scales
 
     cal = Calibration.from_dict(post.calibration)
     n = mle.shape[0]
@@ -207,26 +207,17 @@ def _calibrated(post: Posterior, kind: np.ndarray | None, n_atoms: np.ndarray | 
     factors = {key: np.ones(n) if key.endswith("scale") else np.zeros(n) for key in SCALE_KEYS}
     for code, name in names.items():
         rows = codes == code
-        c = cal.kinds.get(name)
-        if name == "energy" and "energy_per_atom" in cal.kinds:
-            # scales are unit-free; the offsets are per atom, so a total energy gets n_atoms of them
-            c = cal.kinds["energy_per_atom"]
-            if n_atoms is None:
-                raise InputError("the calibration is per atom for energies, but the store has no n_atoms")
-            atoms = np.asarray(n_atoms, dtype=np.float64)[rows]
-            for key in SCALE_KEYS:
-                factors[key][rows] = c[key] * (atoms if key.endswith("offset") else 1.0)
-            continue
+        per_atom = name == "energy" and "energy_per_atom" in cal.kinds
+        c = cal.kinds.get("energy_per_atom" if per_atom else name)
         if c is None:
             continue
+        if per_atom and n_atoms is None:
+            raise InputError("the calibration is per atom for energies, but the store has no n_atoms")
+        # scales are unit-free; the offsets are per atom, so a total energy gets n_atoms of them
+        atoms = np.asarray(n_atoms, dtype=np.float64)[rows] if per_atom else 1.0
         for key in SCALE_KEYS:
-            factors[key][rows] = c[key]
-    f = {k: da.from_array(v, chunks=mle.chunks) for k, v in factors.items()}
-    t, g = f["envelope_scale"], f["envelope_offset"]
-    return f["std_scale"] * (std + f["std_offset"]), mle - t * (mle - lo + g), mle + t * (hi - mle + g)
-
-
-SCALE_KEYS = ("std_scale", "std_offset", "envelope_scale", "envelope_offset")
+            factors[key][rows] = c[key] * (atoms if key.endswith("offset") else 1.0)
+    return apply_scales({k: da.from_array(v, chunks=mle.chunks) for k, v in factors.items()}, mle, std, lo, hi)
 
 
 def _box_bounds(X: da.Array, post: Posterior) -> tuple[da.Array, da.Array]:
@@ -541,7 +532,7 @@ def prediction_metrics(ds: xr.Dataset, group_by: str | None = None, raw: bool = 
     kinds: dict[str, Any] = {}
     groups: dict[str, dict[str, Any]] = {}
     for name, view in views.items():
-        floor = NLL_FLOOR_FACTOR * float(np.sqrt(np.mean((view["y"] - view["mle"]) ** 2)))
+        floor = nll_floor(view["y"], view["mle"])
         kinds[name] = _metrics_of(view, slice(None), floor, sizes)
         if labels is None:
             continue

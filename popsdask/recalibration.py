@@ -169,12 +169,17 @@ class Calibration:
         c = self.kinds.get(kind)
         if c is None:
             return std, lo, hi
-        t, g = c["envelope_scale"], c["envelope_offset"]
-        return (
-            c["std_scale"] * (std + c["std_offset"]),
-            mle - t * (mle - lo + g),
-            mle + t * (hi - mle + g),
-        )
+        return apply_scales(c, mle, std, lo, hi)
+
+
+SCALE_KEYS = ("std_scale", "std_offset", "envelope_scale", "envelope_offset")
+
+
+def apply_scales(c: dict[str, Any], mle, std, lo, hi):
+    """(std', lo', hi') of the module docstring's form for scales ``c`` (:data:`SCALE_KEYS`;
+    numbers, or per-row numpy or dask arrays)."""
+    t, g = c["envelope_scale"], c["envelope_offset"]
+    return c["std_scale"] * (std + c["std_offset"]), mle - t * (mle - lo + g), mle + t * (hi - mle + g)
 
 
 def group_weights(labels: np.ndarray) -> np.ndarray:

@@ -67,7 +67,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .calibration import NLL_FLOOR_FACTOR, band_metrics, kind_tolerance, roundoff_tolerance
+from .calibration import band_metrics, kind_tolerance, nll_floor, roundoff_tolerance
 
 __all__ = [
     "METRICS",
@@ -228,7 +228,7 @@ def band_by_kind(
         m = labels == kind
         yk, mle = y[m], band["mle"][m]
         tol = np.maximum(kind_tolerance(yk), band["roundoff"][m])
-        floor = NLL_FLOOR_FACTOR * float(np.sqrt(np.mean((yk - mle) ** 2)))
+        floor = nll_floor(yk, mle)
         out[str(kind)] = band_metrics(
             yk, mle, band["std"][m], band["lo"][m], band["hi"][m], tol=tol, nll_floor=floor, curve=False
         )
