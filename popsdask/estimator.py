@@ -19,6 +19,7 @@ from .evidence import Evidence, EvidenceParams
 from .parameters import POPS_SETTINGS, check_settings, sklearn_constraints
 from .passes import Design, PopsSettings, compute, design_from, fit_pops_with_evidence
 from .posterior import DEFAULT_N_SAMPLES, Posterior
+from .posterior_kinds import posterior_kind
 from .validation import InputError
 
 PREDICT_BLOCK_ROWS = 8192
@@ -106,7 +107,7 @@ def fit(
     design = design_from(
         data, y, weight, chunk_rows=chunk_rows, fit_intercept=fit_intercept, content_key=reuse_statistics
     )
-    if posterior == "ensemble" and corrections_path is None and checkpoint is None:
+    if posterior_kind(posterior).streams_corrections and corrections_path is None and checkpoint is None:
         corrections_path = Path(tempfile.mkdtemp(prefix="popsdask-")) / "corrections.zarr"
     post, _ = fit_pops_with_evidence(
         design,
@@ -309,7 +310,7 @@ class POPSRegressor(RegressorMixin, BaseEstimator):
         """
         design = self._design(X, y, sample_weight)
         corrections = None
-        if self.posterior == "ensemble":
+        if posterior_kind(self.posterior).streams_corrections:
             root = Path(self.workdir) if self.workdir else Path(tempfile.mkdtemp(prefix="popsdask-"))
             root.mkdir(parents=True, exist_ok=True)
             corrections = Path(tempfile.mkdtemp(dir=root)) / "corrections.zarr"
@@ -359,8 +360,9 @@ class POPSRegressor(RegressorMixin, BaseEstimator):
             self.scores_ = ev.scores.copy()
         elif hasattr(self, "scores_"):
             del self.scores_  # from an earlier fit with compute_score=True
-        if post.kind == "ensemble":
-            self.posterior_samples_ = post.corrections_.T
+        support = post.kind_.support(post)
+        if support is not None:  # every stored correction, lazily
+            self.posterior_samples_ = support.T
         else:
             n = self.n_posterior_samples
             if self.resample_density is not None:

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import Any
 
+from .posterior_kinds import KINDS, kind_names
 from .validation import InputError
 
-POSTERIOR_KINDS = ("hypercube", "ensemble")
+#: the registered posterior kinds (:mod:`popsdask.posterior_kinds`)
+POSTERIOR_KINDS = kind_names()
 
 __all__ = [
     "POPS_SETTINGS",
@@ -74,7 +76,7 @@ POPS_SETTINGS: dict[str, Setting] = {
         Setting(
             "posterior",
             "hypercube",
-            "hypercube (box in the principal basis of the corrections) or ensemble (the corrections themselves)",
+            " or ".join(f"{kind.name} ({kind.help})" for kind in KINDS.values()),
             choices=POSTERIOR_KINDS,
         ),
         Setting(

@@ -48,7 +48,6 @@ from .pops import (
     block_projection_range,
     block_projections,
     combine_range,
-    hypercube_second_moment,
     leverage_factor,
     leverage_threshold,
     principal_basis,
@@ -56,6 +55,7 @@ from .pops import (
     selected_rows,
 )
 from .posterior import Posterior, provenance
+from .posterior_kinds import posterior_kind
 from .runtime import current_client
 from .stats import Stats, block_residual_stats, block_stats, combine_stats, combine_sum
 from .store import default_chunk_rows, open_store
@@ -607,10 +607,11 @@ def _fit_passes(
         stats, ev = statistics_and_evidence(design, evidence, progress=progress, reuse=reuse_statistics)
         if ckpt:
             ckpt.save_evidence(stats, ev)
+    kind = posterior_kind(settings.posterior)
     lev = None
     if ckpt:
         # pass 2's blocks are read back only for a pass 3 or 4 still to run
-        done = ckpt.has("moment") and (settings.posterior == "ensemble" or ckpt.has("bounds"))
+        done = ckpt.has("moment") and (not kind.bounds or ckpt.has("bounds"))
         lev = ckpt.load_leverage(progress, blocks=not done)
     if lev is None:
         lev = leverage_pass(design, ev, settings, progress)
@@ -620,7 +621,7 @@ def _fit_passes(
     if moment is None:
         moment = moment_pass(design, ev, lev, settings, corrections_path, progress, ckpt)
     bounds = None
-    if settings.posterior == "hypercube":
+    if kind.bounds:
         bounds = ckpt.load_bounds(progress) if ckpt else None
         if bounds is None:
             bounds = bounds_pass(design, ev, lev, moment.moment, settings, progress)
@@ -727,7 +728,7 @@ def moment_pass(
         for (xb, _, _), b in zip(blocks, lev.blocks, strict=True)
     ]
     moment_task = tree_reduce(moment_parts, operator.add, "moment")
-    if settings.posterior != "ensemble":
+    if not posterior_kind(settings.posterior).streams_corrections:
         (inner,) = compute(moment_task, label="pass 3/4: correction moment", progress=progress)
         result = Moment(inner, a_inv @ inner @ a_inv)
         if ckpt:
@@ -751,7 +752,7 @@ def moment_pass(
             a_inv,
         )
     if corrections_path is None:
-        raise ValueError("the ensemble posterior needs corrections_path to stream corrections to")
+        raise ValueError(f"the {settings.posterior} posterior needs corrections_path to stream corrections to")
     inner, _ = compute(moment_task, _corrections_write(corr, corrections_path), label=label, progress=progress)
     return Moment(inner, a_inv @ inner @ a_inv, da.from_zarr(str(corrections_path)))
 
@@ -802,12 +803,8 @@ def _posterior(
     evidence: EvidenceParams,
     settings: PopsSettings,
 ) -> Posterior:
-    if bounds is None:  # ensemble
-        mis_sigma = moment.moment / lev.n_selected
-        basis = lower = upper = None
-    else:
-        basis, lower, upper = bounds.basis, bounds.lower, bounds.upper
-        mis_sigma = hypercube_second_moment(basis, lower, upper)
+    basis, lower, upper = (None, None, None) if bounds is None else (bounds.basis, bounds.lower, bounds.upper)
+    mis_sigma = posterior_kind(settings.posterior).second_moment(moment.moment, lev.n_selected, bounds)
     return Posterior(
         coef_=ev.coef,
         sigma_=ev.sigma,

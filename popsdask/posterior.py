@@ -14,7 +14,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .pops import hypercube_second_moment, unit_samples
+from .pops import hypercube_second_moment
+from .posterior_kinds import PosteriorKind, posterior_kind
 from .store import atomic_group, check_safe_group, is_complete
 from .validation import InputError
 
@@ -32,7 +33,8 @@ class Posterior:
     sigma_ : (P, P) epistemic covariance (BayesianRidge ``sigma_``)
     alpha_, lambda_ : noise and weight precisions from evidence maximisation
     misspecification_sigma_ : (P, P) second moment of the POPS perturbations
-    kind : ``"hypercube"`` or ``"ensemble"``
+    kind : a registered posterior kind (:mod:`popsdask.posterior_kinds`): ``"hypercube"`` or
+        ``"ensemble"``
     basis_, lower_, upper_ : (P, K), (K,), (K,) hypercube in the principal basis
     corrections_ : dask array (n_selected, P) of pointwise corrections (``ensemble`` only;
         lazily read from Zarr, never gathered)
@@ -68,6 +70,11 @@ class Posterior:
         return int(self.coef_.shape[0])
 
     @property
+    def kind_(self) -> PosteriorKind:
+        """The :class:`~popsdask.posterior_kinds.PosteriorKind` named by :attr:`kind`."""
+        return posterior_kind(self.kind)
+
+    @property
     def hypercube_sigma_(self) -> np.ndarray | None:
         if self.basis_ is None:
             return None
@@ -81,16 +88,7 @@ class Posterior:
         stored pointwise corrections drawn without replacement (all of them when ``n`` is at
         least their number); ``method`` must be ``"uniform"``.
         """
-        if self.kind == "ensemble":
-            if method != "uniform":
-                raise ValueError("the ensemble posterior samples stored corrections: method='uniform'")
-            total = int(self.corrections_.shape[0])
-            rng = np.random.default_rng(seed)
-            idx = np.arange(total) if n >= total else np.sort(rng.choice(total, n, replace=False))
-            return np.asarray(self.corrections_[idx].compute(), dtype=np.float64)
-        u = unit_samples(n, self.basis_.shape[1], method, seed)
-        box = self.lower_ + (self.upper_ - self.lower_) * u
-        return box @ self.basis_.T
+        return self.kind_.perturbations(self, n, method, seed)
 
     def sample(self, n: int = DEFAULT_N_SAMPLES, method: str = "uniform", seed: int | None = 0) -> xr.DataArray:
         """Parameter vectors θ = coef + δθ as a DataArray with dims (sample, feature)."""
@@ -116,10 +114,7 @@ class Posterior:
             "sigma": (("feature", "feature_"), self.sigma_),
             "misspecification_sigma": (("feature", "feature_"), self.misspecification_sigma_),
         }
-        if self.basis_ is not None:
-            data["basis"] = (("feature", "mode"), self.basis_)
-            data["lower"] = (("mode",), self.lower_)
-            data["upper"] = (("mode",), self.upper_)
+        data.update(self.kind_.variables(self))
         ds = xr.Dataset(data)
         if self.feature_names:
             ds = ds.assign_coords(feature_name=("feature", np.asarray(self.feature_names, dtype=str)))
@@ -167,6 +162,10 @@ class Posterior:
         if ds.attrs.get("format") != POSTERIOR_FORMAT:
             raise InputError(f"{root}: not a popsdask posterior (format={ds.attrs.get('format')!r})")
         a = ds.attrs
+        try:
+            kind = posterior_kind(a.get("posterior"))
+        except InputError as err:
+            raise InputError(f"{root}: {err}") from None
         cn = float(a.get("condition_number", -1.0))
         return cls(
             coef_=ds["coef"].values,
@@ -174,10 +173,8 @@ class Posterior:
             alpha_=float(a["alpha"]),
             lambda_=float(a["lambda"]),
             misspecification_sigma_=ds["misspecification_sigma"].values,
-            kind=a["posterior"],
-            basis_=ds["basis"].values if "basis" in ds else None,
-            lower_=ds["lower"].values if "lower" in ds else None,
-            upper_=ds["upper"].values if "upper" in ds else None,
+            kind=kind.name,
+            **kind.from_dataset(ds),
             corrections_=_open_corrections(root) if "corrections" in ds else None,
             leverage_threshold_=float(a["leverage_threshold"]),
             n_rows_=int(a["n_rows"]),

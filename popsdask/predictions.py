@@ -114,7 +114,8 @@ def predict_ensemble(
     n, p = design.n_rows, design.n_features
     if p != post.n_features:
         raise InputError(f"{design.source}: {p} features, but the posterior has {post.n_features} parameters")
-    complete = post.kind == "ensemble" and n_samples is None
+    support = post.kind_.support(post)  # a finite set of corrections: exact summaries over all of it
+    complete = support is not None and n_samples is None
     delta = post.perturbations(DEFAULT_N_SAMPLES if n_samples is None else n_samples, method, seed)  # (S, P)
     s = delta.shape[0]
     rows = max(256, BLOCK_BYTES // (8 * max(s, p)))
@@ -127,11 +128,11 @@ def predict_ensemble(
         mean, std, lo, hi = _complete_ensemble(X, post)
         box = (lo, hi)
         roundoff = _roundoff(X, post.coef_)
-        n_summary = int(post.corrections_.shape[0])
+        n_summary = int(support.shape[0])
     else:
         summary = _sampled_summaries(X, dev, post)
         mean, std, lo, hi = (summary[:, k] for k in range(1, 5))
-        box = _box_bounds(X, post) if post.kind == "ensemble" else (summary[:, 5], summary[:, 6])
+        box = _box_bounds(X, post) if support is not None else (summary[:, 5], summary[:, 6])
         roundoff = summary[:, 7]
         n_summary = s
     raw: dict[str, Any] = {}
@@ -221,13 +222,13 @@ def _calibrated(post: Posterior, kind: np.ndarray | None, n_atoms: np.ndarray | 
 
 
 def _box_bounds(X: da.Array, post: Posterior) -> tuple[da.Array, da.Array]:
-    """Exact min and max of x·θ over an ensemble posterior's support: over every stored
-    correction (a hypercube's closed form is in :func:`_summary_block`)."""
+    """Exact min and max of x·θ over a posterior's finite support: over every stored
+    correction (a box's closed form is in :func:`_summary_block`)."""
     return correction_range(X, post, X @ post.coef_)
 
 
 def _correction_rows(post: Posterior) -> da.Array:
-    corr = post.corrections_
+    corr = post.kind_.support(post)
     return corr.rechunk((max(1, min(int(corr.shape[0]), CORRECTION_CHUNK)), corr.shape[1])).astype(np.float64)
 
 
@@ -258,8 +259,9 @@ def _complete_ensemble(X: da.Array, post: Posterior) -> tuple[da.Array, ...]:
 
 def _curve_sizes(post: Posterior, sizes: tuple[int, ...]) -> list[int]:
     sizes = sorted({int(v) for v in sizes if int(v) > 0})
-    if post.kind == "ensemble":
-        sizes = [v for v in sizes if v <= int(post.corrections_.shape[0])]
+    support = post.kind_.support(post)
+    if support is not None:
+        sizes = [v for v in sizes if v <= int(support.shape[0])]
     return sizes
 
 
@@ -288,7 +290,7 @@ N_SUMMARIES = 8  # mle, mean, std, min, max, box min, box max, round-off
 def _sampled_summaries(X: da.Array, dev: da.Array, post: Posterior) -> da.Array:
     """(rows, 8) per-row summaries of drawn members, one task per row block: the block of
     deviations that is written as ``prediction`` is reduced where it is, in one pass."""
-    box = post.kind != "ensemble"
+    basis, lower, upper = post.kind_.box(post) or (None, None, None)
     return da.blockwise(
         _summary_block,
         "ik",
@@ -300,9 +302,9 @@ def _sampled_summaries(X: da.Array, dev: da.Array, post: Posterior) -> da.Array:
         concatenate=True,
         dtype=np.float64,
         coef=post.coef_,
-        basis=post.basis_ if box else None,
-        lower=post.lower_ if box else None,
-        upper=post.upper_ if box else None,
+        basis=basis,
+        lower=lower,
+        upper=upper,
     )
 
 
@@ -347,9 +349,7 @@ def _bracket(X: da.Array, y: da.Array, tol: da.Array, post: Posterior, sizes, me
     sizes = _curve_sizes(post, sizes)
     if not sizes:
         raise InputError("ev_curve: no sample count between 1 and the number of stored corrections")
-    draws = post.perturbations(sizes[-1], method, seed)
-    if post.kind == "ensemble":  # drawn in index order: shuffle so that prefixes are random subsets
-        draws = draws[np.random.default_rng(seed).permutation(draws.shape[0])]
+    draws = post.kind_.prefix_draws(post, sizes[-1], method, seed)
     rows = max(64, BLOCK_BYTES // (8 * draws.shape[0]))
     Xr = X.rechunk((rows, X.shape[1]))
     out = da.blockwise(
