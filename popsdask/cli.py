@@ -248,6 +248,34 @@ def _snap_settings(args: argparse.Namespace, elements: tuple[str, ...]) -> Any:
     )
 
 
+def _ace_size(args: argparse.Namespace) -> tuple[int, float]:
+    """(functions per element, cutoff) of ``--ace-functions``/``--ace-rcut``, checked against the
+    other options."""
+    sized = args.ace_functions is not None or args.ace_rcut is not None
+    if args.descriptor != "ace" and (sized or args.ace_basis is not None):
+        raise InputError("--ace-basis/--ace-functions/--ace-rcut: only with --descriptor ace")
+    if args.ace_basis is not None and sized:
+        raise InputError("--ace-functions/--ace-rcut: not with --ace-basis (the basis file sets both)")
+    return (args.ace_functions or 120, args.ace_rcut or 5.0)
+
+
+def _ace_settings(args: argparse.Namespace, size: tuple[int, float]) -> Any:
+    """AceSettings of ``--ace-basis`` or, with ``--elements``, of the size preset; None when the
+    preset's elements come from the configurations."""
+    from .atomistic.ace import NO_VIRIAL, AceSettings, require_pyace
+
+    require_pyace()
+    if args.virial:
+        raise InputError(f"--virial: {NO_VIRIAL}")
+    if args.ace_basis is None:
+        return AceSettings.from_size(args.elements, size[0], rcut=size[1]) if args.elements else None
+    ace = AceSettings.from_file(args.ace_basis)
+    if args.elements and sorted(args.elements) != sorted(ace.elements):
+        raise InputError(f"--elements {args.elements}: the ACE basis {args.ace_basis} covers {list(ace.elements)}")
+    args.elements = list(ace.elements)
+    return ace
+
+
 def _descriptors(args: argparse.Namespace) -> None:
     try:
         from .atomistic.configurations import expand_paths, read_configurations
@@ -271,6 +299,9 @@ def _descriptors(args: argparse.Namespace) -> None:
         args.elements = list(pod.elements)
     elif args.pod_param is not None:
         raise InputError("--pod-param: only with --descriptor pod")
+    ace_size = _ace_size(args)
+    if args.descriptor == "ace":  # python-ace and the basis are checked before the (slow) read
+        pod = _ace_settings(args, ace_size)
     elif args.elements:  # per-element options are checked before the (slow) read
         _snap_settings(args, tuple(args.elements))
     weights = args.weights or ("none" if args.split == "none" else "paper")
@@ -292,7 +323,12 @@ def _descriptors(args: argparse.Namespace) -> None:
     if not cfgs:
         raise InputError(f"{' '.join(args.configs)}: no usable configurations ({len(res.errors)} skipped)")
     print(f"[popsdask] {res.summary()} from {len(files)} file(s) in {time.perf_counter() - t0:.1f} s", flush=True)
-    settings = pod or _snap_settings(args, tuple(args.elements or sorted({s for c in cfgs for s in c.symbols})))
+    found = tuple(args.elements or sorted({s for c in cfgs for s in c.symbols}))
+    if args.descriptor == "ace" and pod is None:  # a size preset over the elements found
+        from .atomistic.ace import AceSettings
+
+        pod = AceSettings.from_size(found, ace_size[0], rcut=ace_size[1])
+    settings = pod or _snap_settings(args, found)
     with connect_from_args(args) as client:
         info = build_descriptor_store(
             out,
@@ -540,8 +576,10 @@ def _export(args: argparse.Namespace) -> None:
         settings = backend_from_attrs(attrs, where=desc)  # the store's descriptor (SNAP, ...)
     except InputError as err:
         raise InputError(f"{err} (pass --descriptors STORE)") from err
-    if post.kind == "ensemble" and args.method != "uniform":
-        raise InputError(f"--method {args.method}: an ensemble posterior draws its stored corrections (use uniform)")
+    kind = post.kind_
+    if args.method not in kind.methods:
+        use = " or ".join(kind.methods)
+        raise InputError(f"--method {args.method}: an {kind.name} posterior {kind.method_note} (use {use})")
     res = export_members(
         post,
         settings,
@@ -558,6 +596,18 @@ def _export(args: argparse.Namespace) -> None:
         f"popsdask predict with the same options) -> {out}; |theta - MLE| max {np.abs(spread).max():.3g}\n"
         f"run: lmp -in {res['input']} -var input YOUR.lmp [-var quantity {args.quantity}] [-var out ensemble.txt]"
     )
+
+
+def _bench(args: argparse.Namespace) -> None:
+    import importlib.util
+
+    driver = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+    if not driver.is_file():
+        raise InputError(f"bench needs a source checkout: no benchmark driver at {driver}")
+    spec = importlib.util.spec_from_file_location("popsdask_bench_driver", driver)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(args.argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -581,10 +631,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="descriptor store to write (Zarr group)")
     p.add_argument(
         "--descriptor",
-        choices=("snap", "pod"),
+        choices=("snap", "pod", "ace"),
         default="snap",
-        help="descriptor kind: snap (qSNAP, LAMMPS compute snap) or pod (LAMMPS ML-POD compute pod/global, "
-        "energy and force rows; needs --pod-param)",
+        help="descriptor kind: snap (qSNAP, LAMMPS compute snap), pod (LAMMPS ML-POD compute pod/global, "
+        "energy and force rows; needs --pod-param) or ace (linear ACE B-basis of python-ace, energy and force "
+        "rows; the ace extra, Academic Software Licence)",
+    )
+    p.add_argument(
+        "--ace-basis",
+        default=None,
+        metavar="FILE",
+        help="pyace B-basis .yaml (pacemaker's potential format; a linear basis: ndensity 1, "
+        "FinnisSinclairShiftedScaled [1, 1]) for --descriptor ace; default: the size preset",
+    )
+    p.add_argument(
+        "--ace-functions",
+        type=_number(1, kind=int),
+        default=None,
+        metavar="N",
+        help="--descriptor ace size preset: N B-functions per element (ranks 1-4); default: 120",
+    )
+    p.add_argument(
+        "--ace-rcut", type=_number(0), default=None, metavar="R", help="--descriptor ace preset cutoff (A); default: 5"
     )
     p.add_argument(
         "--pod-param",
@@ -852,9 +920,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_export)
 
-    from .bench import add_bench_parser
-
-    add_bench_parser(sub)  # its own options: each case runs in a child process
+    # the driver is benchmarks/bench.py of a source checkout (not shipped) and parses its own
+    # options: prefix "+" so that every "--option" after "bench" reaches it unparsed
+    p = sub.add_parser(
+        "bench", help="performance benchmarks (needs a source checkout)", add_help=False, prefix_chars="+"
+    )
+    p.add_argument("argv", nargs=argparse.REMAINDER, help="benchmarks/bench.py's options (--help lists them)")
+    p.set_defaults(func=_bench)
 
     for name, sp in sub.choices.items():
         if name == "bench":

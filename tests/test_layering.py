@@ -52,7 +52,7 @@ def test_imports_only_go_down_the_layers() -> None:
         if me in ALIASES or me.endswith("__init__"):
             continue
         for mod, _names in _imports(path):
-            if _layer(mod) > _layer(me) and not mod.startswith("popsdask.bench"):
+            if _layer(mod) > _layer(me):
                 up.append(f"{me} imports {mod}")
     assert not up, up
 
@@ -134,3 +134,21 @@ def test_deprecated_method_keyword_still_selects_the_route(tmp_path, monkeypatch
     assert seen["sampling"] == "sobol"
     with pytest.raises(runner.InputError, match="route 'nope'"):
         runner.run_properties([], None, ["phases"], tmp_path, route="nope")
+
+
+def test_the_benchmark_driver_is_not_in_the_package(tmp_path) -> None:
+    """``popsdask bench`` runs benchmarks/bench.py of the checkout; without one it exits 2."""
+    import shutil
+
+    from popsdask.cli import build_parser
+
+    assert not (ROOT / "bench.py").exists() and (ROOT.parent / "benchmarks" / "bench.py").is_file()
+    assert build_parser().parse_args(["bench", "--sizes", "10", "-o", "x"]).argv == ["--sizes", "10", "-o", "x"]
+    shutil.copytree(ROOT, tmp_path / "popsdask", ignore=shutil.ignore_patterns("__pycache__"))
+    code = "import sys, popsdask.cli; sys.exit(popsdask.cli.main(['bench', '--sizes', '10']))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == "", out
+    driver = tmp_path / "benchmarks" / "bench.py"
+    assert out.stderr.splitlines() == [
+        f"popsdask bench: error: bench needs a source checkout: no benchmark driver at {driver}"
+    ]

@@ -1,11 +1,12 @@
 """Performance benchmarks: popsdask against popsregression 0.4.0 and the in-memory Gram floor.
 
-Every case runs in its own subprocess (``python -m popsdask.bench _case SPEC``); the parent
-samples the resident set size of the child's whole process tree (Dask workers included) with
-psutil and records the peak of the tree and of each process. The child times only the
-operation itself (data loading is excluded and reported as ``rss_loaded_gb``) and prints one
-JSON line. Cases are interleaved repeat by repeat, so that load from other users of the machine
-hits all of them alike; tables report medians and ratios measured in the same run.
+The driver of ``popsdask bench`` and ``benchmarks/run.py``; it lives in the source checkout, not
+in the installed package. Every case runs in its own subprocess (``python benchmarks/bench.py
+_case SPEC``); the parent samples the resident set size of the child's whole process tree (Dask
+workers included) with psutil and records the peak of the tree and of each process. The child
+times only the operation itself (data loading is excluded and reported as ``rss_loaded_gb``) and
+prints one JSON line. Cases are interleaved repeat by repeat, so that load from other users of
+the machine hits all of them alike; tables report medians and ratios measured in the same run.
 
 Cases
 -----
@@ -92,7 +93,7 @@ def prepare_store(workdir: Path, n: int, dtype: str) -> Path:
     """Descriptor store of the first ``n`` rows (written chunk by chunk from the memmap)."""
     import dask.array as da
 
-    from .store import is_complete, write_store
+    from popsdask.store import is_complete, write_store
 
     path = store_path(workdir, n, dtype)
     if is_complete(path):
@@ -140,7 +141,7 @@ def _rss_gb() -> float:
 @contextlib.contextmanager
 def _pass_timer(timeline: list[tuple[str, float]]):
     """Record (label, seconds) for every ``passes.compute``/``persist`` call inside the block."""
-    from . import passes
+    from popsdask import passes
 
     compute0, persist0 = passes.compute, passes.persist
 
@@ -173,7 +174,7 @@ def _case_fit(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     n, dtype, case = spec["n"], spec["dtype"], spec["case"]
     out: dict[str, Any] = {}
     if case == "popsdask-zarr":
-        from .estimator import fit
+        from popsdask.estimator import fit
 
         path = store_path(workdir, n, dtype)
         timeline: list[tuple[str, float]] = []
@@ -196,7 +197,7 @@ def _case_fit(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
             out["wall_s"] = time.perf_counter() - t
         out["trace"] = float(np.trace(G))
     elif case == "popsdask-array":
-        from .estimator import fit
+        from popsdask.estimator import fit
 
         timeline = []
         with _pass_timer(timeline):
@@ -218,8 +219,8 @@ def _case_fit(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 
 def _case_ensemble(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    from .posterior import Posterior
-    from .predictions import predict_ensemble
+    from popsdask.posterior import Posterior
+    from popsdask.predictions import predict_ensemble
 
     post = Posterior.load(workdir / "posterior.zarr")
     target = Path(spec["scratch"]) / f"pred-{spec['n']}.zarr"
@@ -235,17 +236,17 @@ def _case_ensemble(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 def _case_ensemble_floor(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """The floor of ``ensemble``: its matmuls and the raw write of its prediction bytes."""
-    from .chunkread import read_chunk
-    from .posterior import DEFAULT_N_SAMPLES, Posterior
-    from .predictions import BLOCK_BYTES
-    from .store import open_store
+    from popsdask.chunkread import read_chunk
+    from popsdask.posterior import DEFAULT_N_SAMPLES, Posterior
+    from popsdask.predictions import BLOCK_BYTES
+    from popsdask.store import open_store
 
     post = Posterior.load(workdir / "posterior.zarr")
     delta = post.perturbations(DEFAULT_N_SAMPLES, "uniform", 0)
     # the prediction also forms X·U once per row (the exact box of the hypercube)
     right = np.hstack([post.coef_[:, None], delta.T, post.basis_])
     layout = open_store(store_path(workdir, spec["n"], "float64"))["X"].data
-    from .chunkread import chunk_refs
+    from popsdask.chunkread import chunk_refs
 
     refs = chunk_refs(layout)
     assert refs is not None
@@ -308,8 +309,8 @@ def _case_envelope(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     X, path = _envelope_data(spec)
     out: dict[str, Any] = {"rss_loaded_gb": _rss_gb()}
     if spec["case"] == "envelope":
-        from .posterior import Posterior
-        from .predictions import correction_range
+        from popsdask.posterior import Posterior
+        from popsdask.predictions import correction_range
 
         f = X.shape[1]
         post = Posterior(
@@ -337,9 +338,9 @@ def _case_envelope(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
 def _case_ooc(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     import dask.array as da
 
-    from .cluster import connect
-    from .estimator import fit
-    from .store import open_store
+    from popsdask.cluster import connect
+    from popsdask.estimator import fit
+    from popsdask.store import open_store
 
     path = Path(spec["store"])
     out: dict[str, Any] = {}
@@ -402,7 +403,7 @@ def run_case(spec: dict[str, Any], timeout: float = 1800.0) -> dict[str, Any]:
     """
     import psutil
 
-    cmd = [sys.executable, "-m", "popsdask.bench", "_case", json.dumps(spec)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "_case", json.dumps(spec)]
     load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -655,8 +656,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     import psutil
 
-    from .estimator import fit
-    from .store import is_complete, open_store
+    from popsdask.estimator import fit
+    from popsdask.store import is_complete, open_store
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -817,7 +818,8 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m popsdask.bench`` (and the ``_case`` entry point of the children)."""
+    """``popsdask bench``, ``python benchmarks/bench.py`` (and the ``_case`` entry point of the
+    children)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_case"]:
         _child(argv[1])
