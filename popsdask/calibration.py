@@ -16,6 +16,11 @@ Conventions
   of zero (forces that vanish by symmetry) carry no information about the band: they are
   counted (``n_symmetry_zeros``) and left out of every coverage and calibration metric;
   accuracy (MAE, RMSE) is over all rows.
+- **Fixed rows.** Rows, other than symmetry zeros, whose envelope is narrower than ``tol``: every
+  posterior member predicts the same value (a force component whose descriptor gradient
+  vanishes because the environment inside the cutoff is symmetric, while the reference, which
+  sees beyond it, is not). No posterior of these descriptors can bracket them, so their share
+  of the violations (``fixed_violation``) is reported beside the EV, which still counts them.
 - **NLL floor.** The Gaussian negative log-likelihood uses ``max(std, floor)`` with
   ``floor`` = :data:`NLL_FLOOR_FACTOR` (0.01) × the kind's RMSE of the MLE, so that rows with
   (near-)zero spread give a large but finite penalty.
@@ -183,13 +188,16 @@ def band_metrics(
         return float(np.mean(a)) if a.size else float("nan")
 
     spread = s > t
+    fixed = hi[m] - lo[m] <= t
     out: dict[str, Any] = {
         "n": int(y.size),
         "n_symmetry_zeros": int(zero.sum()),
+        "n_fixed": int(fixed.sum()),
         "tolerance": float(np.median(tol)) if np.size(tol) else 0.0,
         "mae_mle": mean(np.abs(err)),
         "rmse_mle": float(np.sqrt(np.mean(err**2))) if err.size else float("nan"),
         "envelope_violation": mean(outside(y[m], lo[m], hi[m], t)),
+        "fixed_violation": mean(fixed & outside(y[m], lo[m], hi[m], t)),
         "mean_std": mean(s),
         "mean_envelope_width": mean(hi[m] - lo[m]),
         "mean_abs_error_over_std": mean(np.abs(e[spread]) / s[spread]),

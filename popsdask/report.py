@@ -19,9 +19,11 @@ MAX_PARITY_POINTS = 20000
 METRIC_LABELS = {
     "n": "rows",
     "n_symmetry_zeros": "symmetry zeros (excluded below)",
+    "n_fixed": "fixed rows (every member predicts alike)",
     "mae_mle": "MAE (MLE)",
     "rmse_mle": "RMSE (MLE)",
     "envelope_violation": "envelope violation",
+    "fixed_violation": "… of which fixed rows (no θ brackets them)",
     "box_violation": "exact-box violation",
     "mean_std": "mean ensemble std",
     "mean_envelope_width": "mean envelope width",
@@ -33,8 +35,8 @@ METRIC_LABELS = {
     "interval_score": "interval score (α = 0.05)",
     "nll": "Gaussian NLL (floored)",
 }
-PERCENT = ("envelope_violation", "box_violation", "coverage_2sigma", "coverage_4sigma")
-COUNTS = ("n", "n_symmetry_zeros")
+PERCENT = ("envelope_violation", "fixed_violation", "box_violation", "coverage_2sigma", "coverage_4sigma")
+COUNTS = ("n", "n_symmetry_zeros", "n_fixed")
 UNITLESS = PERCENT + COUNTS + ("mean_abs_error_over_std", "miscalibration_area", "nll")
 
 

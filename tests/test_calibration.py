@@ -109,6 +109,25 @@ def test_tolerance_and_symmetry_zeros(tmp_path):
     assert m["envelope_violation"] == pytest.approx(outside.mean())
 
 
+
+def test_fixed_rows_are_violations_no_posterior_removes(tmp_path):
+    X, y, w = misspecified(2000, 6, seed=34)
+    post = fit(X, y, weight=w)
+    Xt, yt = X[:300].copy(), y[:300].copy()
+    Xt[:30] = 0.0  # a zero row: every member predicts 0 ...
+    yt[:20], yt[20:30] = 0.05, 0.0  # ... off by 0.05 (fixed violations) or exactly (symmetry zeros)
+    write_store(tmp_path / "t.zarr", Xt, yt, kind=np.ones(300, dtype=int))
+    ds = predict_ensemble(post, tmp_path / "t.zarr", tmp_path / "p.zarr", n_samples=100)
+    m = json.loads(ds.attrs["metrics"])["force"]
+    assert m["n_symmetry_zeros"] == 10 and m["n_fixed"] == 20
+    assert m["fixed_violation"] == pytest.approx(20 / 290)
+    used = np.ones(300, dtype=bool)
+    used[20:30] = False  # the symmetry zeros
+    lo, hi, tol = (ds[k].values[used] for k in ("min", "max", "tolerance"))
+    outside = (yt[used] < lo - tol) | (yt[used] > hi + tol)
+    assert m["envelope_violation"] == pytest.approx(outside.mean())
+    assert m["envelope_violation"] > m["fixed_violation"]  # the movable rows miss too
+
 def test_calibration_functions_against_direct_formulas():
     rng = np.random.default_rng(0)
     std = rng.uniform(0.5, 2.0, 200_000)
