@@ -125,7 +125,7 @@ def backend_names() -> list[str]:
 
 
 #: backends shipped with popsdask, each in ``popsdask.atomistic.<name>``
-_BUILTIN: tuple[str, ...] = ("snap", "pod")
+_BUILTIN: tuple[str, ...] = ("snap", "pod", "ace")
 
 
 def _import(name: str) -> None:

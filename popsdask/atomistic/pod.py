@@ -286,17 +286,7 @@ def pod_rows(
     X = A.copy()
     Xf = X[1:].reshape(n, 3, -1)
     X[1:] = np.einsum("iap,ab->ibp", Xf, box.rotation).reshape(3 * n, -1)
-    y = np.concatenate([[cfg.energy], np.asarray(cfg.forces, dtype=float).ravel()])
-    m = 1 + 3 * n
-    return RowBlock(
-        X=X,
-        y=y,
-        reference=np.zeros(m),
-        kind=np.concatenate([[0], np.ones(3 * n)]).astype(np.int8),
-        atom=np.concatenate([[-1], np.repeat(np.arange(n), 3)]).astype(np.int32),
-        component=np.concatenate([[-1], np.tile(np.arange(3), n)]).astype(np.int8),
-        config=np.full(m, config_index, dtype=np.int64),
-    )
+    return RowBlock.energy_forces(X, cfg, config_index)
 
 
 register_backend(PodSettings.backend, PodSettings)

@@ -326,6 +326,24 @@ class RowBlock:
     config: np.ndarray
 
     @classmethod
+    def energy_forces(cls, X: np.ndarray, cfg: Configuration, config_index: int = 0) -> RowBlock:
+        """Energy and 3N force rows ``X`` (shape ``(1 + 3N, P)``, atom-major) of ``cfg``, its labels
+        as targets and no reference part (the POD and ACE backends)."""
+        n = cfg.n_atoms
+        if cfg.energy is None or cfg.forces is None:
+            raise InputError(f"{cfg.where()}: energy and forces are needed to build rows")
+        m = 1 + 3 * n
+        return cls(
+            X=X,
+            y=np.concatenate([[cfg.energy], np.asarray(cfg.forces, dtype=float).ravel()]),
+            reference=np.zeros(m),
+            kind=np.concatenate([[0], np.ones(3 * n)]).astype(np.int8),
+            atom=np.concatenate([[-1], np.repeat(np.arange(n), 3)]).astype(np.int32),
+            component=np.concatenate([[-1], np.tile(np.arange(3), n)]).astype(np.int8),
+            config=np.full(m, config_index, dtype=np.int64),
+        )
+
+    @classmethod
     def concat(cls, blocks: Sequence[RowBlock]) -> RowBlock:
         return cls(
             *(
