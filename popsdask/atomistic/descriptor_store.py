@@ -33,10 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import dask
-import dask.array as da
 import numpy as np
 
-from ..store import write_store
+from ..parts import Parts, read_npz
 from ..validation import InputError
 from .configurations import Configuration, validate_configuration
 from .descriptors import DescriptorBackend, check_backend
@@ -228,11 +227,6 @@ def composition_bins(counts: np.ndarray, elements: Sequence[str]) -> np.ndarray:
     return np.array(out)
 
 
-def _load(path: str, name: str) -> np.ndarray:
-    with np.load(path) as z:
-        return z[name]
-
-
 def build_descriptor_store(
     path: str | os.PathLike,
     configurations: Sequence[Configuration],
@@ -280,8 +274,72 @@ def build_descriptor_store(
     dict with the store path, counts, timings and how many parts were computed or reused.
     """
     t0 = time.perf_counter()
-    check_backend(settings, "build_descriptor_store")
     final = Path(path).absolute()
+    configurations = _checked_configurations(final, configurations, settings, virial, weights, split, overwrite)
+    parts = compute_parts(
+        final,
+        configurations,
+        settings,
+        virial=virial,
+        client=client,
+        configs_per_task=configs_per_task,
+        progress=progress,
+    )
+    rows = Parts([str(f) for f in parts.files], read_npz)
+    small, _ = rows.columns(_SMALL)
+    split, split_attrs = _split_codes(final, split, configurations, test_fraction, seed)
+    w, weight_attrs = _weights(small, configurations, settings.elements, split, weights)
+    store_attrs = {
+        **settings.store_attrs(),
+        "units": "metal (eV, Angstrom)",
+        "weights": weight_attrs,
+        "split": split_attrs,
+        "virial": str(virial),
+        **(attrs or {}),
+    }
+    rows.write(
+        final,
+        small["y"],
+        parts.n_rows,
+        settings.n_features,
+        weight=w,
+        config=small["config"],
+        kind=small["kind"],
+        atom=small["atom"],
+        component=small["component"],
+        configurations=_per_configuration(configurations, small, split, settings.elements, virial),
+        attrs=store_attrs,
+        chunk_rows=chunk_rows,
+        overwrite=overwrite,
+    )
+    if not keep_parts:
+        shutil.rmtree(parts_directory(final), ignore_errors=True)
+    return {
+        "store": str(final),
+        "n_configurations": len(configurations),
+        "n_rows": int(small["kind"].size),
+        "n_features": settings.n_features,
+        "n_train_configurations": int(np.count_nonzero(split == 0)),
+        "n_test_configurations": int(np.count_nonzero(split == 1)),
+        "parts_computed": parts.computed,
+        "parts_reused": parts.reused,
+        "descriptor_seconds": parts.seconds,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _checked_configurations(
+    final: Path,
+    configurations: Sequence[Configuration],
+    settings: DescriptorBackend,
+    virial: bool | str,
+    weights: Any,
+    split: Any,
+    overwrite: bool,
+) -> list[Configuration]:
+    """The configurations as a list once every one is valid (else one error naming them all),
+    before any descriptor is computed."""
+    check_backend(settings, "build_descriptor_store")
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
     if isinstance(weights, str) and weights != "none":
@@ -307,59 +365,92 @@ def build_descriptor_store(
     names = [c.name for c in configurations]
     if len(set(names)) != len(names):
         raise InputError(f"{final}: configuration names are not unique")
+    return configurations
 
-    parts = compute_parts(
-        final,
-        configurations,
-        settings,
-        virial=virial,
-        client=client,
-        configs_per_task=configs_per_task,
-        progress=progress,
-    )
-    small = {k: np.concatenate([_load(str(f), k) for f in parts.files]) for k in _SMALL}
-    nf = settings.n_features
-    X = da.concatenate(
-        [
-            da.from_delayed(dask.delayed(_load)(str(f), "X"), shape=(n, nf), dtype=np.float64)
-            for f, n in zip(parts.files, parts.n_rows, strict=True)
-        ]
-    )
 
+def _split_codes(
+    final: Path, split: Any, configurations: Sequence[Configuration], test_fraction: float, seed: int
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The per-configuration split codes (given, seeded or all test) and the store's ``split`` attrs."""
     n_cfg = len(configurations)
-    n_atoms = np.array([c.n_atoms for c in configurations])
-    counts = np.array([[c.symbols.count(e) for e in settings.elements] for c in configurations], dtype=np.int64)
-    energy = np.array([c.energy for c in configurations], dtype=float)
-    groups = np.array([c.group or "-" for c in configurations])
     split_scheme = "given"
     if isinstance(split, str):  # "none": prediction only
         split, split_scheme = np.full(n_cfg, SPLIT_CODES["test"], dtype=np.int8), "none (prediction only)"
     elif split is None:
+        groups = np.array([c.group or "-" for c in configurations])
         split = split_configurations(n_cfg, test_fraction=test_fraction, seed=seed, groups=groups)
         split_scheme = "seeded, stratified by group"
     split = np.asarray(split, dtype=np.int8)
     if split.shape != (n_cfg,):
         raise InputError(f"{final}: split has shape {split.shape}, expected ({n_cfg},)")
+    seeded = split_scheme.startswith("seeded")
+    attrs = {
+        "codes": dict(SPLIT_CODES),
+        "scheme": split_scheme,
+        "test_fraction": test_fraction if seeded else None,
+        "seed": seed if seeded else None,
+        "stratified_by": "group" if seeded else None,
+    }
+    return split, attrs
+
+
+def _element_counts(configurations: Sequence[Configuration], elements: Sequence[str]) -> np.ndarray:
+    return np.array([[c.symbols.count(e) for e in elements] for c in configurations], dtype=np.int64)
+
+
+def _weights(
+    small: dict[str, np.ndarray],
+    configurations: Sequence[Configuration],
+    elements: Sequence[str],
+    split: np.ndarray,
+    weights: WeightSettings | str | None,
+) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """Eq. 9 row weights (None for ``"none"``) and the store's ``weights`` attrs."""
+    wset = None if isinstance(weights, str) else weights or WeightSettings()
+    if wset is None:
+        return None, {"scheme": "none"}
+    n_atoms = np.array([c.n_atoms for c in configurations])
+    counts = _element_counts(configurations, elements)
+    energy = np.array([c.energy for c in configurations], dtype=float)
     norms = [np.linalg.norm(np.asarray(c.forces), axis=1) for c in configurations]
     offsets = np.concatenate([[0], np.cumsum(n_atoms)[:-1]])
     flat = np.concatenate(norms)
     kind, config, atom = small["kind"], small["config"], small["atom"]
     force_norm = np.where(kind == 1, flat[offsets[config] + np.maximum(atom, 0)], 0.0)
-    wset = None if isinstance(weights, str) else weights or WeightSettings()
     train = split == SPLIT_CODES["train"]
     # no training configurations (a prediction store): normalise over all of them
-    norm_over = train if train.any() else np.ones(n_cfg, dtype=bool)
-    w = None
-    if wset is not None:
-        w = paper_weights(kind, config, atom, energy / n_atoms, n_atoms, force_norm, norm_over, wset, counts=counts)
-        mu, mu_how = element_reference_energies(energy / n_atoms, counts, norm_over)
-    ref_energy = np.zeros(n_cfg)
+    norm_over = train if train.any() else np.ones(len(configurations), dtype=bool)
+    w = paper_weights(kind, config, atom, energy / n_atoms, n_atoms, force_norm, norm_over, wset, counts=counts)
+    mu, mu_how = element_reference_energies(energy / n_atoms, counts, norm_over)
+    attrs = {
+        "scheme": "paper eq. 9",
+        "normalised_over": "training configurations" if train.any() else "all configurations",
+        "energy_reference": {
+            e: {"eV_per_atom": float(m), "from": h} for e, m, h in zip(elements, mu, mu_how, strict=True)
+        },
+        **wset.to_attrs(),
+    }
+    return w, attrs
+
+
+def _per_configuration(
+    configurations: Sequence[Configuration],
+    small: dict[str, np.ndarray],
+    split: np.ndarray,
+    elements: Sequence[str],
+    virial: bool | str,
+) -> dict[str, np.ndarray]:
+    """The store's per-configuration variables (names, energies, cells, composition, ...)."""
+    n_atoms = np.array([c.n_atoms for c in configurations])
+    counts = _element_counts(configurations, elements)
+    energy = np.array([c.energy for c in configurations], dtype=float)
+    kind, config = small["kind"], small["config"]
+    ref_energy = np.zeros(len(configurations))
     e_rows = kind == 0
     ref_energy[config[e_rows]] = small["reference"][e_rows]
-
-    per_config = {
-        "name": np.array(names),
-        "group": groups,
+    return {
+        "name": np.array([c.name for c in configurations]),
+        "group": np.array([c.group or "-" for c in configurations]),
         "source": np.array([c.source or "-" for c in configurations]),
         "n_atoms": n_atoms,
         "energy": energy,
@@ -371,58 +462,7 @@ def build_descriptor_store(
         "cell": np.array([c.cell for c in configurations]),
         "pbc": np.array([c.pbc for c in configurations], dtype=bool),
         # composition: for reports by composition (report --group-by composition_bin)
-        **{f"count_{e}": counts[:, i] for i, e in enumerate(settings.elements)},
-        **{f"fraction_{e}": counts[:, i] / n_atoms for i, e in enumerate(settings.elements)},
-        "composition_bin": composition_bins(counts, settings.elements),
-    }
-    store_attrs = {
-        **settings.store_attrs(),
-        "units": "metal (eV, Angstrom)",
-        "weights": {"scheme": "none"}
-        if wset is None
-        else {
-            "scheme": "paper eq. 9",
-            "normalised_over": "training configurations" if train.any() else "all configurations",
-            "energy_reference": {
-                e: {"eV_per_atom": float(m), "from": h} for e, m, h in zip(settings.elements, mu, mu_how, strict=True)
-            },
-            **wset.to_attrs(),
-        },
-        "split": {
-            "codes": dict(SPLIT_CODES),
-            "scheme": split_scheme,
-            "test_fraction": test_fraction if split_scheme.startswith("seeded") else None,
-            "seed": seed if split_scheme.startswith("seeded") else None,
-            "stratified_by": "group" if split_scheme.startswith("seeded") else None,
-        },
-        "virial": str(virial),
-        **(attrs or {}),
-    }
-    write_store(
-        final,
-        X,
-        small["y"],
-        weight=w,
-        config=config,
-        kind=kind,
-        atom=atom,
-        component=small["component"],
-        configurations=per_config,
-        attrs=store_attrs,
-        chunk_rows=chunk_rows,
-        overwrite=overwrite,
-    )
-    if not keep_parts:
-        shutil.rmtree(parts_directory(final), ignore_errors=True)
-    return {
-        "store": str(final),
-        "n_configurations": n_cfg,
-        "n_rows": int(kind.size),
-        "n_features": nf,
-        "n_train_configurations": int(np.count_nonzero(split == 0)),
-        "n_test_configurations": int(np.count_nonzero(split == 1)),
-        "parts_computed": parts.computed,
-        "parts_reused": parts.reused,
-        "descriptor_seconds": parts.seconds,
-        "seconds": time.perf_counter() - t0,
+        **{f"count_{e}": counts[:, i] for i, e in enumerate(elements)},
+        **{f"fraction_{e}": counts[:, i] / n_atoms for i, e in enumerate(elements)},
+        "composition_bin": composition_bins(counts, elements),
     }

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import dask
-import dask.array as da
 import numpy as np
 
+from ..parts import Parts, batch_spans
 from ..passes import compute, persist
 from ..runtime import current_client, progress_bar
-from ..store import atomic_group, write_store
+from ..store import atomic_group
 from ..validation import InputError
 from .base import Extractor, worker_model
 from .structures import element_counts, elements_of, read_structures, reference_energy
@@ -117,10 +117,6 @@ def _with_context(err: Exception, where: str) -> Exception:
     return RuntimeError(f"{where}: {type(err).__name__}: {err}")
 
 
-def _batches(n: int, size: int) -> list[tuple[int, int]]:
-    return [(a, min(a + size, n)) for a in range(0, n, size)]
-
-
 def build_store(
     path: str | os.PathLike,
     structures: Sequence[Any] | Sequence[str | os.PathLike],
@@ -185,6 +181,44 @@ def build_store(
     :func:`popsdask.cluster.connect` for worker processes; one model instance per process),
     else on Dask's threaded scheduler, where calls to the one model take turns.
     """
+    items, from_files = _checked_structures(structures, batch_size)
+    t_start = time.perf_counter()
+    if elements is None:
+        elements = _elements_present(items, from_files, progress)
+    elements = list(elements)
+    options = dict(energy_key=energy_key, info_keys=tuple(info_keys), per_atom=per_atom)
+    parts = Parts(persist(*_extract_tasks(extractor, items, from_files, elements, batch_size, options)), _read_rows)
+    if progress:
+        _progress(parts.handles)
+    cols, sizes = parts.columns(
+        ("energy_model", "energy_reference", "n_atoms", "seconds", "cpu_seconds", *(f"info_{k}" for k in info_keys)),
+        label="model energies",
+    )
+    n_cols, description = compute(
+        dask.delayed(_n_columns)(parts.handles[0]), dask.delayed(_describe)(extractor), label="", progress=False
+    )
+    e_ref, e_model, n_atoms = cols["energy_reference"], cols["energy_model"], cols["n_atoms"]
+    y = e_ref - e_model
+    if per_atom:
+        y = y / n_atoms
+    configurations = {
+        "n_atoms": n_atoms,
+        "energy_reference": e_ref,
+        "energy_model": e_model,
+        **{k: v for k, v in cols.items() if k.startswith("info_")},
+    }
+    store_attrs = _store_attrs(extractor, description, elements, int(n_cols), cols, per_atom, batch_size, attrs)
+    with atomic_group(path, overwrite=overwrite) as staging:  # build_seconds is in before it is complete
+        store = dict(configurations=configurations, attrs=store_attrs, chunk_rows=chunk_rows)
+        parts.write(staging, y, sizes, int(n_cols), dtype, **store)
+        import zarr
+
+        zarr.open_group(str(staging), mode="r+").attrs["build_seconds"] = time.perf_counter() - t_start
+    return Path(path).absolute()
+
+
+def _checked_structures(structures: Sequence[Any], batch_size: int) -> tuple[list[Any], bool]:
+    """The structures as a list, and whether they are file paths (each an existing file)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     items = list(structures)
@@ -197,80 +231,54 @@ def build_store(
         for f in items:
             if not Path(f).is_file():
                 raise FileNotFoundError(f"structure file not found: {f}")
-    t_start = time.perf_counter()
+    return items, from_files
+
+
+def _elements_present(items: Sequence[Any], from_files: bool, progress: bool) -> list[str]:
+    if not from_files:
+        return elements_of(items)
+    found = compute(*[dask.delayed(_file_elements)(f) for f in items], label="elements present", progress=progress)
+    return elements_of_symbols(s for f in found for s in f)
+
+
+def _extract_tasks(
+    extractor: Extractor,
+    items: Sequence[Any],
+    from_files: bool,
+    elements: list[str],
+    batch_size: int,
+    options: dict[str, Any],
+) -> list[Any]:
+    """One :func:`extract_rows` task per structure file, or per batch of in-memory structures."""
     extract = dask.delayed(extract_rows, pure=True)
-    if elements is None:
-        if from_files:
-            found = compute(
-                *[dask.delayed(_file_elements)(f) for f in items], label="elements present", progress=progress
-            )
-            elements = elements_of_symbols(s for f in found for s in f)
-        else:
-            elements = elements_of(items)
-    elements = list(elements)
     if from_files:
-        tasks = [
-            extract(
-                extractor,
-                str(f),
-                elements,
-                energy_key=energy_key,
-                info_keys=tuple(info_keys),
-                per_atom=per_atom,
-                where=str(f),
-            )
-            for f in items
-        ]
-    else:
-        spans = _batches(len(items), batch_size)
-        payloads: list[Any] = [items[a:b] for a, b in spans]
-        client = current_client()
-        if client is not None:  # ship structures to the workers once, not inside the graph
-            payloads = client.scatter(payloads)
-        tasks = [
-            extract(
-                extractor,
-                payload,
-                elements,
-                energy_key=energy_key,
-                info_keys=tuple(info_keys),
-                per_atom=per_atom,
-                where=f"structures {a}..{b - 1}",
-            )
-            for payload, (a, b) in zip(payloads, spans, strict=True)
-        ]
-    parts = persist(*tasks)
-    if progress:
-        _progress(parts)
-    meta = compute(*[dask.delayed(_without_X)(p) for p in parts], label="model energies", progress=False)
-    sizes = [m["n_atoms"].shape[0] for m in meta]
-    n_cols, description = compute(
-        dask.delayed(_n_columns)(parts[0]), dask.delayed(_describe)(extractor), label="", progress=False
-    )
-    n_desc = int(n_cols) - len(elements)
-    X = da.concatenate(
-        [
-            da.from_delayed(dask.delayed(_take_X)(p, dtype), shape=(n, n_desc + len(elements)), dtype=dtype)
-            for p, n in zip(parts, sizes, strict=True)
-        ],
-        axis=0,
-    )
-    timing = ("seconds", "cpu_seconds")
-    cat = {k: np.concatenate([m[k] for m in meta]) for k in meta[0] if k not in timing}
-    e_ref, e_model, n_atoms = cat["energy_reference"], cat["energy_model"], cat["n_atoms"]
-    y = e_ref - e_model
-    if per_atom:
-        y = y / n_atoms
-    model_seconds = float(sum(m["seconds"][0] for m in meta))
-    model_cpu = float(sum(m["cpu_seconds"][0] for m in meta))
-    configurations = {
-        "n_atoms": n_atoms,
-        "energy_reference": e_ref,
-        "energy_model": e_model,
-        **{k: v for k, v in cat.items() if k.startswith("info_")},
-    }
+        return [extract(extractor, str(f), elements, **options, where=str(f)) for f in items]
+    spans = batch_spans(len(items), batch_size)
+    payloads: list[Any] = [items[a:b] for a, b in spans]
+    client = current_client()
+    if client is not None:  # ship structures to the workers once, not inside the graph
+        payloads = client.scatter(payloads)
+    return [
+        extract(extractor, payload, elements, **options, where=f"structures {a}..{b - 1}")
+        for payload, (a, b) in zip(payloads, spans, strict=True)
+    ]
+
+
+def _store_attrs(
+    extractor: Extractor,
+    description: dict[str, Any],
+    elements: list[str],
+    n_cols: int,
+    cols: dict[str, np.ndarray],
+    per_atom: bool,
+    batch_size: int,
+    attrs: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The store's attributes: the model, the row layout and the extraction timings."""
+    n_atoms = cols["n_atoms"]
+    model_cpu = float(sum(cols["cpu_seconds"]))
     feature_names = description.pop("feature_names") + [f"count_{s}" for s in elements]
-    store_attrs = {
+    return {
         "descriptors": f"foundation-model corrector ({extractor.name})",
         "model": description,
         "target": TARGET + (" per atom" if per_atom else ""),
@@ -279,23 +287,17 @@ def build_store(
         "row": "sum over atoms of per-atom descriptors, then per-element atom counts"
         + (", divided by n_atoms" if per_atom else ""),
         "elements": elements,
-        "n_descriptor_features": int(n_desc),
+        "n_descriptor_features": n_cols - len(elements),
         "feature_names": feature_names,
         "n_structures": int(n_atoms.shape[0]),
         "n_atoms_total": int(n_atoms.sum()),
-        "model_seconds_total": model_seconds,
+        "model_seconds_total": float(sum(cols["seconds"])),
         "model_cpu_seconds_total": model_cpu,
         "model_cpu_seconds_per_structure": model_cpu / n_atoms.shape[0],
         "model_cpu_seconds_per_atom": model_cpu / max(int(n_atoms.sum()), 1),
         "batch_size": int(batch_size),
         **(attrs or {}),
     }
-    with atomic_group(path, overwrite=overwrite) as staging:  # build_seconds is in before it is complete
-        write_store(staging, X, y, configurations=configurations, attrs=store_attrs, chunk_rows=chunk_rows)
-        import zarr
-
-        zarr.open_group(str(staging), mode="r+").attrs["build_seconds"] = time.perf_counter() - t_start
-    return Path(path).absolute()
 
 
 def elements_of_symbols(symbols: Any) -> list[str]:
@@ -318,12 +320,8 @@ def _describe(extractor: Extractor) -> dict[str, Any]:
     return {**extractor.describe(model), "feature_names": extractor.feature_names(model)}
 
 
-def _without_X(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: v for k, v in rows.items() if k != "X"}
-
-
-def _take_X(rows: dict[str, np.ndarray], dtype: Any) -> np.ndarray:
-    return rows["X"].astype(dtype, copy=False)
+def _read_rows(rows: dict[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+    return {k: rows[k] for k in names}
 
 
 def _n_columns(rows: dict[str, np.ndarray]) -> int:
