@@ -22,41 +22,22 @@ from popsdask.atomistic.descriptor_store import build_descriptor_store  # noqa: 
 from popsdask.atomistic.descriptors import DescriptorBackend, backend_from_store, get_backend  # noqa: E402
 
 from .conftest import SHARED  # noqa: E402
+from .descriptor_cases import energy_row_derivative, labels, perturbed, with_species  # noqa: E402
 
 W_DFT = SHARED / "data" / "tungsten-dft" / "W_dft.extxyz.xz"
 SETTINGS = AceSettings.from_size(["W"], 30)
 TWO = AceSettings.from_size(["W", "Be"], 20, rcut=4.5)
 
 
-def _config(atoms, name: str = "c", seed: int = 0) -> Configuration:
-    rng = np.random.default_rng(seed)
-    atoms = atoms.copy()
-    atoms.positions += rng.normal(scale=0.06, size=atoms.positions.shape)
-    cfg = Configuration.from_atoms(atoms, name=name, group="g")
-    cfg.energy, cfg.forces = -11.0 * len(atoms), rng.normal(scale=0.1, size=(len(atoms), 3))
-    return cfg
-
-
 def _structures() -> list[Configuration]:
     cubic = bulk("W", "bcc", a=3.17, cubic=True).repeat(2)
     prim = bulk("W", "bcc", a=3.17)  # one atom: every neighbour is a periodic image
     sheared = bulk("W", "fcc", a=4.0).repeat((2, 1, 2))
-    return [_config(a, f"c{i}", i) for i, a in enumerate((cubic, prim, sheared))]
+    return [perturbed(a, f"c{i}", i) for i, a in enumerate((cubic, prim, sheared))]
 
 
 def _wbe() -> Configuration:
-    atoms = bulk("W", "bcc", a=3.2, cubic=True).repeat(2)
-    symbols = atoms.get_chemical_symbols()
-    for i in (1, 4, 7):
-        symbols[i] = "Be"
-    atoms.set_chemical_symbols(symbols)
-    return _config(atoms, "wbe")
-
-
-def _labels(calc, cfg: Configuration) -> tuple[float, np.ndarray]:
-    atoms = cfg.to_atoms(with_labels=False)
-    atoms.calc = calc
-    return atoms.get_potential_energy(), atoms.get_forces()
+    return perturbed(with_species(bulk("W", "bcc", a=3.2, cubic=True).repeat(2), "Be", (1, 4, 7)), "wbe")
 
 
 def _theta(settings: AceSettings, seed: int, constants: bool = True) -> np.ndarray:
@@ -100,7 +81,7 @@ def test_rows_dot_theta_are_pyace_energies_and_forces() -> None:
             counts = [rows.X[0, i] for i, nm in enumerate(settings.feature_names()) if nm.endswith(":count")]
             assert sorted(counts) == sorted(np.unique(cfg.symbols, return_counts=True)[1].tolist())
             np.testing.assert_allclose(rows.y, np.concatenate([[cfg.energy], cfg.forces.ravel()]))
-            e, f = _labels(own, cfg)
+            e, f = labels(own, cfg)
             np.testing.assert_allclose(rows.X[0] @ theta, e, rtol=1e-12, atol=1e-10)
             np.testing.assert_allclose(rows.X[1:] @ theta, f.ravel(), atol=1e-10)
 
@@ -108,14 +89,8 @@ def test_rows_dot_theta_are_pyace_energies_and_forces() -> None:
 def test_force_rows_match_finite_differences() -> None:
     for settings, cfg in ((SETTINGS, _structures()[2]), (TWO, _wbe())):
         rows = settings.rows(cfg)
-        h = 1e-5
         for atom, comp in ((0, 0), (1, 2), (3, 1)):
-            e = []
-            for s in (h, -h):
-                c = Configuration(cfg.name, cfg.symbols, cfg.positions.copy(), cfg.cell, cfg.pbc, 0.0, cfg.forces)
-                c.positions[atom, comp] += s
-                e.append(settings.rows(c).X[0])
-            fd = -(e[0] - e[1]) / (2 * h)
+            fd = energy_row_derivative(settings, cfg, atom, comp)
             np.testing.assert_allclose(rows.X[1 + 3 * atom + comp], fd, atol=1e-6 * max(1.0, np.abs(fd).max()))
 
 
@@ -130,7 +105,7 @@ def test_yace_export_reloaded_by_pyace_equals_theta_dot_rows(tmp_path) -> None:
         for calc in (pyace.PyACECalculator(str(paths["yace"])), settings.calculator(theta, tmp_path / "c")):
             for cfg in cfgs:
                 rows = settings.rows(cfg)
-                e, f = _labels(calc, cfg)
+                e, f = labels(calc, cfg)
                 np.testing.assert_allclose(e, rows.X[0] @ theta, rtol=1e-12, atol=1e-10)
                 np.testing.assert_allclose(f.ravel(), rows.X[1:] @ theta, atol=1e-10)
     with pytest.raises(InputError, match="θ has 3 values"):
@@ -184,7 +159,7 @@ def test_descriptors_fit_predict_on_the_command_line_with_ace(tmp_path, local_cl
     assert main(["export", str(post), "--members", "2", "-o", str(members)]) == 0
     assert "pair_style pace" in (members / "mle.mod").read_text()
     cfg = _structures()[0]
-    e, f = _labels(pyace.PyACECalculator(str(members / "mle.yace")), cfg)
+    e, f = labels(pyace.PyACECalculator(str(members / "mle.yace")), cfg)
     rows = settings.rows(cfg)
     np.testing.assert_allclose(e, rows.X[0] @ theta, rtol=1e-12)
     np.testing.assert_allclose(f.ravel(), rows.X[1:] @ theta, atol=1e-10)

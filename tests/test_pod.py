@@ -22,6 +22,8 @@ from popsdask.atomistic.lammps_backend import potentials_dir  # noqa: E402
 from popsdask.atomistic.pod import PodSettings, raw_compute_pod, read_pod_coefficients  # noqa: E402
 from popsdask.properties.potential import Potential  # noqa: E402
 
+from .descriptor_cases import energy_row_derivative, labels, perturbed, with_species  # noqa: E402
+
 pytestmark = pytest.mark.lammps
 
 PARAM = os.path.join(potentials_dir(), "Ta_param.pod")
@@ -29,27 +31,12 @@ COEFF = os.path.join(potentials_dir(), "Ta_coeff.pod")
 SETTINGS = PodSettings.from_file(PARAM)
 
 
-def _config(atoms, name: str = "c", seed: int = 0) -> Configuration:
-    rng = np.random.default_rng(seed)
-    atoms = atoms.copy()
-    atoms.positions += rng.normal(scale=0.06, size=atoms.positions.shape)
-    cfg = Configuration.from_atoms(atoms, name=name, group="g")
-    cfg.energy, cfg.forces = -11.0 * len(atoms), rng.normal(scale=0.1, size=(len(atoms), 3))
-    return cfg
-
-
 def _structures() -> list[Configuration]:
     cubic = bulk("Ta", "bcc", a=3.31, cubic=True).repeat(2)
     prim = bulk("Ta", "bcc", a=3.31).repeat((2, 3, 2))  # triclinic box in LAMMPS
     left = bulk("Ta", "fcc", a=4.2).repeat(2)
     left.set_cell(left.cell[[1, 0, 2]], scale_atoms=False)  # left-handed cell
-    return [_config(a, f"c{i}", i) for i, a in enumerate((cubic, prim, left))]
-
-
-def _labels(calc, cfg: Configuration) -> tuple[float, np.ndarray]:
-    atoms = cfg.to_atoms(with_labels=False)
-    atoms.calc = calc
-    return atoms.get_potential_energy(), atoms.get_forces()
+    return [perturbed(a, f"c{i}", i) for i, a in enumerate((cubic, prim, left))]
 
 
 def test_pod_settings_implement_the_protocol_and_match_the_shipped_file() -> None:
@@ -80,7 +67,7 @@ def test_rows_are_lammps_compute_and_reproduce_the_shipped_ta_pod() -> None:
         )
         assert rows.X[0, 0] == n  # one-body column: the atom count
         np.testing.assert_allclose(rows.y[1:], cfg.forces.ravel())
-        e, f = _labels(shipped, cfg)
+        e, f = labels(shipped, cfg)
         np.testing.assert_allclose(rows.X[0] @ theta, e, rtol=1e-12, atol=1e-9)
         np.testing.assert_allclose(rows.X[1:] @ theta, f.ravel(), atol=1e-10)
 
@@ -96,7 +83,7 @@ def test_exported_pair_style_pod_equals_theta_dot_rows(tmp_path) -> None:
     for cfg in _structures()[:2]:
         rows = SETTINGS.rows(cfg)
         for c in (calc, pot):
-            e, f = _labels(c, cfg)
+            e, f = labels(c, cfg)
             np.testing.assert_allclose(e, rows.X[0] @ theta, rtol=1e-12, atol=1e-9)
             np.testing.assert_allclose(f.ravel(), rows.X[1:] @ theta, atol=1e-10)
 
@@ -104,14 +91,10 @@ def test_exported_pair_style_pod_equals_theta_dot_rows(tmp_path) -> None:
 def test_force_rows_match_finite_differences() -> None:
     cfg = _structures()[1]
     rows = SETTINGS.rows(cfg)
-    h = 1e-5
     for atom, comp in ((0, 0), (3, 2), (7, 1)):
-        e = []
-        for s in (h, -h):
-            c = Configuration(cfg.name, cfg.symbols, cfg.positions.copy(), cfg.cell, cfg.pbc, 0.0, cfg.forces)
-            c.positions[atom, comp] += s
-            e.append(SETTINGS.rows(c).X[0])
-        np.testing.assert_allclose(rows.X[1 + 3 * atom + comp], -(e[0] - e[1]) / (2 * h), atol=2e-6)
+        np.testing.assert_allclose(
+            rows.X[1 + 3 * atom + comp], energy_row_derivative(SETTINGS, cfg, atom, comp), atol=2e-6
+        )
 
 
 def test_pod_store_records_the_parameter_file_and_rebuilds_it(tmp_path) -> None:
@@ -167,7 +150,7 @@ def test_descriptors_fit_export_on_the_command_line_with_pod(tmp_path, local_cli
     calc = LammpsCalculator([ln for ln in mod if not ln.startswith("#")], ["Ta"])
     cfg = _structures()[0]
     rows = SETTINGS.rows(cfg)
-    e, f = _labels(calc, cfg)
+    e, f = labels(calc, cfg)
     np.testing.assert_allclose(e, rows.X[0] @ theta, rtol=1e-10)
     np.testing.assert_allclose(f.ravel(), rows.X[1:] @ theta, atol=1e-8)
 
@@ -207,16 +190,11 @@ def test_two_element_pod_blocks_and_pair_style_pod(tmp_path) -> None:
     assert two.elements == ("W", "Be") and two.n_features % 2 == 0
     per = two.n_features // 2
     assert two.feature_names()[0] == "W:count" and two.feature_names()[per] == "Be:count"
-    atoms = bulk("W", "bcc", a=3.2, cubic=True).repeat(2)
-    symbols = atoms.get_chemical_symbols()
-    for i in (1, 4, 7):
-        symbols[i] = "Be"
-    atoms.set_chemical_symbols(symbols)
-    cfg = _config(atoms, "wbe")
+    cfg = perturbed(with_species(bulk("W", "bcc", a=3.2, cubic=True).repeat(2), "Be", (1, 4, 7)), "wbe")
     rows = two.rows(cfg)
     assert rows.X[0, 0] == 13 and rows.X[0, per] == 3
     theta = np.random.default_rng(4).normal(scale=0.01, size=two.n_features)
-    e, f = _labels(two.calculator(theta, tmp_path), cfg)
+    e, f = labels(two.calculator(theta, tmp_path), cfg)
     np.testing.assert_allclose(e, rows.X[0] @ theta, rtol=1e-12, atol=1e-10)
     np.testing.assert_allclose(f.ravel(), rows.X[1:] @ theta, atol=1e-10)
 

@@ -39,7 +39,7 @@ import numpy as np
 from ..validation import InputError
 from .configurations import Configuration
 from .descriptors import register_backend
-from .snap import RowBlock
+from .snap import RowBlock, default_masses
 
 __all__ = ["NO_VIRIAL", "AceSettings", "ace_rows", "check_lammps_pace", "linear_basis_config", "require_pyace"]
 
@@ -204,10 +204,7 @@ class AceSettings:
             if any(block.core_rep_parameters):
                 raise InputError(f"AceSettings: element {block.block_name} has a core repulsion (not linear in θ)")
         if self.masses is None:
-            from .snap import _atomic_number
-
-            for e in self.elements:
-                _atomic_number(e)
+            default_masses(self.elements)  # an unknown symbol fails here
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], **kwargs: Any) -> AceSettings:
@@ -275,11 +272,7 @@ class AceSettings:
         return names
 
     def atom_masses(self) -> tuple[float, ...]:
-        if self.masses is not None:
-            return tuple(self.masses)
-        from ase.data import atomic_masses, atomic_numbers
-
-        return tuple(float(atomic_masses[atomic_numbers[e]]) for e in self.elements)
+        return tuple(self.masses) if self.masses is not None else default_masses(self.elements)
 
     # -- provenance --------------------------------------------------------------------
     def to_attrs(self) -> dict[str, Any]:

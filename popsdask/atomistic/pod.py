@@ -37,7 +37,7 @@ from .calculator import LammpsCalculator
 from .configurations import Configuration
 from .descriptors import register_backend
 from .lammps_backend import LammpsSession, get_session, lammps_box
-from .snap import RowBlock
+from .snap import RowBlock, default_masses
 
 __all__ = ["PodSettings", "pod_rows", "raw_compute_pod", "read_pod_coefficients"]
 
@@ -145,11 +145,7 @@ class PodSettings:
         return names
 
     def atom_masses(self) -> tuple[float, ...]:
-        if self.masses is not None:
-            return tuple(self.masses)
-        from ase.data import atomic_masses, atomic_numbers
-
-        return tuple(float(atomic_masses[atomic_numbers[e]]) for e in self.elements)
+        return tuple(self.masses) if self.masses is not None else default_masses(self.elements)
 
     # -- provenance --------------------------------------------------------------------
     def to_attrs(self) -> dict[str, Any]:

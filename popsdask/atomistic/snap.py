@@ -37,7 +37,14 @@ from .lammps_backend import NKTV2P, LammpsSession, get_session, lammps_box
 if TYPE_CHECKING:  # pragma: no cover
     from .calculator import LammpsCalculator
 
-__all__ = ["SnapSettings", "RowBlock", "n_bispectrum", "snap_rows", "zbl_reference"]
+__all__ = ["SnapSettings", "RowBlock", "default_masses", "n_bispectrum", "snap_rows", "zbl_reference"]
+
+
+def default_masses(elements: Sequence[str]) -> tuple[float, ...]:
+    """ASE's atomic masses of the chemical symbols ``elements``."""
+    from ase.data import atomic_masses
+
+    return tuple(float(atomic_masses[_atomic_number(e)]) for e in elements)
 
 
 def _atomic_number(symbol: str) -> int:
@@ -191,11 +198,7 @@ class SnapSettings:
         return 2.0 * self.rcutfac * max(self.radii)
 
     def atom_masses(self) -> tuple[float, ...]:
-        if self.masses is not None:
-            return tuple(self.masses)
-        from ase.data import atomic_masses, atomic_numbers
-
-        return tuple(float(atomic_masses[atomic_numbers[e]]) for e in self.elements)
+        return tuple(self.masses) if self.masses is not None else default_masses(self.elements)
 
     # -- LAMMPS text -------------------------------------------------------------------
     def _flags(self) -> str:
