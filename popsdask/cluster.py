@@ -409,53 +409,44 @@ def connect(
             client = distributed.Client(scheduler_file=str(scheduler_file), **cluster_kwargs)
         else:
             client = distributed.Client(name, **cluster_kwargs)
-        try:
-            _announce(client, quiet, what=f"scheduler {client.scheduler.address}")
-            yield client
-        finally:
-            client.close()
+        yield from _serve(client, quiet, f"scheduler {client.scheduler.address}")
         return
-
-    if lname in JOBQUEUE_CLUSTERS:
-        # import first: dask_jobqueue adds its defaults to the config on import, and a
-        # dask.config.set made before that would delete them again on exit.
-        _import_jobqueue()
-        settings = load_cluster_config(config, lname) if config is not None else {}
-    elif config is not None:
-        raise ValueError("config (--cluster-config) applies to slurm, pbs and lsf clusters only")
-    else:
-        settings = {}
     # dask-jobqueue reads the config again at every job submission: keep it active throughout.
-    with dask.config.set(settings):
+    with dask.config.set(_cluster_settings(lname, config)):
+        sizes = dict(threads_per_worker=threads_per_worker, memory_limit=memory_limit, interface=interface)
         if lname in JOBQUEUE_CLUSTERS:
-            created = jobqueue_cluster(
-                lname,
-                threads_per_worker=threads_per_worker,
-                memory_limit=memory_limit,
-                interface=interface,
-                **cluster_kwargs,
-            )
+            created = jobqueue_cluster(lname, **sizes, **cluster_kwargs)  # scaled to n_workers below
         else:
-            created = local_cluster(
-                n_workers=n_workers,
-                threads_per_worker=threads_per_worker,
-                memory_limit=memory_limit,
-                interface=interface,
-                **cluster_kwargs,
-            )
+            created = local_cluster(n_workers=n_workers, **sizes, **cluster_kwargs)
         try:
             if lname in JOBQUEUE_CLUSTERS and n_workers:
                 created.scale(n=n_workers)
             if adapt is not None:
                 created.adapt(minimum=adapt[0], maximum=adapt[1])
-            client = distributed.Client(created)
-            try:
-                _announce(client, quiet, what=type(created).__name__)
-                yield client
-            finally:
-                client.close()
+            yield from _serve(distributed.Client(created), quiet, type(created).__name__)
         finally:
             created.close()
+
+
+def _serve(client: distributed.Client, quiet: bool, what: str) -> Iterator[distributed.Client]:
+    """Announce ``client`` (``what`` it is connected to), yield it, and close it on the way out."""
+    try:
+        _announce(client, quiet, what=what)
+        yield client
+    finally:
+        client.close()
+
+
+def _cluster_settings(lname: str | None, config: str | None) -> dict[str, Any]:
+    """The dask config a created cluster runs under: a batch cluster's ``config`` file, if any."""
+    if lname in JOBQUEUE_CLUSTERS:
+        # import first: dask_jobqueue adds its defaults to the config on import, and a
+        # dask.config.set made before that would delete them again on exit.
+        _import_jobqueue()
+        return load_cluster_config(config, lname) if config is not None else {}
+    if config is not None:
+        raise ValueError("config (--cluster-config) applies to slurm, pbs and lsf clusters only")
+    return {}
 
 
 def _check_counts(n_workers: int | None, threads_per_worker: int | None, adapt: tuple[int, int] | None) -> None:

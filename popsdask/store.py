@@ -424,66 +424,15 @@ def write_store(
     final = Path(path).absolute()
     if final.exists() and not overwrite:  # refused before any input is validated or computed
         raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
-    Xshape = getattr(X, "shape", None)
-    if Xshape is None or len(Xshape) != 2:
-        X = np.asarray(X)
-        Xshape = X.shape
-    if len(Xshape) != 2:
-        raise InputError(f"X: expected 2 dimensions (row, feature), got shape {Xshape}")
-    n, p = Xshape
-    if n == 0 or p == 0:
-        raise InputError(f"X: empty design matrix of shape {Xshape}")
+    X, (n, p) = _design_shape(X)
     dtype = np.float32 if getattr(X, "dtype", None) == np.float32 else np.float64
-    if chunk_rows is None:
-        chunk_rows = default_chunk_rows(p, np.dtype(dtype).itemsize)
-    elif isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
-        raise InputError(f"chunk_rows={chunk_rows!r}: must be a positive integer")
-    chunk_rows = int(min(chunk_rows, n))
-
-    Xd = _as_dask(X, "X", chunk_rows).astype(dtype)
-    row_vars: dict[str, Any] = {"y": y}
-    if weight is not None:
-        row_vars["weight"] = weight
-    arrays: dict[str, da.Array] = {}
-    for name, value in row_vars.items():
-        arr = _as_dask(value, name, chunk_rows)
-        if arr.ndim != 1 or arr.shape[0] != n:
-            raise InputError(f"{name}: shape {arr.shape} does not match X's {n} rows")
-        arrays[name] = arr.astype(np.float64)
-
-    def checked(arr: da.Array, name: str, nonneg: bool = False) -> da.Array:
-        return arr.map_blocks(check_finite_block, dtype=arr.dtype, variable=name, where=str(final), nonneg=nonneg)
-
-    data_vars: dict[str, Any] = {"X": (("row", "feature"), checked(Xd, "X"))}
-    data_vars["y"] = (("row",), checked(arrays["y"], "y"))
-    if "weight" in arrays:
-        data_vars["weight"] = (("row",), checked(arrays["weight"], "weight", nonneg=True))
-
-    coords: dict[str, Any] = {}
-    config_arr = np.arange(n) if config is None else config
-    for name, value, dt in (
-        ("config", config_arr, np.int64),
-        ("kind", _kind_codes(kind, n), np.int8),
-        ("atom", np.full(n, -1) if atom is None else atom, np.int32),
-        ("component", np.full(n, -1) if component is None else component, np.int8),
-    ):
-        arr = _as_dask(value, name, chunk_rows)
-        if arr.ndim != 1 or arr.shape[0] != n:
-            raise InputError(f"{name}: shape {arr.shape} does not match X's {n} rows")
-        coords[name] = (("row",), arr.astype(dt))
-
+    chunk_rows = _chunk_rows(chunk_rows, n, p, dtype)
+    data_vars = _row_variables(final, X, y, weight, dtype, chunk_rows)
+    coords = _row_coordinates(n, chunk_rows, config=config, kind=kind, atom=atom, component=component)
     ds = xr.Dataset(data_vars, coords=coords)
     ds["kind"].attrs.update(flag_values=list(KIND_CODES.values()), flag_meanings=" ".join(KIND_CODES))
     for name, value in (configurations or {}).items():
-        try:
-            v = np.asarray(value)
-        except ValueError as err:  # ragged nested sequences
-            raise InputError(f"configurations[{name!r}]: not a rectangular array ({err})") from err
-        if v.dtype == object:
-            v = v.astype(str)
-        if v.dtype.kind not in "biufU":
-            raise InputError(f"configurations[{name!r}]: unsupported dtype {v.dtype}")
-        ds[name] = (("configuration",) + tuple(f"{name}_dim{i}" for i in range(1, v.ndim)), v)
+        ds[name] = _configuration_variable(name, value)
     ds.attrs.update(json.loads(json.dumps(dict(attrs or {}), default=str)))
     ds.attrs.update(format=STORE_FORMAT, n_rows=int(n), n_features=int(p), **{COMPLETE_ATTR: False})
 
@@ -494,6 +443,80 @@ def write_store(
         encoding = {name: {"compressors": None} for name in raw}
         ds.to_zarr(staging, mode="w", zarr_format=3, consolidated=False, compute=True, encoding=encoding)
     return final
+
+
+def _design_shape(X: Any) -> tuple[Any, tuple[int, int]]:
+    """``X`` (as numpy when it has no 2-D shape of its own) and its (rows, features), both > 0."""
+    Xshape = getattr(X, "shape", None)
+    if Xshape is None or len(Xshape) != 2:
+        X = np.asarray(X)
+        Xshape = X.shape
+    if len(Xshape) != 2:
+        raise InputError(f"X: expected 2 dimensions (row, feature), got shape {Xshape}")
+    n, p = Xshape
+    if n == 0 or p == 0:
+        raise InputError(f"X: empty design matrix of shape {Xshape}")
+    return X, (n, p)
+
+
+def _chunk_rows(chunk_rows: Any, n: int, p: int, dtype: Any) -> int:
+    if chunk_rows is None:
+        chunk_rows = default_chunk_rows(p, np.dtype(dtype).itemsize)
+    elif isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
+        raise InputError(f"chunk_rows={chunk_rows!r}: must be a positive integer")
+    return int(min(chunk_rows, n))
+
+
+def _row_array(value: Any, name: str, n: int, chunk_rows: int) -> da.Array:
+    arr = _as_dask(value, name, chunk_rows)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise InputError(f"{name}: shape {arr.shape} does not match X's {n} rows")
+    return arr
+
+
+def _row_variables(final: Path, X: Any, y: Any, weight: Any, dtype: Any, chunk_rows: int) -> dict[str, Any]:
+    """X, y and weight as chunked dask arrays, each block checked finite (weights ≥ 0) as it is
+    written."""
+    n = X.shape[0]
+    Xd = _as_dask(X, "X", chunk_rows).astype(dtype)
+    arrays = {"y": _row_array(y, "y", n, chunk_rows).astype(np.float64)}
+    if weight is not None:
+        arrays["weight"] = _row_array(weight, "weight", n, chunk_rows).astype(np.float64)
+
+    def checked(arr: da.Array, name: str, nonneg: bool = False) -> da.Array:
+        return arr.map_blocks(check_finite_block, dtype=arr.dtype, variable=name, where=str(final), nonneg=nonneg)
+
+    data_vars: dict[str, Any] = {"X": (("row", "feature"), checked(Xd, "X"))}
+    data_vars["y"] = (("row",), checked(arrays["y"], "y"))
+    if "weight" in arrays:
+        data_vars["weight"] = (("row",), checked(arrays["weight"], "weight", nonneg=True))
+    return data_vars
+
+
+def _row_coordinates(n: int, chunk_rows: int, *, config: Any, kind: Any, atom: Any, component: Any) -> dict[str, Any]:
+    """The row coordinates with their defaults (one configuration per row, energy rows)."""
+    coords: dict[str, Any] = {}
+    for name, value, dt in (
+        ("config", np.arange(n) if config is None else config, np.int64),
+        ("kind", _kind_codes(kind, n), np.int8),
+        ("atom", np.full(n, -1) if atom is None else atom, np.int32),
+        ("component", np.full(n, -1) if component is None else component, np.int8),
+    ):
+        coords[name] = (("row",), _row_array(value, name, n, chunk_rows).astype(dt))
+    return coords
+
+
+def _configuration_variable(name: str, value: Any) -> tuple[tuple[str, ...], np.ndarray]:
+    """A per-configuration variable as (dims, numpy array) of numbers or fixed-length strings."""
+    try:
+        v = np.asarray(value)
+    except ValueError as err:  # ragged nested sequences
+        raise InputError(f"configurations[{name!r}]: not a rectangular array ({err})") from err
+    if v.dtype == object:
+        v = v.astype(str)
+    if v.dtype.kind not in "biufU":
+        raise InputError(f"configurations[{name!r}]: unsupported dtype {v.dtype}")
+    return ("configuration",) + tuple(f"{name}_dim{i}" for i in range(1, v.ndim)), v
 
 
 def _open_dataset(root: Path) -> xr.Dataset:
