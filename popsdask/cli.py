@@ -446,12 +446,21 @@ def _properties(args: argparse.Namespace) -> None:
     from .properties.potential import default_reference, members_from_posterior, reference_potential
 
     reference: bool | str = False
+    ref_elements: list[str] = []
     if args.reference is None or args.reference.lower() != "none":
         reference = args.reference or default_reference(element)
         ref_elements = reference_potential(reference).elements
         if element not in ref_elements:
             raise InputError(f"--reference {reference}: it covers {ref_elements}, not {element}")
     options = json.loads(args.options) if args.options else {}
+    if "solutes" in props:  # a second element, covered by the descriptors and by the reference
+        solute = options.get("solutes", {}).get("solute") or next((e for e in settings.elements if e != element), None)
+        covered = [list(settings.elements)] + ([ref_elements] if reference else [])
+        if solute is None or solute == element or any(solute not in c for c in covered):
+            raise InputError(
+                f"--properties solutes: needs a second element besides {element} in the descriptors "
+                f"({list(settings.elements)}) and the reference ({ref_elements if reference else 'none'})"
+            )
     out = Path(args.output)
     t0 = time.perf_counter()
     members = members_from_posterior(
@@ -867,7 +876,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--properties",
         default="phases,paths,phonons,interstitials,surfaces,vacancy",
-        help="comma-separated properties to compute",
+        help="comma-separated properties to compute, of phases, paths, phonons, interstitials, surfaces, "
+        "vacancy and solutes (a second element in the host: needs two-element descriptors and reference)",
     )
     p.add_argument("-o", "--output", required=True, help="results directory (resumes if it exists)")
     p.add_argument("--seed", type=_number(0, kind=int), default=0, help="seed of the posterior samples")

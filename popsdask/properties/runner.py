@@ -62,6 +62,7 @@ PROPERTIES: dict[str, str] = {
     "interstitials": "popsdask.properties.interstitials",
     "surfaces": "popsdask.properties.surfaces",
     "vacancy": "popsdask.properties.vacancy",
+    "solutes": "popsdask.properties.solutes",
 }
 
 

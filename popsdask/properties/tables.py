@@ -38,6 +38,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "interstitials": ("formation_energy",),
     "surfaces": ("surface_energy",),
     "vacancy": ("formation_energy", "barrier", "energy"),
+    "solutes": ("formation_energy", "compound_formation_energy"),
 }
 
 #: variables never tabulated (coordinates stored as data)
