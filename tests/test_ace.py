@@ -60,6 +60,8 @@ def test_ace_settings_implement_the_protocol() -> None:
     nonlinear["embeddings"]["ALL"].update(ndensity=2, fs_parameters=[1, 1, 1, 0.5])
     with pytest.raises(InputError, match="embedding is not linear"):
         AceSettings.from_config(nonlinear)
+    with pytest.raises(InputError, match="the preset's orders give 499"):
+        AceSettings.from_size(["W"], 2000)
     with pytest.raises(InputError, match="no virial rows"):
         SETTINGS.rows(_structures()[0], virial=True)
     with pytest.raises(InputError, match=r"elements \['Be'\] are not in the ACE basis"):

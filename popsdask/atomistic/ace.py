@@ -222,7 +222,13 @@ class AceSettings:
         if n_functions < 1:
             raise InputError(f"ACE basis: {n_functions} functions per element (need >= 1)")
         cfg_kw = {k: kwargs.pop(k) for k in ("rcut", "nradmax_by_orders", "lmax_by_orders") if k in kwargs}
-        return cls.from_config(linear_basis_config(sorted(elements), n_functions, **cfg_kw), **kwargs)
+        out = cls.from_config(linear_basis_config(sorted(elements), n_functions, **cfg_kw), **kwargs)
+        if min(out.n_functions) < n_functions:  # the orders' bounds leave fewer candidates
+            raise InputError(
+                f"ACE basis: {n_functions} functions per element asked, the preset's orders give "
+                f"{min(out.n_functions)}; pass a larger nradmax_by_orders/lmax_by_orders or a basis file"
+            )
+        return out
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, **kwargs: Any) -> AceSettings:
