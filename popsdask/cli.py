@@ -634,9 +634,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "descriptors",
-        help="build a descriptor store (qSNAP rows through LAMMPS) from configurations",
+        help="build a descriptor store (qSNAP or POD rows through LAMMPS, linear ACE through python-ace)",
         description="Read configurations (extxyz, FitSNAP JSON or any file ASE reads; files, directories, "
-        "glob patterns), compute their qSNAP design rows on Dask workers, add eq. 9 weights and a seeded "
+        "glob patterns), compute their design rows (--descriptor snap, pod or ace) on Dask workers, add eq. 9 "
+        "weights and a seeded "
         "train/test split by configuration, and write a descriptor store. Resumable: batches already "
         "computed (in STORE.parts) are reused when the command is run again.",
     )
