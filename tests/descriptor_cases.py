@@ -6,8 +6,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pytest
 
+from popsdask import InputError, open_store
 from popsdask.atomistic.configurations import Configuration
+from popsdask.atomistic.descriptor_store import build_descriptor_store
+from popsdask.atomistic.descriptors import backend_from_store
 
 
 def perturbed(atoms: Any, name: str = "c", seed: int = 0) -> Configuration:
@@ -45,3 +49,22 @@ def energy_row_derivative(settings: Any, cfg: Configuration, atom: int, comp: in
         c.positions[atom, comp] += s
         rows.append(settings.rows(c).X[0])
     return -(rows[0] - rows[1]) / (2 * h)
+
+
+def check_store_round_trip(path: Any, settings: Any, cfgs: list[Configuration], index: int) -> dict[str, Any]:
+    """Build a store of ``cfgs`` at ``path`` and check what every energy-and-force backend must:
+    its attrs rebuild ``settings``, configuration ``index``'s rows are ``settings.rows``, and
+    virial rows are refused. Returns the store's ``descriptor`` attribute."""
+    build_descriptor_store(path, cfgs, settings, configs_per_task=2)
+    ds = open_store(path)
+    desc = ds.attrs["descriptor"]
+    assert desc["backend"] == settings.backend
+    assert "snap" not in ds.attrs and ds.attrs["feature_names"] == settings.feature_names()
+    assert backend_from_store(path) == settings
+    rows = np.flatnonzero(ds["config"].values == index)
+    np.testing.assert_allclose(ds["X"].values[rows], settings.rows(cfgs[index]).X, rtol=1e-12, atol=1e-12)
+    for c in cfgs:
+        c.stress = np.zeros(6)
+    with pytest.raises(InputError, match="no virial rows"):
+        build_descriptor_store(f"{path}-virial", cfgs, settings, virial=True, configs_per_task=2)
+    return dict(desc)

@@ -18,11 +18,10 @@ from ase.build import bulk  # noqa: E402
 from popsdask import InputError, open_store  # noqa: E402
 from popsdask.atomistic.ace import AceSettings, linear_basis_config  # noqa: E402
 from popsdask.atomistic.configurations import Configuration  # noqa: E402
-from popsdask.atomistic.descriptor_store import build_descriptor_store  # noqa: E402
 from popsdask.atomistic.descriptors import DescriptorBackend, backend_from_store, get_backend  # noqa: E402
 
 from .conftest import SHARED  # noqa: E402
-from .descriptor_cases import energy_row_derivative, labels, perturbed, with_species  # noqa: E402
+from .descriptor_cases import check_store_round_trip, energy_row_derivative, labels, perturbed, with_species  # noqa: E402
 
 W_DFT = SHARED / "data" / "tungsten-dft" / "W_dft.extxyz.xz"
 SETTINGS = AceSettings.from_size(["W"], 30)
@@ -115,20 +114,8 @@ def test_yace_export_reloaded_by_pyace_equals_theta_dot_rows(tmp_path) -> None:
 
 
 def test_ace_store_records_the_basis_and_rebuilds_it(tmp_path) -> None:
-    path = tmp_path / "ace.zarr"
-    cfgs = _structures()
-    build_descriptor_store(path, cfgs, SETTINGS, configs_per_task=2)
-    ds = open_store(path)
-    desc = ds.attrs["descriptor"]
-    assert desc["backend"] == "ace" and desc["settings"]["basis"] == SETTINGS.basis
-    assert "snap" not in ds.attrs and ds.attrs["feature_names"] == SETTINGS.feature_names()
-    assert backend_from_store(path) == SETTINGS
-    rows = np.flatnonzero(ds["config"].values == 2)
-    np.testing.assert_allclose(ds["X"].values[rows], SETTINGS.rows(cfgs[2]).X, rtol=1e-12, atol=1e-12)
-    for c in cfgs:
-        c.stress = np.zeros(6)
-    with pytest.raises(InputError, match="no virial rows"):
-        build_descriptor_store(tmp_path / "v.zarr", cfgs, SETTINGS, virial=True, configs_per_task=2)
+    desc = check_store_round_trip(tmp_path / "ace.zarr", SETTINGS, _structures(), 2)
+    assert desc["settings"]["basis"] == SETTINGS.basis
 
 
 @pytest.mark.skipif(not W_DFT.exists(), reason=f"tungsten DFT data not found at {W_DFT} (see tests/conftest.py SHARED)")

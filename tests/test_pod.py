@@ -22,7 +22,7 @@ from popsdask.atomistic.lammps_backend import potentials_dir  # noqa: E402
 from popsdask.atomistic.pod import PodSettings, raw_compute_pod, read_pod_coefficients  # noqa: E402
 from popsdask.properties.potential import Potential  # noqa: E402
 
-from .descriptor_cases import energy_row_derivative, labels, perturbed, with_species  # noqa: E402
+from .descriptor_cases import check_store_round_trip, energy_row_derivative, labels, perturbed, with_species  # noqa: E402
 
 pytestmark = pytest.mark.lammps
 
@@ -98,20 +98,8 @@ def test_force_rows_match_finite_differences() -> None:
 
 
 def test_pod_store_records_the_parameter_file_and_rebuilds_it(tmp_path) -> None:
-    path = tmp_path / "pod.zarr"
-    cfgs = _structures()
-    build_descriptor_store(path, cfgs, SETTINGS, configs_per_task=2)
-    ds = open_store(path)
-    desc = ds.attrs["descriptor"]
-    assert desc["backend"] == "pod" and desc["settings"]["param"] == open(PARAM).read()
-    assert "snap" not in ds.attrs and ds.attrs["feature_names"] == SETTINGS.feature_names()
-    assert backend_from_store(path) == SETTINGS
-    rows = np.flatnonzero(ds["config"].values == 1)
-    np.testing.assert_allclose(ds["X"].values[rows], SETTINGS.rows(cfgs[1]).X, rtol=1e-12, atol=1e-12)
-    for c in cfgs:
-        c.stress = np.zeros(6)
-    with pytest.raises(InputError, match="no virial rows"):
-        build_descriptor_store(tmp_path / "v.zarr", cfgs, SETTINGS, virial=True, configs_per_task=2)
+    desc = check_store_round_trip(tmp_path / "pod.zarr", SETTINGS, _structures(), 1)
+    assert desc["settings"]["param"] == open(PARAM).read()
 
 
 def test_descriptors_fit_export_on_the_command_line_with_pod(tmp_path, local_client, capsys) -> None:
