@@ -34,8 +34,9 @@ queued (about 2 tasks per one-thread worker), but passes 3-4 depend on pass 2's 
 persisted on the workers, so they are not queued: each worker is assigned about a third of the
 pass, and every kill also loses the leverage blocks it held, recomputed from the store. A fit
 that lives through many kills (a loaded machine: 15 and 50 kills) then sees some task assigned
-to 4 killed workers. ``--allowed-failures 20`` shows that the fit survives otherwise (for a
-user: ``DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=20`` in the environment).
+to 4 killed workers. popsdask's LocalCluster now allows 20
+(:data:`popsdask.cluster.LOCAL_ALLOWED_FAILURES`); ``--allowed-failures 3`` reproduces dask's
+default.
 
 Results: ``WORKDIR/chaos-soak.json`` and ``WORKDIR/chaos-soak.md`` (also printed; each run
 replaces them). Exit status 0 when every disturbed fit finished, every kill was survived and
@@ -451,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         "--allowed-failures",
         type=int,
         default=None,
-        help="distributed.scheduler.allowed-failures for this cluster (default: dask's config, unchanged)",
+        help="the scheduler's allowed_failures (default: popsdask's LocalCluster's, 20; dask's own is 3)",
     )
     ap.add_argument("--keep-data", action="store_true", help="keep the store (and reuse a kept one)")
     args = ap.parse_args(argv)
@@ -461,8 +462,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from popsdask.cluster import connect
 
-    if args.allowed_failures is not None:
-        dask.config.set({"distributed.scheduler.allowed-failures": args.allowed_failures})
+    scheduler_kwargs = {} if args.allowed_failures is None else {"allowed_failures": args.allowed_failures}
     workdir = Path(args.workdir).resolve()
     if workdir == REPO or REPO in workdir.parents:
         sys.exit(f"chaos_soak: --workdir {workdir} is inside the repository")
@@ -508,8 +508,15 @@ def main(argv: list[str] | None = None) -> int:
 
     n = len(args.kill_seeds)
     hung = False
-    with connect(n_workers=args.workers, threads_per_worker=1, memory_limit=memory_limit, quiet=True) as client:
+    with connect(
+        n_workers=args.workers,
+        threads_per_worker=1,
+        memory_limit=memory_limit,
+        quiet=True,
+        scheduler_kwargs=scheduler_kwargs,
+    ) as client:
         cluster = client.cluster
+        result["distributed_config"]["distributed.scheduler.allowed-failures"] = cluster.scheduler.allowed_failures
         counter = task_counter(cluster.scheduler)
         sampler = Sampler(cluster)
         sampler.start()

@@ -98,6 +98,27 @@ def test_local_cluster_listens_on_loopback_only_and_computes():
         assert float(x.sum().compute()) == 499500.0  # default client: runs on the cluster
 
 
+
+def _die_until(counter: str, deaths: int) -> int:
+    """Kill this worker process the first ``deaths`` times it runs (the count kept in a file)."""
+    n = int(Path(counter).read_text()) if Path(counter).exists() else 0
+    if n < deaths:
+        Path(counter).write_text(str(n + 1))
+        os._exit(1)
+    return n
+
+
+def test_a_task_outlives_more_worker_deaths_than_dasks_default(tmp_path):
+    """dask fails a task after 3 workers die under it; the nannies restart them, so more are allowed."""
+    assert dask.config.get("distributed.scheduler.allowed-failures") == 3
+    with connect(n_workers=1, threads_per_worker=1, memory_limit="1GB", quiet=True) as client:
+        assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures) == 20
+        future = client.submit(_die_until, str(tmp_path / "deaths"), 4, pure=False)
+        assert future.result(timeout=120) == 4  # 4 > 3 deaths, then the task ran
+    with dask.config.set({"distributed.scheduler.allowed-failures": 50}):  # a higher setting is kept
+        with connect(n_workers=1, threads_per_worker=1, quiet=True) as client:
+            assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures) == 50
+
 def test_dashboard_link_printed_unless_quiet_and_everything_closed(capsys):
     with connect(n_workers=1, threads_per_worker=1, interface="lo") as client:
         cluster = client.cluster
