@@ -15,9 +15,10 @@ bcc lattice constant ``a0`` and the solute (the other element, e.g. Be) at its o
 * **AB₂ Laves compounds** (host on A, solute on B) in the C15 (MgCu₂, cF24) and C14 (MgZn₂,
   hP12) structures of :mod:`.phases`. Each is relaxed within its space group, and the
   formation energy per atom is ``(E − n_A·e_host − n_B·μ)/n``. These are the structures that
-  can be built offline from space group and Wyckoff data. WBe₂ is reported in the MgZn₂
-  (C14) type (Be₂W; Villars & Calvert, Pearson's Handbook). The cubic variant is given for
-  comparison. W₂Be and WBe₁₂ / WBe₂₂ are not built: there are no coordinates offline.
+  can be built offline from space group and Wyckoff data. Be₂W is usually given as the
+  hexagonal MgZn₂ (C14) type, but no crystallographic source was checked offline, so both
+  variants are computed. W₂Be, Be₁₂W and Be₂₂W (the other phases of the Be–W assessment of
+  Okamoto & Tanner) are not built: there are no coordinates offline.
 
 No number here is specific to an element: every cell is built from the potential's own relaxed
 lattice constants, and the solute is whichever second element the potential covers.
