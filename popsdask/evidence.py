@@ -131,7 +131,10 @@ def maximise_evidence(
     s, V = eig if eig is not None else eigen_gram(stats.gram)
     if anchor is None:
         anchor = SSEAnchor(np.zeros_like(stats.xty), stats.yty, stats.xty)
-    b_e = V.T @ stats.xty  # b in the eigenbasis
+    # b in the eigenbasis. Along modes whose eigenvalue eigh returned as ≤ 0 (clipped to 0) b
+    # can only be round-off: scikit-learn's SVD route multiplies it by the zero singular value,
+    # and here it would grow without bound as λ → 0 (a POD leave-one-group-out fold ended in NaN)
+    b_e = np.where(s > 0.0, V.T @ stats.xty, 0.0)
     c0_e = V.T @ anchor.coef
     g0_e = V.T @ anchor.grad
     sw = stats.sw
@@ -167,6 +170,11 @@ def maximise_evidence(
         # scikit-learn's last score pairs the final α, λ and sse with the coefficients of the
         # last iteration (its loop variable), not the final ones: kept for identical scores_
         scores.append(_log_marginal_likelihood(p, s, sw, alpha, lam, ce_last, sse))
+    if not (np.isfinite(alpha) and np.isfinite(lam)):  # a negative α from cancellation is refined later
+        raise InputError(
+            f"the evidence iteration diverged (alpha={alpha:.3g}, lambda={lam:.3g}); the Gram matrix's "
+            f"eigenvalues span {s.max(initial=0.0):.3g} to {s.min(initial=0.0):.3g}: rescale the columns of X"
+        )
     sigma = (V / (alpha * s + lam)) @ V.T
     return Evidence(
         coef=V @ ce,

@@ -64,6 +64,24 @@ def test_rank_deficient_duplicate_and_zero_columns():
     assert not np.isfinite(ev.condition_number)
 
 
+
+def test_round_off_along_a_null_mode_does_not_run_away():
+    """XᵀWy's round-off along a mode whose eigenvalue eigh returns as ≤ 0 (here an all-zero
+    column) is dropped, as scikit-learn's SVD route drops it; kept, it grew as λ → 0 and a POD
+    leave-one-group-out fold ended in NaN."""
+    from dataclasses import replace
+
+    X, y, _ = misspecified(2000, 8, seed=5)
+    X = np.column_stack([X, np.zeros(len(y))])
+    ref = BayesianRidge(fit_intercept=False).fit(X, y)
+    stats = stats_in_chunks(X, y, None, 300)
+    noisy = replace(stats, xty=np.append(stats.xty[:-1], 1e-7 * np.abs(stats.xty).max()))
+    for st in (stats, noisy):
+        ev = maximise_evidence(st)
+        assert np.isfinite(ev.alpha) and np.isfinite(ev.lambda_)
+        assert rel(ev.coef, ref.coef_) < 1e-6 and ev.coef[-1] == 0.0
+        assert ev.lambda_ == pytest.approx(ref.lambda_, rel=1e-6)
+
 def test_near_interpolating_fit_keeps_alpha_accurate():
     """sse from yᵀy - 2bᵀθ + θᵀGθ cancels when noise is 1e-9; the exact residual pass fixes it."""
     rng = np.random.default_rng(7)
