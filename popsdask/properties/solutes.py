@@ -145,11 +145,9 @@ def compute(
     ce = np.full(len(compounds), np.nan)
     cv = np.full(len(compounds), np.nan)
     a0, e0, gs = ground_state(potential)
-    statuses, cstatus = [gs] * len(sites), [gs] * len(compounds)
     mu, lattice = (float("nan"), "") if gs != "ok" else solute_reference(potential, solute, fmax)
-    if gs == "ok" and not np.isfinite(mu):
-        statuses = cstatus = [f"solute {solute}: {lattice}"] * (len(sites) + len(compounds))
-        statuses, cstatus = statuses[: len(sites)], cstatus[len(sites) :]
+    reason = f"solute {solute}: {lattice}" if gs == "ok" and not np.isfinite(mu) else gs
+    statuses, cstatus = [reason] * len(sites), [reason] * len(compounds)
     if gs == "ok" and np.isfinite(mu):
         for k, site in enumerate(sites):
             try:
