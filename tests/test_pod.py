@@ -39,6 +39,22 @@ def _structures() -> list[Configuration]:
     return [perturbed(a, f"c{i}", i) for i, a in enumerate((cubic, prim, left))]
 
 
+def _shipped_ta_frames(n: int, a: float, scale: float) -> list:
+    """``n`` rattled 16-atom bcc Ta cells (lattice a + 0.01·i, seeded) labelled by the shipped Ta POD."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    shipped = LammpsCalculator(["pair_style pod", f"pair_coeff * * {PARAM} {COEFF} Ta"], ["Ta"])
+    frames = []
+    for i in range(n):
+        atoms = bulk("Ta", "bcc", a=a + 0.01 * i, cubic=True).repeat(2)
+        atoms.positions += np.random.default_rng(i).normal(scale=scale, size=atoms.positions.shape)
+        atoms.calc = shipped
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)  # one calculator serves all frames
+        frames.append(atoms)
+    return frames
+
+
 def test_pod_settings_implement_the_protocol_and_match_the_shipped_file() -> None:
     assert isinstance(SETTINGS, DescriptorBackend) and SETTINGS.elements == ("Ta",)
     theta = read_pod_coefficients(COEFF)
@@ -112,14 +128,7 @@ def test_descriptors_fit_export_on_the_command_line_with_pod(tmp_path, local_cli
     from popsdask import Posterior
     from popsdask.cli import main
 
-    shipped = LammpsCalculator(["pair_style pod", f"pair_coeff * * {PARAM} {COEFF} Ta"], ["Ta"])
-    frames = []
-    for i in range(16):
-        atoms = bulk("Ta", "bcc", a=3.25 + 0.01 * i, cubic=True).repeat(2)
-        atoms.positions += np.random.default_rng(i).normal(scale=0.08, size=atoms.positions.shape)
-        atoms.calc = shipped
-        atoms.get_potential_energy()
-        frames.append(atoms)
+    frames = _shipped_ta_frames(16, a=3.25, scale=0.08)
     data = tmp_path / "ta.extxyz"
     write(data, frames, format="extxyz")
     sched = ["--scheduler", local_client.scheduler.address, "--quiet"]
@@ -192,14 +201,8 @@ def test_fit_on_pod_rows_recovers_the_shipped_ta_pod(tmp_path) -> None:
     weights with BayesianRidge's isotropic prior shrink POD's columns, which span 0.1 to 10³)."""
     from popsdask import fit
 
-    shipped = LammpsCalculator(["pair_style pod", f"pair_coeff * * {PARAM} {COEFF} Ta"], ["Ta"])
-    cfgs = []
-    for i in range(40):
-        atoms = bulk("Ta", "bcc", a=3.1 + 0.01 * i, cubic=True).repeat(2)
-        atoms.positions += np.random.default_rng(i).normal(scale=0.1, size=atoms.positions.shape)
-        atoms.calc = shipped
-        atoms.get_potential_energy()
-        cfgs.append(Configuration.from_atoms(atoms, name=f"t{i}", group="g"))
+    frames = _shipped_ta_frames(40, a=3.1, scale=0.1)
+    cfgs = [Configuration.from_atoms(atoms, name=f"t{i}", group="g") for i, atoms in enumerate(frames)]
     store = tmp_path / "ta.zarr"
     build_descriptor_store(store, cfgs, SETTINGS, weights="none", test_fraction=0.25, seed=0, configs_per_task=10)
     ds = open_store(store)
