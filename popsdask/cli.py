@@ -428,10 +428,7 @@ def _properties(args: argparse.Namespace) -> None:
             raise InputError("--descriptors STORE is needed (a descriptor store whose attrs hold the SNAP settings)")
         args.descriptors = str(desc)
     settings = backend_from_store(args.descriptors)  # the store's descriptor (SNAP, ...)
-    if settings.backend == "ace":  # the suite runs its potentials in LAMMPS
-        from .atomistic.ace import check_lammps_pace
-
-        check_lammps_pace("the property suite")
+    # a backend LAMMPS cannot run (ACE without ML-PACE) runs through its ASE calculator
     if args.route == "implicit" and settings.backend != "snap":
         raise InputError(
             f"--route implicit: the {settings.backend} backend gives no virial rows and descriptor gradients "

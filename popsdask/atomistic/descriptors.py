@@ -10,7 +10,10 @@ frozen, picklable value holding the descriptor hyper-parameters. It gives
   (:meth:`~DescriptorBackend.store_attrs`), from which :func:`backend_from_attrs` rebuilds it;
 * for any coefficient vector θ: potential files (:meth:`~DescriptorBackend.write_potential`),
   their LAMMPS pair commands (:meth:`~DescriptorBackend.pair_commands`) and an ASE calculator
-  (:meth:`~DescriptorBackend.calculator`).
+  (:meth:`~DescriptorBackend.calculator`);
+* optionally ``runs_in_lammps()``: whether this process's LAMMPS can run those pair commands
+  (without it: yes). :func:`runs_in_lammps` asks it; the property suite runs the potentials of a
+  backend that answers no through its ASE calculator instead (ACE without ML-PACE).
 
 **Adding a backend** is one module in :mod:`popsdask.atomistic` named after the backend (e.g.
 ``pod.py``) defining a class with these members and calling ``register_backend("pod", PodSettings)``
@@ -41,6 +44,7 @@ __all__ = [
     "backend_names",
     "get_backend",
     "register_backend",
+    "runs_in_lammps",
 ]
 
 
@@ -99,8 +103,18 @@ class DescriptorBackend(Protocol):
     def calculator(
         self, theta: Any, directory: str | os.PathLike | None = None, *, label: str = "potential"
     ) -> LammpsCalculator:
-        """ASE calculator running θ through LAMMPS."""
+        """ASE calculator of θ (through LAMMPS, or the backend's own evaluator)."""
         ...
+
+
+def runs_in_lammps(backend: Any) -> bool:
+    """Whether this process's LAMMPS runs ``backend``'s pair commands.
+
+    A backend answers with its optional ``runs_in_lammps()`` method (e.g. ACE: only a LAMMPS
+    with ML-PACE); a backend without one runs in LAMMPS (SNAP, POD).
+    """
+    ask = getattr(backend, "runs_in_lammps", None)
+    return True if ask is None else bool(ask())
 
 
 _REGISTRY: dict[str, type] = {}

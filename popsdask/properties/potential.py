@@ -6,6 +6,12 @@ its descriptor (:class:`~popsdask.atomistic.snap.SnapSettings` or any other
 with LAMMPS. The potential files are written once per process on first use, into a cache
 directory keyed by label and a hash of θ, so the same member evaluated many times (a
 relaxation, an EOS, a path) touches the disk once.
+
+Where it runs: a potential whose descriptor backend runs in this process's LAMMPS
+(:func:`~popsdask.atomistic.descriptors.runs_in_lammps`; SNAP, POD and the teachers) is run by
+LAMMPS itself, any other (ACE without ML-PACE) through its backend's ASE calculator;
+:attr:`Potential.in_lammps` tells :mod:`~popsdask.properties.relax` which route to take, and
+``engine="ase"`` forces the ASE route (a check of that route against LAMMPS's own minimiser).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..atomistic.calculator import LammpsCalculator
-from ..atomistic.descriptors import DescriptorBackend, backend_from_store
+from ..atomistic.descriptors import DescriptorBackend, backend_from_store, runs_in_lammps
 from ..validation import InputError
 
 __all__ = [
@@ -34,6 +40,14 @@ __all__ = [
 ]
 
 _PAIR_CACHE: dict[tuple[int, str], list[str]] = {}
+_CALC_CACHE: dict[tuple[int, str], Any] = {}
+#: how a potential is evaluated: "auto" (LAMMPS when its backend runs there, else ASE) or "ase"
+ENGINES = ("auto", "ase")
+
+
+def _potential_dir() -> Path:
+    """This process's directory of potential files (one per process: no writer races)."""
+    return Path(tempfile.gettempdir()) / f"popsdask-potentials-{os.getpid()}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,6 +62,8 @@ class Potential:
     teacher : name of a potential shipped with LAMMPS (:func:`popsdask.atomistic.oracle.teacher_calculator`)
     species : the element the property suite builds its crystals and defects of (default: the
         potential's first element); one of :attr:`elements`
+    engine : ``"auto"`` (LAMMPS's own minimiser when the potential runs in LAMMPS, else ASE's
+        optimisers on :meth:`calculator`) or ``"ase"`` (ASE's optimisers even then)
     """
 
     label: str
@@ -55,8 +71,11 @@ class Potential:
     settings: DescriptorBackend | None = None
     teacher: str | None = None
     species: str | None = None
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise InputError(f"Potential {self.label!r}: engine {self.engine!r}, use one of {ENGINES}")
         if (self.teacher is None) == (self.theta is None):
             raise InputError(f"Potential {self.label!r}: give either theta (with settings) or teacher")
         if self.theta is not None:
@@ -115,8 +134,7 @@ class Potential:
 
             cmds = teacher_calculator(self.teacher).pair_commands
         else:
-            d = Path(tempfile.gettempdir()) / f"popsdask-potentials-{os.getpid()}"
-            prefix = d / self.key
+            prefix = _potential_dir() / self.key
             settings = self.settings
             assert settings is not None
             paths = settings.potential_paths(prefix)
@@ -126,9 +144,30 @@ class Potential:
         _PAIR_CACHE[ck] = list(cmds)
         return list(cmds)
 
-    def calculator(self) -> LammpsCalculator:
-        """ASE calculator of this potential on the process's LAMMPS instance."""
-        return LammpsCalculator(self.pair_commands(), self.elements, self.masses, label=self.label)
+    @property
+    def runs_in_lammps(self) -> bool:
+        """Whether this process's LAMMPS runs the interactions (teachers always do)."""
+        return self.teacher is not None or runs_in_lammps(self.settings)
+
+    @property
+    def in_lammps(self) -> bool:
+        """Whether relaxations run natively in LAMMPS (else ASE's optimisers on :meth:`calculator`)."""
+        return self.engine == "auto" and self.runs_in_lammps
+
+    def calculator(self) -> Any:
+        """A new ASE calculator of this potential: a :class:`LammpsCalculator` on the process's
+        LAMMPS instance, or, for a backend that does not run in LAMMPS, the backend's own
+        (:meth:`~popsdask.atomistic.descriptors.DescriptorBackend.calculator`), its files
+        written once per process."""
+        if self.runs_in_lammps:
+            return LammpsCalculator(self.pair_commands(), self.elements, self.masses, label=self.label)
+        ck = (os.getpid(), self.key)
+        first = _CALC_CACHE.get(ck)
+        if first is None:
+            first = self.settings.calculator(self.theta, _potential_dir(), label=self.key)  # type: ignore[union-attr]
+            _CALC_CACHE[ck] = first
+        # a new instance per call from the same files: ASE's NEB refuses images sharing one
+        return type(first)(**first.parameters)
 
     def __repr__(self) -> str:
         kind = f"teacher={self.teacher!r}" if self.teacher else f"θ[{self.theta.size}]"  # type: ignore[union-attr]

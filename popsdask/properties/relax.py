@@ -8,6 +8,12 @@ force is below ``fmax`` and, when the cell is relaxed, every stress component be
 ``stress_tol``. It never raises on non-convergence: :class:`Relaxed` carries ``converged`` and
 a reason. Native minimisation is ~4x faster than an ASE optimiser stepping a
 :class:`LammpsCalculator` (one setup instead of one per step).
+
+A potential that does not run in LAMMPS (:attr:`Potential.in_lammps` false: ACE without
+ML-PACE, or ``engine="ase"``) is relaxed by ASE's BFGS on its :meth:`Potential.calculator`, the
+cell through a ``FrechetCellFilter`` (``hydrostatic_strain`` for ``iso``, a mask for ``aniso``),
+with the same acceptance test on the final forces and stress; :func:`static_results` then asks
+the calculator. :func:`relax` and :func:`static_results` are the only places that choose.
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ __all__ = ["Relaxed", "bcc_ground_state", "relax", "static_energy", "static_resu
 CELL_MODES = {"none": None, "iso": "iso", "aniso": "aniso", "full": "tri"}
 
 _BCC_CACHE: dict[tuple[int, str], tuple[float, float]] = {}
+#: GPa per eV/Å^3 (pressures are given in GPa, stresses are eV/Å^3)
+_GPA_PER_EV_A3 = 160.21766208
+#: ``FrechetCellFilter`` mask of each cell mode (None: no mask)
+_ASE_MASKS = {"iso": None, "aniso": [1, 1, 1, 0, 0, 0], "full": None}
 
 
 @dataclass
@@ -127,7 +137,8 @@ def relax(
     max_steps : total minimiser iterations allowed
     pressure : target hydrostatic pressure (GPa) for cell relaxations
     max_rounds : ``box/relax`` minimisations before giving up on the cell
-    min_style : LAMMPS ``min_style`` for the position-only steps (``cg`` or ``fire``)
+    min_style : LAMMPS ``min_style`` for the position-only steps (``cg`` or ``fire``; the ASE
+        route always uses BFGS)
 
     Returns
     -------
@@ -136,6 +147,8 @@ def relax(
     if cell not in CELL_MODES:
         raise ValueError(f"cell={cell!r}: use one of {sorted(CELL_MODES)}")
     mode = CELL_MODES[cell]
+    if not potential.in_lammps:
+        return _relax_ase(atoms, potential, cell, fmax, stress_tol, max_steps, pressure, max_rounds)
     sess = get_session()
     with sess.lock:
         try:
@@ -190,12 +203,12 @@ def _relax_locked(
             break
         if not mode:
             break
-        s_err = np.abs(s + np.array([1, 1, 1, 0, 0, 0]) * pressure / 160.21766208).max()
+        s_err = np.abs(s + np.array([1, 1, 1, 0, 0, 0]) * pressure / _GPA_PER_EV_A3).max()
         dcell = np.abs(c - c_before).max()
         if s_err < stress_tol and dcell < 1e-6 * max(1.0, vol0 ** (1 / 3)):
             break
     fmax_now = float(np.linalg.norm(f, axis=1).max()) if n_atoms else 0.0
-    s_now = float(np.abs(s + np.array([1, 1, 1, 0, 0, 0]) * pressure / 160.21766208).max())
+    s_now = float(np.abs(s + np.array([1, 1, 1, 0, 0, 0]) * pressure / _GPA_PER_EV_A3).max())
     if reason == "ok":
         problems = []
         if not fmax_now < fmax:
@@ -207,8 +220,93 @@ def _relax_locked(
     return Relaxed(_atoms_like(atoms, c, x), e, reason == "ok", reason, used, fmax_now, s_now, np.asarray(s))
 
 
+def _ase_results(atoms: Any, calc: Any) -> dict[str, Any]:
+    """Energy, forces and stress (Voigt xx yy zz yz xz xy, ASE sign) of a copy of ``atoms`` on ``calc``."""
+    a = atoms.copy()
+    a.calc = calc
+    return {
+        "energy": float(a.get_potential_energy()),
+        "forces": np.asarray(a.get_forces(), dtype=float),
+        "stress": np.asarray(a.get_stress(voigt=True), dtype=float),
+    }
+
+
+def _residuals(res: dict[str, Any], target: np.ndarray) -> tuple[float, float]:
+    """Largest atomic force (eV/Å) and largest |stress - target| component (eV/Å^3) of ``res``."""
+    forces = res["forces"]
+    f = float(np.linalg.norm(forces, axis=1).max()) if len(forces) else 0.0
+    return f, float(np.abs(res["stress"] - target).max())
+
+
+def _relax_ase(
+    atoms: Any,
+    potential: Potential,
+    cell: str,
+    fmax: float,
+    stress_tol: float,
+    max_steps: int,
+    pressure: float,
+    max_rounds: int,
+) -> Relaxed:
+    """:func:`relax` by ASE's BFGS on :meth:`Potential.calculator` (never raises either)."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import BFGS
+
+    p = pressure / _GPA_PER_EV_A3  # the filter's scalar_pressure is in eV/Å^3
+    target = np.array([1, 1, 1, 0, 0, 0]) * -p  # the ASE-sign stress at the target pressure
+    a = atoms.copy()
+    used, reason = 0, "ok"
+    try:
+        calc = potential.calculator()
+        a.calc = calc
+        # BFGS stops on the largest generalised force; the filter's cell rows are the virial over
+        # the atom count, V |σ| / N, so stress_tol becomes V stress_tol / N there
+        f_opt = 0.5 * fmax
+        if cell != "none":
+            f_opt = min(f_opt, 0.5 * stress_tol * a.get_volume() / max(len(a), 1))
+        res = _ase_results(a, calc)
+        f_now, s_now = _residuals(res, target)
+        for k in range(max_rounds if cell != "none" else 1):
+            left = max_steps - used
+            before, failing = (f_now, s_now), (not f_now < fmax, cell != "none" and not s_now < stress_tol)
+            if not any(failing) or left <= 0:
+                break
+            obj = a  # positions only; else a new filter per round, its reference cell the current one
+            if cell != "none":
+                obj = FrechetCellFilter(a, mask=_ASE_MASKS[cell], hydrostatic_strain=cell == "iso", scalar_pressure=p)
+            opt = BFGS(obj, logfile=None)
+            opt.run(fmax=f_opt * 0.3**k, steps=left)  # tighter each round the test still fails
+            used += int(opt.nsteps)
+            res = _ase_results(a, calc)
+            if not np.isfinite(res["energy"]) or not np.all(np.isfinite(res["forces"])):
+                reason = "non-finite energy or forces"
+                break
+            f_now, s_now = _residuals(res, target)
+            # steps that no longer lower what fails (stress the cell mode cannot relax, as a
+            # tetragonal cell's under iso): no more rounds; no steps: the next, tighter round
+            stuck = not any(f and new < 0.99 * old for f, new, old in zip(failing, (f_now, s_now), before, strict=True))
+            if opt.nsteps and stuck:
+                break
+    except Exception as err:  # calculator or optimiser failures are a non-converged result
+        msg = f"{type(err).__name__}: {err}".replace("\n", " ")[:200]
+        return Relaxed(atoms.copy(), float("nan"), False, f"error: {msg}", used)
+    if reason == "ok":
+        problems = []
+        if not f_now < fmax:
+            problems.append(f"max force {f_now:.3g} eV/Å ≥ fmax {fmax:g}")
+        if cell != "none" and not s_now < stress_tol:
+            problems.append(f"max |stress| {s_now:.3g} eV/Å^3 ≥ {stress_tol:g}")
+        if problems:
+            reason = f"not converged after {used} steps (ASE BFGS): " + "; ".join(problems)
+    out = a.copy()
+    out.calc = None
+    return Relaxed(out, res["energy"], reason == "ok", reason, used, f_now, s_now, res["stress"])
+
+
 def static_results(atoms: Any, potential: Potential) -> dict[str, Any]:
     """Energy (eV), forces (N, 3) (eV/Å) and stress (Voigt, eV/Å^3, ASE sign) without relaxing."""
+    if not potential.in_lammps:
+        return _ase_results(atoms, potential.calculator())
     sess = get_session()
     with sess.lock:
         sess_, box = _setup(atoms, potential)
