@@ -151,6 +151,11 @@ def test_report_table_matches_hand_computation(run, tmp_path) -> None:
     rep = write_report(out, tmp_path / "report")
     assert (tmp_path / "report" / "report.md").exists() and (tmp_path / "report" / "phases.png").exists()
     assert f"| fcc | {float(f'{ref:.3g}'):.3g} |" in rep["markdown"]
+    # run without a reference (--reference none): the same tables with NaN references, and figures
+    bare = {k: ds.drop_vars([v for v in ds.variables if str(v).endswith("_reference")]) for k, ds in out.items()}
+    rep = write_report(bare, tmp_path / "bare")
+    assert "| fcc | nan |" in rep["markdown"] and (tmp_path / "bare" / "phases.png").exists()
+    assert rep["tables"]["phases"]["energy"]["summary"]["n_items"] == 0
 
 
 def test_rank_correlations_of_known_orderings() -> None:

@@ -76,13 +76,19 @@ def _variables(ds: xr.Dataset, prop: str) -> list[str]:
     return [v for v in names if v in ds and ds[v].dtype.kind == "f"]
 
 
+def _reference(ds: xr.Dataset, variable: str) -> xr.DataArray:
+    """The reference values of ``variable``; NaN like its MLE when run without a reference."""
+    name = f"{variable}_reference"
+    return ds[name] if name in ds else xr.full_like(ds[f"{variable}_mle"], np.nan, dtype=float)
+
+
 def uq_table(ds: xr.Dataset, variable: str) -> list[dict[str, Any]]:
     """One row per item of ``variable`` (dims sample + item dims): the paper's statistics."""
     x = ds[variable]
     item_dims = [d for d in x.dims if d != "sample"]
     xs = np.asarray(x.transpose("sample", *item_dims).values, dtype=float).reshape(x.sizes["sample"], -1)
     mle = np.asarray(ds[f"{variable}_mle"].transpose(*item_dims).values, dtype=float).ravel()
-    ref = np.asarray(ds[f"{variable}_reference"].transpose(*item_dims).values, dtype=float).ravel()
+    ref = np.asarray(_reference(ds, variable).transpose(*item_dims).values, dtype=float).ravel()
     if item_dims:
         idx = x.isel(sample=0, drop=True).stack(item=item_dims)["item"].values if len(item_dims) > 1 else None
         labels = [str(v) for v in (idx if idx is not None else ds[item_dims[0]].values)]
@@ -151,7 +157,7 @@ def _grouped(ds: xr.Dataset, variable: str) -> dict[str, dict[str, Any]]:
     first = dims[0] if dims[0] != "qpoint" else dims[-1]
     out = {}
     for lab in ds[first].values:
-        sub = ds[[variable, f"{variable}_mle", f"{variable}_reference"]].sel({first: lab})
+        sub = ds[[v for v in (variable, f"{variable}_mle", f"{variable}_reference") if v in ds]].sel({first: lab})
         out[str(lab)] = summary(uq_table(sub, variable))
     return out
 
@@ -294,7 +300,7 @@ def _items_figure(ds: xr.Dataset, variables: list[str], path: Path, title: str) 
             ax.scatter(np.full(col.size, pos[k]) + np.random.default_rng(k).uniform(-0.15, 0.15, col.size), col,
                        s=4, color="0.6", alpha=0.5, lw=0)  # fmt: skip
         ax.scatter(pos, ds[f"{var}_mle"].values, color="tab:blue", marker="_", s=300, label="MLE", zorder=3)
-        ax.scatter(pos, ds[f"{var}_reference"].values, color="tab:red", marker="o", s=18, label="reference", zorder=4)
+        ax.scatter(pos, _reference(ds, var).values, color="tab:red", marker="o", s=18, label="reference", zorder=4)
         ax.set_xticks(pos, labels, rotation=45, fontsize=8)
         ax.set_ylabel(f"{var} ({x.attrs.get('units', '')})", fontsize=8)
     axes[0, 0].legend(fontsize=8)
@@ -317,7 +323,7 @@ def _paths_figure(ds: xr.Dataset, path: Path) -> None:
         e = np.asarray(ds["energy"].sel(path=p).transpose("sample", "point").values, dtype=float)
         ax.fill_between(x, np.nanmin(e, axis=0), np.nanmax(e, axis=0), color="0.8", label="ensemble")
         ax.plot(x, ds["energy_mle"].sel(path=p), color="tab:blue", label="MLE")
-        ax.plot(x, ds["energy_reference"].sel(path=p), "--", color="tab:red", label="reference")
+        ax.plot(x, _reference(ds, "energy").sel(path=p), "--", color="tab:red", label="reference")
         ax.set_title(p)
         ax.set_xlabel(ds["coordinate"].attrs.get("long_name", "coordinate")[:30], fontsize=7)
     axes[0, 0].set_ylabel("E − E_bcc (eV/atom)")
@@ -339,7 +345,7 @@ def _phonon_figure(ds: xr.Dataset, path: Path) -> None:
     for b in range(f.shape[2]):
         a1.fill_between(d, np.nanmin(f[:, :, b], axis=0), np.nanmax(f[:, :, b], axis=0), color="0.8")
         a1.plot(d, ds["frequency_mle"].isel(band=b), color="tab:blue", lw=1)
-        a1.plot(d, ds["frequency_reference"].isel(band=b), "--", color="tab:red", lw=1)
+        a1.plot(d, _reference(ds, "frequency").isel(band=b), "--", color="tab:red", lw=1)
     if "label" in ds.coords:
         lab = [str(v) for v in ds["label"].values]
         ticks = [(d[i], s) for i, s in enumerate(lab) if s]
@@ -350,7 +356,7 @@ def _phonon_figure(ds: xr.Dataset, path: Path) -> None:
         dos = np.asarray(ds["dos"].transpose("sample", ...).values, dtype=float)
         a2.fill_betweenx(g, np.nanmin(dos, axis=0), np.nanmax(dos, axis=0), color="0.8")
         a2.plot(ds["dos_mle"], g, color="tab:blue")
-        a2.plot(ds["dos_reference"], g, "--", color="tab:red")
+        a2.plot(_reference(ds, "dos"), g, "--", color="tab:red")
         a2.set_xlabel("DOS")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -368,7 +374,7 @@ def _profile_figure(ds: xr.Dataset, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     ax.fill_between(x, np.nanmin(e, axis=0), np.nanmax(e, axis=0), color="0.8", label="ensemble")
     ax.plot(x, ds["energy_mle"], "o-", color="tab:blue", label="MLE")
-    ax.plot(x, ds["energy_reference"], "s--", color="tab:red", label="reference")
+    ax.plot(x, _reference(ds, "energy"), "s--", color="tab:red", label="reference")
     ax.set_xlabel("NEB image")
     ax.set_ylabel("E − E_initial (eV)")
     ax.legend(fontsize=8)
