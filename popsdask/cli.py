@@ -838,9 +838,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("posterior", help="fitted posterior (Zarr group)")
     p.add_argument("store", help="descriptor store with references to calibrate on")
     p.add_argument("-o", "--output", required=True, help="calibrated posterior to write")
-    how = p.add_mutually_exclusive_group(required=True)
-    how.add_argument("--group-by", default=None, help="cross-conformal by this per-configuration variable (refits)")
-    how.add_argument("--split", default=None, help="split conformal on this split of the store (train, test, code)")
+    p.add_argument("--group-by", default=None, help="cross-conformal by this per-configuration variable (refits)")
+    p.add_argument(
+        "--split",
+        default=None,
+        help="split conformal on this split of the store (train, test, code); with --group-by: "
+        "cross-conformal on this split's configurations only (train or test)",
+    )
     p.add_argument("--level", type=float, default=0.95, help="target coverage (default: %(default)s)")
     p.add_argument("--replace", action="store_true", help="recalibrate an already calibrated posterior")
     p.add_argument("--seed", type=int, default=0)

@@ -21,7 +21,7 @@ from .calibration import EV_CURVE_SAMPLES
 from .posterior import Posterior
 from .predictions import open_predictions, predict_ensemble, prediction_metrics
 from .recalibration import Calibration
-from .store import SPLIT_CODES, open_store
+from .store import SPLIT_CODES, open_store, select_split
 from .validation import InputError
 
 RANDOM_SPLIT = "(random split)"
@@ -311,7 +311,8 @@ def calibrate(
     group_by : cross-conformal by group: refit with the posterior's settings on every group but
         one (leave-one-group-out), and pool the left-out scores with each group weighted equally
     split : split conformal on the configurations of the store's ``split`` ("train" 0, "test" 1,
-        or another code) predicted by ``posterior`` itself; exactly one of the two
+        or another code) predicted by ``posterior`` itself; with ``group_by``: cross-conformal on
+        the ``"train"`` (or ``"test"``) configurations only, e.g. those the posterior was fitted on
     level : target coverage (of the std's ±z interval and of the envelope)
     replace : recalibrate a posterior that is already calibrated (otherwise refused)
 
@@ -329,6 +330,8 @@ def calibrate(
     if output is not None and Path(output).exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
     if group_by is not None:
+        if split is not None:
+            ds = select_split(ds, split)
         folds_path = Path(folds_dir or tempfile.mkdtemp(prefix="popsdask-calibrate-"))
         leave_one_group_out(
             ds,
@@ -341,7 +344,8 @@ def calibrate(
             progress=progress,
             **refit_settings(post),
         )
-        cal = calibration_from_folds(load_folds(folds_path), level, f"cross-conformal by {group_by}")
+        on = f" on split={split}" if split is not None else ""
+        cal = calibration_from_folds(load_folds(folds_path), level, f"cross-conformal by {group_by}{on}")
     else:
         rows = rows_of_configurations(ds, _split_mask(ds, split), f"split={split}")
         pred = predict_ensemble(post, rows, Path(tempfile.mkdtemp(prefix="popsdask-calibrate-")) / "p.zarr", seed=seed)
@@ -361,8 +365,10 @@ def check_calibration_inputs(post: Posterior, ds: xr.Dataset, group_by, split, l
             f"the posterior is already calibrated ({post.calibration.get('method')}, level "
             f"{post.calibration.get('level')}); pass --replace to recalibrate it"
         )
-    if (group_by is None) == (split is None):
-        raise InputError("give exactly one of --group-by (cross-conformal) or --split (split conformal)")
+    if group_by is None and split is None:
+        raise InputError(
+            "give --group-by (cross-conformal), --split (split conformal) or both (cross-conformal on that split)"
+        )
     if not 0.0 < float(level) < 1.0:
         raise InputError(f"--level {level}: must be in (0, 1)")
     p = int(ds["X"].shape[1]) + int(bool(post.settings.get("fit_intercept", False)))
@@ -371,7 +377,7 @@ def check_calibration_inputs(post: Posterior, ds: xr.Dataset, group_by, split, l
     if "y" not in ds:
         raise InputError(f"{where}: no references y to calibrate on")
     if group_by is not None:
-        check_groups(ds, group_by)
+        check_groups(ds if split is None else select_split(ds, split), group_by)
     else:
         n = int(np.count_nonzero(_split_mask(ds, split)[np.asarray(ds["config"].values)]))
         if n < post.n_features:

@@ -109,7 +109,6 @@ def test_tolerance_and_symmetry_zeros(tmp_path):
     assert m["envelope_violation"] == pytest.approx(outside.mean())
 
 
-
 def test_fixed_rows_are_violations_no_posterior_removes(tmp_path):
     X, y, w = misspecified(2000, 6, seed=34)
     post = fit(X, y, weight=w)
@@ -127,6 +126,7 @@ def test_fixed_rows_are_violations_no_posterior_removes(tmp_path):
     outside = (yt[used] < lo - tol) | (yt[used] > hi + tol)
     assert m["envelope_violation"] == pytest.approx(outside.mean())
     assert m["envelope_violation"] > m["fixed_violation"]  # the movable rows miss too
+
 
 def test_calibration_functions_against_direct_formulas():
     rng = np.random.default_rng(0)
@@ -273,6 +273,36 @@ def test_recalibration_round_trip_and_refusals(grouped, tmp_path):
         == 2
     )
     assert not (tmp_path / "c2.zarr").exists() and not (tmp_path / "c3.zarr").exists()
+
+
+def test_cross_conformal_on_the_train_split_equals_a_train_only_store(grouped, tmp_path):
+    """--group-by with --split train calibrates on the train configurations only: the same scales
+    as a store written with those configurations alone, and different from all of them."""
+    from popsdask.cli import main
+    from popsdask.crossval import calibrate
+
+    _tmp, X, y, config, kind, group, n_atoms = grouped
+    tmp_path = tmp_path / "split"  # the fixture's store is in tmp_path
+    split = (np.arange(1200) % 10 >= 7).astype(np.int8)  # 30 % test configurations
+    conf = {"group": group, "n_atoms": n_atoms, "split": split}
+    write_store(tmp_path / "s.zarr", X, y, config=config, kind=kind, chunk_rows=700, configurations=conf)
+    keep = np.flatnonzero(split == 0)
+    rows = np.flatnonzero(split[config] == 0)
+    new_config = np.searchsorted(keep, config[rows])
+    write_store(tmp_path / "train.zarr", X[rows], y[rows], config=new_config, kind=kind[rows], chunk_rows=700,
+                configurations={"group": group[keep], "n_atoms": n_atoms[keep]})  # fmt: skip
+    post = fit(tmp_path / "train.zarr")
+    post.save(tmp_path / "post.zarr")
+    on_train = calibrate(post, tmp_path / "s.zarr", group_by="group", split="train", level=0.9, seed=1)
+    alone = calibrate(post, tmp_path / "train.zarr", group_by="group", level=0.9, seed=1)
+    everything = calibrate(post, tmp_path / "s.zarr", group_by="group", level=0.9, seed=1)
+    assert on_train.calibration["kinds"] == alone.calibration["kinds"]
+    assert on_train.calibration["kinds"] != everything.calibration["kinds"]
+    assert on_train.calibration["method"] == "cross-conformal by group on split=train"
+    out = tmp_path / "c.zarr"
+    argv = ["calibrate", str(tmp_path / "post.zarr"), str(tmp_path / "s.zarr"), "--group-by", "group", "--split"]
+    assert main([*argv, "train", "-o", str(out), "--n-workers", "1", "--quiet"]) == 0 and out.exists()
+    assert main([*argv, "nosuch", "-o", str(tmp_path / "c2.zarr")]) == 2 and not (tmp_path / "c2.zarr").exists()
 
 
 def test_crossval_cli_bad_group_exits_2_before_any_cluster(grouped, tmp_path, capsys):
