@@ -108,8 +108,8 @@ def _compute_part(
             blocks.append(settings.rows(cfg, virial=_wants_virial(cfg, virial), config_index=offset + i))
         except InputError:
             raise
-        except Exception as err:  # LAMMPS raises bare Exception
-            raise RuntimeError(f"{cfg.where()}: LAMMPS failed: {err}") from err
+        except Exception as err:  # LAMMPS raises bare Exception; name the backend that failed
+            raise RuntimeError(f"{cfg.where()}: the {settings.backend} descriptor failed: {err}") from err
     rb = RowBlock.concat(blocks)
     tgt = Path(target)
     tmp = tgt.with_name(f".{tgt.stem}.tmp-{uuid.uuid4().hex[:8]}.npz")
