@@ -416,14 +416,22 @@ def leave_one_group_out(args: argparse.Namespace, store: Path, leverage: float) 
             "envelope_violation"
         ]
         res["groups"][g] = {"popsdask": mine, "ace-jax": aj["force"]}
+    res["leverage_pct"] = leverage
     (args.out / "logo.json").write_text(json.dumps(res, indent=2))
+    md = logo_table(res)
+    (args.out / "logo.md").write_text(md + "\n")
+    print(md)
+
+
+def logo_table(res: dict[str, Any]) -> str:
+    """The leave-one-group-out table of :func:`leave_one_group_out`'s results (``logo.json``)."""
     lines = [
-        f"leave-one-group-out, force rows; ace-jax at leverage percentile {leverage:g}; popsdask crossval "
+        f"leave-one-group-out, force rows; ace-jax at leverage percentile {res['leverage_pct']:g}; popsdask crossval "
         f"{res['popsdask']['wall_s']:.0f} s, ace-jax {sum(s['wall_s'] for s in res['acejax_steps'].values()):.0f} s",
         "",
         "| left out | force rows | EV popsdask (all / ace-jax's rows) | EV ace-jax | ±4σ popsdask / ace-jax "
-        "| mean \\|err\\|/σ popsdask / ace-jax | MAE eV/Å popsdask / ace-jax |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| mean \\|err\\|/σ popsdask / ace-jax | mean σ eV/Å popsdask / ace-jax | MAE eV/Å popsdask / ace-jax |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for g, r in res["groups"].items():
         p, a = r["popsdask"], r["ace-jax"]
@@ -432,10 +440,9 @@ def leave_one_group_out(args: argparse.Namespace, store: Path, leverage: float) 
             f"{100 * p['ev_on_acejax_rows']:.2f} % | {100 * a['envelope_violation']:.2f} % | "
             f"{100 * p['coverage_4sigma']:.2f} % / {100 * a['coverage_4sigma']:.2f} % | "
             f"{p['mean_abs_error_over_std']:.3g} / {a['mean_abs_error_over_std']:.3g} | "
-            f"{p['mae_mle']:.4f} / {a['mae_mle']:.4f} |"
+            f"{p['mean_std']:.3g} / {a['mean_std']:.3g} | {p['mae_mle']:.3g} / {a['mae_mle']:.3g} |"
         )
-    (args.out / "logo.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
