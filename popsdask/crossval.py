@@ -329,27 +329,29 @@ def calibrate(
     check_calibration_inputs(post, ds, group_by, split, level, replace)
     if output is not None and Path(output).exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
-    if group_by is not None:
-        if split is not None:
-            ds = select_split(ds, split)
-        folds_path = Path(folds_dir or tempfile.mkdtemp(prefix="popsdask-calibrate-"))
-        leave_one_group_out(
-            ds,
-            folds_path,
-            group_by=group_by,
-            random_split=False,
-            ev_curve=None,
-            seed=seed,
-            overwrite=True,
-            progress=progress,
-            **refit_settings(post),
-        )
-        on = f" on split={split}" if split is not None else ""
-        cal = calibration_from_folds(load_folds(folds_path), level, f"cross-conformal by {group_by}{on}")
-    else:
-        rows = rows_of_configurations(ds, _split_mask(ds, split), f"split={split}")
-        pred = predict_ensemble(post, rows, Path(tempfile.mkdtemp(prefix="popsdask-calibrate-")) / "p.zarr", seed=seed)
-        cal = calibration_from_folds({str(split): pred}, level, f"split conformal on split={split}")
+    # the folds or the prediction are scratch unless folds_dir asks to keep them
+    with tempfile.TemporaryDirectory(prefix="popsdask-calibrate-") as scratch:
+        if group_by is not None:
+            if split is not None:
+                ds = select_split(ds, split)
+            folds_path = Path(folds_dir or scratch)
+            leave_one_group_out(
+                ds,
+                folds_path,
+                group_by=group_by,
+                random_split=False,
+                ev_curve=None,
+                seed=seed,
+                overwrite=True,
+                progress=progress,
+                **refit_settings(post),
+            )
+            on = f" on split={split}" if split is not None else ""
+            cal = calibration_from_folds(load_folds(folds_path), level, f"cross-conformal by {group_by}{on}")
+        else:
+            rows = rows_of_configurations(ds, _split_mask(ds, split), f"split={split}")
+            pred = predict_ensemble(post, rows, Path(scratch) / "p.zarr", seed=seed)
+            cal = calibration_from_folds({str(split): pred}, level, f"split conformal on split={split}")
     cal.info.update(store=str(where), seed=seed)
     out = dataclasses.replace(post, calibration=cal.to_dict())
     if output is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -293,7 +295,9 @@ def test_cross_conformal_on_the_train_split_equals_a_train_only_store(grouped, t
                 configurations={"group": group[keep], "n_atoms": n_atoms[keep]})  # fmt: skip
     post = fit(tmp_path / "train.zarr")
     post.save(tmp_path / "post.zarr")
+    scratch = set(Path(tempfile.gettempdir()).glob("popsdask-calibrate-*"))
     on_train = calibrate(post, tmp_path / "s.zarr", group_by="group", split="train", level=0.9, seed=1)
+    assert set(Path(tempfile.gettempdir()).glob("popsdask-calibrate-*")) == scratch  # its folds are removed
     alone = calibrate(post, tmp_path / "train.zarr", group_by="group", level=0.9, seed=1)
     everything = calibrate(post, tmp_path / "s.zarr", group_by="group", level=0.9, seed=1)
     assert on_train.calibration["kinds"] == alone.calibration["kinds"]
@@ -353,8 +357,10 @@ def test_calibration_split_with_fewer_rows_than_features(tmp_path):
     with pytest.raises(InputError, match="split=test has 4 rows, fewer than the 6 features"):
         calibrate(post, tmp_path / "s.zarr", tmp_path / "c.zarr", split="test")
     assert not (tmp_path / "c.zarr").exists()
+    scratch = set(Path(tempfile.gettempdir()).glob("popsdask-calibrate-*"))
     cal = calibrate(post, tmp_path / "s.zarr", split="train", level=0.9)
     assert cal.calibration["method"].startswith("split conformal")
+    assert set(Path(tempfile.gettempdir()).glob("popsdask-calibrate-*")) == scratch  # its prediction is removed
 
 
 def test_worst_group_scale_skips_groups_too_small_for_the_level():
