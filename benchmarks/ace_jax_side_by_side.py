@@ -56,8 +56,9 @@ sys.exit(cli.main(["fit", *sys.argv[2:]]))
 
 
 def timed(cmd: list[str], log: Path) -> dict[str, float]:
-    """Run ``cmd`` (output to ``log``); wall seconds and the peak RSS (GB) of its process tree."""
-    peak = [0.0]
+    """Run ``cmd`` (output to ``log``); wall seconds and the peak RSS and PSS (GB) of its process
+    tree. RSS summed over processes counts shared pages once per process; PSS shares them out."""
+    peak = {"rss": 0.0, "pss": 0.0}
     with open(log, "w") as fh:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
@@ -67,15 +68,18 @@ def timed(cmd: list[str], log: Path) -> dict[str, float]:
             while proc.poll() is None:
                 try:
                     tree = [root, *root.children(recursive=True)]
-                    rss = 0
-                    for p in tree:
-                        try:
-                            rss += p.memory_info().rss
-                        except psutil.NoSuchProcess:
-                            pass
-                    peak[0] = max(peak[0], rss / 1e9)
                 except psutil.NoSuchProcess:
                     return
+                total = {"rss": 0, "pss": 0}
+                for p in tree:
+                    try:
+                        m = p.memory_full_info()
+                    except psutil.NoSuchProcess:
+                        continue
+                    total["rss"] += m.rss
+                    total["pss"] += m.pss
+                for k, v in total.items():
+                    peak[k] = max(peak[k], v / 1e9)
                 time.sleep(0.2)
 
         th = threading.Thread(target=sample, daemon=True)
@@ -85,8 +89,9 @@ def timed(cmd: list[str], log: Path) -> dict[str, float]:
         th.join()
     if rc != 0:
         raise SystemExit(f"{' '.join(cmd[:3])} ... failed (exit {rc}); see {log}")
-    print(f"  {wall:7.1f} s  {peak[0]:5.2f} GB  {log.parent.name}/{log.stem}", flush=True)
-    return {"wall_s": round(wall, 2), "peak_rss_gb": round(peak[0], 3)}
+    where = f"{log.parent.name}/{log.stem}"
+    print(f"  {wall:7.1f} s  {peak['rss']:5.2f} GB RSS  {peak['pss']:5.2f} GB PSS  {where}", flush=True)
+    return {"wall_s": round(wall, 2), "peak_rss_gb": round(peak["rss"], 3), "peak_pss_gb": round(peak["pss"], 3)}
 
 
 def band_summary(
@@ -298,6 +303,7 @@ def table(results: dict[str, Any]) -> str:
         ("columns", lambda r: f"{r['columns']}"),
         ("end to end (wall, s)", lambda r: f"{sum(s['wall_s'] for s in r['steps'].values()):.1f}"),
         ("peak RSS (GB)", lambda r: f"{max(s['peak_rss_gb'] for s in r['steps'].values()):.2f}"),
+        ("peak PSS (GB)", lambda r: f"{max(s.get('peak_pss_gb', float('nan')) for s in r['steps'].values()):.2f}"),
         (
             "energy / force MAE (meV/atom, eV/Å)",
             lambda r: f"{1e3 * r['energy']['mae_mle']:.2f} / {r['force']['mae_mle']:.4f}",
