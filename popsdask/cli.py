@@ -526,7 +526,7 @@ def _calibrate(args: argparse.Namespace) -> None:
 
     post = Posterior.load(args.posterior)  # inputs are checked before any cluster starts
     ds = open_store(args.store)
-    check_calibration_inputs(post, ds, args.group_by, args.split, args.level, args.replace)
+    check_calibration_inputs(post, ds, args.group_by, args.split, args.level, args.replace, args.folds)
     if Path(args.output).exists() and not args.overwrite:
         raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
     with connect_from_args(args):
@@ -535,6 +535,7 @@ def _calibrate(args: argparse.Namespace) -> None:
             ds,
             args.output,
             group_by=args.group_by,
+            folds=args.folds,
             split=args.split,
             level=args.level,
             seed=args.seed,
@@ -840,9 +841,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="calibrated posterior to write")
     p.add_argument("--group-by", default=None, help="cross-conformal by this per-configuration variable (refits)")
     p.add_argument(
+        "--folds",
+        type=_number(2, kind=int),
+        default=None,
+        metavar="K",
+        help="cross-conformal by K seeded random folds of configurations (refits): for data like the "
+        "training set, where --group-by is for data unlike it",
+    )
+    p.add_argument(
         "--split",
         default=None,
-        help="split conformal on this split of the store (train, test, code); with --group-by: "
+        help="split conformal on this split of the store (train, test, code); with --group-by or --folds: "
         "cross-conformal on this split's configurations only (train or test)",
     )
     p.add_argument("--level", type=float, default=0.95, help="target coverage (default: %(default)s)")

@@ -25,8 +25,25 @@ from .store import SPLIT_CODES, open_store, select_split
 from .validation import InputError
 
 RANDOM_SPLIT = "(random split)"
+#: the per-configuration variable that holds :func:`random_folds` labels inside ``calibrate``
+RANDOM_FOLD = "random_fold"
 
-__all__ = ["RANDOM_SPLIT", "check_groups", "crossval_table", "leave_one_group_out", "rows_of_configurations"]
+__all__ = [
+    "RANDOM_SPLIT",
+    "check_groups",
+    "crossval_table",
+    "leave_one_group_out",
+    "random_folds",
+    "rows_of_configurations",
+]
+
+
+def random_folds(n_configurations: int, k: int, seed: int = 0) -> np.ndarray:
+    """Seeded fold labels 0 .. k-1 of ``n_configurations``: a random permutation dealt round
+    robin, so fold sizes differ by at most one."""
+    labels = np.empty(n_configurations, dtype=np.int64)
+    labels[np.random.default_rng(seed).permutation(n_configurations)] = np.arange(n_configurations) % k
+    return labels
 
 
 def rows_of_configurations(ds: xr.Dataset, keep: np.ndarray, label: str) -> xr.Dataset:
@@ -293,6 +310,7 @@ def calibrate(
     output: str | os.PathLike | None = None,
     *,
     group_by: str | None = None,
+    folds: int | None = None,
     split: str | int | None = None,
     level: float = 0.95,
     seed: int = 0,
@@ -310,6 +328,8 @@ def calibrate(
     output : where to save the calibrated posterior, optional
     group_by : cross-conformal by group: refit with the posterior's settings on every group but
         one (leave-one-group-out), and pool the left-out scores with each group weighted equally
+    folds : cross-conformal by ``folds`` seeded random folds of configurations (see
+        :func:`random_folds`) instead of groups: in distribution, for data like the training set
     split : split conformal on the configurations of the store's ``split`` ("train" 0, "test" 1,
         or another code) predicted by ``posterior`` itself; with ``group_by``: cross-conformal on
         the ``"train"`` (or ``"test"``) configurations only, e.g. those the posterior was fitted on
@@ -326,19 +346,27 @@ def calibrate(
     post = posterior if isinstance(posterior, Posterior) else Posterior.load(posterior)
     ds = store if isinstance(store, xr.Dataset) else open_store(store)
     where = ds.attrs.get("source", str(store))
-    check_calibration_inputs(post, ds, group_by, split, level, replace)
+    check_calibration_inputs(post, ds, group_by, split, level, replace, folds)
     if output is not None and Path(output).exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
+    by = group_by
+    if folds is not None:  # dealt among the configurations that have rows (in the split)
+        has = np.bincount(np.asarray(ds["config"].values), minlength=ds.sizes["configuration"]) > 0
+        if split is not None:
+            has &= _split_mask(ds, split)
+        labels = np.zeros(has.size, dtype=np.int64)
+        labels[has] = random_folds(int(has.sum()), folds, seed)
+        ds, by = ds.assign({RANDOM_FOLD: ("configuration", labels)}), RANDOM_FOLD
     # the folds or the prediction are scratch unless folds_dir asks to keep them
     with tempfile.TemporaryDirectory(prefix="popsdask-calibrate-") as scratch:
-        if group_by is not None:
+        if by is not None:
             if split is not None:
                 ds = select_split(ds, split)
             folds_path = Path(folds_dir or scratch)
             leave_one_group_out(
                 ds,
                 folds_path,
-                group_by=group_by,
+                group_by=by,
                 random_split=False,
                 ev_curve=None,
                 seed=seed,
@@ -347,7 +375,8 @@ def calibrate(
                 **refit_settings(post),
             )
             on = f" on split={split}" if split is not None else ""
-            cal = calibration_from_folds(load_folds(folds_path), level, f"cross-conformal by {group_by}{on}")
+            what = f"{folds} random folds of configurations" if folds is not None else group_by
+            cal = calibration_from_folds(load_folds(folds_path), level, f"cross-conformal by {what}{on}")
         else:
             rows = rows_of_configurations(ds, _split_mask(ds, split), f"split={split}")
             pred = predict_ensemble(post, rows, Path(scratch) / "p.zarr", seed=seed)
@@ -359,7 +388,9 @@ def calibrate(
     return out
 
 
-def check_calibration_inputs(post: Posterior, ds: xr.Dataset, group_by, split, level, replace) -> None:
+def check_calibration_inputs(
+    post: Posterior, ds: xr.Dataset, group_by, split, level, replace, folds: int | None = None
+) -> None:
     """One-line errors before any work: the calibration store, the choice and the level."""
     where = ds.attrs.get("source", "<store>")
     if post.calibration and not replace:
@@ -367,10 +398,13 @@ def check_calibration_inputs(post: Posterior, ds: xr.Dataset, group_by, split, l
             f"the posterior is already calibrated ({post.calibration.get('method')}, level "
             f"{post.calibration.get('level')}); pass --replace to recalibrate it"
         )
-    if group_by is None and split is None:
+    if group_by is None and folds is None and split is None:
         raise InputError(
-            "give --group-by (cross-conformal), --split (split conformal) or both (cross-conformal on that split)"
+            "give --group-by or --folds (cross-conformal by group or by random folds), --split (split "
+            "conformal) or one of the first two with --split (cross-conformal on that split)"
         )
+    if group_by is not None and folds is not None:
+        raise InputError(f"--group-by {group_by} and --folds {folds}: give one of them")
     if not 0.0 < float(level) < 1.0:
         raise InputError(f"--level {level}: must be in (0, 1)")
     p = int(ds["X"].shape[1]) + int(bool(post.settings.get("fit_intercept", False)))
@@ -378,7 +412,12 @@ def check_calibration_inputs(post: Posterior, ds: xr.Dataset, group_by, split, l
         raise InputError(f"{where}: {ds['X'].shape[1]} features, but the posterior has {post.n_features} parameters")
     if "y" not in ds:
         raise InputError(f"{where}: no references y to calibrate on")
-    if group_by is not None:
+    if folds is not None:
+        sub = ds if split is None else select_split(ds, split)
+        n = int(np.count_nonzero(np.bincount(np.asarray(sub["config"].values))))
+        if not 2 <= int(folds) <= n:
+            raise InputError(f"{where}: --folds {folds}: must be from 2 to {n}, the configurations with rows")
+    elif group_by is not None:
         check_groups(ds if split is None else select_split(ds, split), group_by)
     else:
         n = int(np.count_nonzero(_split_mask(ds, split)[np.asarray(ds["config"].values)]))

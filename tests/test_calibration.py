@@ -283,16 +283,7 @@ def test_cross_conformal_on_the_train_split_equals_a_train_only_store(grouped, t
     from popsdask.cli import main
     from popsdask.crossval import calibrate
 
-    _tmp, X, y, config, kind, group, n_atoms = grouped
-    tmp_path = tmp_path / "split"  # the fixture's store is in tmp_path
-    split = (np.arange(1200) % 10 >= 7).astype(np.int8)  # 30 % test configurations
-    conf = {"group": group, "n_atoms": n_atoms, "split": split}
-    write_store(tmp_path / "s.zarr", X, y, config=config, kind=kind, chunk_rows=700, configurations=conf)
-    keep = np.flatnonzero(split == 0)
-    rows = np.flatnonzero(split[config] == 0)
-    new_config = np.searchsorted(keep, config[rows])
-    write_store(tmp_path / "train.zarr", X[rows], y[rows], config=new_config, kind=kind[rows], chunk_rows=700,
-                configurations={"group": group[keep], "n_atoms": n_atoms[keep]})  # fmt: skip
+    tmp_path = _split_stores(grouped, tmp_path / "split")  # the fixture's store is in tmp_path
     post = fit(tmp_path / "train.zarr")
     post.save(tmp_path / "post.zarr")
     scratch = set(Path(tempfile.gettempdir()).glob("popsdask-calibrate-*"))
@@ -307,6 +298,65 @@ def test_cross_conformal_on_the_train_split_equals_a_train_only_store(grouped, t
     argv = ["calibrate", str(tmp_path / "post.zarr"), str(tmp_path / "s.zarr"), "--group-by", "group", "--split"]
     assert main([*argv, "train", "-o", str(out), "--n-workers", "1", "--quiet"]) == 0 and out.exists()
     assert main([*argv, "nosuch", "-o", str(tmp_path / "c2.zarr")]) == 2 and not (tmp_path / "c2.zarr").exists()
+
+
+def _split_stores(grouped, tmp_path: Path, train_configurations: dict | None = None) -> Path:
+    """``s.zarr``: the fixture's rows with 30 % test configurations; ``train.zarr``: its train
+    configurations alone (with ``train_configurations`` as extra per-configuration variables)."""
+    _tmp, X, y, config, kind, group, n_atoms = grouped
+    split = (np.arange(1200) % 10 >= 7).astype(np.int8)
+    conf = {"group": group, "n_atoms": n_atoms, "split": split}
+    write_store(tmp_path / "s.zarr", X, y, config=config, kind=kind, chunk_rows=700, configurations=conf)
+    keep = np.flatnonzero(split == 0)
+    rows = np.flatnonzero(split[config] == 0)
+    new_config = np.searchsorted(keep, config[rows])
+    conf = {"group": group[keep], "n_atoms": n_atoms[keep], **(train_configurations or {})}
+    write_store(tmp_path / "train.zarr", X[rows], y[rows], config=new_config, kind=kind[rows], chunk_rows=700,
+                configurations=conf)  # fmt: skip
+    return tmp_path
+
+
+def test_random_folds_are_seeded_and_balanced():
+    from popsdask.crossval import random_folds
+
+    labels = random_folds(1000, 7, seed=3)
+    assert np.array_equal(labels, random_folds(1000, 7, seed=3))
+    assert not np.array_equal(labels, random_folds(1000, 7, seed=4))
+    counts = np.bincount(labels)
+    assert counts.size == 7 and counts.max() - counts.min() <= 1 and counts.sum() == 1000
+
+
+def test_cross_conformal_by_random_folds_on_the_train_split(grouped, tmp_path, capsys):
+    """--folds K --split train is cross-conformal by K random folds of the train configurations:
+    the same scales as --group-by on a train-only store holding those fold labels."""
+    from popsdask.cli import main
+    from popsdask.crossval import calibrate, random_folds
+
+    labels = random_folds(840, 3, seed=1)  # the split's 840 train configurations, in order
+    tmp_path = _split_stores(grouped, tmp_path / "split", {"fold": labels})
+    post = fit(tmp_path / "train.zarr")
+    post.save(tmp_path / "post.zarr")
+    scratch = set(Path(tempfile.gettempdir()).glob("popsdask-calibrate-*"))
+    by_folds = calibrate(post, tmp_path / "s.zarr", folds=3, split="train", level=0.9, seed=1)
+    assert set(Path(tempfile.gettempdir()).glob("popsdask-calibrate-*")) == scratch
+    by_labels = calibrate(post, tmp_path / "train.zarr", group_by="fold", level=0.9, seed=1)
+    by_group = calibrate(post, tmp_path / "train.zarr", group_by="group", level=0.9, seed=1)
+    assert by_folds.calibration["kinds"] == by_labels.calibration["kinds"]
+    assert by_folds.calibration["kinds"] != by_group.calibration["kinds"]
+    assert by_folds.calibration["method"] == "cross-conformal by 3 random folds of configurations on split=train"
+    argv = ["calibrate", str(tmp_path / "post.zarr"), str(tmp_path / "s.zarr"), "--n-workers", "1", "--quiet"]
+    out = tmp_path / "c.zarr"
+    assert main([*argv, "--folds", "3", "--split", "train", "-o", str(out)]) == 0 and out.exists()
+    bad = {"--folds 1": "must be >= 2", "--folds 3 --group-by group": "give one of them", "--folds 1201": "2 to 1200"}
+    for flags, needle in bad.items():
+        capsys.readouterr()
+        try:
+            rc = main([*argv, *flags.split(), "-o", str(tmp_path / "c2.zarr")])
+        except SystemExit as exc:  # argparse's own errors
+            rc = exc.code
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and needle in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "c2.zarr").exists()
 
 
 def test_crossval_cli_bad_group_exits_2_before_any_cluster(grouped, tmp_path, capsys):
