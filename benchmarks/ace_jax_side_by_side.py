@@ -5,7 +5,9 @@ predictions and their POPS bands; each step runs as its own process and is timed
 the peak resident memory of its whole process tree (Dask workers included) sampled every 0.2 s.
 
 - **popsdask**: ``descriptors --descriptor ace`` (python-ace rows on Dask workers, with the seeded
-  70/30 split), ``fit --split train``, ``predict --split test --per-atom`` and ``report``.
+  70/30 split), ``fit --split train``, ``predict --split test --per-atom`` and ``report``; then,
+  each with its own test prediction, ``calibrate --split train`` cross-conformal by group (for
+  data unlike the training set) and by 5 random folds of configurations (for data like it).
 - **ace-jax** (``aj fit --uq pops``, in its own virtual environment, ``--ace-jax-python``): trained
   and tested on extxyz files holding exactly popsdask's train and test configurations (written
   untimed from the store's ``split``). ``aj fit`` has no flag for the POPS leverage percentile, so
@@ -124,12 +126,26 @@ def band_summary(
     return out
 
 
+#: the popsdask command line of this interpreter
+POPSDASK = [sys.executable, "-m", "popsdask.cli"]
+
+
+def cluster_flags(args: argparse.Namespace) -> list[str]:
+    """The same local cluster for every popsdask step: ``--n-workers`` one-thread workers."""
+    return ["--n-workers", str(args.n_workers), "--threads-per-worker", "1", "--memory-limit", "4GB", "--quiet"]
+
+
+def ev_on_rows(f: dict[str, np.ndarray], idx: np.ndarray) -> float:
+    """popsdask's force EV on the rows ``idx`` (those ace-jax's envelope was evaluated on)."""
+    env = band_summary(f["y"], f["mle"], f["std"], f["min"][idx], f["max"][idx], subset=idx)
+    return env["envelope_violation"]
+
+
 def run_popsdask(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """The four popsdask steps; per-step wall and peak RSS, and the test-split summaries."""
     d = out / "popsdask"
     d.mkdir(parents=True, exist_ok=True)
-    c = ["--n-workers", str(args.n_workers), "--threads-per-worker", "1", "--memory-limit", "4GB", "--quiet"]
-    pd = [sys.executable, "-m", "popsdask.cli"]
+    c, pd = cluster_flags(args), POPSDASK
     store, post, pred = d / "descriptors.zarr", d / "posterior.zarr", d / "pred.zarr"
     steps = {
         "descriptors": [
@@ -178,17 +194,24 @@ def run_popsdask(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return res
 
 
-def run_popsdask_calibrated(args: argparse.Namespace, out: Path, raw: dict[str, Any]) -> dict[str, Any]:
-    """The raw run plus ``calibrate --group-by group --split train`` (cross-conformal on the
-    training configurations only) and a prediction of the test split with the calibrated band."""
+#: the calibrations compared, each cross-conformal on the training configurations only:
+#: label -> (``popsdask calibrate`` flags, table column suffix)
+CALIBRATIONS = {
+    "group": (["--group-by", "group", "--split", "train"], "calibrated by group"),
+    "folds": (["--folds", "5", "--split", "train"], "calibrated by 5 random folds"),
+}
+
+
+def run_popsdask_calibrated(args: argparse.Namespace, out: Path, raw: dict[str, Any], label: str) -> dict[str, Any]:
+    """The raw run plus ``calibrate`` with the flags of ``CALIBRATIONS[label]`` and a prediction
+    of the test split with the calibrated band."""
     d = out / "popsdask"
-    c = ["--n-workers", str(args.n_workers), "--threads-per-worker", "1", "--memory-limit", "4GB", "--quiet"]
-    pd = [sys.executable, "-m", "popsdask.cli"]
-    store, cal, pred = d / "descriptors.zarr", d / "posterior-calibrated.zarr", d / "pred-calibrated.zarr"
-    group = ["--group-by", "group", "--split", "train", "--level", "0.95"]
+    c, pd = cluster_flags(args), POPSDASK
+    store, cal, pred = d / "descriptors.zarr", d / f"posterior-{label}.zarr", d / f"pred-{label}.zarr"
+    flags = [*CALIBRATIONS[label][0], "--level", "0.95"]
     steps = {
-        "calibrate": [*pd, "calibrate", str(d / "posterior.zarr"), str(store), *group, "-o", str(cal), *c],
-        "predict calibrated": [*pd, "predict", str(cal), str(store), "-o", str(pred), "--split", "test"]
+        f"calibrate {label}": [*pd, "calibrate", str(d / "posterior.zarr"), str(store), *flags, "-o", str(cal), *c],
+        f"predict {label}": [*pd, "predict", str(cal), str(store), "-o", str(pred), "--split", "test"]
         + ["--per-atom", "--n-samples", "500", "--ev-curve", "none", *c],
     }
     for path in (cal, pred):
@@ -362,20 +385,23 @@ def main() -> None:
         print("popsdask", flush=True)
         pd_res = run_popsdask(args, args.out)
         pd_json.write_text(json.dumps(pd_res, indent=2))
-    cal_json = args.out / "popsdask-calibrated.json"
-    if args.reuse_popsdask and cal_json.exists():
-        cal_res = json.loads(cal_json.read_text())
-    else:
-        cal_res = run_popsdask_calibrated(args, args.out, pd_res)
-        cal_json.write_text(json.dumps(cal_res, indent=2))
     name = f"popsdask ACE {args.ace_functions}"
-    results: dict[str, Any] = {name: pd_res, f"{name}, calibrated": cal_res}
+    results: dict[str, Any] = {name: pd_res}
+    preds = [(pd_res, "pred")]
+    for label, (_flags, suffix) in CALIBRATIONS.items():
+        cal_json = args.out / f"popsdask-{label}.json"
+        if args.reuse_popsdask and cal_json.exists():
+            cal_res = json.loads(cal_json.read_text())
+        else:
+            cal_res = run_popsdask_calibrated(args, args.out, pd_res, label)
+            cal_json.write_text(json.dumps(cal_res, indent=2))
+        results[f"{name}, {suffix}"] = cal_res
+        preds.append((cal_res, f"pred-{label}"))
     store = args.out / "popsdask" / "descriptors.zarr"
     split = xr_open(store)["split"].values
     train, test = args.out / "train.extxyz", args.out / "test.extxyz"
     write_sets(store, args.data, {train: split == 0, test: split == 1})
-    forces = [(r, popsdask_rows(args.out / "popsdask" / f"{p}.zarr")["force"]) for r, p in
-              ((pd_res, "pred"), (cal_res, "pred-calibrated"))]  # fmt: skip
+    forces = [(r, popsdask_rows(args.out / "popsdask" / f"{p}.zarr")["force"]) for r, p in preds]
     for lev in (float(x) for x in args.leverage.split(",")):
         print(f"ace-jax, leverage percentile {lev:g}", flush=True)
         aj = run_acejax(args, args.out / f"acejax-lev{lev:g}", train, test, lev)
@@ -383,9 +409,7 @@ def main() -> None:
         for r, f in forces:
             if f["y"].size != aj["force"]["n"]:
                 raise SystemExit(f"popsdask has {f['y'].size} test force rows, ace-jax {aj['force']['n']}")
-            # popsdask's envelope on the force rows ace-jax's envelope was evaluated on
-            on = band_summary(f["y"], f["mle"], f["std"], f["min"][idx], f["max"][idx], subset=idx)
-            r[f"force_ev_on_acejax_rows_lev{lev:g}"] = on["envelope_violation"]
+            r[f"force_ev_on_acejax_rows_lev{lev:g}"] = ev_on_rows(f, idx)
         results[f"ace-jax, leverage {lev:g}"] = aj
     (args.out / "side_by_side.json").write_text(json.dumps(results, indent=2))
     md = table(results)
@@ -397,10 +421,10 @@ def main() -> None:
 
 def leave_one_group_out(args: argparse.Namespace, store: Path, leverage: float) -> None:
     """``popsdask crossval --group-by group`` against one ace-jax fit per left-out group."""
-    c = ["--n-workers", str(args.n_workers), "--threads-per-worker", "1", "--memory-limit", "4GB", "--quiet"]
+    c = cluster_flags(args)
     cv = args.out / "popsdask" / "crossval"
     print("popsdask crossval", flush=True)
-    cmd = [sys.executable, "-m", "popsdask.cli", "crossval", str(store), "--group-by", "group", "--no-random-split"]
+    cmd = [*POPSDASK, "crossval", str(store), "--group-by", "group", "--no-random-split"]
     res: dict[str, Any] = {"popsdask": timed([*cmd, "-o", str(cv), *c, "--overwrite"], args.out / "crossval.log")}
     groups = xr_open(store)["group"].values.astype(str)
     names = sorted(set(groups))
@@ -414,13 +438,9 @@ def leave_one_group_out(args: argparse.Namespace, store: Path, leverage: float) 
         aj = run_acejax(args, d / f"acejax-{g}", d / f"{g}-train.extxyz", d / f"{g}-test.extxyz", leverage)
         res["acejax_steps"][g] = aj.pop("steps")["aj fit"]
         idx = np.asarray(aj.pop("force_envelope_rows"))
-        ds = xr_open(cv / g / "predictions.zarr")
-        kind = ds["kind"].values
-        f = {n: ds[n].values[kind == 1] for n in ("y", "mle", "std", "min", "max")}
+        f = popsdask_rows(cv / g / "predictions.zarr")["force"]
         mine = band_summary(f["y"], f["mle"], f["std"], f["min"], f["max"])
-        mine["ev_on_acejax_rows"] = band_summary(f["y"], f["mle"], f["std"], f["min"][idx], f["max"][idx], subset=idx)[
-            "envelope_violation"
-        ]
+        mine["ev_on_acejax_rows"] = ev_on_rows(f, idx)
         res["groups"][g] = {"popsdask": mine, "ace-jax": aj["force"]}
     res["leverage_pct"] = leverage
     (args.out / "logo.json").write_text(json.dumps(res, indent=2))
