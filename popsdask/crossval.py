@@ -351,9 +351,7 @@ def calibrate(
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
     by = group_by
     if folds is not None:  # dealt among the configurations that have rows (in the split)
-        has = np.bincount(np.asarray(ds["config"].values), minlength=ds.sizes["configuration"]) > 0
-        if split is not None:
-            has &= _split_mask(ds, split)
+        has = _configurations_with_rows(ds, split)
         labels = np.zeros(has.size, dtype=np.int64)
         labels[has] = random_folds(int(has.sum()), folds, seed)
         ds, by = ds.assign({RANDOM_FOLD: ("configuration", labels)}), RANDOM_FOLD
@@ -413,8 +411,9 @@ def check_calibration_inputs(
     if "y" not in ds:
         raise InputError(f"{where}: no references y to calibrate on")
     if folds is not None:
-        sub = ds if split is None else select_split(ds, split)
-        n = int(np.count_nonzero(np.bincount(np.asarray(sub["config"].values))))
+        if "config" not in ds.coords:
+            raise InputError(f"{where}: rows have no 'config' coordinate, so they cannot be dealt into folds")
+        n = int(np.count_nonzero(_configurations_with_rows(ds, split)))
         if not 2 <= int(folds) <= n:
             raise InputError(f"{where}: --folds {folds}: must be from 2 to {n}, the configurations with rows")
     elif group_by is not None:
@@ -423,6 +422,12 @@ def check_calibration_inputs(
         n = int(np.count_nonzero(_split_mask(ds, split)[np.asarray(ds["config"].values)]))
         if n < post.n_features:
             raise InputError(f"{where}: split={split} has {n} rows, fewer than the {post.n_features} features")
+
+
+def _configurations_with_rows(ds: xr.Dataset, split: str | None) -> np.ndarray:
+    """Per configuration: whether it has rows (in the ``"train"`` or ``"test"`` split, when given)."""
+    sub = ds if split is None else select_split(ds, split)
+    return np.bincount(np.asarray(sub["config"].values), minlength=ds.sizes.get("configuration", 0)) > 0
 
 
 def _split_mask(ds: xr.Dataset, split: str | int) -> np.ndarray:

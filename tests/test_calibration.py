@@ -357,6 +357,13 @@ def test_cross_conformal_by_random_folds_on_the_train_split(grouped, tmp_path, c
         err = capsys.readouterr().err.strip()
         assert rc == 2 and needle in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "c2.zarr").exists()
+    # a store written by plain xarray without a 'config' coordinate has nothing to deal
+    import xarray as xr
+
+    _tmp, X, y, *_ = grouped
+    xr.Dataset({"X": (("row", "feature"), X), "y": ("row", y)}).to_zarr(tmp_path / "plain.zarr")
+    with pytest.raises(InputError, match="no 'config' coordinate, so they cannot be dealt into folds"):
+        calibrate(post, tmp_path / "plain.zarr", folds=3)
 
 
 def test_crossval_cli_bad_group_exits_2_before_any_cluster(grouped, tmp_path, capsys):
