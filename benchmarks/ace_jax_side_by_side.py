@@ -101,7 +101,7 @@ def band_summary(
 ) -> dict[str, float]:
     """MAE, envelope violation, |error|/std and ±4σ coverage of one row kind (``lo``/``hi``: the
     envelope in the same frame as ``y``, on the rows ``subset`` when given, else on all rows)."""
-    from popsdask.calibration import band_metrics, kind_tolerance, nll_floor
+    from popsdask.calibration.metrics import band_metrics, kind_tolerance, nll_floor
 
     tol, floor = kind_tolerance(y), nll_floor(y, mle)
     idx = np.arange(y.size) if subset is None else subset

@@ -93,7 +93,7 @@ def prepare_store(workdir: Path, n: int, dtype: str) -> Path:
     """Descriptor store of the first ``n`` rows (written chunk by chunk from the memmap)."""
     import dask.array as da
 
-    from popsdask.store import is_complete, write_store
+    from popsdask.io.store import is_complete, write_store
 
     path = store_path(workdir, n, dtype)
     if is_complete(path):
@@ -141,7 +141,7 @@ def _rss_gb() -> float:
 @contextlib.contextmanager
 def _pass_timer(timeline: list[tuple[str, float]]):
     """Record (label, seconds) for every ``passes.compute``/``persist`` call inside the block."""
-    from popsdask import passes
+    from popsdask.engine import passes
 
     compute0, persist0 = passes.compute, passes.persist
 
@@ -174,7 +174,7 @@ def _case_fit(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     n, dtype, case = spec["n"], spec["dtype"], spec["case"]
     out: dict[str, Any] = {}
     if case == "popsdask-zarr":
-        from popsdask.estimator import fit
+        from popsdask.engine.estimator import fit
 
         path = store_path(workdir, n, dtype)
         timeline: list[tuple[str, float]] = []
@@ -197,7 +197,7 @@ def _case_fit(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
             out["wall_s"] = time.perf_counter() - t
         out["trace"] = float(np.trace(G))
     elif case == "popsdask-array":
-        from popsdask.estimator import fit
+        from popsdask.engine.estimator import fit
 
         timeline = []
         with _pass_timer(timeline):
@@ -219,8 +219,8 @@ def _case_fit(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 
 def _case_ensemble(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    from popsdask.posterior import Posterior
-    from popsdask.predictions import predict_ensemble
+    from popsdask.engine.posterior import Posterior
+    from popsdask.engine.predictions import predict_ensemble
 
     post = Posterior.load(workdir / "posterior.zarr")
     target = Path(spec["scratch"]) / f"pred-{spec['n']}.zarr"
@@ -236,17 +236,17 @@ def _case_ensemble(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 def _case_ensemble_floor(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """The floor of ``ensemble``: its matmuls and the raw write of its prediction bytes."""
-    from popsdask.chunkread import read_chunk
-    from popsdask.posterior import DEFAULT_N_SAMPLES, Posterior
-    from popsdask.predictions import BLOCK_BYTES
-    from popsdask.store import open_store
+    from popsdask.engine.posterior import DEFAULT_N_SAMPLES, Posterior
+    from popsdask.engine.predictions import BLOCK_BYTES
+    from popsdask.io.chunkread import read_chunk
+    from popsdask.io.store import open_store
 
     post = Posterior.load(workdir / "posterior.zarr")
     delta = post.perturbations(DEFAULT_N_SAMPLES, "uniform", 0)
     # the prediction also forms X·U once per row (the exact box of the hypercube)
     right = np.hstack([post.coef_[:, None], delta.T, post.basis_])
     layout = open_store(store_path(workdir, spec["n"], "float64"))["X"].data
-    from popsdask.chunkread import chunk_refs
+    from popsdask.io.chunkread import chunk_refs
 
     refs = chunk_refs(layout)
     assert refs is not None
@@ -309,8 +309,8 @@ def _case_envelope(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     X, path = _envelope_data(spec)
     out: dict[str, Any] = {"rss_loaded_gb": _rss_gb()}
     if spec["case"] == "envelope":
-        from popsdask.posterior import Posterior
-        from popsdask.predictions import correction_range
+        from popsdask.engine.posterior import Posterior
+        from popsdask.engine.predictions import correction_range
 
         f = X.shape[1]
         post = Posterior(
@@ -337,15 +337,15 @@ def _case_envelope(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 def _case_ooc(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     import dask.array as da
+    from popsdask.runtime.cluster import connect
 
-    from popsdask.cluster import connect
-    from popsdask.estimator import fit
-    from popsdask.store import open_store
+    from popsdask.engine.estimator import fit
+    from popsdask.io.store import open_store
 
     path = Path(spec["store"])
     out: dict[str, Any] = {}
     with connect(n_workers=2, threads_per_worker=1, memory_limit="4GB", quiet=True) as client:
-        X = open_store(path)["X"].data  # chunk files read directly (popsdask.chunkread)
+        X = open_store(path)["X"].data  # chunk files read directly (popsdask.io.chunkread)
         Xz = da.from_zarr(str(path / "X"))  # zarr's own reader
         out["x_gb"] = X.nbytes / 1e9
         out["chunks"] = [int(X.chunks[0][0]), int(X.numblocks[0])]
@@ -631,7 +631,7 @@ def _write_ooc_store(path: Path, rows: int, p: int, seed: int = 1) -> float:
     """Generate a float32 store chunk by chunk (in a child, threaded scheduler); return seconds."""
     code = (
         "import sys, numpy as np, dask.array as da\n"
-        "from popsdask.store import write_store\n"
+        "from popsdask.io.store import write_store\n"
         "n, p, seed, path = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]\n"
         "c = 65536\n"
         "theta = np.random.default_rng(seed).standard_normal(p)\n"
@@ -656,8 +656,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     import psutil
 
-    from popsdask.estimator import fit
-    from popsdask.store import is_complete, open_store
+    from popsdask.engine.estimator import fit
+    from popsdask.io.store import is_complete, open_store
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Nested leave-one-group-out check of a std band with a spread exponent (not adopted).
 
-The std band of :mod:`popsdask.recalibration` is ``t·(σ + γ)``. This script tries
+The std band of :mod:`popsdask.calibration.conformal` is ``t·(σ + γ)``. This script tries
 ``t·(σ + γ)^p · m^(1−p)`` (m = the calibration rows' median σ, so units are kept). p and
 γ = β·m are chosen as the library chooses β: the narrowest mean band at the worst group's
 conformal quantile. Each held-out group is calibrated from the *other* groups' fold
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from popsdask.calibration.conformal import OFFSETS, conformal_quantile
+from popsdask.calibration.metrics import symmetry_zeros
 from scipy.stats import norm
 
-from popsdask.calibration import symmetry_zeros
-from popsdask.recalibration import OFFSETS, conformal_quantile
-from popsdask.store import KIND_CODES
+from popsdask.io.store import KIND_CODES
 
 
 def fold_rows(crossval: Path, kind: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:

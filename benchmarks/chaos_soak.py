@@ -35,7 +35,7 @@ persisted on the workers, so they are not queued: each worker is assigned about 
 pass, and every kill also loses the leverage blocks it held, recomputed from the store. A fit
 that lives through many kills (a loaded machine: 15 and 50 kills) then sees some task assigned
 to 4 killed workers. popsdask's LocalCluster now allows 20
-(:data:`popsdask.cluster.LOCAL_ALLOWED_FAILURES`); ``--allowed-failures 3`` reproduces dask's
+(:data:`popsdask.runtime.cluster.LOCAL_ALLOWED_FAILURES`); ``--allowed-failures 3`` reproduces dask's
 default.
 
 Results: ``WORKDIR/chaos-soak.json`` and ``WORKDIR/chaos-soak.md`` (also printed; each run
@@ -89,7 +89,7 @@ def store_bytes(rows: int, p: int) -> int:
 
 
 def prepare(workdir: Path, rows: int, p: int, seed: int, keep: bool) -> tuple[Path, float]:
-    from popsdask.store import is_complete, open_store
+    from popsdask.io.store import is_complete, open_store
 
     path = workdir / f"chaos-{rows}x{p}-seed{seed}.zarr"
     if keep and is_complete(path) and open_store(path)["X"].shape == (rows, p):
@@ -268,7 +268,7 @@ def task_counter(scheduler: Any) -> Any:
 # ---------------------------------------------------------------------------- a fit
 def timed_fit(client: Any, store: Path, timeout: float) -> tuple[Any, float, str | None]:
     """popsdask.fit(store) in a thread, with a deadline; (posterior or None, seconds, error)."""
-    from popsdask.estimator import fit
+    from popsdask.engine.estimator import fit
 
     box: dict[str, Any] = {}
 
@@ -459,8 +459,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import dask
     import distributed
-
-    from popsdask.cluster import connect
+    from popsdask.runtime.cluster import connect
 
     scheduler_kwargs = {} if args.allowed_failures is None else {"allowed_failures": args.allowed_failures}
     workdir = Path(args.workdir).resolve()

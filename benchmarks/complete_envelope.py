@@ -2,7 +2,7 @@
 
 The envelope of an ``ensemble`` posterior over all its corrections is a (rows × corrections ×
 features) product reduced to a min and a max per row. popsdask computes it blockwise on Dask
-(``popsdask.predictions.correction_range``, rows × 2048-correction blocks); the floor is the same
+(``popsdask.engine.predictions.correction_range``, rows × 2048-correction blocks); the floor is the same
 products by numpy, block by block, reduced in place, on the same threads.
 
     python benchmarks/complete_envelope.py --rows 30000 --corrections 50000 --features 120 --repeats 3
@@ -39,7 +39,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     from popsdask import Posterior
-    from popsdask.predictions import correction_range
+    from popsdask.engine.predictions import correction_range
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(args.rows, args.features))

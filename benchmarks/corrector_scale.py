@@ -89,13 +89,13 @@ def synthetic_arrays(args: argparse.Namespace, first_block: int, n: int):
 def pipeline(args: argparse.Namespace) -> dict:
     """store → fit → predict (runs in the measured child process)."""
     import popsdask
-    from popsdask.predictions import predict_ensemble
+    from popsdask.engine.predictions import predict_ensemble
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     half = args.rows // 2
     if args.scheduler == "local":
-        from popsdask.cluster import connect
+        from popsdask.runtime.cluster import connect
 
         ctx = connect("local", n_workers=args.workers, threads_per_worker=1, quiet=True, memory_limit=args.memory_limit)
     else:

@@ -15,8 +15,9 @@ import json
 import time
 from pathlib import Path
 
+from popsdask.atomistic.descriptors.snap import SnapSettings
+
 from popsdask.atomistic.configurations import read_configurations
-from popsdask.atomistic.snap import SnapSettings
 
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tungsten-dft" / "W_dft.extxyz.xz"
 
@@ -40,7 +41,7 @@ def main() -> None:
     cfgs = read_configurations(args.data, elements=["W"], index=f"::{args.every}").configurations
     families = [(f"qSNAP 2J={args.twojmax}", SnapSettings(twojmax=args.twojmax))]
     if args.ace_functions:
-        from popsdask.atomistic.ace import AceSettings
+        from popsdask.atomistic.descriptors.ace import AceSettings
 
         families += [(f"ACE {n}", AceSettings.from_size(["W"], n)) for n in args.ace_functions]
     out = {"configurations": len(cfgs), "atoms": sum(c.n_atoms for c in cfgs)}

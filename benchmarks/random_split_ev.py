@@ -12,7 +12,7 @@ DFT store of ``examples/tungsten_dft.py``):
    evidence's number of observations and sets the prior strength λ/α. ``--scales`` fits
    popsdask with ``c · w`` for each c (c = N/Σw is the √w-scaled convention of question 1).
 
-Every band is judged with :func:`popsdask.calibration.band_metrics` (the report's tolerances;
+Every band is judged with :func:`popsdask.calibration.metrics.band_metrics` (the report's tolerances;
 energies per atom), with the std and envelope of 500 posterior samples in both packages::
 
     python benchmarks/random_split_ev.py w-dft/descriptors.zarr --scales 0.1,0.3,1,3 --out ev.json
@@ -25,10 +25,10 @@ import json
 import time
 
 import numpy as np
+from popsdask.calibration.metrics import band_metrics, kind_tolerance, nll_floor
 
 from popsdask import POPSRegressor, open_store
-from popsdask.calibration import band_metrics, kind_tolerance, nll_floor
-from popsdask.store import KIND_CODES, SPLIT_CODES
+from popsdask.io.store import KIND_CODES, SPLIT_CODES
 
 COLUMNS = (
     "mae_mle",

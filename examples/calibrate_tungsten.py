@@ -6,7 +6,7 @@ leave-one-group-out run of ``popsdask crossval w-dft/descriptors.zarr --group-by
     python examples/calibrate_tungsten.py --run w-dft --crossval crossval --out calibration
 
 1. Each left-out group of the crossval run is calibrated from the *other* groups' folds only
-   (``popsdask.crossval.calibrated_crossval``): the held-out table.
+   (``popsdask.evaluation.crossval.calibrated_crossval``): the held-out table.
    Then the same bands shrunk by one factor f: can any uniform rescale meet both ±4σ ≥ 99 %
    and mean |err|/σ ≥ 0.5 in every group (``rescale_table``)?
 2. The stored train split's posterior is calibrated on the train configurations only, by
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import popsdask
 from popsdask.atomistic.split import select_split
-from popsdask.crossval import calibrate, calibrated_crossval
-from popsdask.predictions import predict_ensemble
+from popsdask.engine.predictions import predict_ensemble
+from popsdask.evaluation.crossval import calibrate, calibrated_crossval
 
 KEYS = ("envelope_violation", "coverage_4sigma", "mean_abs_error_over_std", "median_abs_error_over_std")
 

@@ -30,8 +30,7 @@ QUANTITIES = ("bcc_volume", "hcp_volume", "volume_ratio", "hcp_bcc_energy", "for
 
 def _settings(run: Path):
     import xarray as xr
-
-    from popsdask.atomistic.snap import SnapSettings
+    from popsdask.atomistic.descriptors.snap import SnapSettings
 
     attrs = xr.open_zarr(run / "descriptors.zarr", consolidated=False).attrs
     return SnapSettings.from_attrs(attrs["snap"])
@@ -128,7 +127,7 @@ def main() -> None:
     ap.add_argument("--max-wall", type=float, default=1800.0, help="stop brute force after this (s, whole run)")
     args = ap.parse_args()
 
-    from popsdask.posterior import Posterior
+    from popsdask.engine.posterior import Posterior
     from popsdask.properties.implicit import (
         mle_expansions_phases,
         mle_expansions_vacancy,

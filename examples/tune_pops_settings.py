@@ -1,10 +1,10 @@
 """Tune POPS settings with dask-ml's GridSearchCV, leave-one-group-out, on the W DFT store.
 
 POPS settings do not change ``coef_``, so R² cannot rank them; the search ranks the
-uncertainty band instead, with the scorers of :mod:`popsdask.scoring` (greater is better):
+uncertainty band instead, with the scorers of :mod:`popsdask.evaluation.scoring` (greater is better):
 ``neg_ev_gap`` = -|EV - 5 %| (refit on it), ``neg_interval_score`` (in units of each kind's
 RMSE), ``neg_nll`` and ``neg_miscalibration_area``, each the mean of the energy and the force
-rows (told apart by the atom-count column, :class:`popsdask.scoring.KindByColumns`). Every
+rows (told apart by the atom-count column, :class:`popsdask.evaluation.scoring.KindByColumns`). Every
 candidate is fitted with one group of configurations left out (``LeaveOneGroupOut`` on the
 store's per-configuration ``group``) and scored on it: the out-of-distribution question.
 
@@ -22,7 +22,7 @@ The store is built by ``examples/tungsten_dft.py``::
    ``percentile_clipping``, with ``POPSRegressor(reuse_statistics=True)``: the settings only
    change passes 2–4, so each fold's Gram is computed once per worker.
 3. ``--calibration``: a second search over the calibration level of
-   :class:`popsdask.estimator.CalibratedPOPSRegressor` (split conformal on a quarter of the
+   :class:`popsdask.engine.estimator.CalibratedPOPSRegressor` (split conformal on a quarter of the
    training configurations, per row kind) with the chosen POPS settings.
 4. Prints the score table (mean ± std over the left-out groups), the best settings, and the
    best and default settings' scores on the test split; writes them to ``--outdir``.
@@ -67,7 +67,7 @@ REUSE_GRID = [
 def thin(ds, max_configurations: int, seed: int):
     """The rows of at most ~``max_configurations`` configurations of ``ds``, the same share of
     each group (at least 5 of a group, or all it has), seeded."""
-    from popsdask.crossval import rows_of_configurations
+    from popsdask.evaluation.crossval import rows_of_configurations
 
     used = np.unique(np.asarray(ds["config"].values))
     if not max_configurations or used.size <= max_configurations:
@@ -86,7 +86,7 @@ def thin(ds, max_configurations: int, seed: int):
 def scorers() -> dict[str, Any]:
     """The four UQ scorers by row kind, and -EV of the forces alone (target 0: the plain EV,
     to show on which side of the target a band is)."""
-    from popsdask.scoring import KindByColumns, make_uq_scorer, uq_scorers
+    from popsdask.evaluation.scoring import KindByColumns, make_uq_scorer, uq_scorers
 
     kinds = KindByColumns()
     force_ev = make_uq_scorer("envelope_violation", target=0.0, row_kind=kinds, kinds=["force"])
@@ -128,7 +128,7 @@ def search(estimator, grid, arrays, client, fit_params) -> Any:
 
 def test_scores(estimators: dict[str, Any], test) -> dict[str, dict[str, Any]]:
     """Per estimator and row kind: EV, ±4σ coverage, mean |err|/σ, widths and the scores."""
-    from popsdask.scoring import KindByColumns, band_by_kind
+    from popsdask.evaluation.scoring import KindByColumns, band_by_kind
 
     X, y = test["X"], test["y"]
     out = {}
@@ -142,8 +142,8 @@ def test_scores(estimators: dict[str, Any], test) -> dict[str, dict[str, Any]]:
 
 def measure_reuse(train_ds, client, repeat: int) -> dict[str, Any]:
     """Seconds of fitting REUSE_GRID on the whole train split, without and with reuse."""
-    from popsdask import passes
-    from popsdask.estimator import POPSRegressor
+    from popsdask.engine import passes
+    from popsdask.engine.estimator import POPSRegressor
 
     times: dict[str, list[list[float]]] = {"without": [], "with": []}
     for _ in range(repeat):
@@ -181,11 +181,12 @@ def main() -> None:
     if not Path(args.store).exists():
         sys.exit(f"{args.store}: no store; build one with python examples/tungsten_dft.py --outdir DIR")
 
+    from popsdask.runtime.cluster import connect
+
     from popsdask import KIND_CODES, open_store
     from popsdask.atomistic.split import select_split
-    from popsdask.cluster import connect
-    from popsdask.estimator import CalibratedPOPSRegressor, POPSRegressor
-    from popsdask.scoring import KindByColumns, search_data
+    from popsdask.engine.estimator import CalibratedPOPSRegressor, POPSRegressor
+    from popsdask.evaluation.scoring import KindByColumns, search_data
 
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)

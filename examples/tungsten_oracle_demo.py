@@ -17,8 +17,8 @@ import argparse
 import json
 import time
 
-from popsdask.atomistic.demo import run_tungsten_demo
-from popsdask.cluster import connect
+from popsdask.demo.tungsten import run_tungsten_demo
+from popsdask.runtime.cluster import connect
 
 
 def main() -> None:

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 import xarray as xr
+from popsdask.atomistic.descriptors.snap import SnapSettings
+from popsdask.runtime.cluster import connect
 
-from popsdask.atomistic.snap import SnapSettings
-from popsdask.cluster import connect
 from popsdask.properties.runner import PROPERTIES, run_properties
 from popsdask.properties.tables import write_report
 

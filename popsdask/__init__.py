@@ -5,27 +5,27 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .validation import InputError
+from .core.validation import InputError
 
 __version__ = "0.1.0"
 
 # attributes import their module on first use, so that ``popsdask --help`` and input errors of
 # the command line do not wait for xarray, scikit-learn and the Dask array stack
 _LAZY = {
-    "KIND_CODES": ".store",
-    "open_store": ".store",
-    "write_store": ".store",
-    "POPSRegressor": ".estimator",
-    "fit": ".estimator",
-    "Posterior": ".posterior",
-    "predict_ensemble": ".predictions",
+    "KIND_CODES": ".io.store",
+    "open_store": ".io.store",
+    "write_store": ".io.store",
+    "POPSRegressor": ".engine.estimator",
+    "fit": ".engine.estimator",
+    "Posterior": ".engine.posterior",
+    "predict_ensemble": ".engine.predictions",
 }
 
 if TYPE_CHECKING:
-    from .estimator import POPSRegressor, fit
-    from .posterior import Posterior
-    from .predictions import predict_ensemble
-    from .store import KIND_CODES, open_store, write_store
+    from .engine.estimator import POPSRegressor, fit
+    from .engine.posterior import Posterior
+    from .engine.predictions import predict_ensemble
+    from .io.store import KIND_CODES, open_store, write_store
 
 
 def __getattr__(name: str) -> Any:

@@ -16,11 +16,11 @@ from typing import Any, NoReturn
 import numpy as np
 
 from . import __version__
-from .calibration import EV_CURVE_SAMPLES
-from .cluster import add_cluster_arguments, connect_from_args
-from .parameters import add_arguments as add_pops_arguments
-from .parameters import check_arguments as check_pops_args
-from .validation import InputError
+from .calibration.metrics import EV_CURVE_SAMPLES
+from .core.parameters import add_arguments as add_pops_arguments
+from .core.parameters import check_arguments as check_pops_args
+from .core.validation import InputError
+from .runtime.cluster import add_cluster_arguments, connect_from_args
 
 EV_CURVE = ",".join(str(v) for v in EV_CURVE_SAMPLES)
 
@@ -77,7 +77,7 @@ SPLIT_HELP = (
 
 def _open_rows(path: str, split: str | None, *, require_y: bool) -> Any:
     """Open (metadata only, arrays lazy) and check a descriptor store, then select its split."""
-    from .store import open_store, select_split
+    from .io.store import open_store, select_split
 
     ds = open_store(path, require_y=require_y)
     return ds if split is None else select_split(ds, split)
@@ -86,8 +86,8 @@ def _open_rows(path: str, split: str | None, *, require_y: bool) -> Any:
 def _fit(args: argparse.Namespace) -> None:
     import shutil
 
-    from .estimator import fit
-    from .store import output_lock
+    from .engine.estimator import fit
+    from .io.store import output_lock
 
     out = _refuse_existing(args.output, args.overwrite)
     check_pops_args(args)  # before any cluster starts
@@ -123,14 +123,14 @@ def _fit(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from .posterior import Posterior
-    from .predictions import predict_ensemble
+    from .engine.posterior import Posterior
+    from .engine.predictions import predict_ensemble
 
     out = _refuse_existing(args.output, args.overwrite)
     post = Posterior.load(args.posterior)
     data = _open_rows(args.store, args.split, require_y=False)
     if args.per_atom:
-        from .predictions import per_atom_energy_rows
+        from .engine.predictions import per_atom_energy_rows
 
         data = per_atom_energy_rows(data)
     n_features = data.sizes["feature"] + int(bool(post.settings.get("fit_intercept", False)))
@@ -139,7 +139,7 @@ def _predict(args: argparse.Namespace) -> None:
             f"{args.store}/X: {data.sizes['feature']} features, but the posterior {args.posterior} has "
             f"{post.n_features} parameters"
         )
-    from .store import output_lock
+    from .io.store import output_lock
 
     with output_lock(out), connect_from_args(args):  # a second predict of the same output exits 2 at once
         ds = predict_ensemble(
@@ -156,15 +156,15 @@ def _predict(args: argparse.Namespace) -> None:
         )
     print(f"wrote {dict(ds['prediction'].sizes)} predictions -> {args.output}")
     if "metrics" in ds.attrs:
-        from .report import metrics_table
+        from .evaluation.report import metrics_table
 
         print(metrics_table(json.loads(ds.attrs["metrics"])))
 
 
 def _check_predictions(path: Path) -> None:
     """Refuse what is not a complete prediction store with metrics, naming what it is instead."""
-    from .predictions import PREDICTION_FORMAT
-    from .store import STORE_FORMAT, check_safe_group, write_state
+    from .engine.predictions import PREDICTION_FORMAT
+    from .io.store import STORE_FORMAT, check_safe_group, write_state
 
     if not path.exists():
         raise InputError(f"{path}: no such prediction store")
@@ -186,8 +186,8 @@ def _check_predictions(path: Path) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from .report import write_report
-    from .store import atomic_directory, commit_directory, discard_directory
+    from .evaluation.report import write_report
+    from .io.store import atomic_directory, commit_directory, discard_directory
 
     src = Path(args.predictions)
     out = Path(args.output) if args.output else Path(str(src.with_suffix("")) + "-report")
@@ -231,7 +231,7 @@ def _weights(text: str) -> Any:
 
 def _snap_settings(args: argparse.Namespace, elements: tuple[str, ...]) -> Any:
     """SnapSettings of ``popsdask descriptors``: per-element radii and weights, optional ZBL."""
-    from .atomistic.snap import SnapSettings, zbl_reference
+    from .atomistic.descriptors.snap import SnapSettings, zbl_reference
 
     for flag, values in (("--radii", args.radii), ("--element-weights", args.element_weights)):
         if values is not None and len(values) != len(elements):
@@ -262,7 +262,7 @@ def _ace_size(args: argparse.Namespace) -> tuple[int, float]:
 def _ace_settings(args: argparse.Namespace, size: tuple[int, float]) -> Any:
     """AceSettings of ``--ace-basis`` or, with ``--elements``, of the size preset; None when the
     preset's elements come from the configurations."""
-    from .atomistic.ace import NO_VIRIAL, AceSettings, require_pyace
+    from .atomistic.descriptors.ace import NO_VIRIAL, AceSettings, require_pyace
 
     require_pyace()
     if args.virial:
@@ -289,7 +289,7 @@ def _descriptors(args: argparse.Namespace) -> None:
     files = expand_paths(args.configs)  # a missing path or an empty pattern fails here, at once
     pod = None
     if args.descriptor == "pod":  # the POD parameter file is checked before the (slow) read
-        from .atomistic.pod import PodSettings
+        from .atomistic.descriptors.pod import PodSettings
 
         if args.pod_param is None:
             raise InputError("--descriptor pod needs --pod-param FILE (a POD parameter file, e.g. Ta_param.pod)")
@@ -325,7 +325,7 @@ def _descriptors(args: argparse.Namespace) -> None:
     print(f"[popsdask] {res.summary()} from {len(files)} file(s) in {time.perf_counter() - t0:.1f} s", flush=True)
     found = tuple(args.elements or sorted({s for c in cfgs for s in c.symbols}))
     if args.descriptor == "ace" and pod is None:  # a size preset over the elements found
-        from .atomistic.ace import AceSettings
+        from .atomistic.descriptors.ace import AceSettings
 
         pod = AceSettings.from_size(found, ace_size[0], rcut=ace_size[1])
     settings = pod or _snap_settings(args, found)
@@ -358,7 +358,7 @@ def _descriptors(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     if args.tungsten:
         try:
-            from .atomistic.demo import run_tungsten_demo
+            from .demo.tungsten import run_tungsten_demo
         except ImportError as err:
             raise SystemExit(f"popsdask demo --tungsten needs the atomistic extra: {err}") from err
         with connect_from_args(args) as client:
@@ -368,10 +368,10 @@ def _demo(args: argparse.Namespace) -> None:
             )
         print(json.dumps(result, indent=2, default=str))
         return
-    from .demo import ROWS_PER_CONFIG, write_demo_stores
-    from .estimator import fit
-    from .predictions import predict_ensemble
-    from .report import write_report
+    from .demo.morse import ROWS_PER_CONFIG, write_demo_stores
+    from .engine.estimator import fit
+    from .engine.predictions import predict_ensemble
+    from .evaluation.report import write_report
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -412,7 +412,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _properties(args: argparse.Namespace) -> None:
-    from .atomistic.descriptors import backend_from_store
+    from .atomistic.descriptors.base import backend_from_store
     from .properties.runner import PROPERTIES, ROUTES, run_properties
     from .properties.tables import write_report
 
@@ -487,8 +487,8 @@ def _properties(args: argparse.Namespace) -> None:
 
 
 def _crossval(args: argparse.Namespace) -> None:
-    from .crossval import check_groups, leave_one_group_out
-    from .store import open_store
+    from .evaluation.crossval import check_groups, leave_one_group_out
+    from .io.store import open_store
 
     check_pops_args(args)  # inputs are checked before any cluster starts
     ds = open_store(args.store)
@@ -520,9 +520,9 @@ def _crossval(args: argparse.Namespace) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> None:
-    from .crossval import calibrate, check_calibration_inputs
-    from .posterior import Posterior
-    from .store import open_store
+    from .engine.posterior import Posterior
+    from .evaluation.crossval import calibrate, check_calibration_inputs
+    from .io.store import open_store
 
     post = Posterior.load(args.posterior)  # inputs are checked before any cluster starts
     ds = open_store(args.store)
@@ -566,8 +566,8 @@ def _ev_curve(text: str) -> tuple[int, ...] | None:
 def _export(args: argparse.Namespace) -> None:
     import re
 
-    from .posterior import Posterior
-    from .store import open_store
+    from .engine.posterior import Posterior
+    from .io.store import open_store
 
     out = _refuse_existing(args.output, args.overwrite)
     post = Posterior.load(args.posterior)
@@ -577,7 +577,7 @@ def _export(args: argparse.Namespace) -> None:
     except InputError as err:
         raise InputError(f"{err} (the descriptor store of {args.posterior}; pass --descriptors STORE)") from err
     try:
-        from .atomistic.descriptors import backend_from_attrs
+        from .atomistic.descriptors.base import backend_from_attrs
         from .atomistic.members import export_members
     except ImportError as err:
         raise InputError(

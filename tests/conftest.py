@@ -30,7 +30,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def local_client():
-    from popsdask.cluster import connect
+    from popsdask.runtime.cluster import connect
 
     with connect("local", n_workers=2, threads_per_worker=1, memory_limit="1GB", quiet=True) as client:
         yield client

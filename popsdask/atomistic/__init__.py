@@ -9,10 +9,11 @@ calculator), :mod:`.oracle` (teacher and generated configurations), :mod:`.point
 (Fig. 3 report), :mod:`.demo` (``run_tungsten_demo``).
 """
 
+from .calculator import LammpsCalculator
 from .configurations import Configuration, ReadResult, read_configurations, read_extxyz, read_fitsnap_json
 from .descriptor_store import build_descriptor_store, compute_parts
-from .export import LammpsCalculator, snap_calculator, write_snap_potential
-from .snap import SnapSettings, snap_rows
+from .descriptors.snap import SnapSettings, snap_rows
+from .descriptors.snap_files import snap_calculator, write_snap_potential
 from .split import select_split, split_configurations
 from .weights import WeightSettings, paper_weights
 

@@ -1,7 +1,7 @@
 """The LAMMPS-backed ASE calculator: any LAMMPS pair style evaluated on the process's instance.
 
 :class:`LammpsCalculator` runs a fitted qSNAP potential (built by
-:func:`popsdask.atomistic.snap_files.snap_calculator`) and the teacher potentials shipped with
+:func:`popsdask.atomistic.descriptors.snap_files.snap_calculator`) and the teacher potentials shipped with
 LAMMPS alike, so what is measured is what LAMMPS computes.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
-from ..validation import InputError
+from ..core.validation import InputError
 from .configurations import Configuration
 from .lammps_backend import NKTV2P, get_session, lammps_box
 

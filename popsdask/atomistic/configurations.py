@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..validation import InputError
+from ..core.validation import InputError
 from .lammps_backend import NKTV2P, lammps_box
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Build a descriptor store from configurations, in parallel over Dask workers, resumably.
 
-The rows come from any :class:`~popsdask.atomistic.descriptors.DescriptorBackend` (qSNAP
-:class:`~popsdask.atomistic.snap.SnapSettings`, ...).
+The rows come from any :class:`~popsdask.atomistic.descriptors.base.DescriptorBackend` (qSNAP
+:class:`~popsdask.atomistic.descriptors.snap.SnapSettings`, ...).
 
 Two stages:
 
@@ -15,9 +15,9 @@ Two stages:
    parts into the store with :func:`popsdask.write_store` (atomic: the store appears complete
    or not at all). The parts directory is removed afterwards unless ``keep_parts``.
 
-Both stages hold the store's :func:`popsdask.store.output_lock`, so a second build of a store
+Both stages hold the store's :func:`popsdask.io.store.output_lock`, so a second build of a store
 whose parts another process is computing, resuming or writing is refused at once
-(:class:`popsdask.store.OutputLocked`, one line; ``popsdask descriptors`` exits 2) instead of
+(:class:`popsdask.io.store.OutputLocked`, one line; ``popsdask descriptors`` exits 2) instead of
 deleting or replacing that build's parts.
 
 Validation happens before any LAMMPS work: an invalid configuration raises
@@ -40,12 +40,12 @@ from typing import Any
 import dask
 import numpy as np
 
-from ..parts import Parts, read_npz
-from ..store import output_lock
-from ..validation import InputError
+from ..core.validation import InputError
+from ..engine.parts import Parts, read_npz
+from ..io.store import output_lock
 from .configurations import Configuration, validate_configuration
-from .descriptors import DescriptorBackend, check_backend
-from .snap import RowBlock
+from .descriptors.base import DescriptorBackend, check_backend
+from .descriptors.snap import RowBlock
 from .split import SPLIT_CODES, split_configurations
 from .weights import WeightSettings, element_reference_energies, paper_weights
 
@@ -155,7 +155,7 @@ def compute_parts(
     Raises
     ------
     OutputLocked
-        When another process holds the store's :func:`popsdask.store.output_lock` (building it,
+        When another process holds the store's :func:`popsdask.io.store.output_lock` (building it,
         or computing its parts).
     """
     with output_lock(path):  # the store's lock: one process computes or resumes its parts at a time
@@ -277,7 +277,7 @@ def build_descriptor_store(
     path : store directory (Zarr v3)
     configurations : labelled configurations (energies and forces)
     settings : the descriptor (:class:`SnapSettings` or any other backend of
-        :mod:`popsdask.atomistic.descriptors`)
+        :mod:`popsdask.atomistic.descriptors.base`)
     virial : add 6 virial rows per configuration: True, False, or ``"auto"`` (where a stress is
         present)
     weights : eq. 9 settings (default a = 2 eV, b = 50 eV/Å), or ``"none"`` for a store without

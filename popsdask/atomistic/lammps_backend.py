@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..validation import InputError
+from ..core.validation import InputError
 
 __all__ = [
     "NKTV2P",

@@ -4,7 +4,7 @@ LAMMPS input that runs a user's input once per member and collects a thermo quan
 The members are θ = coef + δθ with δθ from :meth:`popsdask.Posterior.perturbations`, the same
 seeded draws as :func:`popsdask.predict_ensemble` for the same ``n``, ``method`` and ``seed``,
 so member ``k`` here is sample ``k - 1`` of a prediction store. The directory is written beside
-its target and renamed into place (:func:`popsdask.store.atomic_group` semantics for a plain
+its target and renamed into place (:func:`popsdask.io.store.atomic_group` semantics for a plain
 directory): it appears complete or not at all.
 
 Layout of ``DIR``::
@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from ..posterior import Posterior
-from ..store import atomic_directory, commit_directory, discard_directory
-from ..validation import InputError
-from .descriptors import DescriptorBackend
+from ..core.validation import InputError
+from ..engine.posterior import Posterior
+from ..io.store import atomic_directory, commit_directory, discard_directory
+from .descriptors.base import DescriptorBackend
 
 __all__ = ["ENSEMBLE_INPUT", "export_members", "member_thetas"]
 
@@ -78,7 +78,7 @@ def export_members(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write the MLE and ``n_members`` posterior members as potential files (``pair_style snap``
-    for SNAP; any :class:`~popsdask.atomistic.descriptors.DescriptorBackend`).
+    for SNAP; any :class:`~popsdask.atomistic.descriptors.base.DescriptorBackend`).
 
     Parameters
     ----------

@@ -23,9 +23,9 @@ from typing import Any
 import dask
 import numpy as np
 
-from ..validation import InputError
+from ..core.validation import InputError
+from .calculator import LammpsCalculator
 from .configurations import Configuration
-from .export import LammpsCalculator
 from .lammps_backend import get_session, lammps_box, potentials_dir
 
 __all__ = [

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..posterior import Posterior
-from ..predictions import per_atom_energy_rows, predict_ensemble
-from ..report import write_report
+from ..engine.posterior import Posterior
+from ..engine.predictions import per_atom_energy_rows, predict_ensemble
+from ..evaluation.report import write_report
 
 __all__ = ["per_atom_energy_rows", "pointwise_report"]
 

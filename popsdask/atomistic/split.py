@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ..store import SPLIT_CODES, select_split
-from ..validation import InputError
+from ..core.validation import InputError
+from ..io.store import SPLIT_CODES, select_split
 
 __all__ = ["SPLIT_CODES", "select_split", "split_configurations"]  # select_split lives in the core
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..validation import InputError
+from ..core.validation import InputError
 
 __all__ = ["WeightSettings", "element_reference_energies", "paper_weights"]
 

@@ -23,11 +23,11 @@ from typing import Any
 import dask
 import numpy as np
 
-from ..parts import Parts, batch_spans
-from ..passes import compute, persist
-from ..runtime import current_client, progress_bar
-from ..store import atomic_group
-from ..validation import InputError
+from ..core.validation import InputError
+from ..engine.parts import Parts, batch_spans
+from ..engine.passes import compute, persist
+from ..io.store import atomic_group
+from ..runtime.client import current_client, progress_bar
 from .base import Extractor, worker_model
 from .structures import element_counts, elements_of, read_structures, reference_energy
 
@@ -178,7 +178,7 @@ def build_store(
     Notes
     -----
     Computations run on the current Dask client if there is one (use
-    :func:`popsdask.cluster.connect` for worker processes; one model instance per process),
+    :func:`popsdask.runtime.cluster.connect` for worker processes; one model instance per process),
     else on Dask's threaded scheduler, where calls to the one model take turns.
     """
     items, from_files = _checked_structures(structures, batch_size)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..validation import InputError
+from ..core.validation import InputError
 
 __all__ = ["read_structures", "reference_energy", "element_counts", "elements_of"]
 

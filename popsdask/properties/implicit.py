@@ -23,7 +23,7 @@ per-sample variable ``method`` says which route produced each value.
 :func:`run_implicit` is what :func:`popsdask.properties.runner.run_properties` dispatches to for
 ``route="implicit"`` (``popsdask properties --route implicit``): one call per property for all
 members, since the point of the route is one expansion shared by every member. The pure
-expansion math (:func:`popsdask.atomistic.implicit.expand`) lives in the atomistic layer.
+expansion math (:func:`popsdask.atomistic.implicit_diff.expand`) lives in the atomistic layer.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..atomistic.implicit import Expansion, expand
-from ..atomistic.snap import SnapSettings
-from ..validation import InputError
+from ..atomistic.descriptors.snap import SnapSettings
+from ..atomistic.implicit_diff import Expansion, expand
+from ..core.validation import InputError
 from .cells import bcc_guess
 from .phases import compute as compute_phases
 from .phases import relax_in_symmetry

@@ -1,14 +1,14 @@
 """A potential as a small picklable value: a qSNAP θ with its settings, or a teacher by name.
 
 :class:`Potential` is what the property suite sends to Dask workers: θ (a few hundred floats),
-its descriptor (:class:`~popsdask.atomistic.snap.SnapSettings` or any other
-:class:`~popsdask.atomistic.descriptors.DescriptorBackend`), or the name of a potential shipped
+its descriptor (:class:`~popsdask.atomistic.descriptors.snap.SnapSettings` or any other
+:class:`~popsdask.atomistic.descriptors.base.DescriptorBackend`), or the name of a potential shipped
 with LAMMPS. The potential files are written once per process on first use, into a cache
 directory keyed by label and a hash of θ, so the same member evaluated many times (a
 relaxation, an EOS, a path) touches the disk once.
 
 Where it runs: a potential whose descriptor backend runs in this process's LAMMPS
-(:func:`~popsdask.atomistic.descriptors.runs_in_lammps`; SNAP, POD and the teachers) is run by
+(:func:`~popsdask.atomistic.descriptors.base.runs_in_lammps`; SNAP, POD and the teachers) is run by
 LAMMPS itself, any other (ACE without ML-PACE) through its backend's ASE calculator;
 :attr:`Potential.in_lammps` tells :mod:`~popsdask.properties.relax` which route to take, and
 ``engine="ase"`` forces the ASE route (a check of that route against LAMMPS's own minimiser).
@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from ..atomistic.calculator import LammpsCalculator
-from ..atomistic.descriptors import DescriptorBackend, backend_from_store, runs_in_lammps
-from ..validation import InputError
+from ..atomistic.descriptors.base import DescriptorBackend, backend_from_store, runs_in_lammps
+from ..core.validation import InputError
 
 __all__ = [
     "DEFAULT_REFERENCES",
@@ -157,7 +157,7 @@ class Potential:
     def calculator(self) -> Any:
         """A new ASE calculator of this potential: a :class:`LammpsCalculator` on the process's
         LAMMPS instance, or, for a backend that does not run in LAMMPS, the backend's own
-        (:meth:`~popsdask.atomistic.descriptors.DescriptorBackend.calculator`), its files
+        (:meth:`~popsdask.atomistic.descriptors.base.DescriptorBackend.calculator`), its files
         written once per process."""
         if self.runs_in_lammps:
             return LammpsCalculator(self.pair_commands(), self.elements, self.masses, label=self.label)
@@ -211,7 +211,7 @@ def members_from_posterior(
 
     Parameters
     ----------
-    posterior : :class:`popsdask.posterior.Posterior` or a path to a saved one
+    posterior : :class:`popsdask.engine.posterior.Posterior` or a path to a saved one
     settings : the descriptor settings of the posterior's features
     n_samples : number of samples (0 for the MLE alone)
     seed, method : passed to :meth:`Posterior.sample`
@@ -221,7 +221,7 @@ def members_from_posterior(
     -------
     list of :class:`Potential` labelled ``"mle"``, ``"sample-0000"``, ``"sample-0001"``, ...
     """
-    from ..posterior import Posterior
+    from ..engine.posterior import Posterior
 
     if not isinstance(posterior, Posterior):
         posterior = Posterior.load(posterior)
@@ -247,9 +247,9 @@ def resolve_members(
 
     Parameters
     ----------
-    posterior_or_members : a :class:`~popsdask.posterior.Posterior`, its path, or a list of
+    posterior_or_members : a :class:`~popsdask.engine.posterior.Posterior`, its path, or a list of
         :class:`Potential` (returned as given)
-    settings : the descriptor (e.g. :class:`~popsdask.atomistic.snap.SnapSettings`) or a descriptor
+    settings : the descriptor (e.g. :class:`~popsdask.atomistic.descriptors.snap.SnapSettings`) or a descriptor
         store whose attrs hold it (with a posterior)
     n_samples, seed, sampling : the draw (:func:`members_from_posterior`; ``sampling`` is
         :meth:`Posterior.sample`'s ``method``)

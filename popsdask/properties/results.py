@@ -2,7 +2,7 @@
 
 Both routes (:mod:`.runner`'s brute-force resampling and :mod:`.implicit`) write every result
 Dataset — a (member, property) part or a combined ``<property>.zarr`` — with
-:func:`write_results`, through :func:`popsdask.store.atomic_group`.
+:func:`write_results`, through :func:`popsdask.io.store.atomic_group`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import xarray as xr
 
-from ..store import atomic_group
+from ..io.store import atomic_group
 
 __all__ = ["open_results", "write_results"]
 

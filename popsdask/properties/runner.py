@@ -2,7 +2,7 @@
 
 Every finished (member, property) is written at once, atomically, as its own small Zarr group
 ``<store>/parts/<property>/<label>.zarr`` (staged, marked complete, renamed into place, as
-:mod:`popsdask.store` does), so a run interrupted at any point resumes without recomputing what
+:mod:`popsdask.io.store` does), so a run interrupted at any point resumes without recomputing what
 finished: parts marked complete and computed with the same options are skipped. A task never
 raises: an exception becomes a part holding only the reason, and a non-converged item is NaN plus
 its ``status`` from the property module; a worker that dies is recorded the same way by the
@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..runtime import ProgressCounter, current_client
-from ..store import is_complete
-from ..validation import InputError
+from ..core.validation import InputError
+from ..io.store import is_complete
+from ..runtime.client import ProgressCounter, current_client
 from .implicit import run_implicit
 from .potential import Potential, default_reference, reference_potential, resolve_members
 from .results import open_results, write_results
@@ -250,7 +250,7 @@ def run_resample(
 
     Parameters
     ----------
-    posterior_or_members : a :class:`~popsdask.posterior.Posterior`, its path, or a list of
+    posterior_or_members : a :class:`~popsdask.engine.posterior.Posterior`, its path, or a list of
         :class:`Potential` (labels ``"mle"`` and others; used as given)
     settings : :class:`SnapSettings` or a descriptor store whose attrs hold them (with a posterior)
     properties : names in :data:`PROPERTIES`
@@ -259,7 +259,7 @@ def run_resample(
     reference : include the reference potential (True: the default of the members' element,
         :data:`~.potential.DEFAULT_REFERENCES`; or a teacher name)
     client : Dask client; None uses the current one, else one is started with
-        :func:`popsdask.cluster.connect`; ``"sync"`` runs in this process
+        :func:`popsdask.runtime.cluster.connect`; ``"sync"`` runs in this process
     options : per-property keyword arguments of ``compute`` (e.g. ``{"phases": {"n_eos": 5}}``)
     progress : print a progress line
     method : deprecated spelling of ``sampling``
@@ -294,7 +294,7 @@ def run_resample(
     own = None
     cl = client if client is not None else current_client()
     if cl is None:
-        from ..cluster import connect
+        from ..runtime.cluster import connect
 
         own = connect(quiet=not progress)
         cl = own.__enter__()

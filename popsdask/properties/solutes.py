@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..validation import InputError
+from ..core.validation import InputError
 from .cells import bcc_guess, bcc_supercell, ground_state
 from .interstitials import classify, interstitial_cell
 from .phases import PROTOTYPES, build_phase, relax_in_symmetry

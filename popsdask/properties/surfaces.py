@@ -17,7 +17,7 @@ when an atom moved more than ``max_displacement``), not dropped.
 
 The default ``thickness`` of 12 Å (7 to 33 planes) converges γ of the teacher to 0.2 mJ/m²:
 from 12 to 18 and 24 Å no facet changes by more than 1.6e-4 J/m²
-(``tests/test_properties_defects.py`` compares two thicknesses).
+(``tests/properties/test_defects.py`` compares two thicknesses).
 """
 
 from __future__ import annotations

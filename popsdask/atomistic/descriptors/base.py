@@ -1,0 +1,193 @@
+"""The descriptor protocol: what a family of linear-in-θ descriptors provides, and its registry.
+
+A descriptor backend (qSNAP :class:`~popsdask.atomistic.descriptors.snap.SnapSettings` today) is a small,
+frozen, picklable value holding the descriptor hyper-parameters. It gives
+
+* the design rows of one configuration (energy, 3N force and optional 6 virial rows) as a
+  :class:`~popsdask.atomistic.descriptors.snap.RowBlock` (:meth:`DescriptorBackend.rows`);
+* ``n_features`` and :meth:`~DescriptorBackend.feature_names` (the columns, θ's order);
+* the store attributes recording it, ``{"descriptor": {"backend": NAME, "settings": {...}}}``
+  (:meth:`~DescriptorBackend.store_attrs`), from which :func:`backend_from_attrs` rebuilds it;
+* for any coefficient vector θ: potential files (:meth:`~DescriptorBackend.write_potential`),
+  their LAMMPS pair commands (:meth:`~DescriptorBackend.pair_commands`) and an ASE calculator
+  (:meth:`~DescriptorBackend.calculator`);
+* optionally ``runs_in_lammps()``: whether this process's LAMMPS can run those pair commands
+  (without it: yes). :func:`runs_in_lammps` asks it; the property suite runs the potentials of a
+  backend that answers no through its ASE calculator instead (ACE without ML-PACE).
+
+**Adding a backend** is one module in :mod:`popsdask.atomistic` named after the backend (e.g.
+``pod.py``) defining a class with these members and calling ``register_backend("pod", PodSettings)``
+at import. :func:`backend_from_attrs` imports ``popsdask.atomistic.<name>`` when a store names a
+backend not yet registered.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from ...core.validation import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..calculator import LammpsCalculator
+    from ..configurations import Configuration
+    from ..lammps_backend import LammpsSession
+    from .snap import RowBlock
+
+__all__ = [
+    "DescriptorBackend",
+    "backend_from_attrs",
+    "backend_from_store",
+    "backend_names",
+    "get_backend",
+    "register_backend",
+    "runs_in_lammps",
+]
+
+
+@runtime_checkable
+class DescriptorBackend(Protocol):
+    """What every descriptor family provides (see the module docstring)."""
+
+    #: registry name, recorded in the store's ``descriptor.backend`` attribute
+    backend: str
+    #: chemical symbols, LAMMPS types 1..n in this order
+    elements: tuple[str, ...]
+
+    @property
+    def n_features(self) -> int: ...
+
+    def feature_names(self) -> list[str]: ...
+
+    def atom_masses(self) -> tuple[float, ...]: ...
+
+    def key(self) -> str:
+        """A string identifying the settings (hashes of resumable parts, potential caches)."""
+        ...
+
+    def rows(
+        self,
+        cfg: Configuration,
+        *,
+        virial: bool = False,
+        config_index: int = 0,
+        session: LammpsSession | None = None,
+    ) -> RowBlock:
+        """Design rows, targets (minus any reference part) and reference of one configuration."""
+        ...
+
+    def to_attrs(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> DescriptorBackend: ...
+
+    def store_attrs(self) -> dict[str, Any]:
+        """Attributes of a descriptor store of these rows, including ``descriptor``."""
+        ...
+
+    def potential_paths(self, prefix: str | os.PathLike) -> dict[str, Path]:
+        """The files :meth:`write_potential` writes under ``prefix`` (``mod`` last)."""
+        ...
+
+    def write_potential(self, theta: Any, prefix: str | os.PathLike, *, comment: str = "") -> dict[str, Path]:
+        """Write θ as potential files plus ``<prefix>.mod`` (its LAMMPS commands)."""
+        ...
+
+    def pair_commands(self, paths: Mapping[str, str | os.PathLike]) -> list[str]:
+        """LAMMPS ``pair_style``/``pair_coeff`` commands of the files ``paths``."""
+        ...
+
+    def calculator(
+        self, theta: Any, directory: str | os.PathLike | None = None, *, label: str = "potential"
+    ) -> LammpsCalculator:
+        """ASE calculator of θ (through LAMMPS, or the backend's own evaluator)."""
+        ...
+
+
+def runs_in_lammps(backend: Any) -> bool:
+    """Whether this process's LAMMPS runs ``backend``'s pair commands.
+
+    A backend answers with its optional ``runs_in_lammps()`` method (e.g. ACE: only a LAMMPS
+    with ML-PACE); a backend without one runs in LAMMPS (SNAP, POD).
+    """
+    ask = getattr(backend, "runs_in_lammps", None)
+    return True if ask is None else bool(ask())
+
+
+_REGISTRY: dict[str, type] = {}
+
+
+def register_backend(name: str, cls: type) -> type:
+    """Register the descriptor class ``cls`` under ``name`` (its store attrs' ``backend``)."""
+    if not name.isidentifier():
+        raise ValueError(f"descriptor backend name {name!r} must be an identifier")
+    old = _REGISTRY.get(name)
+    if old is not None and old is not cls:
+        raise ValueError(f"descriptor backend {name!r} is already registered ({old.__qualname__})")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def backend_names() -> list[str]:
+    """Names of the registered backends (the built-in ones imported first)."""
+    for name in _BUILTIN:
+        _import(name)
+    return sorted(_REGISTRY)
+
+
+#: backends shipped with popsdask, each in ``popsdask.atomistic.<name>``
+_BUILTIN: tuple[str, ...] = ("snap", "pod", "ace")
+
+
+def _import(name: str) -> None:
+    if name in _REGISTRY or not name.isidentifier():
+        return
+    try:
+        importlib.import_module(f"{__package__}.{name}")
+    except ModuleNotFoundError as err:
+        if err.name != f"{__package__}.{name}":
+            raise
+
+
+def get_backend(name: str) -> type:
+    """The class registered as ``name`` (importing ``popsdask.atomistic.<name>`` if needed)."""
+    _import(name)
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise InputError(f"unknown descriptor backend {name!r}; available: {backend_names()}") from None
+
+
+def backend_from_attrs(attrs: Mapping[str, Any], where: str = "store") -> DescriptorBackend:
+    """Rebuild the descriptor of a store from its attributes.
+
+    Reads ``attrs["descriptor"] = {"backend": NAME, "settings": {...}}``; stores written before
+    the protocol (``descriptor`` a plain string) fall back to their ``snap`` attribute.
+    """
+    desc = attrs.get("descriptor")
+    if isinstance(desc, Mapping) and "backend" in desc:
+        cls = get_backend(str(desc["backend"]))
+        return cls.from_attrs(desc.get("settings", {}))  # type: ignore[attr-defined,no-any-return]
+    if "snap" in attrs:
+        return get_backend("snap").from_attrs(attrs["snap"])  # type: ignore[attr-defined,no-any-return]
+    raise InputError(
+        f"{where}: no 'snap' attribute with the SNAP settings, nor a 'descriptor' attribute naming a "
+        "descriptor backend; use a store made by popsdask descriptors"
+    )
+
+
+def backend_from_store(path: str | os.PathLike) -> DescriptorBackend:
+    """The descriptor of the store at ``path``, opened with :func:`popsdask.io.store.open_store`."""
+    from ...io.store import open_store
+
+    return backend_from_attrs(open_store(path, require_y=False).attrs, where=str(path))
+
+
+def check_backend(obj: Any, where: str = "descriptor") -> DescriptorBackend:
+    """``obj`` if it implements :class:`DescriptorBackend`, else an InputError."""
+    if not isinstance(obj, DescriptorBackend):
+        raise InputError(f"{where}: {type(obj).__name__} does not implement the descriptor protocol")
+    return obj

@@ -1,0 +1,448 @@
+"""qSNAP design rows of one configuration, from LAMMPS's ``compute snap``.
+
+Rows (``1 + 3N`` or ``1 + 3N + 6`` per configuration) and columns (parameters θ):
+
+* **energy row**: bispectrum components summed over atoms (``compute snap`` row 0), with a
+  leading constant column per element holding that element's atom count, so that its
+  coefficient is the per-atom reference energy (``β0`` of the ``.snapcoeff`` file);
+* **3N force rows** (atom-major: atom 0 x, y, z, atom 1 x, ...): ``θ·row`` is the force (eV/Å);
+* **6 virial rows** (optional; Voigt xx, yy, zz, yz, xz, xy): ``θ·row`` is the virial
+  ``W = -σ V`` (eV) with σ the ASE stress.
+
+The column order per element is ``[count, B_1..B_K, quadratic terms]`` exactly as the
+coefficients of a ``.snapcoeff`` file, so a fitted θ is exported without reordering; the
+quadratic columns carry LAMMPS's ½ on the diagonal terms, as ``pair_style snap`` does.
+
+When a reference pair style is set (e.g. ZBL), its energy, forces and virial (``compute
+snap``'s last column; the virial arrives in pressure units and is converted) are subtracted
+from the targets and returned as ``reference``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from ...core.validation import InputError
+from ..configurations import Configuration
+from ..lammps_backend import NKTV2P, LammpsSession, get_session, lammps_box
+from .base import register_backend
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..calculator import LammpsCalculator
+
+__all__ = ["SnapSettings", "RowBlock", "default_masses", "n_bispectrum", "snap_rows", "zbl_reference"]
+
+
+def default_masses(elements: Sequence[str]) -> tuple[float, ...]:
+    """ASE's atomic masses of the chemical symbols ``elements``."""
+    from ase.data import atomic_masses
+
+    return tuple(float(atomic_masses[_atomic_number(e)]) for e in elements)
+
+
+def _atomic_number(symbol: str) -> int:
+    from ase.data import atomic_numbers
+
+    try:
+        return int(atomic_numbers[symbol])
+    except KeyError:
+        raise InputError(f"unknown chemical symbol {symbol!r}") from None
+
+
+def zbl_reference(elements: Sequence[str], inner: float = 4.0, outer: float = 4.8) -> dict[str, Any]:
+    """``reference_style``/``reference_coeffs`` of a ZBL baseline for every pair of ``elements``.
+
+    One ``pair_coeff I J Z_I Z_J`` per type pair (I <= J) with the nuclear charges of the
+    elements, as the W–Be SNAP of Wood et al. (PRB 2019) defines it: a ``* * Z Z`` line would
+    give every element the first one's charge.
+    """
+    if not 0 < inner < outer:
+        raise InputError(f"ZBL cutoffs: need 0 < inner < outer (got {inner}, {outer})")
+    z = [_atomic_number(e) for e in elements]
+    coeffs = tuple(f"{i + 1} {j + 1} {z[i]} {z[j]}" for i in range(len(z)) for j in range(i, len(z)))
+    return {"reference_style": f"zbl {inner!r} {outer!r}", "reference_coeffs": coeffs}
+
+
+def _type_range(token: str, n: int, where: str) -> range:
+    """Types of a LAMMPS pair_coeff type token (``*``, ``2``, ``1*2``, ``*2``, ``2*``)."""
+    try:
+        if "*" not in token:
+            return range(int(token), int(token) + 1)
+        lo, hi = token.split("*")
+        return range(int(lo) if lo else 1, (int(hi) if hi else n) + 1)
+    except ValueError:
+        raise InputError(f"{where}: bad type {token!r} in reference_coeffs") from None
+
+
+def _check_zbl(elements: Sequence[str], coeffs: Sequence[str]) -> None:
+    """Every type's ZBL self charge must be its element's atomic number (a wrong charge is a
+    silently wrong baseline, e.g. ``* * 74 74`` for W and Be)."""
+    n = len(elements)
+    for c in coeffs:
+        tok = c.split()
+        if len(tok) < 4:
+            raise InputError(f"reference_coeffs {c!r}: ZBL needs 'I J Z_I Z_J'")
+        ti, tj = _type_range(tok[0], n, c), _type_range(tok[1], n, c)
+        try:
+            zi, zj = float(tok[2]), float(tok[3])
+        except ValueError:
+            raise InputError(f"reference_coeffs {c!r}: Z_I Z_J must be numbers") from None
+        for a in ti:
+            for b in (b for b in tj if b >= a):  # LAMMPS sets the pairs I <= J
+                if not (1 <= a <= n and 1 <= b <= n):
+                    raise InputError(f"reference_coeffs {c!r}: type outside 1..{n} ({list(elements)})")
+                want = (_atomic_number(elements[a - 1]), _atomic_number(elements[b - 1]))
+                if (zi, zj) != want:
+                    raise InputError(
+                        f"reference_coeffs {c!r}: types {a} {b} are {elements[a - 1]} {elements[b - 1]} "
+                        f"(Z = {want[0]} {want[1]}), not Z = {tok[2]} {tok[3]}; use zbl_reference(elements)"
+                    )
+
+
+def n_bispectrum(twojmax: int) -> int:
+    """Number of linear bispectrum components of one element (LAMMPS's ``ncoeff``)."""
+    n = 0
+    for j1 in range(twojmax + 1):
+        for j2 in range(j1 + 1):
+            for j in range(j1 - j2, min(twojmax, j1 + j2) + 1, 2):
+                if j >= j1:
+                    n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class SnapSettings:
+    """Descriptor hyper-parameters and the optional reference pair style.
+
+    Parameters
+    ----------
+    elements : chemical symbols, LAMMPS types 1..n in this order
+    radii, element_weights : SNAP per-element radius and neighbour weight
+    twojmax, rcutfac, rfac0, rmin0 : SNAP hyper-parameters (LAMMPS ``compute snap``)
+    quadratic, switchflag, bzeroflag : LAMMPS flags
+    reference_style : e.g. ``"zbl 4.0 4.8"``, or None for no baseline
+    reference_coeffs : pair_coeff arguments of the reference, e.g. ``("* * 74 74",)``
+    masses : atomic masses (default: ASE's)
+    """
+
+    elements: tuple[str, ...] = ("W",)
+    radii: tuple[float, ...] = (0.5,)
+    element_weights: tuple[float, ...] = (1.0,)
+    twojmax: int = 6
+    rcutfac: float = 4.73442
+    rfac0: float = 0.99363
+    rmin0: float = 0.0
+    quadratic: bool = True
+    switchflag: bool = True
+    bzeroflag: bool = False
+    reference_style: str | None = None
+    reference_coeffs: tuple[str, ...] = ()
+    masses: tuple[float, ...] | None = field(default=None, compare=False)
+
+    #: the descriptor protocol's registry name (:mod:`popsdask.atomistic.descriptors.base`)
+    backend: ClassVar[str] = "snap"
+
+    def __post_init__(self) -> None:
+        n = len(self.elements)
+        if n == 0 or len(self.radii) != n or len(self.element_weights) != n:
+            raise InputError(
+                f"SnapSettings: {n} elements but {len(self.radii)} radii and {len(self.element_weights)} weights"
+            )
+        if len(set(self.elements)) != n:
+            raise InputError(f"SnapSettings: elements {list(self.elements)} repeat a symbol")
+        if self.masses is None:  # masses come from the symbols: each must be one
+            for e in self.elements:
+                _atomic_number(e)
+        if self.twojmax < 0 or self.rcutfac <= 0:
+            raise InputError(f"SnapSettings: twojmax={self.twojmax}, rcutfac={self.rcutfac}")
+        if self.reference_style and not self.reference_coeffs:
+            raise InputError(f"SnapSettings: reference_style {self.reference_style!r} needs reference_coeffs")
+        if self.reference_style and self.reference_style.split()[0] == "zbl":
+            _check_zbl(self.elements, self.reference_coeffs)
+
+    # -- sizes and names ----------------------------------------------------------------
+    @property
+    def n_linear(self) -> int:
+        return n_bispectrum(self.twojmax)
+
+    @property
+    def n_descriptors(self) -> int:
+        """Columns of one element's block in ``compute snap`` (linear + quadratic)."""
+        k = self.n_linear
+        return k + (k * (k + 1) // 2 if self.quadratic else 0)
+
+    @property
+    def n_features(self) -> int:
+        """Parameters θ: per element one constant column plus the descriptor block."""
+        return len(self.elements) * (1 + self.n_descriptors)
+
+    def feature_names(self) -> list[str]:
+        k = self.n_linear
+        names = []
+        for el in self.elements:
+            names.append(f"{el}:beta0")
+            names += [f"{el}:B{i}" for i in range(k)]
+            if self.quadratic:
+                names += [f"{el}:B{i}*B{j}" for i in range(k) for j in range(i, k)]
+        return names
+
+    @property
+    def cutoff(self) -> float:
+        return 2.0 * self.rcutfac * max(self.radii)
+
+    def atom_masses(self) -> tuple[float, ...]:
+        return tuple(self.masses) if self.masses is not None else default_masses(self.elements)
+
+    # -- LAMMPS text -------------------------------------------------------------------
+    def _flags(self) -> str:
+        return (
+            f"rmin0 {self.rmin0!r} bzeroflag {int(self.bzeroflag)} "
+            f"quadraticflag {int(self.quadratic)} switchflag {int(self.switchflag)}"
+        )
+
+    def compute_command(self, compute_id: str = "snap") -> str:
+        radii = " ".join(repr(float(r)) for r in self.radii)
+        wts = " ".join(repr(float(w)) for w in self.element_weights)
+        return (
+            f"compute {compute_id} all snap {self.rcutfac!r} {self.rfac0!r} {self.twojmax} "
+            f"{radii} {wts} {self._flags()}"
+        )
+
+    def reference_commands(self, hybrid_prefix: str) -> tuple[str, list[str]]:
+        """(pair_style fragment, pair_coeff commands) of the reference, for hybrid/overlay."""
+        assert self.reference_style
+        name = self.reference_style.split()[0]
+        coeffs = []
+        for c in self.reference_coeffs:
+            tok = c.split()
+            coeffs.append(f"pair_coeff {tok[0]} {tok[1]} {name} {' '.join(tok[2:])}")
+        return self.reference_style, coeffs
+
+    def descriptor_pair_commands(self) -> list[str]:
+        """Pair style under ``compute snap``: ``zero`` (neighbour list) plus the reference."""
+        cut = self.cutoff + 1e-6
+        if not self.reference_style:
+            return [f"pair_style zero {cut!r}", "pair_coeff * *"]
+        style, coeffs = self.reference_commands("")
+        return [f"pair_style hybrid/overlay zero {cut!r} {style}", "pair_coeff * * zero", *coeffs]
+
+    def snapparam_text(self) -> str:
+        return (
+            "# popsdask qSNAP descriptor settings\n"
+            f"rcutfac {self.rcutfac!r}\ntwojmax {self.twojmax}\nrfac0 {self.rfac0!r}\n"
+            f"rmin0 {self.rmin0!r}\nbzeroflag {int(self.bzeroflag)}\n"
+            f"quadraticflag {int(self.quadratic)}\nswitchflag {int(self.switchflag)}\n"
+        )
+
+    # -- provenance --------------------------------------------------------------------
+    def to_attrs(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["masses"] = list(self.atom_masses())
+        return json.loads(json.dumps(d))
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> SnapSettings:
+        d = dict(attrs)
+        for k in ("elements", "radii", "element_weights", "reference_coeffs", "masses"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+    def key(self) -> str:
+        return json.dumps(self.to_attrs(), sort_keys=True)
+
+    # -- the descriptor protocol (popsdask.atomistic.descriptors.base) -------------------------
+    def rows(
+        self,
+        cfg: Configuration,
+        *,
+        virial: bool = False,
+        config_index: int = 0,
+        session: LammpsSession | None = None,
+    ) -> RowBlock:
+        """:func:`snap_rows` of ``cfg``."""
+        return snap_rows(cfg, self, virial=virial, config_index=config_index, session=session)
+
+    def store_attrs(self) -> dict[str, Any]:
+        """Store attributes: ``descriptor`` (backend and settings), ``snap`` (the same settings,
+        as stores before the protocol recorded them) and what the columns and rows mean."""
+        settings = self.to_attrs()
+        return {
+            "descriptor": {
+                "backend": self.backend,
+                "name": "qSNAP (LAMMPS compute snap)" if self.quadratic else "SNAP",
+                "settings": settings,
+            },
+            "snap": settings,
+            "feature_names": self.feature_names(),
+            "columns": "per element: [atom count (beta0), linear B, quadratic terms with 1/2 on the "
+            "diagonal] in .snapcoeff order",
+            "energy_rows": "sum over atoms; y = total energy - reference pair energy (eV)",
+            "force_rows": "theta . row = force (eV/A); y = force - reference pair force",
+            "virial_rows": "Voigt xx,yy,zz,yz,xz,xy; theta . row = virial W = -stress*volume (eV)",
+            "reference_pair": self.reference_style or "none",
+            "reference_coeffs": list(self.reference_coeffs),
+        }
+
+    def potential_paths(self, prefix: str | os.PathLike) -> dict[str, Path]:
+        prefix = Path(prefix)
+        return {k: prefix.with_name(f"{prefix.name}.{k}") for k in ("snapcoeff", "snapparam", "mod")}
+
+    def write_potential(self, theta: Any, prefix: str | os.PathLike, *, comment: str = "") -> dict[str, Path]:
+        """:func:`~popsdask.atomistic.descriptors.snap_files.write_snap_potential` of θ."""
+        from .snap_files import write_snap_potential
+
+        return write_snap_potential(theta, self, prefix, comment=comment)
+
+    def pair_commands(self, paths: Any) -> list[str]:
+        """``pair_style snap`` (plus the reference) of the files ``paths``."""
+        from .snap_files import pair_commands_for
+
+        return pair_commands_for(self, paths["snapcoeff"], paths["snapparam"])
+
+    def calculator(
+        self, theta: Any, directory: str | os.PathLike | None = None, *, label: str = "qsnap"
+    ) -> LammpsCalculator:
+        """:func:`~popsdask.atomistic.descriptors.snap_files.snap_calculator` of θ."""
+        from .snap_files import snap_calculator
+
+        return snap_calculator(theta, self, directory, label=label)
+
+
+@dataclass
+class RowBlock:
+    """Design rows of one or more configurations (numpy, in memory)."""
+
+    X: np.ndarray
+    y: np.ndarray
+    reference: np.ndarray
+    kind: np.ndarray
+    atom: np.ndarray
+    component: np.ndarray
+    config: np.ndarray
+
+    @classmethod
+    def energy_forces(cls, X: np.ndarray, cfg: Configuration, config_index: int = 0) -> RowBlock:
+        """Energy and 3N force rows ``X`` (shape ``(1 + 3N, P)``, atom-major) of ``cfg``, its labels
+        as targets and no reference part (the POD and ACE backends)."""
+        n = cfg.n_atoms
+        if cfg.energy is None or cfg.forces is None:
+            raise InputError(f"{cfg.where()}: energy and forces are needed to build rows")
+        m = 1 + 3 * n
+        return cls(
+            X=X,
+            y=np.concatenate([[cfg.energy], np.asarray(cfg.forces, dtype=float).ravel()]),
+            reference=np.zeros(m),
+            kind=np.concatenate([[0], np.ones(3 * n)]).astype(np.int8),
+            atom=np.concatenate([[-1], np.repeat(np.arange(n), 3)]).astype(np.int32),
+            component=np.concatenate([[-1], np.tile(np.arange(3), n)]).astype(np.int8),
+            config=np.full(m, config_index, dtype=np.int64),
+        )
+
+    @classmethod
+    def concat(cls, blocks: Sequence[RowBlock]) -> RowBlock:
+        return cls(
+            *(
+                np.concatenate([getattr(b, f) for b in blocks])
+                for f in ("X", "y", "reference", "kind", "atom", "component", "config")
+            )
+        )
+
+
+def raw_compute_snap(
+    cfg: Configuration, settings: SnapSettings, session: LammpsSession | None = None
+) -> tuple[np.ndarray, Any]:
+    """LAMMPS's own ``compute snap`` array of ``cfg`` (LAMMPS frame) and the box used."""
+    sess = session or get_session()
+    box = lammps_box(cfg.cell, cfg.pbc, cfg.positions, where=cfg.where())
+    with sess.lock:
+        sess.setup(
+            box, cfg.type_indices(settings.elements), settings.atom_masses(), settings.descriptor_pair_commands()
+        )
+        sess.lmp.command(settings.compute_command("snap"))
+        sess.lmp.command("run 0")
+        A = sess.global_array("snap")
+        sess.lmp.command("uncompute snap")
+    n = cfg.n_atoms
+    expected = (1 + 3 * n + 6, len(settings.elements) * settings.n_descriptors + 1)
+    if A.shape != expected:
+        raise RuntimeError(f"{cfg.where()}: compute snap gave shape {A.shape}, expected {expected}")
+    return A, box
+
+
+def snap_rows(
+    cfg: Configuration,
+    settings: SnapSettings,
+    *,
+    virial: bool = False,
+    config_index: int = 0,
+    session: LammpsSession | None = None,
+) -> RowBlock:
+    """Design rows, targets and reference contributions of one configuration.
+
+    Parameters
+    ----------
+    cfg : labelled configuration (energy and forces required; stress when ``virial``)
+    settings : descriptor settings
+    virial : also return the 6 virial rows (the configuration must have a stress)
+    config_index : value of the ``config`` coordinate of these rows
+
+    Returns
+    -------
+    RowBlock with ``y`` = reference label minus the reference pair contribution.
+    """
+    if cfg.energy is None or cfg.forces is None:
+        raise InputError(f"{cfg.where()}: energy and forces are needed to build rows")
+    if virial and cfg.stress is None:
+        raise InputError(f"{cfg.where()}: virial rows requested but the configuration has no stress")
+    A, box = raw_compute_snap(cfg, settings, session)
+    n = cfg.n_atoms
+    nd = settings.n_descriptors
+    types = cfg.type_indices(settings.elements)
+    ne = len(settings.elements)
+    B = A[:, :-1]
+    ref = A[:, -1].copy()
+    # columns: per element [count, block]
+    X = np.zeros((A.shape[0], settings.n_features))
+    for t in range(ne):
+        X[0, t * (1 + nd)] = np.count_nonzero(types == t + 1)
+        X[:, t * (1 + nd) + 1 : (t + 1) * (1 + nd)] = B[:, t * nd : (t + 1) * nd]
+    # force rows back to the original frame
+    Xf = X[1 : 1 + 3 * n].reshape(n, 3, -1)
+    X[1 : 1 + 3 * n] = np.einsum("iap,ab->ibp", Xf, box.rotation).reshape(3 * n, -1)
+    ref[1 : 1 + 3 * n] = box.forces_back(ref[1 : 1 + 3 * n].reshape(n, 3)).ravel()
+    # virial rows: eV for the descriptor columns, bar for the reference column
+    ref[-6:] = ref[-6:] * box.volume / NKTV2P
+    X[-6:] = box.tensor_back(X[-6:])
+    ref[-6:] = box.tensor_back(ref[-6:])
+    targets = np.concatenate(
+        [
+            [cfg.energy],
+            np.asarray(cfg.forces, dtype=float).ravel(),
+            -np.asarray(cfg.stress) * cfg.volume if cfg.stress is not None else np.zeros(6),
+        ]
+    )
+    kind = np.concatenate([[0], np.ones(3 * n, dtype=np.int8), np.full(6, 2)]).astype(np.int8)
+    atom = np.concatenate([[-1], np.repeat(np.arange(n), 3), np.full(6, -1)]).astype(np.int32)
+    comp = np.concatenate([[-1], np.tile(np.arange(3), n), np.arange(6)]).astype(np.int8)
+    keep = slice(None) if virial else slice(0, 1 + 3 * n)
+    m = X[keep].shape[0]
+    return RowBlock(
+        X=X[keep],
+        y=(targets - ref)[keep],
+        reference=ref[keep],
+        kind=kind[keep],
+        atom=atom[keep],
+        component=comp[keep],
+        config=np.full(m, config_index, dtype=np.int64),
+    )
+
+
+register_backend(SnapSettings.backend, SnapSettings)

@@ -1,0 +1,205 @@
+"""The fitted POPS posterior: sampling, and save/load as a Zarr group."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from ..core.kinds import PosteriorKind, posterior_kind
+from ..core.pops import hypercube_second_moment
+from ..core.validation import InputError
+from ..io.store import atomic_group, check_safe_group, is_complete
+
+POSTERIOR_FORMAT = "popsdask.posterior/1"
+DEFAULT_N_SAMPLES = 500
+
+
+@dataclass
+class Posterior:
+    """A fitted POPS posterior over the parameters θ of a linear model.
+
+    Attributes
+    ----------
+    coef_ : (P,) the MLE (BayesianRidge posterior mean), intercept last when fitted
+    sigma_ : (P, P) epistemic covariance (BayesianRidge ``sigma_``)
+    alpha_, lambda_ : noise and weight precisions from evidence maximisation
+    misspecification_sigma_ : (P, P) second moment of the POPS perturbations
+    kind : a registered posterior kind (:mod:`popsdask.core.kinds`): ``"hypercube"`` or
+        ``"ensemble"``
+    basis_, lower_, upper_ : (P, K), (K,), (K,) hypercube in the principal basis
+    corrections_ : dask array (n_selected, P) of pointwise corrections (``ensemble`` only;
+        lazily read from Zarr, never gathered)
+    leverage_threshold_, n_rows_, n_selected_, n_iter_, condition_number_ : fit diagnostics
+    feature_names : names of the P parameters
+    settings, provenance : what produced it
+    calibration : per-kind conformal scales (:class:`popsdask.calibration.conformal.Calibration` as a
+        dict), applied by ``predict_ensemble``; None when uncalibrated
+    """
+
+    coef_: np.ndarray
+    sigma_: np.ndarray
+    alpha_: float
+    lambda_: float
+    misspecification_sigma_: np.ndarray
+    kind: str = "hypercube"
+    basis_: np.ndarray | None = None
+    lower_: np.ndarray | None = None
+    upper_: np.ndarray | None = None
+    corrections_: da.Array | None = None
+    leverage_threshold_: float = 0.0
+    n_rows_: int = 0
+    n_selected_: int = 0
+    n_iter_: int = 0
+    condition_number_: float = float("nan")
+    feature_names: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None
+
+    @property
+    def n_features(self) -> int:
+        return int(self.coef_.shape[0])
+
+    @property
+    def kind_(self) -> PosteriorKind:
+        """The :class:`~popsdask.core.kinds.PosteriorKind` named by :attr:`kind`."""
+        return posterior_kind(self.kind)
+
+    @property
+    def hypercube_sigma_(self) -> np.ndarray | None:
+        if self.basis_ is None:
+            return None
+        return hypercube_second_moment(self.basis_, self.lower_, self.upper_)
+
+    # ------------------------------------------------------------------ sampling
+    def perturbations(self, n: int = DEFAULT_N_SAMPLES, method: str = "uniform", seed: int | None = 0) -> np.ndarray:
+        """``n`` parameter perturbations δθ (n × P), reproducible from ``seed``.
+
+        Hypercube: θ = coef + U (lo + (hi - lo) u), u from ``method``. Ensemble: ``n`` of the
+        stored pointwise corrections drawn without replacement (all of them when ``n`` is at
+        least their number); ``method`` must be ``"uniform"``.
+        """
+        return self.kind_.perturbations(self, n, method, seed)
+
+    def sample(self, n: int = DEFAULT_N_SAMPLES, method: str = "uniform", seed: int | None = 0) -> xr.DataArray:
+        """Parameter vectors θ = coef + δθ as a DataArray with dims (sample, feature)."""
+        theta = self.coef_[None, :] + self.perturbations(n, method, seed)
+        return xr.DataArray(
+            theta,
+            dims=("sample", "feature"),
+            coords={"sample": np.arange(theta.shape[0]), "feature": self.feature_names_or_index()},
+            name="theta",
+            attrs={"method": method, "seed": -1 if seed is None else int(seed), "posterior": self.kind},
+        )
+
+    def feature_names_or_index(self) -> np.ndarray:
+        if self.feature_names:
+            return np.asarray(self.feature_names, dtype=str)
+        return np.arange(self.n_features)
+
+    # ------------------------------------------------------------------ persistence
+    def to_dataset(self) -> xr.Dataset:
+        """Everything but the (lazy) corrections, as an xarray Dataset."""
+        data: dict[str, Any] = {
+            "coef": (("feature",), self.coef_),
+            "sigma": (("feature", "feature_"), self.sigma_),
+            "misspecification_sigma": (("feature", "feature_"), self.misspecification_sigma_),
+        }
+        data.update(self.kind_.variables(self))
+        ds = xr.Dataset(data)
+        if self.feature_names:
+            ds = ds.assign_coords(feature_name=("feature", np.asarray(self.feature_names, dtype=str)))
+        ds.attrs.update(
+            format=POSTERIOR_FORMAT,
+            posterior=self.kind,
+            alpha=float(self.alpha_),
+            **{"lambda": float(self.lambda_)},
+            leverage_threshold=float(self.leverage_threshold_),
+            n_rows=int(self.n_rows_),
+            n_selected=int(self.n_selected_),
+            n_iter=int(self.n_iter_),
+            condition_number=float(self.condition_number_) if np.isfinite(self.condition_number_) else -1.0,
+            settings=json.dumps(self.settings, default=str),
+            provenance=json.dumps(self.provenance, default=str),
+            calibration=json.dumps(self.calibration) if self.calibration else "",
+            popsdask_complete=False,
+        )
+        return ds
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the posterior as a Zarr v3 group (atomically: staged, marked, renamed)."""
+        final = Path(path).absolute()
+        with atomic_group(final, overwrite=overwrite) as staging, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = self.to_dataset()
+            if self.corrections_ is not None:  # streamed chunk by chunk, never gathered
+                ds["corrections"] = (("correction", "feature"), self.corrections_)
+            ds.to_zarr(staging, mode="w", zarr_format=3, consolidated=False)
+        if self.corrections_ is not None:
+            self.corrections_ = _open_corrections(final)
+        return final
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Posterior:
+        root = Path(path)
+        if not root.exists():
+            raise InputError(f"{root}: no such posterior")
+        check_safe_group(root)
+        if not is_complete(root):
+            raise InputError(f"{root}: posterior is not marked complete (interrupted write?)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = xr.open_zarr(root, consolidated=False, zarr_format=3, chunks=None)
+        if ds.attrs.get("format") != POSTERIOR_FORMAT:
+            raise InputError(f"{root}: not a popsdask posterior (format={ds.attrs.get('format')!r})")
+        a = ds.attrs
+        try:
+            kind = posterior_kind(a.get("posterior"))
+        except InputError as err:
+            raise InputError(f"{root}: {err}") from None
+        cn = float(a.get("condition_number", -1.0))
+        return cls(
+            coef_=ds["coef"].values,
+            sigma_=ds["sigma"].values,
+            alpha_=float(a["alpha"]),
+            lambda_=float(a["lambda"]),
+            misspecification_sigma_=ds["misspecification_sigma"].values,
+            kind=kind.name,
+            **kind.from_dataset(ds),
+            corrections_=_open_corrections(root) if "corrections" in ds else None,
+            leverage_threshold_=float(a["leverage_threshold"]),
+            n_rows_=int(a["n_rows"]),
+            n_selected_=int(a["n_selected"]),
+            n_iter_=int(a["n_iter"]),
+            condition_number_=cn if cn >= 0 else float("inf"),
+            feature_names=[str(s) for s in ds["feature_name"].values] if "feature_name" in ds else [],
+            settings=json.loads(a.get("settings", "{}")),
+            provenance=json.loads(a.get("provenance", "{}")),
+            calibration=json.loads(a["calibration"]) if a.get("calibration") else None,
+        )
+
+
+def _open_corrections(root: Path) -> da.Array:
+    import zarr
+
+    return da.from_zarr(zarr.open_array(str(root / "corrections"), mode="r"))
+
+
+def provenance(source: str) -> dict[str, Any]:
+    from .. import __version__
+
+    return {
+        "package": "popsdask",
+        "version": __version__,
+        "input": source,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,268 @@
+"""Report of a prediction store: metrics table (markdown) and PNG figures like the paper's Fig. 3."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ..core.validation import InputError
+from ..engine.predictions import KIND_NAMES, configuration_variables, open_predictions, prediction_metrics
+
+MAX_PARITY_POINTS = 20000
+
+METRIC_LABELS = {
+    "n": "rows",
+    "n_symmetry_zeros": "symmetry zeros (excluded below)",
+    "n_fixed": "fixed rows (every member predicts alike)",
+    "mae_mle": "MAE (MLE)",
+    "rmse_mle": "RMSE (MLE)",
+    "envelope_violation": "envelope violation",
+    "fixed_violation": "… of which fixed rows (no θ brackets them)",
+    "box_violation": "exact-box violation",
+    "mean_std": "mean ensemble std",
+    "mean_envelope_width": "mean envelope width",
+    "mean_box_width": "mean exact-box width",
+    "mean_abs_error_over_std": "mean \\|error\\|/std",
+    "coverage_2sigma": "within ±2σ",
+    "coverage_4sigma": "within ±4σ",
+    "miscalibration_area": "miscalibration area",
+    "interval_score": "interval score (α = 0.05)",
+    "nll": "Gaussian NLL (floored)",
+}
+PERCENT = ("envelope_violation", "fixed_violation", "box_violation", "coverage_2sigma", "coverage_4sigma")
+COUNTS = ("n", "n_symmetry_zeros", "n_fixed")
+UNITLESS = PERCENT + COUNTS + ("mean_abs_error_over_std", "miscalibration_area", "nll")
+
+
+def kind_units(units: str | None) -> dict[str, str]:
+    """Units of each row kind from a store's ``units`` attribute (LAMMPS ``metal``: eV, Å)."""
+    if not units:
+        return {}
+    text = str(units).lower()
+    if "metal" in text or "ev" in text:
+        return {"energy": "eV", "energy_per_atom": "eV/atom", "force": "eV/Å", "stress": "eV"}
+    return {}
+
+
+def metrics_table(metrics: dict[str, dict[str, float]], units: dict[str, str] | None = None) -> str:
+    """Markdown table: one column per row kind (with its unit), one line per metric."""
+    kinds = list(metrics)
+    units = units or {}
+    head = [f"{k} ({units[k]})" if k in units else k for k in kinds]
+    lines = ["| metric | " + " | ".join(head) + " |", "|---|" + "---:|" * len(kinds)]
+    for key, label in METRIC_LABELS.items():
+        if not any(key in metrics[k] for k in kinds):
+            continue
+        cells = [_format(key, metrics[k].get(key, float("nan"))) for k in kinds]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _format(key: str, v: float) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    if key in COUNTS:
+        return f"{int(v)}"
+    if key in PERCENT:
+        return f"{100 * v:.2f} %"
+    return f"{v:.4g}"
+
+
+GROUP_COLUMNS = (
+    "n",
+    "mae_mle",
+    "envelope_violation",
+    "box_violation",
+    "coverage_4sigma",
+    "mean_abs_error_over_std",
+    "mean_std",
+    "mean_envelope_width",
+    "miscalibration_area",
+    "nll",
+)
+
+
+def group_table(groups: dict[str, dict[str, dict]], kind: str, group_by: str) -> str:
+    """Markdown: one line per group of one row kind."""
+    cols = [c for c in GROUP_COLUMNS if any(c in g.get(kind, {}) for g in groups.values())]
+    lines = [f"| {group_by} | " + " | ".join(METRIC_LABELS[c] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name, g in groups.items():
+        if kind in g:
+            lines.append(f"| {_escape(name)} | " + " | ".join(_format(c, g[kind].get(c)) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _escape(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def write_report(
+    predictions: xr.Dataset | str | os.PathLike,
+    outdir: str | os.PathLike,
+    *,
+    group_by: str | None = None,
+    extra_figures: Callable[[xr.Dataset, Path], dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """Write ``report.md``, ``metrics.json``, ``calibration.json`` and figures to ``outdir``.
+
+    Per row kind: the distribution of |reference - MLE| against |sample - MLE| and the parity
+    plot with the ensemble's min/max envelope (``<kind>.png``); the coverage curve
+    (``coverage.png``) and, when the predictions recorded it, envelope violation against the
+    number of samples (``ev_vs_samples.png``). ``group_by`` (default: ``group`` when the store
+    has it) adds per-group tables. ``extra_figures(ds, outdir)`` may write more figures
+    (returning {name: path}); they are linked from ``report.md`` too.
+    """
+    ds = predictions if isinstance(predictions, xr.Dataset) else open_predictions(predictions)
+    if "y" not in ds or "metrics" not in ds.attrs:
+        raise InputError(
+            f"{ds.attrs.get('source', predictions)}: the prediction store has no references y and no metrics, "
+            "so there is nothing to report"
+        )
+    if group_by is None and "group" in configuration_variables(ds):
+        group_by = "group"
+    calib = prediction_metrics(ds, group_by=group_by)
+    metrics = {k: {key: v for key, v in m.items() if not isinstance(v, dict)} for k, m in calib["kinds"].items()}
+    units = kind_units(ds.attrs.get("units"))
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = _figures(ds, json.loads(ds.attrs["metrics"]), out, units)
+    figures.update(_calibration_figures(calib, out))
+    if extra_figures is not None:
+        figures.update({k: Path(v) for k, v in extra_figures(ds, out).items()})
+    table = metrics_table(metrics, units)
+    text = [
+        "# popsdask prediction report",
+        "",
+        f"Predictions: `{ds.attrs.get('source', '')}` — {ds.attrs.get('summaries', '')} "
+        f"({ds.attrs.get('n_samples')} members in the summaries; {ds.attrs.get('method')} sampling, "
+        f"seed {ds.attrs.get('seed')}) of the {ds.attrs.get('posterior')} posterior; "
+        f"bounds: {ds.attrs.get('bounds', 'sampled')}.",
+        "",
+        table,
+        "",
+        "Envelope violation: fraction of references outside [min − tol, max + tol] of the ensemble; the exact "
+        "box is the envelope over the whole posterior. tol per row = max(1e-8 × the kind's RMS reference, the "
+        "round-off bound of the MLE product); rows whose reference, MLE and envelope are all within tol of zero "
+        "(symmetry zeros) are counted and left out of the coverage and calibration rows. The NLL floors the std "
+        "at 0.01 × the kind's RMSE.",
+        "",
+    ]
+    if "metrics_raw" in ds.attrs:
+        before = {k: v for k, v in json.loads(ds.attrs["metrics_raw"]).items()}
+        before = {k: {key: v for key, v in m.items() if not isinstance(v, dict)} for k, m in before.items()}
+        text += ["## Before calibration", "", "The same predictions with the raw (uncalibrated) std and envelope:", ""]
+        text += [metrics_table(before, units), ""]
+    if calib["groups"]:
+        for kind in calib["kinds"]:
+            text += [f"## {kind} by {group_by}", "", group_table(calib["groups"], kind, group_by), ""]
+    text += ["## Figures", ""] + [f"![{k}]({Path(p).name})" for k, p in figures.items()]
+    (out / "report.md").write_text("\n".join(text) + "\n")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / "calibration.json").write_text(json.dumps(calib, indent=2) + "\n")
+    return {
+        "metrics": metrics,
+        "calibration": calib,
+        "table": table,
+        "figures": {k: str(p) for k, p in figures.items()},
+    }
+
+
+def _calibration_figures(calib: dict[str, Any], out: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = {}
+    # unit-free curves: a total energy and its per-atom view draw the same line
+    kinds = {k: m for k, m in calib["kinds"].items() if not (k == "energy" and "energy_per_atom" in calib["kinds"])}
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for kind, m in kinds.items():
+        c = m.get("coverage_curve")
+        if c:
+            ax.plot(c["k"], c["observed"], label=f"{kind} (area {m['miscalibration_area']:.3f})")
+    if ax.lines:
+        c = next(m["coverage_curve"] for m in kinds.values() if "coverage_curve" in m)
+        ax.plot(c["k"], c["nominal"], "k--", lw=0.8, label="Gaussian nominal")
+        figures["coverage"] = _save(
+            fig, ax, "k (interval ±k·std)", "fraction of references within", out / "coverage.png"
+        )
+    plt.close(fig)
+    curves = {k: m["ev_vs_samples"] for k, m in kinds.items() if "ev_vs_samples" in m}
+    if curves:
+        fig, ax = plt.subplots(figsize=(5.5, 4.5))
+        for kind, c in curves.items():
+            line = ax.plot(c["n_samples"], 100 * np.asarray(c["envelope_violation"]), "o-", label=kind)
+            box = calib["kinds"][kind].get("box_violation")
+            if box is not None:
+                ax.axhline(100 * box, color=line[0].get_color(), ls=":", label=f"{kind}: exact box")
+        ax.set_xscale("log")
+        path = out / "ev_vs_samples.png"
+        figures["ev_vs_samples"] = _save(fig, ax, "posterior samples S", "envelope violation (%)", path)
+        plt.close(fig)
+    return figures
+
+
+def _save(fig, ax, xlabel: str, ylabel: str, path: Path) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _figures(ds: xr.Dataset, metrics: dict, out: Path, units: dict[str, str]) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = {}
+    kinds = [str(k) for k in ds["kind_name"].values]
+    kind_codes = ds["kind"].values if "kind" in ds.coords else None
+    y, mle, lo, hi = (ds[k].values for k in ("y", "mle", "min", "max"))
+
+    for i, kind in enumerate(kinds):
+        if kind_codes is None:
+            mask = np.ones(y.shape[0], dtype=bool)
+        else:
+            mask = np.array([KIND_NAMES.get(int(c), str(c)) == kind for c in kind_codes])
+        edges = ds["error_bin_edges"].values[i]
+        h_ref = ds["hist_abs_reference_minus_mle"].values[i].astype(float)
+        h_smp = ds["hist_abs_sample_minus_mle"].values[i].astype(float)
+        centers = np.sqrt(edges[:-1] * edges[1:])
+        widths = np.diff(np.log10(edges))
+        fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.5))
+        a.step(centers, h_ref / max(h_ref.sum(), 1) / widths, where="mid", color="k", label="|reference − MLE|")
+        a.step(centers, h_smp / max(h_smp.sum(), 1) / widths, where="mid", color="tab:green", label="|sample − MLE|")
+        a.set_xscale("log")
+        unit = f" ({units[kind]})" if kind in units else ""
+        a.set_xlabel(f"absolute error{unit}")
+        a.set_ylabel("density per decade")
+        m = metrics[kind]
+        a.set_title(f"{kind}: MAE {m['mae_mle']:.3g}, EV {100 * m['envelope_violation']:.1f} %")
+        a.legend()
+        idx = np.flatnonzero(mask)
+        if idx.size > MAX_PARITY_POINTS:
+            idx = np.sort(np.random.default_rng(0).choice(idx, MAX_PARITY_POINTS, replace=False))
+        order = idx[np.argsort(y[idx])]
+        b.fill_between(y[order], lo[order], hi[order], color="0.75", label="ensemble min/max", step="mid")
+        b.plot(y[order], mle[order], ".", ms=2, color="tab:blue", label="MLE")
+        span = [np.min(y[idx]), np.max(y[idx])]
+        b.plot(span, span, "k--", lw=0.8)
+        b.set_xlabel(f"reference{unit}")
+        b.set_ylabel(f"predicted{unit}")
+        b.legend()
+        fig.tight_layout()
+        path = out / f"{kind}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        figures[kind] = path
+    return figures
