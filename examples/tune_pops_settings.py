@@ -142,13 +142,13 @@ def test_scores(estimators: dict[str, Any], test) -> dict[str, dict[str, Any]]:
 
 def measure_reuse(train_ds, client, repeat: int) -> dict[str, Any]:
     """Seconds of fitting REUSE_GRID on the whole train split, without and with reuse."""
-    from popsdask.engine import passes
+    from popsdask.engine.cache import STATISTICS_CACHE
     from popsdask.engine.estimator import POPSRegressor
 
     times: dict[str, list[list[float]]] = {"without": [], "with": []}
     for _ in range(repeat):
         for mode in ("without", "with"):
-            passes.STATISTICS_CACHE.clear()
+            STATISTICS_CACHE.clear()
             per_fit = []
             for settings in REUSE_GRID:
                 t0 = time.perf_counter()
@@ -181,12 +181,11 @@ def main() -> None:
     if not Path(args.store).exists():
         sys.exit(f"{args.store}: no store; build one with python examples/tungsten_dft.py --outdir DIR")
 
-    from popsdask.runtime.cluster import connect
-
     from popsdask import KIND_CODES, open_store
     from popsdask.atomistic.split import select_split
     from popsdask.engine.estimator import CalibratedPOPSRegressor, POPSRegressor
     from popsdask.evaluation.scoring import KindByColumns, search_data
+    from popsdask.runtime.cluster import connect
 
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,11 @@ from ..core.evidence import Evidence, EvidenceParams
 from ..core.kinds import posterior_kind
 from ..core.parameters import POPS_SETTINGS, check_settings, sklearn_constraints
 from ..core.validation import InputError
-from .passes import Design, PopsSettings, compute, design_from, fit_pops_with_evidence
+from .design import Design, design_from
+from .execution import compute
+from .fit import fit_pops_with_evidence
 from .posterior import DEFAULT_N_SAMPLES, Posterior
+from .state import PopsSettings
 
 PREDICT_BLOCK_ROWS = 8192
 
@@ -74,7 +77,7 @@ def fit(
         Print a progress bar per pass.
     reuse_statistics : bool, default False
         Take pass 1 (the Gram) and the evidence maximisation from the process's cache when
-        the same rows were fitted before (:class:`popsdask.engine.passes.StatisticsCache`): POPS
+        the same rows were fitted before (:class:`popsdask.engine.cache.StatisticsCache`): POPS
         settings only change passes 2–4. Dask and store inputs are identified by their dask
         names, in-memory arrays by a SHA-256 of their bytes (one read of X).
     checkpoint : path, optional

@@ -21,7 +21,7 @@ import dask.array as da
 import numpy as np
 
 from ..io.store import write_store
-from .passes import compute
+from .execution import compute
 
 __all__ = ["Parts", "batch_spans", "read_npz"]
 

@@ -28,7 +28,8 @@ from ..calibration.metrics import (
 )
 from ..core.validation import InputError
 from ..io.store import KIND_CODES, atomic_group, check_safe_group, is_complete, open_store
-from .passes import compute, design_from
+from .design import design_from
+from .execution import compute
 from .posterior import DEFAULT_N_SAMPLES, Posterior
 
 PREDICTION_FORMAT = "popsdask.predictions/1"

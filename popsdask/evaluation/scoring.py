@@ -147,7 +147,8 @@ def predict_band(estimator: Any, X: Any) -> dict[str, np.ndarray]:
     (a SHA-256 of an in-memory X): dask-ml calls a dict of scorers one by one, and this way
     they share one prediction.
     """
-    from ..engine.passes import compute, content_token, design_from
+    from ..engine.design import content_token, design_from
+    from ..engine.execution import compute
 
     token = None if isinstance(X, (str, os.PathLike, xr.Dataset)) else content_token(X)
     # what a refit replaces: the posterior (POPSRegressor) or the inner estimator (calibrated)
@@ -215,7 +216,7 @@ def band_by_kind(
     if y is None:
         if not isinstance(X, (str, os.PathLike, xr.Dataset)):
             raise ValueError("y is required unless X is a store with references")
-        from ..engine.passes import design_from
+        from ..engine.design import design_from
 
         y = design_from(X).y
     y = np.asarray(y, dtype=np.float64).ravel()

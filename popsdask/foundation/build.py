@@ -24,8 +24,8 @@ import dask
 import numpy as np
 
 from ..core.validation import InputError
+from ..engine.execution import compute, persist
 from ..engine.parts import Parts, batch_spans
-from ..engine.passes import compute, persist
 from ..io.store import atomic_group
 from ..runtime.client import current_client, progress_bar
 from .base import Extractor, worker_model

@@ -8,8 +8,8 @@ from sklearn.linear_model import BayesianRidge
 
 from popsdask.core.evidence import maximise_evidence
 from popsdask.core.stats import block_stats, combine_stats
-from popsdask.engine.passes import design_from, sufficient_statistics
-
+from popsdask.engine.design import design_from
+from popsdask.engine.passes import sufficient_statistics
 from tests.conftest import misspecified
 
 
@@ -64,7 +64,6 @@ def test_rank_deficient_duplicate_and_zero_columns():
     assert not np.isfinite(ev.condition_number)
 
 
-
 def test_round_off_along_a_null_mode_does_not_run_away():
     """XᵀWy's round-off along a mode whose eigenvalue eigh returns as ≤ 0 (here an all-zero
     column) is dropped, as scikit-learn's SVD route drops it; kept, it grew as λ → 0 and a POD
@@ -82,13 +81,14 @@ def test_round_off_along_a_null_mode_does_not_run_away():
         assert rel(ev.coef, ref.coef_) < 1e-6 and ev.coef[-1] == 0.0
         assert ev.lambda_ == pytest.approx(ref.lambda_, rel=1e-6)
 
+
 def test_near_interpolating_fit_keeps_alpha_accurate():
     """sse from yᵀy - 2bᵀθ + θᵀGθ cancels when noise is 1e-9; the exact residual pass fixes it."""
     rng = np.random.default_rng(7)
     X = rng.normal(size=(5000, 12))
     y = X @ rng.normal(size=12) + 100.0 * X[:, 0] + 1e-9 * rng.normal(size=5000)
     ref = BayesianRidge(fit_intercept=False).fit(X, y)
-    from popsdask.engine.passes import fit_pops
+    from popsdask.engine.fit import fit_pops
 
     post = fit_pops(design_from(X, y, chunk_rows=1000))
     assert post.alpha_ == pytest.approx(ref.alpha_, rel=1e-6)

@@ -9,9 +9,10 @@ from popsdask import Posterior, fit
 from popsdask.core.kinds import KINDS, Hypercube, posterior_kind, register_kind
 from popsdask.core.parameters import POPS_SETTINGS, POSTERIOR_KINDS
 from popsdask.core.validation import InputError
-from popsdask.engine.passes import PopsSettings, design_from, fit_pops
+from popsdask.engine.design import design_from
+from popsdask.engine.fit import fit_pops
 from popsdask.engine.predictions import predict_ensemble
-
+from popsdask.engine.state import PopsSettings
 from tests.conftest import misspecified
 
 

@@ -10,8 +10,7 @@ from popsregression import POPSRegression  # noqa: E402
 
 from popsdask import POPSRegressor, fit  # noqa: E402
 from popsdask.core.pops import block_leverage  # noqa: E402
-from popsdask.engine.passes import design_from  # noqa: E402
-
+from popsdask.engine.design import design_from  # noqa: E402
 from tests.conftest import misspecified  # noqa: E402
 
 

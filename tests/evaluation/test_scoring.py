@@ -9,6 +9,8 @@ import dask.array as da
 import numpy as np
 import pytest
 from dask.callbacks import Callback
+from sklearn.model_selection import GridSearchCV, GroupKFold, LeaveOneGroupOut
+
 from popsdask.calibration.metrics import (
     NLL_FLOOR_FACTOR,
     gaussian_nll,
@@ -18,9 +20,8 @@ from popsdask.calibration.metrics import (
     outside,
     roundoff_tolerance,
 )
-from sklearn.model_selection import GridSearchCV, GroupKFold, LeaveOneGroupOut
-
-from popsdask.engine import passes
+from popsdask.core.stats import Stats
+from popsdask.engine.cache import STATISTICS_CACHE, StatisticsCache
 from popsdask.engine.estimator import CalibratedPOPSRegressor, POPSRegressor
 from popsdask.evaluation.scoring import (
     UQ_SCORERS,
@@ -191,7 +192,7 @@ def test_second_fit_reuses_pass_one(problem, tmp_path, source):
     else:
         data, fit_args = X, (y,)
     fit_kw = {} if source == "store" else {"sample_weight": w}
-    passes.STATISTICS_CACHE.clear()
+    STATISTICS_CACHE.clear()
     settings = [dict(leverage_percentile=50.0), dict(leverage_percentile=80.0, percentile_clipping=2.0)]
     settings.append(dict(leverage_percentile=0.0, minimum_relative_error=0.01, mode_threshold=1e-6))
     counts = []
@@ -228,12 +229,12 @@ def test_second_fit_reuses_pass_one(problem, tmp_path, source):
 
 def test_statistics_cache_is_bounded_and_off_by_default(problem):
     X, y, w, _, _ = problem
-    passes.STATISTICS_CACHE.clear()
+    STATISTICS_CACHE.clear()
     POPSRegressor().fit(X, y, sample_weight=w)
-    assert len(passes.STATISTICS_CACHE) == 0
-    cache = passes.StatisticsCache(maxsize=2)
+    assert len(STATISTICS_CACHE) == 0
+    cache = StatisticsCache(maxsize=2)
     for i in range(4):
-        cache.get_or_compute(("k", i), lambda i=i: passes.Stats(np.eye(2) * i, np.zeros(2), 0.0, 1, 1.0, 0.0, 0.0))
+        cache.get_or_compute(("k", i), lambda i=i: Stats(np.eye(2) * i, np.zeros(2), 0.0, 1, 1.0, 0.0, 0.0))
     assert len(cache) == 2 and cache.misses == 4
     value, hit = cache.get_or_compute(("k", 3), lambda: None)
     assert hit and value.gram[0, 0] == 3.0

@@ -8,7 +8,6 @@ import zarr
 
 from popsdask import InputError, fit, open_store, write_store
 from popsdask.io.chunkread import raw_layout
-
 from tests.conftest import misspecified
 
 
@@ -61,7 +60,7 @@ def test_missing_chunk_reads_as_fill_value_and_is_refused_with_its_rows(tmp_path
 
 
 def test_fit_passes_read_chunks_inside_their_tasks(tmp_path):
-    from popsdask.engine.passes import design_from
+    from popsdask.engine.design import design_from
     from popsdask.io.chunkread import ChunkRef
 
     X, y, w = misspecified(500, 4)

@@ -19,8 +19,7 @@ from sklearn.linear_model import BayesianRidge
 from popsdask import POPSRegressor, fit
 from popsdask.core.pops import LEVERAGE_FLOOR, block_leverage, relative_error_cutoff, selected_rows
 from popsdask.core.validation import InputError
-from popsdask.engine.passes import design_from
-
+from popsdask.engine.design import design_from
 from tests.conftest import misspecified
 
 

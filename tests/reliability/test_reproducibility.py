@@ -19,7 +19,6 @@ import pytest
 
 from popsdask import fit, write_store
 from popsdask.engine.predictions import predict_ensemble
-
 from tests.conftest import misspecified
 
 FIELDS = ("coef_", "sigma_", "misspecification_sigma_", "basis_", "lower_", "upper_")
@@ -71,9 +70,9 @@ def test_within_round_off_across_runs_on_a_cluster(stores, local_client, tmp_pat
     assert np.abs(pred - again).max() <= 1e-12 * np.abs(pred).max()
     # with a default client, dask's scheduler setting does not divert the passes from it
     with dask.config.set(scheduler="threads"):
-        from popsdask.engine import passes
+        from popsdask.engine.execution import active_client
 
-        client = passes._client()
+        client = active_client()
     assert client is local_client  # a default client takes precedence over dask.config
 
 
