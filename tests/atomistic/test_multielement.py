@@ -8,6 +8,7 @@ A handful of configurations of ``WBe_dft.extxyz.xz`` (mixtures and pure Be) and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -96,6 +97,40 @@ def test_two_element_rows_equal_pair_style_snap_with_zbl(wbe_configs) -> None:
         np.testing.assert_allclose(f, rows.X[1:] @ theta + rows.reference[1:], rtol=0, atol=1e-9)
         assert rows.reference[0] > 0  # ZBL (repulsive) subtracted
     assert mixed >= 3
+
+
+@needs_wbe
+def test_two_element_chem_snap_with_eshift_exports_theta_dot_rows(wbe_configs, tmp_path) -> None:
+    """FitSNAP's explicit multi-element SNAP: chemflag, bnormflag, wselfallflag, bzeroflag, no β0
+    columns and a per-element ESHIFT. θ·rows + reference (ZBL minus the shift) = LAMMPS
+    pair_style snap + zbl of the exported files, energies, forces and virials.
+
+    θ lies in the span of the rows (as any least-squares or ridge fit does): LAMMPS's chem
+    forces assume equal coefficients on bispectrum columns that are equal by symmetry."""
+    settings = SnapSettings(
+        elements=ELEMENTS, twojmax=4, quadratic=False, chemflag=True, bnormflag=True, wselfallflag=True,
+        bzeroflag=True, beta0_columns=False, energy_shift=(-11.2, -3.7), **WOOD, **zbl_reference(ELEMENTS),
+    )  # fmt: skip
+    assert settings.n_features == 2 * 14 * 8
+    cfgs = [c for c in wbe_configs if c.stress is not None][:4]
+    blocks = [snap_rows(c, settings, virial=True) for c in cfgs]
+    X = np.vstack([b.X for b in blocks])
+    theta = X.T @ np.random.default_rng(0).normal(size=X.shape[0])
+    theta *= 1e-2 / np.abs(theta).max()
+    calc = snap_calculator(theta, settings, tmp_path)
+    coeff = (tmp_path / "qsnap.snapcoeff").read_text().splitlines()
+    assert coeff[1] == "2 113" and float(coeff[3]) == 11.2  # β0 = 0 - shift
+    unshifted = snap_rows(cfgs[0], dataclasses.replace(settings, energy_shift=()))
+    shift = -11.2 * cfgs[0].symbols.count("W") - 3.7 * cfgs[0].symbols.count("Be")  # FitSNAP: E + shift
+    assert blocks[0].y[0] == pytest.approx(unshifted.y[0] + shift, rel=1e-12)
+    for cfg, rows in zip(cfgs, blocks, strict=True):
+        atoms = cfg.to_atoms(with_labels=False)
+        atoms.calc = calc
+        pred = rows.X @ theta + rows.reference
+        n = cfg.n_atoms
+        assert pred[0] == pytest.approx(atoms.get_potential_energy(), rel=1e-12, abs=1e-9)
+        np.testing.assert_allclose(pred[1 : 1 + 3 * n], atoms.get_forces().ravel(), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(pred[-6:], -atoms.get_stress() * atoms.get_volume(), rtol=0, atol=1e-9)
 
 
 def test_weights_take_energies_from_each_elements_reference() -> None:

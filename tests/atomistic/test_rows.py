@@ -105,6 +105,32 @@ def test_exported_pair_style_snap_equals_theta_dot_rows(
     assert abs(atoms.get_potential_energy() - e) > 1e-3
 
 
+def test_inner_switch_and_flags_export_equals_theta_dot_rows(tmp_path) -> None:
+    """switchinnerflag (sinner/dinner per element), bnormflag, wselfallflag and bzeroflag reach both
+    compute snap and the exported pair_style snap; without them the rows differ."""
+    flags = dict(switchinnerflag=True, sinner=(1.6,), dinner=(0.4,), bnormflag=True, wselfallflag=True, bzeroflag=True)
+    settings = SnapSettings(twojmax=4, **ZBL, **flags)
+    atoms = _structures()["strained"]
+    rows = snap_rows(_config(atoms), settings, virial=True)
+    theta = np.random.default_rng(4).normal(size=settings.n_features) * 1e-2
+    atoms.calc = snap_calculator(theta, settings, tmp_path)
+    pred = rows.X @ theta + rows.reference
+    n = len(atoms)
+    assert pred[0] == pytest.approx(atoms.get_potential_energy(), rel=1e-12, abs=1e-9)
+    np.testing.assert_allclose(pred[1 : 1 + 3 * n], atoms.get_forces().ravel(), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(pred[-6:], -atoms.get_stress() * atoms.get_volume(), rtol=0, atol=1e-9)
+    plain = snap_rows(_config(atoms), SnapSettings(twojmax=4, **ZBL), virial=True)
+    assert np.abs(plain.X - rows.X).max() > 1e-3
+    text = (tmp_path / "qsnap.snapparam").read_text()
+    assert "switchinnerflag 1\nsinner 1.6\ndinner 0.4\n" in text and "bnormflag 1" in text
+    with pytest.raises(InputError, match="needs 1 sinner and dinner values"):
+        SnapSettings(switchinnerflag=True)
+    with pytest.raises(InputError, match="chemflag with quadratic"):
+        SnapSettings(chemflag=True, quadratic=True)
+    # the new keywords at their defaults leave a store's attrs as they were
+    assert "chemflag" not in SnapSettings().to_attrs() and SnapSettings.from_attrs(settings.to_attrs()) == settings
+
+
 def test_forces_are_minus_gradient_of_energy(settings: SnapSettings, theta: np.ndarray, tmp_path) -> None:
     atoms = _structures()["triclinic"]
     calc = snap_calculator(theta, settings, tmp_path)

@@ -4,7 +4,8 @@ Rows (``1 + 3N`` or ``1 + 3N + 6`` per configuration) and columns (parameters θ
 
 * **energy row**: bispectrum components summed over atoms (``compute snap`` row 0), with a
   leading constant column per element holding that element's atom count, so that its
-  coefficient is the per-atom reference energy (``β0`` of the ``.snapcoeff`` file);
+  coefficient is the per-atom reference energy (``β0`` of the ``.snapcoeff`` file; without
+  ``beta0_columns``, as FitSNAP with ``bzeroflag``, there is no such column and β0 is 0);
 * **3N force rows** (atom-major: atom 0 x, y, z, atom 1 x, ...): ``θ·row`` is the force (eV/Å);
 * **6 virial rows** (optional; Voigt xx, yy, zz, yz, xz, xy): ``θ·row`` is the virial
   ``W = -σ V`` (eV) with σ the ASE stress.
@@ -15,7 +16,9 @@ quadratic columns carry LAMMPS's ½ on the diagonal terms, as ``pair_style snap`
 
 When a reference pair style is set (e.g. ZBL), its energy, forces and virial (``compute
 snap``'s last column; the virial arrives in pressure units and is converted) are subtracted
-from the targets and returned as ``reference``.
+from the targets and returned as ``reference``. A per-element ``energy_shift`` (FitSNAP's
+``[ESHIFT]``, added to every energy per atom of that element) enters the reference energy as
+``-Σ shift``, and the exported ``β0`` carries it, so LAMMPS still gives ``θ·row + reference``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ...core.validation import InputError
+from .. import lammps_text
 from ..configurations import Configuration
 from ..lammps_backend import NKTV2P, LammpsSession, get_session, lammps_box
 from .base import register_backend
@@ -106,6 +110,20 @@ def _check_zbl(elements: Sequence[str], coeffs: Sequence[str]) -> None:
                     )
 
 
+#: LAMMPS ``compute snap`` keywords added after the first stores: left out of a store's attrs
+#: (and of the parts' hash) at these defaults, so stores built without them are unchanged
+KEYWORD_DEFAULTS: dict[str, Any] = {
+    "chemflag": False,
+    "bnormflag": False,
+    "wselfallflag": False,
+    "switchinnerflag": False,
+    "sinner": (),
+    "dinner": (),
+    "beta0_columns": True,
+    "energy_shift": (),
+}
+
+
 def n_bispectrum(twojmax: int) -> int:
     """Number of linear bispectrum components of one element (LAMMPS's ``ncoeff``)."""
     n = 0
@@ -127,6 +145,13 @@ class SnapSettings:
     radii, element_weights : SNAP per-element radius and neighbour weight
     twojmax, rcutfac, rfac0, rmin0 : SNAP hyper-parameters (LAMMPS ``compute snap``)
     quadratic, switchflag, bzeroflag : LAMMPS flags
+    chemflag : explicit multi-element (EME) bispectrum: ``n_elements³`` blocks per element
+    bnormflag, wselfallflag : LAMMPS flags (normalised bispectrum; self-weight for every element)
+    switchinnerflag, sinner, dinner : inner switching function, centre and half-width per element (Å)
+    beta0_columns : a constant column per element (atom counts, coefficient β0); FitSNAP has
+        none with ``bzeroflag`` and writes β0 = 0
+    energy_shift : per element (eV/atom), added to the energies of that element's atoms
+        (FitSNAP's ``[ESHIFT]``); empty for none
     reference_style : e.g. ``"zbl 4.0 4.8"``, or None for no baseline
     reference_coeffs : pair_coeff arguments of the reference, e.g. ``("* * 74 74",)``
     masses : atomic masses (default: ASE's)
@@ -142,6 +167,14 @@ class SnapSettings:
     quadratic: bool = True
     switchflag: bool = True
     bzeroflag: bool = False
+    chemflag: bool = False
+    bnormflag: bool = False
+    wselfallflag: bool = False
+    switchinnerflag: bool = False
+    sinner: tuple[float, ...] = ()
+    dinner: tuple[float, ...] = ()
+    beta0_columns: bool = True
+    energy_shift: tuple[float, ...] = ()
     reference_style: str | None = None
     reference_coeffs: tuple[str, ...] = ()
     masses: tuple[float, ...] | None = field(default=None, compare=False)
@@ -150,6 +183,7 @@ class SnapSettings:
     backend: ClassVar[str] = "snap"
 
     def __post_init__(self) -> None:
+        self._check_text()
         n = len(self.elements)
         if n == 0 or len(self.radii) != n or len(self.element_weights) != n:
             raise InputError(
@@ -162,10 +196,39 @@ class SnapSettings:
                 _atomic_number(e)
         if self.twojmax < 0 or self.rcutfac <= 0:
             raise InputError(f"SnapSettings: twojmax={self.twojmax}, rcutfac={self.rcutfac}")
+        if self.chemflag and self.quadratic:
+            raise InputError("SnapSettings: chemflag with quadratic terms is not a LAMMPS SNAP model; use linear")
+        inner = (len(self.sinner), len(self.dinner))
+        if inner != ((n, n) if self.switchinnerflag else (0, 0)):
+            raise InputError(
+                f"SnapSettings: switchinnerflag={self.switchinnerflag} needs {n if self.switchinnerflag else 0} "
+                f"sinner and dinner values (one per element), got {inner[0]} and {inner[1]}"
+            )
+        if self.energy_shift and len(self.energy_shift) != n:
+            raise InputError(f"SnapSettings: {len(self.energy_shift)} energy_shift values for {n} elements")
         if self.reference_style and not self.reference_coeffs:
             raise InputError(f"SnapSettings: reference_style {self.reference_style!r} needs reference_coeffs")
         if self.reference_style and self.reference_style.split()[0] == "zbl":
             _check_zbl(self.elements, self.reference_coeffs)
+
+    def _check_text(self) -> None:
+        """Every setting written into LAMMPS text is a symbol, a number or an allowed word."""
+        where = "SnapSettings"
+        for e in self.elements:
+            lammps_text.symbol(e, f"{where}: elements")
+        for name in ("radii", "element_weights") + (("masses",) if self.masses is not None else ()):
+            for v in getattr(self, name):
+                lammps_text.number(v, f"{where}: {name}")
+        lammps_text.integer(self.twojmax, f"{where}: twojmax")
+        for name in ("rcutfac", "rfac0", "rmin0"):
+            lammps_text.number(getattr(self, name), f"{where}: {name}")
+        for name in ("quadratic", "switchflag", "bzeroflag"):
+            if getattr(self, name) not in (True, False):
+                raise InputError(f"{where}: {name} {getattr(self, name)!r}: not a boolean")
+        if self.reference_style:
+            lammps_text.pair_style(self.reference_style, f"{where}: reference_style")
+        for c in self.reference_coeffs:
+            lammps_text.words(c, f"{where}: reference_coeffs")
 
     # -- sizes and names ----------------------------------------------------------------
     @property
@@ -174,20 +237,26 @@ class SnapSettings:
 
     @property
     def n_descriptors(self) -> int:
-        """Columns of one element's block in ``compute snap`` (linear + quadratic)."""
-        k = self.n_linear
+        """Columns of one element's block in ``compute snap`` (linear, times ``n_elements³``
+        with chemflag, + quadratic)."""
+        k = self.n_linear * (len(self.elements) ** 3 if self.chemflag else 1)
         return k + (k * (k + 1) // 2 if self.quadratic else 0)
 
     @property
+    def n_block(self) -> int:
+        """Columns per element: the β0 column (when present) and the descriptor block."""
+        return int(self.beta0_columns) + self.n_descriptors
+
+    @property
     def n_features(self) -> int:
-        """Parameters θ: per element one constant column plus the descriptor block."""
-        return len(self.elements) * (1 + self.n_descriptors)
+        """Parameters θ: per element the constant column (when present) plus the descriptor block."""
+        return len(self.elements) * self.n_block
 
     def feature_names(self) -> list[str]:
-        k = self.n_linear
+        k = self.n_linear * (len(self.elements) ** 3 if self.chemflag else 1)
         names = []
         for el in self.elements:
-            names.append(f"{el}:beta0")
+            names += [f"{el}:beta0"] if self.beta0_columns else []
             names += [f"{el}:B{i}" for i in range(k)]
             if self.quadratic:
                 names += [f"{el}:B{i}*B{j}" for i in range(k) for j in range(i, k)]
@@ -202,10 +271,18 @@ class SnapSettings:
 
     # -- LAMMPS text -------------------------------------------------------------------
     def _flags(self) -> str:
-        return (
+        flags = (
             f"rmin0 {self.rmin0!r} bzeroflag {int(self.bzeroflag)} "
             f"quadraticflag {int(self.quadratic)} switchflag {int(self.switchflag)}"
         )
+        if self.chemflag:  # element t of the types 1..n is chemical element t-1
+            flags += f" chem {len(self.elements)} " + " ".join(str(t) for t in range(len(self.elements)))
+        for name in ("bnormflag", "wselfallflag"):
+            flags += f" {name} 1" if getattr(self, name) else ""
+        if self.switchinnerflag:
+            flags += " switchinnerflag 1 sinner " + " ".join(repr(float(v)) for v in self.sinner)
+            flags += " dinner " + " ".join(repr(float(v)) for v in self.dinner)
+        return flags
 
     def compute_command(self, compute_id: str = "snap") -> str:
         radii = " ".join(repr(float(r)) for r in self.radii)
@@ -234,23 +311,49 @@ class SnapSettings:
         return [f"pair_style hybrid/overlay zero {cut!r} {style}", "pair_coeff * * zero", *coeffs]
 
     def snapparam_text(self) -> str:
-        return (
+        text = (
             "# popsdask qSNAP descriptor settings\n"
             f"rcutfac {self.rcutfac!r}\ntwojmax {self.twojmax}\nrfac0 {self.rfac0!r}\n"
             f"rmin0 {self.rmin0!r}\nbzeroflag {int(self.bzeroflag)}\n"
             f"quadraticflag {int(self.quadratic)}\nswitchflag {int(self.switchflag)}\n"
         )
+        for name in ("chemflag", "bnormflag", "wselfallflag"):
+            text += f"{name} 1\n" if getattr(self, name) else ""
+        if self.switchinnerflag:
+            text += "switchinnerflag 1\n"
+            text += "sinner " + " ".join(repr(float(v)) for v in self.sinner) + "\n"
+            text += "dinner " + " ".join(repr(float(v)) for v in self.dinner) + "\n"
+        return text
+
+    def exported_beta0(self, theta: np.ndarray) -> np.ndarray:
+        """(n_elements,) the ``.snapcoeff`` β0 of θ: its constant columns (0 without them) minus
+        the energy shift, so that ``pair_style snap`` gives θ·row + reference."""
+        nb = self.n_block
+        b0 = theta[::nb][: len(self.elements)].copy() if self.beta0_columns else np.zeros(len(self.elements))
+        return b0 - np.asarray(self.energy_shift or np.zeros(len(self.elements)), dtype=float)
 
     # -- provenance --------------------------------------------------------------------
     def to_attrs(self) -> dict[str, Any]:
         d = asdict(self)
         d["masses"] = list(self.atom_masses())
+        for k, default in KEYWORD_DEFAULTS.items():
+            if d[k] == default:
+                del d[k]
         return json.loads(json.dumps(d))
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> SnapSettings:
         d = dict(attrs)
-        for k in ("elements", "radii", "element_weights", "reference_coeffs", "masses"):
+        for k in (
+            "elements",
+            "radii",
+            "element_weights",
+            "reference_coeffs",
+            "masses",
+            "sinner",
+            "dinner",
+            "energy_shift",
+        ):
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -283,7 +386,8 @@ class SnapSettings:
             "snap": settings,
             "feature_names": self.feature_names(),
             "columns": "per element: [atom count (beta0), linear B, quadratic terms with 1/2 on the "
-            "diagonal] in .snapcoeff order",
+            "diagonal] in .snapcoeff order"
+            + ("" if self.beta0_columns else " (no beta0 column: FitSNAP's bzeroflag layout, beta0 = 0)"),
             "energy_rows": "sum over atoms; y = total energy - reference pair energy (eV)",
             "force_rows": "theta . row = force (eV/A); y = force - reference pair force",
             "virial_rows": "Voigt xx,yy,zz,yz,xz,xy; theta . row = virial W = -stress*volume (eV)",
@@ -409,11 +513,16 @@ def snap_rows(
     ne = len(settings.elements)
     B = A[:, :-1]
     ref = A[:, -1].copy()
-    # columns: per element [count, block]
+    # columns: per element [count, block], or [block] without β0 columns
     X = np.zeros((A.shape[0], settings.n_features))
+    nb, c0 = settings.n_block, int(settings.beta0_columns)
+    counts = np.array([np.count_nonzero(types == t + 1) for t in range(ne)])
     for t in range(ne):
-        X[0, t * (1 + nd)] = np.count_nonzero(types == t + 1)
-        X[:, t * (1 + nd) + 1 : (t + 1) * (1 + nd)] = B[:, t * nd : (t + 1) * nd]
+        if c0:
+            X[0, t * nb] = counts[t]
+        X[:, t * nb + c0 : (t + 1) * nb] = B[:, t * nd : (t + 1) * nd]
+    if settings.energy_shift:
+        ref[0] -= float(np.dot(counts, settings.energy_shift))
     # force rows back to the original frame
     Xf = X[1 : 1 + 3 * n].reshape(n, 3, -1)
     X[1 : 1 + 3 * n] = np.einsum("iap,ab->ibp", Xf, box.rotation).reshape(3 * n, -1)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ...core.validation import InputError
+from .. import lammps_text
 from ..calculator import LammpsCalculator
 from .snap import SnapSettings
 
@@ -32,7 +33,8 @@ def write_snap_potential(
     Parameters
     ----------
     theta : (n_features,) coefficients over the store's columns (per element: β0, linear,
-        quadratic terms, i.e. the ``.snapcoeff`` order)
+        quadratic terms, i.e. the ``.snapcoeff`` order; β0 is 0 without ``beta0_columns``, and
+        minus the settings' ``energy_shift``)
     settings : the descriptor settings of the store
     prefix : path prefix of the files
     comment : first-line comment (e.g. which sample)
@@ -48,11 +50,12 @@ def write_snap_potential(
         raise InputError("write_snap_potential: θ has non-finite values")
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    nb = 1 + settings.n_descriptors
-    lines = [f"# popsdask qSNAP coefficients {comment}".rstrip(), f"{len(settings.elements)} {nb}"]
+    nb, c0, nd = settings.n_block, int(settings.beta0_columns), settings.n_descriptors
+    beta0 = settings.exported_beta0(theta)
+    lines = [f"# popsdask qSNAP coefficients {comment}".rstrip(), f"{len(settings.elements)} {1 + nd}"]
     for t, el in enumerate(settings.elements):
         lines.append(f"{el} {settings.radii[t]!r} {settings.element_weights[t]!r}")
-        lines += [f"{v:.17g}" for v in theta[t * nb : (t + 1) * nb]]
+        lines += [f"{v:.17g}" for v in (beta0[t], *theta[t * nb + c0 : (t + 1) * nb])]
     paths = {
         "snapcoeff": prefix.with_name(prefix.name + ".snapcoeff"),
         "snapparam": prefix.with_name(prefix.name + ".snapparam"),
@@ -60,7 +63,7 @@ def write_snap_potential(
     }
     paths["snapcoeff"].write_text("\n".join(lines) + "\n")
     paths["snapparam"].write_text(settings.snapparam_text())
-    cmds = pair_commands_for(settings, paths["snapcoeff"], paths["snapparam"])
+    cmds = lammps_text.commands(pair_commands_for(settings, paths["snapcoeff"], paths["snapparam"]))
     paths["mod"].write_text("# LAMMPS pair style of this potential (metal units)\n" + "\n".join(cmds) + "\n")
     return paths
 
@@ -68,13 +71,14 @@ def write_snap_potential(
 def pair_commands_for(settings: SnapSettings, snapcoeff: str | os.PathLike, snapparam: str | os.PathLike) -> list[str]:
     """LAMMPS ``pair_style``/``pair_coeff`` commands for SNAP files plus the reference pair."""
     els = " ".join(settings.elements)
+    files = f"{lammps_text.path(snapcoeff)} {lammps_text.path(snapparam)}"
     if not settings.reference_style:
-        return ["pair_style snap", f"pair_coeff * * {snapcoeff} {snapparam} {els}"]
+        return ["pair_style snap", f"pair_coeff * * {files} {els}"]
     style, coeffs = settings.reference_commands("")
     return [
         f"pair_style hybrid/overlay {style} snap",
         *coeffs,
-        f"pair_coeff * * snap {snapcoeff} {snapparam} {els}",
+        f"pair_coeff * * snap {files} {els}",
     ]
 
 
