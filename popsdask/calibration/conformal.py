@@ -5,7 +5,20 @@ misses some references and its std is too small in some rows and far too large i
 Recalibration keeps the shape and fixes the level, per row kind k:
 
     std'      = t_k · (std + γ_k)
-    envelope' = [mle − u_k · (mle − min + δ_k),  mle + u_k · (max − mle + δ_k)],  u_k ≥ 1
+    envelope' = [mle − h₋,  mle + h₊],  h± = max(u_k · (half-width± + δ_k),  z · std'),  u_k ≥ 1
+
+with half-width₋ = mle − min, half-width₊ = max − mle and z = Φ⁻¹((1 + level)/2).
+
+**One band at the level.** The envelope is never narrower than the calibrated std's central
+interval mle ± z·std' at the same level: both claim to hold the reference with probability
+``level``, so the band reported is the wider of the two on each side. The two scales are fitted
+from the same scores, but t_k transfers to a harder kind of cell and u_k often does not: u_k is
+a maximum of per-group quantiles of |e|/half-width, which sit near 1 whenever the raw envelope
+already brackets most rows of every calibration group. On held-out cells whose errors are
+larger than any calibration group's, the envelope then stayed at ~1.3 calibrated σ while the
+std band had grown to z·σ'; taking the wider one keeps the envelope's shape where it is the
+wider band (asymmetric, spread-shaped) and the std's level where it is not. Since the floor
+only widens, the envelope's conformal guarantee is kept.
 
 The offset γ_k (a multiple β of the kind's median spread, β from :data:`OFFSETS`) lets rows
 whose spread is near zero get a band of the kind's typical size: on the held-out tungsten
@@ -169,17 +182,33 @@ class Calibration:
         c = self.kinds.get(kind)
         if c is None:
             return std, lo, hi
-        return apply_scales(c, mle, std, lo, hi)
+        return apply_scales(c, mle, std, lo, hi, self.level)
 
 
 SCALE_KEYS = ("std_scale", "std_offset", "envelope_scale", "envelope_offset")
 
 
-def apply_scales(c: dict[str, Any], mle, std, lo, hi):
+def apply_scales(c: dict[str, Any], mle, std, lo, hi, level: float):
     """(std', lo', hi') of the module docstring's form for scales ``c`` (:data:`SCALE_KEYS`;
-    numbers, or per-row numpy or dask arrays)."""
+    numbers, or per-row numpy or dask arrays): the envelope is the wider, on each side, of the
+    scaled envelope and mle ± z·std' at ``level``.
+
+    Parameters
+    ----------
+    c : {"std_scale", "std_offset", "envelope_scale", "envelope_offset"}: numbers or (n,) arrays
+    mle, std, lo, hi : (n,) raw MLE, std and envelope
+    level : the calibration's coverage level (sets z = Φ⁻¹((1 + level)/2))
+
+    Returns
+    -------
+    std', lo', hi' : (n,) arrays of the input's type
+    """
     t, g = c["envelope_scale"], c["envelope_offset"]
-    return c["std_scale"] * (std + c["std_offset"]), mle - t * (mle - lo + g), mle + t * (hi - mle + g)
+    calibrated_std = c["std_scale"] * (std + c["std_offset"])
+    floor = float(norm.ppf((1.0 + level) / 2.0)) * calibrated_std
+    below = np.maximum(t * (mle - lo + g), floor)
+    above = np.maximum(t * (hi - mle + g), floor)
+    return calibrated_std, mle - below, mle + above
 
 
 def group_weights(labels: np.ndarray) -> np.ndarray:

@@ -16,6 +16,16 @@ Conventions
   of zero (forces that vanish by symmetry) carry no information about the band: they are
   counted (``n_symmetry_zeros``) and left out of every coverage and calibration metric;
   accuracy (MAE, RMSE) is over all rows.
+- **The same rows before and after calibration.** Symmetry zeros and fixed rows are properties
+  of the reference and of the posterior, not of a band: a calibrated band is classified from
+  the raw envelope it came from (``reference_band``), so the raw and calibrated metrics of one
+  prediction are computed on the same rows (a calibrated offset would otherwise lift a
+  symmetry zero out of its class and count it as covered).
+- **A floor the user states.** ``floor`` (per row, :func:`check_tolerance`) is the reference's
+  own precision, e.g. the DFT's force noise: a reference within ``max(tol, floor)`` of the band
+  counts as inside, in the EV, the exact-box EV and the ±kσ coverages. The violations it
+  forgives are counted beside the EV (``n_violations_below_floor``). Symmetry zeros and fixed
+  rows are still decided with ``tol`` alone.
 - **Fixed rows.** Rows, other than symmetry zeros, whose envelope is narrower than ``tol``: every
   posterior member predicts the same value (a force component whose descriptor gradient
   vanishes because the environment inside the cutoff is symmetric, while the reference, which
@@ -32,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core.validation import InputError
+
 TOLERANCE_FACTOR = 1e-8
 NLL_FLOOR_FACTOR = 0.01
 INTERVAL_ALPHA = 0.05
@@ -39,10 +51,14 @@ COVERAGE_K = np.round(np.linspace(0.0, 5.0, 51), 10)
 EV_CURVE_SAMPLES = (50, 100, 200, 500, 1000, 2000, 5000)
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
 
+TOLERANCE_KINDS = {"energy": "eV/atom", "force": "eV/Å", "stress": "the store's stress unit"}
+
 __all__ = [
     "COVERAGE_K",
     "EV_CURVE_SAMPLES",
+    "TOLERANCE_KINDS",
     "band_metrics",
+    "check_tolerance",
     "coverage_curve",
     "envelope_violation_curve",
     "gaussian_nll",
@@ -50,8 +66,48 @@ __all__ = [
     "kind_tolerance",
     "miscalibration_area",
     "nll_floor",
+    "parse_tolerance",
     "symmetry_zeros",
 ]
+
+
+def check_tolerance(tolerance: dict[str, Any] | None, where: str = "tolerance") -> dict[str, float]:
+    """The per-kind floors of a ``tolerance`` mapping as floats; one-line ``InputError`` otherwise.
+
+    Keys are row kinds of :data:`TOLERANCE_KINDS` (energy per atom, force, stress); values are
+    finite and ≥ 0, in the kind's unit. ``None`` gives no floor.
+    """
+    if tolerance is None:
+        return {}
+    if not isinstance(tolerance, dict):
+        raise InputError(f"{where}: {tolerance!r}: give a mapping such as {{'energy': 0.001, 'force': 0.01}}")
+    out = {}
+    for key, value in tolerance.items():
+        if key not in TOLERANCE_KINDS:
+            raise InputError(f"{where}: unknown row kind {key!r} (use {', '.join(TOLERANCE_KINDS)})")
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: {key}={value!r} is not a number") from None
+        if isinstance(value, bool) or not np.isfinite(v) or v < 0:
+            raise InputError(f"{where}: {key}={value!r}: must be a finite number >= 0 ({TOLERANCE_KINDS[key]})")
+        out[key] = v
+    return out
+
+
+def parse_tolerance(text: str, where: str = "--tolerance") -> dict[str, float]:
+    """``"energy=0.001,force=0.01"`` as :func:`check_tolerance`'s mapping (one-line errors)."""
+    pairs = {}
+    for item in str(text).split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise InputError(
+                f"{where} {text!r}: give KIND=VALUE pairs separated by commas, e.g. energy=0.001,force=0.01"
+            )
+        if key.strip() in pairs:
+            raise InputError(f"{where} {text!r}: {key.strip()} given twice")
+        pairs[key.strip()] = value.strip()
+    return check_tolerance(pairs, where)
 
 
 def kind_tolerance(y: np.ndarray) -> float:
@@ -161,6 +217,8 @@ def band_metrics(
     bracket: np.ndarray | None = None,
     sizes: tuple[int, ...] = EV_CURVE_SAMPLES,
     curve: bool = True,
+    reference_band: tuple[np.ndarray, np.ndarray] | None = None,
+    floor: float | np.ndarray = 0.0,
 ) -> dict[str, Any]:
     """Accuracy, coverage, calibration and sharpness of one subset of rows.
 
@@ -171,6 +229,9 @@ def band_metrics(
     box : optional (n,) exact lower and upper bounds over the whole posterior
     bracket : optional (n,) smallest sample count that brackets each reference
     curve : include the coverage curve and the EV-vs-samples curve (lists)
+    reference_band : optional (n,) raw envelope (lo, hi) that decides symmetry zeros and fixed
+        rows, for a calibrated ``lo, hi`` (default: ``lo, hi`` themselves)
+    floor : the reference's precision, scalar or (n,) (see the module docstring; default 0)
 
     Returns
     -------
@@ -179,42 +240,48 @@ def band_metrics(
     y, mle, std, lo, hi = (np.asarray(a, dtype=np.float64) for a in (y, mle, std, lo, hi))
     err = y - mle
     tol = np.broadcast_to(np.asarray(tol, dtype=np.float64), y.shape)
-    zero = symmetry_zeros(y, mle, lo, hi, tol)
+    rlo, rhi = (lo, hi) if reference_band is None else (np.asarray(a, dtype=np.float64) for a in reference_band)
+    zero = symmetry_zeros(y, mle, rlo, rhi, tol)
     m = ~zero
+    floor = np.broadcast_to(np.asarray(floor, dtype=np.float64), y.shape)
     e, s, t = err[m], std[m], tol[m]
+    allowed = np.maximum(t, floor[m])  # within the reference's precision counts as inside
     n_used = int(m.sum())
 
     def mean(a: np.ndarray) -> float:
         return float(np.mean(a)) if a.size else float("nan")
 
     spread = s > t
-    fixed = hi[m] - lo[m] <= t
+    fixed = rhi[m] - rlo[m] <= t
+    beyond = outside(y[m], lo[m], hi[m], allowed)
     out: dict[str, Any] = {
         "n": int(y.size),
         "n_symmetry_zeros": int(zero.sum()),
         "n_fixed": int(fixed.sum()),
         "tolerance": float(np.median(tol)) if np.size(tol) else 0.0,
+        "floor": float(np.median(floor)) if np.size(floor) else 0.0,
         "mae_mle": mean(np.abs(err)),
         "rmse_mle": float(np.sqrt(np.mean(err**2))) if err.size else float("nan"),
-        "envelope_violation": mean(outside(y[m], lo[m], hi[m], t)),
-        "fixed_violation": mean(fixed & outside(y[m], lo[m], hi[m], t)),
+        "envelope_violation": mean(beyond),
+        "n_violations_below_floor": int(np.count_nonzero(outside(y[m], lo[m], hi[m], t) & ~beyond)),
+        "fixed_violation": mean(fixed & beyond),
         "mean_std": mean(s),
         "mean_envelope_width": mean(hi[m] - lo[m]),
         "mean_abs_error_over_std": mean(np.abs(e[spread]) / s[spread]),
         "median_abs_error_over_std": float(np.median(np.abs(e[spread]) / s[spread])) if spread.any() else float("nan"),
-        "coverage_2sigma": mean(np.abs(e) <= 2 * s + t),
-        "coverage_4sigma": mean(np.abs(e) <= 4 * s + t),
+        "coverage_2sigma": mean(np.abs(e) <= 2 * s + allowed),
+        "coverage_4sigma": mean(np.abs(e) <= 4 * s + allowed),
         "miscalibration_area": miscalibration_area(e, s) if n_used else float("nan"),
         "interval_score": interval_score(y[m], lo[m], hi[m]),
         "nll": gaussian_nll(e, s, nll_floor),
     }
     if box is not None:
         blo, bhi = (np.asarray(a, dtype=np.float64)[m] for a in box)
-        out["box_violation"] = mean(outside(y[m], blo, bhi, t))
+        out["box_violation"] = mean(outside(y[m], blo, bhi, allowed))
         out["mean_box_width"] = mean(bhi - blo)
         out["box_interval_score"] = interval_score(y[m], blo, bhi)
     if curve:
-        observed, nominal = coverage_curve(e, s, COVERAGE_K, t)
+        observed, nominal = coverage_curve(e, s, COVERAGE_K, allowed)
         out["coverage_curve"] = {"k": COVERAGE_K.tolist(), "observed": observed.tolist(), "nominal": nominal.tolist()}
         if bracket is not None:
             b = np.asarray(bracket, dtype=np.float64)[m]

@@ -22,6 +22,7 @@ import xarray as xr
 from ..calibration.metrics import (
     TOLERANCE_FACTOR,
     band_metrics,
+    check_tolerance,
     kind_tolerance,
     nll_floor,
     roundoff_tolerance,
@@ -78,6 +79,7 @@ def predict_ensemble(
     progress: bool = False,
     ev_curve: tuple[int, ...] | None = None,
     reference_scale: dict[int, float] | None = None,
+    tolerance: dict[str, float] | None = None,
 ) -> xr.Dataset:
     """Predict every row of ``data`` with the posterior ensemble.
 
@@ -102,6 +104,9 @@ def predict_ensemble(
     reference_scale : {kind code: RMS reference}, optional
         The scale of each row kind for the tolerance (default: this set's RMS per kind). Pass
         the whole store's when ``data`` is a subset, e.g. one group whose forces all vanish.
+    tolerance : {"energy": eV/atom, "force": eV/Å, "stress": ...}, optional
+        The references' own precision (see :mod:`popsdask.calibration.metrics`): recorded in
+        attrs ``tolerance_floor`` and used by the stored metrics and the EV-against-S curve.
 
     Returns
     -------
@@ -111,6 +116,7 @@ def predict_ensemble(
     from ``output``. attrs ``n_samples`` (members in the summaries), ``n_prediction_samples``
     (members in ``prediction``) and ``bounds`` (what ``min``/``max`` are).
     """
+    floors = check_tolerance(tolerance)
     post = posterior if isinstance(posterior, Posterior) else Posterior.load(posterior)
     if n_samples is not None and (isinstance(n_samples, bool) or int(n_samples) < 1):
         raise InputError(f"n_samples={n_samples!r}: must be a positive integer")
@@ -143,9 +149,11 @@ def predict_ensemble(
         roundoff = summary[:, 7]
         n_summary = s
     raw: dict[str, Any] = {}
+    atoms = _row_atoms(data, dim, coords, per_config)
+    floor = row_floor(floors, coords.get("kind"), atoms, n, design.source)
     if post.calibration:
         raw = {"std_raw": ((dim,), std), "min_raw": ((dim,), lo), "max_raw": ((dim,), hi)}
-        std, lo, hi = _calibrated(post, coords.get("kind"), _row_atoms(data, dim, coords, per_config), mle, std, lo, hi)
+        std, lo, hi = _calibrated(post, coords.get("kind"), atoms, mle, std, lo, hi)
     data_vars: dict[str, Any] = {
         "prediction": (("sample", dim), (dev + mle[None, :]).astype(dtype)),
         "mle": ((dim,), mle),
@@ -164,7 +172,8 @@ def predict_ensemble(
         tol = _row_tolerance(y, roundoff, coords.get("kind"), reference_scale)
         data_vars["tolerance"] = ((dim,), tol)
         if ev_curve:
-            data_vars["bracket_samples"] = ((dim,), _bracket(X, y, tol, post, ev_curve, method, seed))
+            allowed = da.maximum(tol, da.from_array(floor, chunks=tol.chunks))
+            data_vars["bracket_samples"] = ((dim,), _bracket(X, y, allowed, post, ev_curve, method, seed))
     per_dim = dim if dim == "configuration" else "configuration"
     for name, values in per_config.items():
         if name not in data_vars:
@@ -185,6 +194,8 @@ def predict_ensemble(
     )
     if ev_curve:
         ds.attrs["ev_curve_samples"] = [int(v) for v in _curve_sizes(post, ev_curve)]
+    if floors:
+        ds.attrs["tolerance_floor"] = json.dumps(floors)
     if isinstance(data, xr.Dataset):
         for key in ("units", "energy_rows"):
             if key in data.attrs:
@@ -192,6 +203,29 @@ def predict_ensemble(
     if output is None:
         return ds
     return _write(ds, output, overwrite, progress)
+
+
+def row_floor(
+    floors: dict[str, float], kind: np.ndarray | None, n_atoms: np.ndarray | None, n: int, where: str
+) -> np.ndarray:
+    """(n,) the stated precision of each row: ``floors["energy"]`` per atom times the row's
+    atoms for energies (1 where energies are already per atom), ``floors["force"]`` and
+    ``floors["stress"]`` as given; 0 for kinds without one."""
+    out = np.zeros(n)
+    if not floors:
+        return out
+    if kind is None:
+        raise InputError(f"{where}: the rows have no kinds, so a tolerance per kind cannot be applied")
+    kind = np.asarray(kind)
+    for name, value in floors.items():
+        rows = kind == KIND_CODES[name]
+        if name == "energy" and rows.any():
+            if n_atoms is None:
+                raise InputError(f"{where}: the energy tolerance is per atom, but the store has no n_atoms")
+            out[rows] = value * np.asarray(n_atoms, dtype=np.float64)[rows]
+        else:
+            out[rows] = value
+    return out
 
 
 def _row_atoms(data: Any, dim: str, coords: dict[str, Any], per_config: dict[str, np.ndarray]) -> np.ndarray | None:
@@ -225,7 +259,8 @@ def _calibrated(post: Posterior, kind: np.ndarray | None, n_atoms: np.ndarray | 
         atoms = np.asarray(n_atoms, dtype=np.float64)[rows] if per_atom else 1.0
         for key in SCALE_KEYS:
             factors[key][rows] = c[key] * (atoms if key.endswith("offset") else 1.0)
-    return apply_scales({k: da.from_array(v, chunks=mle.chunks) for k, v in factors.items()}, mle, std, lo, hi)
+    scales = {k: da.from_array(v, chunks=mle.chunks) for k, v in factors.items()}
+    return apply_scales(scales, mle, std, lo, hi, cal.level)
 
 
 def _box_bounds(X: da.Array, post: Posterior) -> tuple[da.Array, da.Array]:
@@ -487,10 +522,24 @@ def _per_atom(ds: xr.Dataset) -> bool:
     return "n_atoms" in ds and not str(ds.attrs.get("energy_rows", "")).startswith("per atom")
 
 
-def band_arrays(ds: xr.Dataset, raw: bool = False) -> dict[str, dict[str, np.ndarray]]:
+def band_arrays(
+    ds: xr.Dataset, raw: bool = False, floors: dict[str, float] | None = None
+) -> dict[str, dict[str, np.ndarray]]:
     """Per kind name: the per-row summaries of that kind (energies also per atom); ``raw``: the
-    uncalibrated std and envelope of a calibrated prediction."""
+    uncalibrated std and envelope of a calibrated prediction. Every view also holds
+    ``reference_min``/``reference_max``, the raw envelope that decides symmetry zeros and fixed
+    rows, and ``floor``, each row's stated precision (``floors``, see :func:`row_floor`)."""
     row = {k: ds[f"{k}_raw" if raw and f"{k}_raw" in ds else k].values for k in SUMMARY_VARS if k in ds}
+    for k in ("min", "max"):
+        row[f"reference_{k}"] = ds[f"{k}_raw" if f"{k}_raw" in ds else k].values
+    dim = ds["mle"].dims[0]
+    kind = ds["kind"].values if "kind" in ds.coords else None
+    atoms = None
+    if _per_atom(ds):
+        atoms = config_values(ds, "n_atoms").astype(np.float64)
+    elif str(ds.attrs.get("energy_rows", "")).startswith("per atom"):
+        atoms = np.ones(ds.sizes[dim])
+    row["floor"] = row_floor(floors or {}, kind, atoms, ds.sizes[dim], str(ds.attrs.get("source", "<predictions>")))
     views = {}
     for name, mask in row_kinds(ds).items():
         views[name] = {k: v[mask] for k, v in row.items()} | {"mask": mask}
@@ -512,10 +561,14 @@ def _metrics_of(view: dict[str, np.ndarray], sel: Any, floor: float, sizes: tupl
         box=box,
         bracket=bracket,
         sizes=sizes,
+        reference_band=(view["reference_min"][sel], view["reference_max"][sel]),
+        floor=view["floor"][sel],
     )
 
 
-def prediction_metrics(ds: xr.Dataset, group_by: str | None = None, raw: bool = False) -> dict[str, Any]:
+def prediction_metrics(
+    ds: xr.Dataset, group_by: str | None = None, raw: bool = False, tolerance: dict[str, float] | None = None
+) -> dict[str, Any]:
     """Every calibration metric of a prediction store per row kind, and per group.
 
     Parameters
@@ -523,18 +576,27 @@ def prediction_metrics(ds: xr.Dataset, group_by: str | None = None, raw: bool = 
     ds : prediction Dataset with references ``y``
     group_by : a per-configuration variable (e.g. ``"group"``), optional
     raw : for a calibrated prediction, the metrics of the uncalibrated band
+    tolerance : {"energy": eV/atom, "force": eV/Å, "stress": ...}, optional
+        The references' own precision: a violation within it is not counted in the EV (it is
+        counted in ``n_violations_below_floor``). Default: the one given to
+        :func:`predict_ensemble` (attrs ``tolerance_floor``), else none. The EV-against-S
+        curve is left out when it differs from the one the curve was recorded with.
 
     Returns
     -------
-    dict ``{"kinds": {kind: metrics}, "groups": {value: {kind: metrics}}, "group_by": name}``
-    (``groups`` empty without ``group_by``); kinds include ``energy_per_atom`` when the store
-    knows each configuration's ``n_atoms``. Tolerances and NLL floors are the kind's, over
-    all rows (see :mod:`popsdask.calibration.metrics`).
+    dict ``{"kinds": {kind: metrics}, "groups": {value: {kind: metrics}}, "group_by": name,
+    "tolerance": floors}`` (``groups`` empty without ``group_by``); kinds include
+    ``energy_per_atom`` when the store knows each configuration's ``n_atoms``. Tolerances and
+    NLL floors are the kind's, over all rows; symmetry zeros and fixed rows are decided from the
+    raw band, so raw and calibrated metrics cover the same rows (see
+    :mod:`popsdask.calibration.metrics`).
     """
     if "y" not in ds:
         raise InputError(f"{ds.attrs.get('source', '<predictions>')}: the prediction store has no references y")
-    sizes = tuple(int(v) for v in ds.attrs.get("ev_curve_samples", ()))
-    views = band_arrays(ds, raw)
+    recorded = json.loads(ds.attrs.get("tolerance_floor", "{}"))
+    floors = recorded if tolerance is None else check_tolerance(tolerance)
+    sizes = tuple(int(v) for v in ds.attrs.get("ev_curve_samples", ())) if floors == recorded else ()
+    views = band_arrays(ds, raw, floors)
     labels = None if group_by is None else np.asarray(config_values(ds, group_by)).astype(str)
     kinds: dict[str, Any] = {}
     groups: dict[str, dict[str, Any]] = {}
@@ -546,7 +608,7 @@ def prediction_metrics(ds: xr.Dataset, group_by: str | None = None, raw: bool = 
         lab = labels[view["mask"]]
         for value in np.unique(lab):
             groups.setdefault(str(value), {})[name] = _metrics_of(view, lab == value, floor, sizes)
-    return {"group_by": group_by, "kinds": kinds, "groups": groups}
+    return {"group_by": group_by, "kinds": kinds, "groups": groups, "tolerance": floors}
 
 
 def metrics_dataset(metrics: dict[str, Any]) -> xr.Dataset:

@@ -298,7 +298,9 @@ def calibrated_crossval(output: str | os.PathLike, level: float = 0.95) -> dict[
             floor = nll_floor(v["y"], v["mle"])
             raw = band_metrics(v["y"], v["mle"], v["std"], v["min"], v["max"], tol=v["tolerance"], nll_floor=floor)
             std, lo, hi = cal.apply(kind, v["mle"], v["std"], v["min"], v["max"])
-            new = band_metrics(v["y"], v["mle"], std, lo, hi, tol=v["tolerance"], nll_floor=floor)
+            new = band_metrics(
+                v["y"], v["mle"], std, lo, hi, tol=v["tolerance"], nll_floor=floor, reference_band=(v["min"], v["max"])
+            )
             ratio = new["mean_envelope_width"] / raw["mean_envelope_width"] if raw["mean_envelope_width"] else np.nan
             result[name][kind] = {"raw": raw, "calibrated": new, "width_ratio": float(ratio)}
     return result

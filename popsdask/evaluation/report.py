@@ -23,6 +23,8 @@ METRIC_LABELS = {
     "mae_mle": "MAE (MLE)",
     "rmse_mle": "RMSE (MLE)",
     "envelope_violation": "envelope violation",
+    "n_violations_below_floor": "… violations within the stated floor (not counted)",
+    "floor": "stated floor (the references' precision)",
     "fixed_violation": "… of which fixed rows (no θ brackets them)",
     "box_violation": "exact-box violation",
     "mean_std": "mean ensemble std",
@@ -36,7 +38,7 @@ METRIC_LABELS = {
     "nll": "Gaussian NLL (floored)",
 }
 PERCENT = ("envelope_violation", "fixed_violation", "box_violation", "coverage_2sigma", "coverage_4sigma")
-COUNTS = ("n", "n_symmetry_zeros", "n_fixed")
+COUNTS = ("n", "n_symmetry_zeros", "n_fixed", "n_violations_below_floor")
 UNITLESS = PERCENT + COUNTS + ("mean_abs_error_over_std", "miscalibration_area", "nll")
 
 
@@ -78,6 +80,7 @@ GROUP_COLUMNS = (
     "n",
     "mae_mle",
     "envelope_violation",
+    "n_violations_below_floor",
     "box_violation",
     "coverage_4sigma",
     "mean_abs_error_over_std",
@@ -108,6 +111,7 @@ def write_report(
     *,
     group_by: str | None = None,
     extra_figures: Callable[[xr.Dataset, Path], dict[str, str]] | None = None,
+    tolerance: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Write ``report.md``, ``metrics.json``, ``calibration.json`` and figures to ``outdir``.
 
@@ -116,7 +120,9 @@ def write_report(
     (``coverage.png``) and, when the predictions recorded it, envelope violation against the
     number of samples (``ev_vs_samples.png``). ``group_by`` (default: ``group`` when the store
     has it) adds per-group tables. ``extra_figures(ds, outdir)`` may write more figures
-    (returning {name: path}); they are linked from ``report.md`` too.
+    (returning {name: path}); they are linked from ``report.md`` too. ``tolerance``: the
+    references' precision per kind (see :func:`popsdask.engine.predictions.prediction_metrics`;
+    default: the one the predictions were made with).
     """
     ds = predictions if isinstance(predictions, xr.Dataset) else open_predictions(predictions)
     if "y" not in ds or "metrics" not in ds.attrs:
@@ -126,7 +132,7 @@ def write_report(
         )
     if group_by is None and "group" in configuration_variables(ds):
         group_by = "group"
-    calib = prediction_metrics(ds, group_by=group_by)
+    calib = prediction_metrics(ds, group_by=group_by, tolerance=tolerance)
     metrics = {k: {key: v for key, v in m.items() if not isinstance(v, dict)} for k, m in calib["kinds"].items()}
     units = kind_units(ds.attrs.get("units"))
     out = Path(outdir)
@@ -149,12 +155,21 @@ def write_report(
         "Envelope violation: fraction of references outside [min − tol, max + tol] of the ensemble; the exact "
         "box is the envelope over the whole posterior. tol per row = max(1e-8 × the kind's RMS reference, the "
         "round-off bound of the MLE product); rows whose reference, MLE and envelope are all within tol of zero "
-        "(symmetry zeros) are counted and left out of the coverage and calibration rows. The NLL floors the std "
-        "at 0.01 × the kind's RMSE.",
+        "(symmetry zeros) are counted and left out of the coverage and calibration rows, before and after "
+        "calibration alike. The NLL floors the std at 0.01 × the kind's RMSE.",
         "",
     ]
-    if "metrics_raw" in ds.attrs:
-        before = {k: v for k, v in json.loads(ds.attrs["metrics_raw"]).items()}
+    if calib["tolerance"]:
+        stated = ", ".join(f"{k} {v:g} {units.get('energy_per_atom' if k == 'energy' else k, '')}".rstrip()
+                           for k, v in calib["tolerance"].items())  # fmt: skip
+        text += [
+            f"Stated floor (the references' own precision): {stated}. A reference within it of the band counts "
+            "as inside, in the EV, the exact-box EV and the ±kσ coverages; the violations it forgives are counted "
+            "beside the EV.",
+            "",
+        ]
+    if "std_raw" in ds:
+        before = prediction_metrics(ds, raw=True, tolerance=tolerance)["kinds"]
         before = {k: {key: v for key, v in m.items() if not isinstance(v, dict)} for k, m in before.items()}
         text += ["## Before calibration", "", "The same predictions with the raw (uncalibrated) std and envelope:", ""]
         text += [metrics_table(before, units), ""]

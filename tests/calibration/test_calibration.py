@@ -461,3 +461,113 @@ def test_block_mean_std_matches_numpy_also_when_the_mean_dwarfs_the_spread():
     mean, std = _mean_std(dev)
     np.testing.assert_allclose(mean, dev.mean(axis=0), rtol=1e-14)
     np.testing.assert_allclose(std, dev.std(axis=0), rtol=1e-9)
+
+
+def _with_calibration(post, kinds: dict, level: float = 0.95):
+    import dataclasses
+
+    from popsdask.calibration.conformal import Calibration
+
+    return dataclasses.replace(post, calibration=Calibration(level, kinds, "by hand").to_dict())
+
+
+def test_calibrated_envelope_is_never_narrower_than_the_calibrated_std_band(grouped, tmp_path):
+    """The envelope and mle ± z·std' claim the same level: the reported envelope is the wider of
+    the two on each side, so a std scale that grew (t = 3) is never undercut by an envelope scale
+    that did not (u = 1)."""
+    from popsdask.calibration.conformal import Calibration
+
+    rng = np.random.default_rng(7)
+    mle, std = rng.normal(size=500), rng.uniform(0.1, 1.0, 500)
+    lo, hi = mle - rng.uniform(0.5, 8.0, 500) * std, mle + rng.uniform(0.5, 8.0, 500) * std
+    c = {"std_scale": 3.0, "std_offset": 0.0, "envelope_scale": 1.0, "envelope_offset": 0.0, "n": 1}
+    for level in (0.9, 0.95):
+        s2, lo2, hi2 = Calibration(level, {"force": c}, "by hand").apply("force", mle, std, lo, hi)
+        z = norm.ppf((1 + level) / 2)
+        np.testing.assert_allclose(s2, 3.0 * std)
+        np.testing.assert_allclose(mle - lo2, np.maximum(mle - lo, z * s2))
+        np.testing.assert_allclose(hi2 - mle, np.maximum(hi - mle, z * s2))
+        assert np.any(hi - mle > z * s2)  # where the envelope is wider it keeps its own shape
+    # the same rule where calibrated bands are stored: predict_ensemble
+    tmp, X, y, config, kind, *_ = grouped
+    post = _with_calibration(fit(tmp / "s.zarr"), {"force": c, "energy_per_atom": c})
+    ds = predict_ensemble(post, tmp / "s.zarr", tmp_path / "p.zarr", n_samples=100)
+    z = norm.ppf(0.975)
+    mle, s2 = ds["mle"].values, ds["std"].values
+    assert np.all(mle - ds["min"].values >= z * s2 * (1 - 1e-12))
+    assert np.all(ds["max"].values - mle >= z * s2 * (1 - 1e-12))
+    assert np.any(ds["max_raw"].values - mle < z * s2)  # the floor was needed
+
+
+def test_raw_and_calibrated_metrics_are_on_the_same_rows(tmp_path):
+    """Symmetry zeros and fixed rows are decided from the raw band: a calibrated offset lifts the
+    band of an exact zero off zero, and the zero must not then count as a covered row."""
+    from popsdask.engine.predictions import open_predictions
+
+    X, y, w = misspecified(2000, 6, seed=35)
+    post = fit(X, y, weight=w)
+    Xt, yt = X[:300].copy(), y[:300].copy()
+    Xt[:40], yt[:40] = 0.0, 0.0  # symmetry zeros
+    Xt[40:60], yt[40:60] = 0.0, 0.05  # fixed rows that miss
+    write_store(tmp_path / "t.zarr", Xt, yt, kind=np.ones(300, dtype=int))
+    c = {"std_scale": 1.5, "std_offset": 0.01, "envelope_scale": 1.2, "envelope_offset": 0.02, "n": 1}
+    ds = predict_ensemble(_with_calibration(post, {"force": c}), tmp_path / "t.zarr", tmp_path / "p.zarr")
+    assert np.all(ds["max"].values[:40] > 1e-3)  # the calibrated band of a zero is not zero
+    cal, raw = prediction_metrics(ds)["kinds"]["force"], prediction_metrics(ds, raw=True)["kinds"]["force"]
+    for m in (cal, raw):
+        assert m["n_symmetry_zeros"] == 40 and m["n_fixed"] == 20
+    stored = json.loads(open_predictions(tmp_path / "p.zarr").attrs["metrics_raw"])["force"]
+    assert stored["n_symmetry_zeros"] == 40
+    used = slice(40, None)
+    lo, hi, tol = (ds[k].values[used] for k in ("min", "max", "tolerance"))
+    assert cal["envelope_violation"] == pytest.approx(np.mean((yt[used] < lo - tol) | (yt[used] > hi + tol)))
+
+
+def test_a_stated_floor_forgives_violations_within_the_references_precision(grouped, tmp_path):
+    from popsdask.calibration.metrics import check_tolerance, parse_tolerance
+
+    y = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    mle, std = y.copy(), np.full(5, 0.1)
+    lo, hi = y - 0.2, y + 0.2
+    y_obs = y + np.array([0.0, 0.25, -0.3, 0.5, 0.205])  # outside by 0, 0.05, 0.1, 0.3, 0.005
+    none = band_metrics(y_obs, mle, std, lo, hi, tol=1e-12, nll_floor=1e-3)
+    some = band_metrics(y_obs, mle, std, lo, hi, tol=1e-12, nll_floor=1e-3, floor=0.06)
+    assert none["envelope_violation"] == pytest.approx(4 / 5) and none["n_violations_below_floor"] == 0
+    assert some["envelope_violation"] == pytest.approx(2 / 5) and some["n_violations_below_floor"] == 2
+    assert some["floor"] == 0.06 and some["coverage_2sigma"] == pytest.approx(3 / 5)
+    # on a store: energies per atom (a total energy's floor is n_atoms of them), forces as given
+    tmp, X, yy, config, kind, group, n_atoms = grouped
+    post = fit(tmp / "s.zarr")
+    ds = predict_ensemble(post, tmp / "s.zarr", tmp_path / "p.zarr", n_samples=20, ev_curve=(10, 20))
+    base = prediction_metrics(ds)["kinds"]
+    floors = {"energy": 0.02, "force": 0.05}
+    with_floor = prediction_metrics(ds, tolerance=floors)
+    assert with_floor["tolerance"] == floors
+    m = with_floor["kinds"]
+    f = kind == 1
+    gap = np.maximum(ds["min"].values - yy, yy - ds["max"].values) - ds["tolerance"].values
+    assert m["force"]["n_violations_below_floor"] == np.count_nonzero((gap[f] > 0) & (gap[f] <= 0.05))
+    assert m["force"]["envelope_violation"] == pytest.approx(np.mean(gap[f] > 0.05))
+    assert base["force"]["envelope_violation"] > m["force"]["envelope_violation"]
+    n_forgiven = m["energy"]["n_violations_below_floor"]
+    assert n_forgiven > 0 and m["energy_per_atom"]["n_violations_below_floor"] == n_forgiven
+    assert "ev_vs_samples" not in m["force"]  # recorded without the floor: its curve is left out
+    # the floor given to predict is recorded, used by the stored metrics and by the EV curve
+    args = (post, tmp / "s.zarr", tmp_path / "p2.zarr")
+    ds2 = predict_ensemble(*args, n_samples=20, ev_curve=(10, 20), tolerance=floors)
+    stored = json.loads(ds2.attrs["metrics"])["force"]
+    assert stored["envelope_violation"] == pytest.approx(m["force"]["envelope_violation"])
+    assert stored["ev_vs_samples"]["envelope_violation"][-1] == pytest.approx(stored["envelope_violation"])
+    # refusals: one line each, naming the key
+    assert parse_tolerance("energy=1e-3, force=0.01") == {"energy": 1e-3, "force": 0.01}
+    bad = {"force": "force", "energy=-1": "must be a finite number >= 0", "forces=1": "unknown row kind 'forces'",
+           "force=abc": "not a number", "force=1,force=2": "given twice", "energy=nan": "finite"}  # fmt: skip
+    for text, needle in bad.items():
+        with pytest.raises(InputError, match=needle) as info:
+            parse_tolerance(text)
+        assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match="unknown row kind"):
+        check_tolerance({"virial": 1.0})
+    with pytest.raises(InputError, match="must be a finite"):
+        predict_ensemble(post, tmp / "s.zarr", tmp_path / "p3.zarr", tolerance={"force": -1})
+    assert not (tmp_path / "p3.zarr").exists()
