@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..core.validation import InputError
+from . import lammps_text
 
 __all__ = [
     "NKTV2P",
@@ -213,7 +214,7 @@ class LammpsSession:
         )
         if int(lmp.get_natoms()) != n:
             raise RuntimeError(f"LAMMPS created {int(lmp.get_natoms())} of {n} atoms (box mapping)")
-        for cmd in pair_commands:
+        for cmd in lammps_text.commands(pair_commands):
             lmp.command(cmd)
         lmp.command("neighbor 1.0 bin")
         lmp.command("neigh_modify every 1 delay 0 check yes")

