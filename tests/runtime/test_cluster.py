@@ -18,8 +18,9 @@ import psutil
 import pytest
 from distributed import Security
 from distributed.core import Status
-from popsdask.runtime.cluster import add_cluster_arguments, connect, connect_from_args, load_cluster_config
 
+from popsdask.runtime.cluster import connect, connect_from_args, load_cluster_config
+from popsdask.runtime.options import add_cluster_arguments
 from tests.conftest import LISTENING_BEFORE
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,7 @@
+"""``python -m popsdask.cli``: the ``popsdask`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
