@@ -16,6 +16,7 @@ from types import ModuleType
 
 from .. import __version__
 from ..core.validation import InputError
+from ..runtime.preflight import check_cluster_args
 from . import bench, calibrate, crossval, demo, descriptors, export, fit, predict, properties, report
 from .common import Help, Parser
 
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``popsdask ARGV``; the exit code (2: bad input, one line on stderr)."""
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "n_workers"):  # a command that computes on a cluster: its options first
+            check_cluster_args(args)
         return COMMANDS[args.command].run(args)
     except (InputError, FileExistsError, FileNotFoundError) as err:
         # the API's wording names its keyword; on the command line it is the flag

@@ -315,3 +315,52 @@ def test_single_row_store_fits_one_feature_and_refuses_more(tmp_path):
     wide = write_store(tmp_path / "wide.zarr", [[2.0, 1.0]], [1.0])
     with pytest.raises(InputError, match="1 rows .* 2 features"):
         fit(wide)
+
+
+# -- cluster options: one line before anything starts, never a hang -----------------------------
+BAD_CLUSTER_OPTIONS = {
+    "--scheduler-file": (["--scheduler-file", "{tmp}/nonexistent.json"], "no such file"),
+    "--scheduler-file garbage": (["--scheduler-file", "{tmp}/garbage.json"], "not a scheduler file"),
+    "--n-workers": (["--n-workers", "0"], "at least one worker"),
+    "--memory-limit small": (["--memory-limit", "1MB"], "at least 512 MiB"),
+    "--memory-limit text": (["--memory-limit", "lots"], "not a size"),
+    "--interface": (["--interface", "nosuchif0"], "no such network interface"),
+    "--scheduler": (["--scheduler", "tcp://127.0.0.1:1"], "no scheduler reachable"),
+    "--cluster-config": (["--cluster-config", "{tmp}/x.yaml"], "slurm, pbs and lsf clusters only"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CLUSTER_OPTIONS))
+def test_bad_cluster_options_are_one_line_before_a_cluster_starts(tmp_path, capsys, case):
+    """Each option used to hang (scheduler file, zero workers, a memory limit workers restart under
+    for ever) or end in a traceback after the cluster started; now exit 2, one line naming the
+    option, within seconds, and nothing written."""
+    from popsdask.cli import main
+
+    X, y = np.random.default_rng(0).normal(size=(50, 2)), np.zeros(50)
+    store = write_store(tmp_path / "s.zarr", X, y)
+    (tmp_path / "garbage.json").write_text("{not json")
+    (tmp_path / "x.yaml").write_text("jobqueue: {slurm: {cores: 1}}\n")
+    options, message = BAD_CLUSTER_OPTIONS[case]
+    out = tmp_path / "post.zarr"
+    with time_limit(30):
+        code = main(["fit", str(store), "-o", str(out), "--quiet", *(o.format(tmp=tmp_path) for o in options)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert message in err[0] and options[0] in err[0]
+    assert not out.exists()
+
+
+@SETTINGS
+@given(
+    n_workers=st.one_of(st.none(), st.integers(-3, 0)),
+    memory=st.one_of(st.none(), st.text(max_size=8), st.floats(allow_nan=True), st.integers(-10, 2**20)),
+    interface=st.one_of(st.none(), st.text(min_size=1, max_size=12)),
+)
+def test_cluster_options_are_refused_as_input_errors(n_workers, memory, interface):
+    """Whatever the options, the check before a cluster starts raises InputError or passes."""
+    from popsdask.runtime.preflight import check_cluster_options
+
+    with contextlib.suppress(InputError):
+        check_cluster_options(n_workers=n_workers, memory_limit=memory, interface=interface)
+        assert n_workers is None and interface in (None, "lo", "eth0")
