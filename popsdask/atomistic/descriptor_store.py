@@ -47,7 +47,7 @@ from .configurations import Configuration, validate_configuration
 from .descriptors.base import DescriptorBackend, check_backend
 from .descriptors.snap import RowBlock
 from .split import SPLIT_CODES, split_configurations
-from .weights import WeightSettings, element_reference_energies, paper_weights
+from .weights import GroupWeights, WeightSettings, element_reference_energies, paper_weights
 
 __all__ = ["PartsReport", "build_descriptor_store", "composition_bins", "compute_parts", "parts_directory"]
 
@@ -258,7 +258,7 @@ def build_descriptor_store(
     settings: DescriptorBackend,
     *,
     virial: bool | str = False,
-    weights: WeightSettings | str | None = None,
+    weights: WeightSettings | GroupWeights | str | None = None,
     test_fraction: float = 0.25,
     seed: int = 0,
     split: np.ndarray | str | None = None,
@@ -280,8 +280,9 @@ def build_descriptor_store(
         :mod:`popsdask.atomistic.descriptors.base`)
     virial : add 6 virial rows per configuration: True, False, or ``"auto"`` (where a stress is
         present)
-    weights : eq. 9 settings (default a = 2 eV, b = 50 eV/Å), or ``"none"`` for a store without
-        a ``weight`` variable (every row weighs 1). A store without training configurations
+    weights : eq. 9 settings (default a = 2 eV, b = 50 eV/Å), per-group weights
+        (:class:`~popsdask.atomistic.weights.GroupWeights`, FitSNAP's), or ``"none"`` for a store
+        without a ``weight`` variable (every row weighs 1). A store without training configurations
         normalises eq. 9 over all its configurations instead.
     test_fraction, seed : the split by configuration, stratified by group
     split : (n_configurations,) int8 0 train / 1 test, overriding ``test_fraction``/``seed``;
@@ -377,6 +378,8 @@ def _checked_configurations(
     configurations = list(configurations)
     if not configurations:
         raise InputError(f"{final}: no configurations to build a store from")
+    if isinstance(weights, GroupWeights):
+        weights.check_groups([c.group or "-" for c in configurations])
     bad = []
     for cfg in configurations:
         try:
@@ -431,13 +434,17 @@ def _weights(
     configurations: Sequence[Configuration],
     elements: Sequence[str],
     split: np.ndarray,
-    weights: WeightSettings | str | None,
+    weights: WeightSettings | GroupWeights | str | None,
 ) -> tuple[np.ndarray | None, dict[str, Any]]:
-    """Eq. 9 row weights (None for ``"none"``) and the store's ``weights`` attrs."""
+    """Eq. 9 or per-group row weights (None for ``"none"``) and the store's ``weights`` attrs."""
+    n_atoms = np.array([c.n_atoms for c in configurations])
+    if isinstance(weights, GroupWeights):
+        groups = [c.group or "-" for c in configurations]
+        volume = np.array([c.volume for c in configurations])
+        return weights.row_weights(small["kind"], small["config"], groups, n_atoms, volume), weights.to_attrs()
     wset = None if isinstance(weights, str) else weights or WeightSettings()
     if wset is None:
         return None, {"scheme": "none"}
-    n_atoms = np.array([c.n_atoms for c in configurations])
     counts = _element_counts(configurations, elements)
     energy = np.array([c.energy for c in configurations], dtype=float)
     norms = [np.linalg.norm(np.asarray(c.forces), axis=1) for c in configurations]

