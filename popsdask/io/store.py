@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import threading
 import time
 import uuid
@@ -334,10 +335,27 @@ def write_state(path: str | os.PathLike) -> str:
 def _v2_hint(root: Path) -> str | None:
     if any((root / name).exists() for name in (".zgroup", ".zarray", ".zattrs", ".zmetadata")):
         return (
-            f"{root}: a Zarr v2 group, not a Zarr v3 group; convert it with "
-            f"python -c \"import xarray as xr; xr.open_zarr('{root}').to_zarr('NEW.zarr', zarr_format=3)\""
+            f'{root}: a Zarr v2 group, not a Zarr v3 group; convert it with python -c "import xarray as xr; '
+            f"xr.open_zarr('{root}').drop_encoding().to_zarr('NEW.zarr', zarr_format=3)\""
         )
     return None
+
+
+def _group_files(root: Path, name: str) -> list[Path]:
+    """The files called ``name`` under ``root``, after checking that every entry of the tree is a
+    regular file or a directory: reading a FIFO (or a device) as a chunk would block for ever."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        for entry in dirs + files:
+            p = Path(folder) / entry
+            try:
+                mode = p.stat().st_mode
+            except OSError as err:
+                raise InputError(f"{p}: unreadable ({err.strerror})") from None
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise InputError(f"{p}: not a regular file (a FIFO, socket or device); a store holds files only")
+        found += [Path(folder) / f for f in files if f == name]
+    return found
 
 
 def check_safe_group(path: str | os.PathLike) -> None:
@@ -348,7 +366,7 @@ def check_safe_group(path: str | os.PathLike) -> None:
     root = Path(path)
     if not (root / "zarr.json").is_file():
         raise InputError(_v2_hint(root) or f"{root}: not a Zarr v3 group (no zarr.json)")
-    for meta_path in root.rglob("zarr.json"):
+    for meta_path in _group_files(root, "zarr.json"):
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError) as err:

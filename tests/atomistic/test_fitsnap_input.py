@@ -82,7 +82,7 @@ def test_group_sizes_round_as_fitsnap() -> None:
 
 @needs_ta
 def test_split_from_training_and_testing_sizes(tmp_path) -> None:
-    text = (TA / "Ta-example.in").read_text().replace("= JSON", f"= {TA / 'JSON'}")
+    text = (TA / "Ta-example.in").read_text().replace("dataPath = JSON", f"dataPath = {TA / 'JSON'}")
     text = text.replace("Liquid        =  1.0    0.0", "Liquid        =  0.34    0.66")
     (tmp_path / "split.in").write_text(text)
     inp = read_fitsnap_input(tmp_path / "split.in")
@@ -94,7 +94,7 @@ def test_split_from_training_and_testing_sizes(tmp_path) -> None:
 
 
 def _bad(tmp_path, old: str, new: str) -> str:
-    text = (TA / "Ta-example.in").read_text().replace("= JSON", f"= {TA / 'JSON'}")
+    text = (TA / "Ta-example.in").read_text().replace("dataPath = JSON", f"dataPath = {TA / 'JSON'}")
     assert old in text
     path = tmp_path / "bad.in"
     path.write_text(text.replace(old, new))
@@ -136,7 +136,7 @@ def test_missing_data_path_and_section(tmp_path) -> None:
     with pytest.raises(InputError, match=r"\[PATH\] dataPath: .*JSON is not a directory"):
         read_fitsnap_input(tmp_path / "a.in")
     head, _, _ = text.partition("[GROUPS]")
-    (tmp_path / "b.in").write_text(head.replace("= JSON", f"= {TA / 'JSON'}"))
+    (tmp_path / "b.in").write_text(head.replace("dataPath = JSON", f"dataPath = {TA / 'JSON'}"))
     with pytest.raises(InputError, match=r"\[GROUPS\]: missing section"):
         read_fitsnap_input(tmp_path / "b.in")
 

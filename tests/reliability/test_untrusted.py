@@ -184,3 +184,43 @@ def test_export_to_a_path_with_spaces_runs_in_lammps(tmp_path):
     posterior = Posterior.load(post)
     theta = np.vstack([posterior.coef_, member_thetas(posterior, 2)])
     np.testing.assert_allclose(energy, (theta @ row.X[0] + row.reference[0]) / 2, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["store", "posterior", "predictions"])
+def test_a_fifo_chunk_is_refused_not_read(written, kind):
+    """A chunk file that is a FIFO used to block the reader for ever; it is refused by name."""
+    import signal
+
+    path, array, reader = written[kind]
+    chunk = next(c for c in sorted((path / array / "c").rglob("*")) if c.is_file())
+    chunk.unlink()
+    os.mkfifo(chunk)
+
+    def expire(signum, frame):
+        raise TimeoutError("the reader blocked on the FIFO")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(20)
+    try:
+        with pytest.raises(InputError, match=f"{chunk.name}: not a regular file"):
+            reader(path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_the_zarr_v2_conversion_hint_works(tmp_path):
+    """The command the refusal of a Zarr v2 store suggests converts an xarray-written v2 store."""
+    import re
+    import subprocess
+    import sys
+
+    import xarray as xr
+
+    X, y, _ = misspecified(100, 3)
+    xr.Dataset({"X": (("row", "feature"), X), "y": ("row", y)}).to_zarr(tmp_path / "old.zarr", zarr_format=2)
+    with pytest.raises(InputError, match="Zarr v2") as err:
+        open_store(tmp_path / "old.zarr")
+    command = re.search(r'python -c "(.*)"$', str(err.value)).group(1)
+    subprocess.run([sys.executable, "-c", command], cwd=tmp_path, check=True, capture_output=True)
+    np.testing.assert_array_equal(open_store(tmp_path / "NEW.zarr").X.values, X)
