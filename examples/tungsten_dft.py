@@ -21,16 +21,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from popsdask.atomistic.descriptors.snap import SnapSettings
-from popsdask.atomistic.descriptors.snap_files import write_snap_potential
-from popsdask.runtime.cluster import connect
 
 from popsdask import open_store
 from popsdask.atomistic.configurations import read_configurations
 from popsdask.atomistic.descriptor_store import build_descriptor_store
+from popsdask.atomistic.descriptors.snap import SnapSettings, write_snap_potential
 from popsdask.atomistic.pointwise import pointwise_report
 from popsdask.atomistic.split import select_split
 from popsdask.engine.estimator import fit
+from popsdask.runtime.cluster import connect
 
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tungsten-dft" / "W_dft.extxyz.xz"
 

@@ -12,8 +12,7 @@ calculator), :mod:`.oracle` (teacher and generated configurations), :mod:`.point
 from .calculator import LammpsCalculator
 from .configurations import Configuration, ReadResult, read_configurations, read_extxyz, read_fitsnap_json
 from .descriptor_store import build_descriptor_store, compute_parts
-from .descriptors.snap import SnapSettings, snap_rows
-from .descriptors.snap_files import snap_calculator, write_snap_potential
+from .descriptors.snap import SnapSettings, snap_calculator, snap_rows, write_snap_potential
 from .split import select_split, split_configurations
 from .weights import WeightSettings, paper_weights
 

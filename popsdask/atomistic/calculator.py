@@ -1,7 +1,7 @@
 """The LAMMPS-backed ASE calculator: any LAMMPS pair style evaluated on the process's instance.
 
 :class:`LammpsCalculator` runs a fitted qSNAP potential (built by
-:func:`popsdask.atomistic.descriptors.snap_files.snap_calculator`) and the teacher potentials shipped with
+:func:`popsdask.atomistic.descriptors.snap.snap_calculator`) and the teacher potentials shipped with
 LAMMPS alike, so what is measured is what LAMMPS computes.
 """
 

@@ -23,11 +23,11 @@ import warnings
 from typing import Any
 
 import numpy as np
-from scipy.linalg import cholesky, eigh
-from scipy.linalg.blas import dtrmm
-from scipy.stats import qmc
 
 from .stats import float64_blocks
+
+# scipy is imported inside the functions that use it: the command line reads this module's
+# names (through the posterior kinds) to build its parser, which must not wait for scipy
 
 SAMPLING_METHODS = ("uniform", "sobol", "latin", "halton")
 
@@ -99,6 +99,8 @@ def lower_quadratic_form(
     if trmm is not None:
         return _trmm_quadratic_form(trmm, X, L, scratch)
     if not release_gil:
+        from scipy.linalg.blas import dtrmm
+
         t = dtrmm(1.0, L, X.T, side=0, lower=1, trans_a=1, overwrite_b=scratch)  # (X L)ᵀ = Lᵀ Xᵀ
         return np.einsum("ij,ij->j", t, t)
     q = np.zeros(X.shape[0])
@@ -176,6 +178,8 @@ def _trmm_in_place() -> Any:
 
 def leverage_factor(a_inv: np.ndarray) -> np.ndarray | None:
     """Lower Cholesky factor of ``a_inv`` for :func:`block_leverage`, or None if not PD."""
+    from scipy.linalg import cholesky
+
     try:
         return cholesky((a_inv + a_inv.T) / 2.0, lower=True)
     except np.linalg.LinAlgError:
@@ -297,6 +301,8 @@ def relative_error_cutoff(sum_sq: float, n_rows: int, minimum_relative_error: fl
 def principal_basis(moment: np.ndarray, mode_threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvectors of the correction second moment whose eigenvalue exceeds
     ``mode_threshold`` × the largest one, and those eigenvalues (ascending, as eigh)."""
+    from scipy.linalg import eigh
+
     vals, vecs = eigh((moment + moment.T) / 2.0)
     keep = vals > mode_threshold * vals.max()
     return vecs[:, keep], vals[keep]
@@ -324,6 +330,8 @@ def unit_samples(n: int, dim: int, method: str = "uniform", seed: int | None = 0
         return np.zeros((n, 0))
     if method == "uniform":
         return rng.uniform(size=(n, dim))
+    from scipy.stats import qmc
+
     engine = {"sobol": qmc.Sobol, "latin": qmc.LatinHypercube, "halton": qmc.Halton}[method]
     with warnings.catch_warnings():
         # Sobol prefers powers of two; the sample count is the user's choice, not N's.

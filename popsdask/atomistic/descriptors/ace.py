@@ -39,8 +39,8 @@ import numpy as np
 from ...core.validation import InputError
 from .. import lammps_text
 from ..configurations import Configuration
-from .base import register_backend
-from .snap import RowBlock, default_masses
+from .base import RowBlock, register_backend
+from .snap import default_masses
 
 __all__ = ["NO_VIRIAL", "AceSettings", "ace_rows", "linear_basis_config", "require_pyace"]
 

@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
 
 from ...core.validation import InputError
 
@@ -35,10 +38,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..calculator import LammpsCalculator
     from ..configurations import Configuration
     from ..lammps_backend import LammpsSession
-    from .snap import RowBlock
 
 __all__ = [
     "DescriptorBackend",
+    "RowBlock",
     "backend_from_attrs",
     "backend_from_store",
     "backend_names",
@@ -46,6 +49,46 @@ __all__ = [
     "register_backend",
     "runs_in_lammps",
 ]
+
+
+@dataclass
+class RowBlock:
+    """Design rows of one or more configurations (numpy, in memory)."""
+
+    X: np.ndarray
+    y: np.ndarray
+    reference: np.ndarray
+    kind: np.ndarray
+    atom: np.ndarray
+    component: np.ndarray
+    config: np.ndarray
+
+    @classmethod
+    def energy_forces(cls, X: np.ndarray, cfg: Configuration, config_index: int = 0) -> RowBlock:
+        """Energy and 3N force rows ``X`` (shape ``(1 + 3N, P)``, atom-major) of ``cfg``, its labels
+        as targets and no reference part (the POD and ACE backends)."""
+        n = cfg.n_atoms
+        if cfg.energy is None or cfg.forces is None:
+            raise InputError(f"{cfg.where()}: energy and forces are needed to build rows")
+        m = 1 + 3 * n
+        return cls(
+            X=X,
+            y=np.concatenate([[cfg.energy], np.asarray(cfg.forces, dtype=float).ravel()]),
+            reference=np.zeros(m),
+            kind=np.concatenate([[0], np.ones(3 * n)]).astype(np.int8),
+            atom=np.concatenate([[-1], np.repeat(np.arange(n), 3)]).astype(np.int32),
+            component=np.concatenate([[-1], np.tile(np.arange(3), n)]).astype(np.int8),
+            config=np.full(m, config_index, dtype=np.int64),
+        )
+
+    @classmethod
+    def concat(cls, blocks: Sequence[RowBlock]) -> RowBlock:
+        return cls(
+            *(
+                np.concatenate([getattr(b, f) for b in blocks])
+                for f in ("X", "y", "reference", "kind", "atom", "component", "config")
+            )
+        )
 
 
 @runtime_checkable

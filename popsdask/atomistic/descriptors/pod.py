@@ -37,8 +37,8 @@ from .. import lammps_text
 from ..calculator import LammpsCalculator
 from ..configurations import Configuration
 from ..lammps_backend import LammpsSession, get_session, lammps_box
-from .base import register_backend
-from .snap import RowBlock, default_masses
+from .base import RowBlock, register_backend
+from .snap import default_masses
 
 __all__ = ["PodSettings", "pod_rows", "raw_compute_pod", "read_pod_coefficients"]
 

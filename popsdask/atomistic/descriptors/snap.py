@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,12 +37,21 @@ from ...core.validation import InputError
 from .. import lammps_text
 from ..configurations import Configuration
 from ..lammps_backend import NKTV2P, LammpsSession, get_session, lammps_box
-from .base import register_backend
+from .base import RowBlock, register_backend
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..calculator import LammpsCalculator
 
-__all__ = ["SnapSettings", "RowBlock", "default_masses", "n_bispectrum", "snap_rows", "zbl_reference"]
+__all__ = [
+    "SnapSettings",
+    "default_masses",
+    "n_bispectrum",
+    "pair_commands_for",
+    "snap_calculator",
+    "snap_rows",
+    "write_snap_potential",
+    "zbl_reference",
+]
 
 
 def default_masses(elements: Sequence[str]) -> tuple[float, ...]:
@@ -400,64 +410,18 @@ class SnapSettings:
         return {k: prefix.with_name(f"{prefix.name}.{k}") for k in ("snapcoeff", "snapparam", "mod")}
 
     def write_potential(self, theta: Any, prefix: str | os.PathLike, *, comment: str = "") -> dict[str, Path]:
-        """:func:`~popsdask.atomistic.descriptors.snap_files.write_snap_potential` of θ."""
-        from .snap_files import write_snap_potential
-
+        """:func:`write_snap_potential` of θ."""
         return write_snap_potential(theta, self, prefix, comment=comment)
 
     def pair_commands(self, paths: Any) -> list[str]:
         """``pair_style snap`` (plus the reference) of the files ``paths``."""
-        from .snap_files import pair_commands_for
-
         return pair_commands_for(self, paths["snapcoeff"], paths["snapparam"])
 
     def calculator(
         self, theta: Any, directory: str | os.PathLike | None = None, *, label: str = "qsnap"
     ) -> LammpsCalculator:
-        """:func:`~popsdask.atomistic.descriptors.snap_files.snap_calculator` of θ."""
-        from .snap_files import snap_calculator
-
+        """:func:`snap_calculator` of θ."""
         return snap_calculator(theta, self, directory, label=label)
-
-
-@dataclass
-class RowBlock:
-    """Design rows of one or more configurations (numpy, in memory)."""
-
-    X: np.ndarray
-    y: np.ndarray
-    reference: np.ndarray
-    kind: np.ndarray
-    atom: np.ndarray
-    component: np.ndarray
-    config: np.ndarray
-
-    @classmethod
-    def energy_forces(cls, X: np.ndarray, cfg: Configuration, config_index: int = 0) -> RowBlock:
-        """Energy and 3N force rows ``X`` (shape ``(1 + 3N, P)``, atom-major) of ``cfg``, its labels
-        as targets and no reference part (the POD and ACE backends)."""
-        n = cfg.n_atoms
-        if cfg.energy is None or cfg.forces is None:
-            raise InputError(f"{cfg.where()}: energy and forces are needed to build rows")
-        m = 1 + 3 * n
-        return cls(
-            X=X,
-            y=np.concatenate([[cfg.energy], np.asarray(cfg.forces, dtype=float).ravel()]),
-            reference=np.zeros(m),
-            kind=np.concatenate([[0], np.ones(3 * n)]).astype(np.int8),
-            atom=np.concatenate([[-1], np.repeat(np.arange(n), 3)]).astype(np.int32),
-            component=np.concatenate([[-1], np.tile(np.arange(3), n)]).astype(np.int8),
-            config=np.full(m, config_index, dtype=np.int64),
-        )
-
-    @classmethod
-    def concat(cls, blocks: Sequence[RowBlock]) -> RowBlock:
-        return cls(
-            *(
-                np.concatenate([getattr(b, f) for b in blocks])
-                for f in ("X", "y", "reference", "kind", "atom", "component", "config")
-            )
-        )
 
 
 def raw_compute_snap(
@@ -551,6 +515,89 @@ def snap_rows(
         atom=atom[keep],
         component=comp[keep],
         config=np.full(m, config_index, dtype=np.int64),
+    )
+
+
+# -- potentials out: θ as .snapcoeff/.snapparam files, their pair commands, an ASE calculator ---------
+def write_snap_potential(
+    theta: Any, settings: SnapSettings, prefix: str | os.PathLike, *, comment: str = ""
+) -> dict[str, Path]:
+    """Write θ as ``<prefix>.snapcoeff``, ``<prefix>.snapparam`` and ``<prefix>.mod``.
+
+    Parameters
+    ----------
+    theta : (n_features,) coefficients over the store's columns (per element: β0, linear,
+        quadratic terms, i.e. the ``.snapcoeff`` order; β0 is 0 without ``beta0_columns``, and
+        minus the settings' ``energy_shift``)
+    settings : the descriptor settings of the store
+    prefix : path prefix of the files
+    comment : first-line comment (e.g. which sample)
+
+    Returns
+    -------
+    dict with ``snapcoeff``, ``snapparam`` and ``mod`` (LAMMPS commands using them) paths.
+    """
+    theta = np.asarray(theta, dtype=float).ravel()
+    if theta.shape != (settings.n_features,):
+        raise InputError(f"write_snap_potential: θ has {theta.size} values, the descriptors have {settings.n_features}")
+    if not np.all(np.isfinite(theta)):
+        raise InputError("write_snap_potential: θ has non-finite values")
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    nb, c0, nd = settings.n_block, int(settings.beta0_columns), settings.n_descriptors
+    beta0 = settings.exported_beta0(theta)
+    lines = [f"# popsdask qSNAP coefficients {comment}".rstrip(), f"{len(settings.elements)} {1 + nd}"]
+    for t, el in enumerate(settings.elements):
+        lines.append(f"{el} {settings.radii[t]!r} {settings.element_weights[t]!r}")
+        lines += [f"{v:.17g}" for v in (beta0[t], *theta[t * nb + c0 : (t + 1) * nb])]
+    paths = {
+        "snapcoeff": prefix.with_name(prefix.name + ".snapcoeff"),
+        "snapparam": prefix.with_name(prefix.name + ".snapparam"),
+        "mod": prefix.with_name(prefix.name + ".mod"),
+    }
+    paths["snapcoeff"].write_text("\n".join(lines) + "\n")
+    paths["snapparam"].write_text(settings.snapparam_text())
+    cmds = lammps_text.commands(pair_commands_for(settings, paths["snapcoeff"], paths["snapparam"]))
+    paths["mod"].write_text("# LAMMPS pair style of this potential (metal units)\n" + "\n".join(cmds) + "\n")
+    return paths
+
+
+def pair_commands_for(settings: SnapSettings, snapcoeff: str | os.PathLike, snapparam: str | os.PathLike) -> list[str]:
+    """LAMMPS ``pair_style``/``pair_coeff`` commands for SNAP files plus the reference pair."""
+    els = " ".join(settings.elements)
+    files = f"{lammps_text.path(snapcoeff)} {lammps_text.path(snapparam)}"
+    if not settings.reference_style:
+        return ["pair_style snap", f"pair_coeff * * {files} {els}"]
+    style, coeffs = settings.reference_commands("")
+    return [
+        f"pair_style hybrid/overlay {style} snap",
+        *coeffs,
+        f"pair_coeff * * snap {files} {els}",
+    ]
+
+
+def snap_calculator(
+    theta: Any,
+    settings: SnapSettings,
+    directory: str | os.PathLike | None = None,
+    *,
+    label: str = "qsnap",
+) -> LammpsCalculator:
+    """ASE calculator running ``pair_style snap`` (plus the reference pair) for θ.
+
+    The potential files are written to ``directory`` (default: a new temporary directory),
+    so the calculator can be pickled to Dask workers along with their paths on a shared
+    file system.
+    """
+    from ..calculator import LammpsCalculator  # ASE: loaded when a potential is run, not with the rows
+
+    d = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="popsdask-snap-"))
+    paths = write_snap_potential(theta, settings, d / label)
+    return LammpsCalculator(
+        pair_commands_for(settings, paths["snapcoeff"], paths["snapparam"]),
+        settings.elements,
+        settings.atom_masses(),
+        label=label,
     )
 
 
