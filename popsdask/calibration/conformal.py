@@ -79,6 +79,7 @@ def fit_scale(
     target: float = 1.0,
     worst_group: bool = True,
     minimum: float = 0.0,
+    floor: float | np.ndarray = 0.0,
 ) -> tuple[float, float]:
     """(t, γ) with |err| ≤ t·(spread + γ) at ``level``, for the γ = β·median(spread) of
     ``offsets`` that gives the narrowest mean band (each group weighing the same).
@@ -90,8 +91,10 @@ def fit_scale(
     narrow); without ``worst_group``, the quantile of all scores with each group weighing the
     same.
     ``target`` divides t (the Gaussian z for a std); ``minimum`` bounds t/target from below.
+    ``floor`` (scalar or per row) is the references' stated precision: the band need only come
+    within it of a reference, so the score is max(|err| − floor, 0) / (spread + γ).
     """
-    err = np.abs(np.asarray(err, dtype=np.float64))
+    err = np.maximum(np.abs(np.asarray(err, dtype=np.float64)) - np.asarray(floor, dtype=np.float64), 0.0)
     spread = np.asarray(spread, dtype=np.float64)
     labels = np.zeros(err.size, dtype=int) if groups is None else np.unique(groups, return_inverse=True)[1]
     weights = group_weights(labels)
@@ -131,18 +134,20 @@ def fit_kind(
     hi: np.ndarray,
     level: float,
     groups: np.ndarray | None = None,
+    floor: float | np.ndarray = 0.0,
 ) -> dict[str, float]:
-    """Scale and offset of the std and of the envelope for one row kind (see :func:`fit_scale`)."""
+    """Scale and offset of the std and of the envelope for one row kind (see :func:`fit_scale`;
+    ``floor``: the references' stated precision, scalar or per row)."""
     e = np.asarray(y, dtype=np.float64) - mle
     # worst group for both: a group-weighted pooled quantile for the std left ±4σ below 99 % on
     # three of the eight held-out tungsten groups (the worst-group scale: none)
     z = float(norm.ppf((1.0 + level) / 2.0))
-    t_std, g_std = fit_scale(e, std, level, groups, target=z)
+    t_std, g_std = fit_scale(e, std, level, groups, target=z, floor=floor)
     # one scale for both sides: the score of a row is its error over the half-width on its side
     half = np.where(e >= 0, hi - mle, mle - lo)
     # the envelope only widens: evidence from other groups never narrows a group's own bound (a
     # narrowing scale from the other groups raised the held-out EOS energies' violation 0 → 33 %)
-    t_env, g_env = fit_scale(e, half, level, groups, minimum=1.0)
+    t_env, g_env = fit_scale(e, half, level, groups, minimum=1.0, floor=floor)
     return {
         "std_scale": t_std,
         "std_offset": g_std,

@@ -45,7 +45,7 @@ def _truth(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def config_block(first: int, n_configs: int, seed: int) -> dict[str, np.ndarray]:
-    """Rows of configurations ``first .. first + n_configs`` (deterministic in ``seed``)."""
+    """Rows of configurations ``first`` to ``first + n_configs - 1`` (deterministic in ``seed``)."""
     rng = np.random.default_rng([seed, first])
     # dense and compressed environments are rarer, as in sampled MD data
     r = R_MIN + (R_MAX - R_MIN) * rng.beta(2.0, 1.5, size=(n_configs, N_NEIGHBOURS))

@@ -189,7 +189,7 @@ class POPSRegressor(RegressorMixin, BaseEstimator):
     coef_, intercept_, alpha_, lambda_, sigma_, misspecification_sigma_, n_iter_
         As in popsregression (``sigma_`` and ``misspecification_sigma_`` include the intercept
         parameter last when ``fit_intercept=True``).
-    scores_ : ndarray of shape (n_iter_ + 1,)
+    scores_ : ndarray of shape (``n_iter_ + 1``,)
         Log marginal likelihood at each evidence iteration and after the last update, as
         scikit-learn's ``BayesianRidge.scores_``. Only set when ``compute_score=True``.
     n_selected_ : int

@@ -235,36 +235,41 @@ def _kind_order(kind: str) -> tuple[int, str]:
 
 
 # ---------------------------------------------------------------------------- recalibration
-def _fold_rows(pred: xr.Dataset) -> dict[str, dict[str, np.ndarray]]:
-    """Raw per-row y, mle, std, min, max, tolerance of each kind of a prediction store, symmetry
-    zeros out; energies per atom when the store knows each configuration's n_atoms."""
+def _fold_rows(pred: xr.Dataset, floors: dict[str, float] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Raw per-row y, mle, std, min, max, tolerance and stated floor of each kind of a prediction
+    store, symmetry zeros out; energies per atom when the store knows each configuration's n_atoms."""
     from ..calibration.metrics import symmetry_zeros
     from ..engine.predictions import band_arrays
 
-    views = band_arrays(pred, raw=True)
+    views = band_arrays(pred, raw=True, floors=floors)
     if "energy_per_atom" in views:
         del views["energy"]
     out = {}
     for kind, v in views.items():
         keep = ~symmetry_zeros(v["y"], v["mle"], v["min"], v["max"], v["tolerance"])
-        out[kind] = {k: v[k][keep] for k in ("y", "mle", "std", "min", "max", "tolerance")}
+        out[kind] = {k: v[k][keep] for k in ("y", "mle", "std", "min", "max", "tolerance", "floor")}
     return out
 
 
 def calibration_from_folds(
-    folds: dict[str, xr.Dataset], level: float, method: str, exclude: str | None = None
+    folds: dict[str, xr.Dataset],
+    level: float,
+    method: str,
+    exclude: str | None = None,
+    tolerance: dict[str, float] | None = None,
 ) -> Calibration:
     """Conformal scales per kind from the pooled rows of prediction stores, each group weighted
-    equally (``exclude``: leave one fold out, for a nested evaluation)."""
+    equally (``exclude``: leave one fold out, for a nested evaluation; ``tolerance``: the
+    references' stated precision per kind, which the band need not resolve)."""
     from ..calibration.conformal import fit_kind
 
     pooled: dict[str, dict[str, list]] = {}
     for name, pred in folds.items():
         if name == exclude or name == RANDOM_SPLIT:
             continue
-        for kind, v in _fold_rows(pred).items():
-            entry = pooled.setdefault(kind, {k: [] for k in ("y", "mle", "std", "min", "max", "group")})
-            for k in ("y", "mle", "std", "min", "max"):
+        for kind, v in _fold_rows(pred, tolerance).items():
+            entry = pooled.setdefault(kind, {k: [] for k in ("y", "mle", "std", "min", "max", "floor", "group")})
+            for k in ("y", "mle", "std", "min", "max", "floor"):
                 entry[k].append(v[k])
             entry["group"].append(np.full(v["y"].size, name))
     kinds = {}
@@ -272,14 +277,19 @@ def calibration_from_folds(
         a = {k: np.concatenate(v) for k, v in entry.items()}
         if a["y"].size == 0:
             continue
-        kinds[kind] = fit_kind(a["y"], a["mle"], a["std"], a["min"], a["max"], level, a["group"])
+        kinds[kind] = fit_kind(a["y"], a["mle"], a["std"], a["min"], a["max"], level, a["group"], a["floor"])
     info = {"groups": sorted(n for n in folds if n not in (exclude, RANDOM_SPLIT))}
+    if tolerance:
+        info["tolerance"] = dict(tolerance)
     return Calibration(level, kinds, method, info)
 
 
-def calibrated_crossval(output: str | os.PathLike, level: float = 0.95) -> dict[str, Any]:
+def calibrated_crossval(
+    output: str | os.PathLike, level: float = 0.95, tolerance: dict[str, float] | None = None
+) -> dict[str, Any]:
     """Nested evaluation of cross-conformal calibration on a finished leave-one-group-out run:
-    each left-out group is calibrated with the scales of the *other* groups' folds only.
+    each left-out group is calibrated with the scales of the *other* groups' folds only
+    (``tolerance``: the references' stated precision, in the calibration and in the metrics).
 
     Returns
     -------
@@ -292,15 +302,13 @@ def calibrated_crossval(output: str | os.PathLike, level: float = 0.95) -> dict[
     for name, pred in folds.items():
         if name == RANDOM_SPLIT:
             continue
-        cal = calibration_from_folds(folds, level, "cross-conformal by group (nested)", exclude=name)
+        cal = calibration_from_folds(folds, level, "cross-conformal by group (nested)", name, tolerance)
         result[name] = {}
-        for kind, v in _fold_rows(pred).items():
-            floor = nll_floor(v["y"], v["mle"])
-            raw = band_metrics(v["y"], v["mle"], v["std"], v["min"], v["max"], tol=v["tolerance"], nll_floor=floor)
+        for kind, v in _fold_rows(pred, tolerance).items():
+            common = {"tol": v["tolerance"], "nll_floor": nll_floor(v["y"], v["mle"]), "floor": v["floor"]}
+            raw = band_metrics(v["y"], v["mle"], v["std"], v["min"], v["max"], **common)
             std, lo, hi = cal.apply(kind, v["mle"], v["std"], v["min"], v["max"])
-            new = band_metrics(
-                v["y"], v["mle"], std, lo, hi, tol=v["tolerance"], nll_floor=floor, reference_band=(v["min"], v["max"])
-            )
+            new = band_metrics(v["y"], v["mle"], std, lo, hi, reference_band=(v["min"], v["max"]), **common)
             ratio = new["mean_envelope_width"] / raw["mean_envelope_width"] if raw["mean_envelope_width"] else np.nan
             result[name][kind] = {"raw": raw, "calibrated": new, "width_ratio": float(ratio)}
     return result
@@ -320,6 +328,7 @@ def calibrate(
     replace: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    tolerance: dict[str, float] | None = None,
 ) -> Posterior:
     """Conformal recalibration of a posterior's std and envelope, stored in the posterior.
 
@@ -337,6 +346,9 @@ def calibrate(
         the ``"train"`` (or ``"test"``) configurations only, e.g. those the posterior was fitted on
     level : target coverage (of the std's ±z interval and of the envelope)
     replace : recalibrate a posterior that is already calibrated (otherwise refused)
+    tolerance : {"energy": eV/atom, "force": eV/Å, "stress": ...}, optional
+        The references' own precision: a score is the error beyond it (see
+        :func:`popsdask.calibration.conformal.fit_scale`); recorded in the calibration's info
 
     Returns
     -------
@@ -345,6 +357,9 @@ def calibrate(
     import dataclasses
     import tempfile
 
+    from ..calibration.metrics import check_tolerance
+
+    floors = check_tolerance(tolerance)
     post = posterior if isinstance(posterior, Posterior) else Posterior.load(posterior)
     ds = store if isinstance(store, xr.Dataset) else open_store(store)
     where = ds.attrs.get("source", str(store))
@@ -376,11 +391,11 @@ def calibrate(
             )
             on = f" on split={split}" if split is not None else ""
             what = f"{folds} random folds of configurations" if folds is not None else group_by
-            cal = calibration_from_folds(load_folds(folds_path), level, f"cross-conformal by {what}{on}")
+            cal = calibration_from_folds(load_folds(folds_path), level, f"cross-conformal by {what}{on}", None, floors)
         else:
             rows = rows_of_configurations(ds, _split_mask(ds, split), f"split={split}")
             pred = predict_ensemble(post, rows, Path(scratch) / "p.zarr", seed=seed)
-            cal = calibration_from_folds({str(split): pred}, level, f"split conformal on split={split}")
+            cal = calibration_from_folds({str(split): pred}, level, f"split conformal on split={split}", None, floors)
     cal.info.update(store=str(where), seed=seed)
     out = dataclasses.replace(post, calibration=cal.to_dict())
     if output is not None:

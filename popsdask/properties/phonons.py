@@ -141,7 +141,7 @@ def compute(
     supercell : repeats of the cubic cell for the force constants (4 -> 128 atoms; every
         point of the path's corners is commensurate with it)
     n_per_segment : q-points per path segment, ends included
-    mesh : Γ-centred mesh for the DOS (``mesh``³ before symmetry reduction)
+    mesh : Γ-centred mesh for the DOS (``mesh`` points per axis before symmetry reduction)
     sigma : Gaussian broadening of the DOS (THz)
     displacement : finite displacement (Å)
 

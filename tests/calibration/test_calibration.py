@@ -571,3 +571,28 @@ def test_a_stated_floor_forgives_violations_within_the_references_precision(grou
     with pytest.raises(InputError, match="must be a finite"):
         predict_ensemble(post, tmp / "s.zarr", tmp_path / "p3.zarr", tolerance={"force": -1})
     assert not (tmp_path / "p3.zarr").exists()
+
+
+def test_calibration_with_a_stated_floor_scores_the_error_beyond_it(grouped):
+    """A floor f scores max(|e| − f, 0): the same scales as references moved f towards the MLE."""
+    from popsdask.calibration.conformal import fit_kind
+    from popsdask.evaluation.crossval import calibrate
+
+    rng = np.random.default_rng(11)
+    n = 3000
+    mle, std = rng.normal(size=n), rng.uniform(0.01, 1.0, n)
+    y = mle + rng.normal(size=n) * std * rng.uniform(0.5, 3.0, n)
+    lo, hi = mle - 2 * std, mle + 2 * std
+    groups = np.repeat(["a", "b", "c"], n // 3)
+    f = 0.2
+    e = y - mle
+    moved = mle + np.sign(e) * np.maximum(np.abs(e) - f, 0.0)
+    with_floor = fit_kind(y, mle, std, lo, hi, 0.9, groups, floor=f)
+    assert with_floor == fit_kind(moved, mle, std, lo, hi, 0.9, groups)
+    assert with_floor != fit_kind(y, mle, std, lo, hi, 0.9, groups)
+    tmp, *_ = grouped
+    post = fit(tmp / "s.zarr")
+    with pytest.raises(InputError, match="unknown row kind 'forse'"):
+        calibrate(post, tmp / "s.zarr", group_by="group", tolerance={"forse": 0.01})
+    out = calibrate(post, tmp / "s.zarr", group_by="group", level=0.9, tolerance={"force": 0.01})
+    assert out.calibration["info"]["tolerance"] == {"force": 0.01}
