@@ -71,8 +71,8 @@ def element_reference_energies(
 
     Returns
     -------
-    (n_elements,) μ_e, and per element ``"pure minimum"``, ``"least squares"`` or ``"no
-    training atoms"`` (μ_e = 0: it weighs no training configuration).
+    (n_elements,) μ_e, and per element ``"pure minimum"``, ``"least squares"`` or
+    ``"no training atoms"`` (μ_e = 0: it weighs no training configuration).
     """
     epa = np.asarray(energy_per_atom, dtype=float)
     counts = np.asarray(counts, dtype=float)

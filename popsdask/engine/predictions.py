@@ -584,8 +584,8 @@ def prediction_metrics(
 
     Returns
     -------
-    dict ``{"kinds": {kind: metrics}, "groups": {value: {kind: metrics}}, "group_by": name,
-    "tolerance": floors}`` (``groups`` empty without ``group_by``); kinds include
+    dict with keys ``kinds`` (``{kind: metrics}``), ``groups`` (``{value: {kind: metrics}}``),
+    ``group_by`` (a name) and ``tolerance`` (the floors); ``groups`` empty without ``group_by``); kinds include
     ``energy_per_atom`` when the store knows each configuration's ``n_atoms``. Tolerances and
     NLL floors are the kind's, over all rows; symmetry zeros and fixed rows are decided from the
     raw band, so raw and calibrated metrics cover the same rows (see

@@ -6,7 +6,7 @@ arXiv:2407.02414):
 * :func:`phases_implicit` — bcc and hcp relaxed volume and energy per atom (cell fully
   relaxed: ``strain="full"`` coordinates), their hcp/bcc volume ratio and energy difference;
 * :func:`vacancy_implicit` — vacancy formation energy and first-neighbour migration barrier
-  in a cubic bcc supercell of ``size``\ :sup:`3` cells (2·size³ − 1 atoms) whose lattice constant follows each
+  in a cubic bcc supercell of ``size`` cells per edge (2·size³ − 1 atoms) whose lattice constant follows each
   member's bcc lattice constant (the defect cell's strain is *imposed* from the bcc expansion,
   as in the brute-force route, where every member's vacancy cell is built at its own a0).
 
@@ -90,7 +90,7 @@ def hcp_start(a_bcc: float, element: str = "W") -> Any:
 
 
 def vacancy_cell(a0: float, size: int, element: str = "W") -> Any:
-    """Cubic bcc supercell of ``size``\ :sup:`3` cells minus the atom at the origin; atom 0 is its (½,½,½)a neighbour."""
+    """Cubic bcc supercell of ``size`` cells per edge minus the atom at the origin; atom 0 is its (½,½,½)a neighbour."""
     cell, _final, _hop = vacancy_cells(a0, size, element, at_origin=True)
     if not np.allclose(cell.positions[0], [a0 / 2] * 3):
         raise RuntimeError("vacancy cell: atom 0 is not the first neighbour of the vacancy")
@@ -108,7 +108,7 @@ def hop_neb(
 ) -> dict[str, Any]:
     """Climbing-image NEB of the first-neighbour vacancy hop at the potential's own a0.
 
-    The vacancy sits at the origin of a cubic bcc cell of ``size``\ :sup:`3` cells and atom 0 (its (½,½,½)a
+    The vacancy sits at the origin of a cubic bcc cell of ``size`` cells per edge and atom 0 (its (½,½,½)a
     neighbour) hops into it; both end points are relaxed (positions only), then ASE's NEB
     (improved tangent, climbing image, FIRE) converges the ``n_images`` path. ``guess`` (images
     of another potential's converged path, e.g. the MLE's) is rescaled to this potential's
