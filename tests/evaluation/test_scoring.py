@@ -34,6 +34,7 @@ from popsdask.evaluation.scoring import (
 )
 from popsdask.io.store import open_store, write_store
 
+TUNE = "tune extra (dask-ml) not installed"
 # sklearn warns that the UQ scorers take no sample_weight: they count rows on purpose
 pytestmark = pytest.mark.filterwarnings("ignore:The scoring .* does not support sample_weight")
 
@@ -145,7 +146,7 @@ def test_sklearn_leave_one_group_out_search_picks_a_setting(problem):
 
 
 def test_dask_ml_grid_search_threaded_equals_sklearn(problem):
-    from dask_ml.model_selection import GridSearchCV as DaskGridSearchCV
+    DaskGridSearchCV = pytest.importorskip("dask_ml.model_selection", reason=TUNE).GridSearchCV
 
     X, y, w, _, groups = problem
     grid = {"leverage_percentile": [20.0, 60.0], "minimum_relative_error": [None, 0.01]}
@@ -287,7 +288,7 @@ def test_row_groups_and_search_data_from_a_store(problem, tmp_path):
 def test_dask_ml_search_on_a_local_cluster_runs_fits_inside_workers(problem, local_client):
     """Fits in worker tasks run their passes in the task (no nested submission, no deadlock
     with one thread per worker); scores equal the threaded search's."""
-    from dask_ml.model_selection import GridSearchCV as DaskGridSearchCV
+    DaskGridSearchCV = pytest.importorskip("dask_ml.model_selection", reason=TUNE).GridSearchCV
 
     X, y, w, _, groups = problem
     grid = {"leverage_percentile": [20.0, 60.0]}

