@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from numbers import Real
 from typing import Any
@@ -17,12 +18,8 @@ from typing import Any
 from .kinds import KINDS, kind_names
 from .validation import InputError
 
-#: the registered posterior kinds (:mod:`popsdask.core.kinds`)
-POSTERIOR_KINDS = kind_names()
-
 __all__ = [
     "POPS_SETTINGS",
-    "POSTERIOR_KINDS",
     "Setting",
     "add_arguments",
     "check_arguments",
@@ -34,20 +31,30 @@ __all__ = [
 @dataclass(frozen=True)
 class Setting:
     """One POPS setting: a number in an interval (``closed`` as scikit-learn's ``Interval``),
-    optionally None, or one of ``choices``."""
+    optionally None, or one of the names ``choices()`` returns.
+
+    ``choices`` and a callable ``help`` are asked each time they are used, so a registry that
+    grows after import (the posterior kinds) is offered whole."""
 
     name: str
     default: Any
-    help: str
+    help: str | Callable[[], str]
     low: float | None = None
     high: float | None = None
     closed: str = "both"
     optional: bool = False
-    choices: tuple[str, ...] | None = None
+    choices: Callable[[], tuple[str, ...]] | None = None
+
+    def allowed(self) -> tuple[str, ...]:
+        """The names this setting accepts now (empty for a number)."""
+        return self.choices() if self.choices else ()
+
+    def help_text(self) -> str:
+        return self.help() if callable(self.help) else self.help
 
     def describe(self) -> str:
         if self.choices:
-            return "one of " + ", ".join(self.choices)
+            return "one of " + ", ".join(self.allowed())
         left = "[" if self.closed in ("both", "left") else "("
         right = "]" if self.closed in ("both", "right") else ")"
         high = "inf" if self.high is None else f"{self.high:g}"
@@ -56,7 +63,7 @@ class Setting:
     def check(self, value: Any) -> None:
         """Raise :class:`InputError` naming the setting when ``value`` is not allowed."""
         if self.choices:
-            if value not in self.choices:
+            if value not in self.allowed():
                 raise InputError(f"{self.name}={value!r}: must be {self.describe()}")
             return
         if value is None and self.optional:
@@ -76,8 +83,8 @@ POPS_SETTINGS: dict[str, Setting] = {
         Setting(
             "posterior",
             "hypercube",
-            " or ".join(f"{kind.name} ({kind.help})" for kind in KINDS.values()),
-            choices=POSTERIOR_KINDS,
+            lambda: " or ".join(f"{k.name} ({k.help})" for k in KINDS.values()),
+            choices=kind_names,
         ),
         Setting(
             "leverage_percentile",
@@ -129,10 +136,21 @@ def sklearn_constraints() -> dict[str, list]:
     """The table as scikit-learn ``_parameter_constraints`` entries."""
     from sklearn.utils._param_validation import Interval, StrOptions
 
+    class Names(StrOptions):
+        """The names ``choices()`` returns at each check (a kind registered later is accepted)."""
+
+        def __init__(self, choices: Callable[[], tuple[str, ...]]) -> None:
+            super().__init__(set(choices()))
+            self.choices = choices
+
+        def is_satisfied_by(self, val: Any) -> bool:
+            self.options = set(self.choices())  # also what the refusal lists
+            return super().is_satisfied_by(val)
+
     out: dict[str, list] = {}
     for s in POPS_SETTINGS.values():
         if s.choices:
-            out[s.name] = [StrOptions(set(s.choices))]
+            out[s.name] = [Names(s.choices)]
         else:
             out[s.name] = ([None] if s.optional else []) + [Interval(Real, s.low, s.high, closed=s.closed)]
     return out
@@ -143,7 +161,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for s in POPS_SETTINGS.values():
         flag = "--" + s.name.replace("_", "-")
         if s.choices:
-            parser.add_argument(flag, choices=s.choices, default=s.default, help=s.help)
+            parser.add_argument(flag, choices=s.allowed(), default=s.default, help=s.help_text())
             continue
         parser.add_argument(
             flag,
@@ -151,7 +169,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             type=float if s.optional else _parse(s),
             default=s.default,
             metavar="EPS" if s.optional else None,
-            help=s.help,
+            help=s.help_text(),
         )
 
 

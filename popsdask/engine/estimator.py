@@ -19,6 +19,7 @@ from ..core.evidence import Evidence, EvidenceParams
 from ..core.kinds import posterior_kind
 from ..core.parameters import POPS_SETTINGS, check_settings, sklearn_constraints
 from ..core.validation import InputError
+from .bands import kind_labels, predict_band
 from .design import Design, design_from
 from .execution import compute
 from .fit import fit_pops_with_evidence
@@ -483,7 +484,6 @@ class CalibratedPOPSRegressor(RegressorMixin, BaseEstimator):
         from sklearn.base import clone
 
         from ..calibration.conformal import Calibration, fit_kind
-        from ..evaluation.scoring import kind_labels, predict_band
 
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=True)
         config = np.arange(len(y)) if config is None else np.asarray(config)
@@ -525,8 +525,6 @@ class CalibratedPOPSRegressor(RegressorMixin, BaseEstimator):
         (the epistemic std is not). ``X`` as there; ``row_kind`` is given the rows as an
         array (a dask array for dask, store or Dataset input).
         """
-        from ..evaluation.scoring import kind_labels
-
         check_is_fitted(self)
         if isinstance(X, (str, os.PathLike, xr.Dataset)):
             rows = design_from(X, require_y=False).X

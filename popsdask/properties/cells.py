@@ -12,25 +12,14 @@ from typing import Any
 import numpy as np
 
 from .potential import Potential
+from .relax import bcc_ground_state
 from .status import short_reason
 
-__all__ = ["bcc_guess", "bcc_supercell", "ground_state", "unwrap_like"]
-
-
-def bcc_guess(element: str) -> float:
-    """A starting bcc lattice constant (Å) for ``element``
-    (:func:`popsdask.atomistic.oracle.bcc_lattice_guess`: ASE's reference bcc ``a``, else the bcc
-    cell of the same volume per atom). Only a starting point: every property uses the
-    potential's own relaxed value."""
-    from ..atomistic.oracle import bcc_lattice_guess
-
-    return bcc_lattice_guess(element)
+__all__ = ["bcc_supercell", "ground_state", "unwrap_like"]
 
 
 def ground_state(potential: Potential) -> tuple[float, float, str]:
     """``(a0, e_bcc, status)`` of ``potential``'s relaxed bcc crystal; NaNs and a reason on failure."""
-    from .relax import bcc_ground_state
-
     try:
         a0, e0 = bcc_ground_state(potential)
     except Exception as err:  # a member without a bcc minimum: every value of it is NaN

@@ -39,8 +39,8 @@ import xarray as xr
 
 from ..atomistic.descriptors.snap import SnapSettings
 from ..atomistic.implicit_diff import Expansion, expand
+from ..atomistic.oracle import bcc_lattice_guess
 from ..core.validation import InputError
-from .cells import bcc_guess
 from .phases import compute as compute_phases
 from .phases import relax_in_symmetry
 from .potential import Potential, reference_potential, resolve_members
@@ -161,7 +161,7 @@ def brute_force_phases(potential: Any) -> dict[str, Any]:
         out["bcc"] = (a0**3 / 2.0, e0, "ok")
     except Exception as err:
         out["bcc"] = (float("nan"), float("nan"), f"bcc: {err}"[:80])
-        a0 = bcc_guess(potential.element)
+        a0 = bcc_lattice_guess(potential.element)
     r = _relax_hcp(potential, a0, 1e-4, 1e-5)
     n = len(r.atoms)
     out["hcp"] = (r.atoms.get_volume() / n, r.energy / n, "ok") if r.converged else (np.nan, np.nan, r.reason[:80])
@@ -199,7 +199,7 @@ def mle_expansions_phases(theta0: np.ndarray, settings: SnapSettings, *, h: floa
     from ase.build import bulk
 
     mle = _potential("mle", theta0, settings)
-    start = bulk(mle.element, "bcc", a=bcc_guess(mle.element), cubic=True)
+    start = bulk(mle.element, "bcc", a=bcc_lattice_guess(mle.element), cubic=True)
     rb = relax(start, mle, cell="iso", fmax=_FMAX, stress_tol=_STRESS)
     if not rb.converged:
         raise RuntimeError(f"MLE bcc did not relax: {rb.reason}")
@@ -226,7 +226,7 @@ def mle_expansions_vacancy(
     from ase.build import bulk
 
     mle = _potential("mle", theta0, settings)
-    start = bulk(mle.element, "bcc", a=bcc_guess(mle.element), cubic=True)
+    start = bulk(mle.element, "bcc", a=bcc_lattice_guess(mle.element), cubic=True)
     rb = relax(start, mle, cell="iso", fmax=_FMAX, stress_tol=_STRESS)
     if not rb.converged:
         raise RuntimeError(f"MLE bcc did not relax: {rb.reason}")

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..atomistic.lammps_backend import NKTV2P, get_session, lammps_box
+from ..atomistic.oracle import bcc_lattice_guess
 from .potential import Potential
 
 __all__ = ["Relaxed", "bcc_ground_state", "relax", "static_energy", "static_results", "CELL_MODES"]
@@ -324,8 +325,9 @@ def static_energy(atoms: Any, potential: Potential) -> float:
 def bcc_ground_state(potential: Potential, *, a_guess: float | None = None) -> tuple[float, float]:
     """Relaxed bcc lattice constant (Å) and energy per atom (eV), cached per process.
 
-    The relaxation starts from ``a_guess`` (default: :func:`~.cells.bcc_guess` of the
-    potential's element), so nothing is assumed about tungsten.
+    The relaxation starts from ``a_guess`` (default:
+    :func:`popsdask.atomistic.oracle.bcc_lattice_guess` of the potential's element), so nothing
+    is assumed about tungsten.
 
     Raises
     ------
@@ -339,9 +341,7 @@ def bcc_ground_state(potential: Potential, *, a_guess: float | None = None) -> t
 
     el = potential.element
     if a_guess is None:
-        from .cells import bcc_guess
-
-        a_guess = bcc_guess(el)
+        a_guess = bcc_lattice_guess(el)
     r = relax(bulk(el, "bcc", a=a_guess, cubic=True), potential, cell="iso", fmax=1e-5, stress_tol=1e-6)
     if not r.converged:
         raise RuntimeError(f"{potential.label}: bcc ground state did not relax ({r.reason})")

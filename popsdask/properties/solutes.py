@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..atomistic.oracle import bcc_lattice_guess
 from ..core.validation import InputError
-from .cells import bcc_guess, bcc_supercell, ground_state
+from .cells import bcc_supercell, ground_state
 from .interstitials import classify, interstitial_cell
 from .phases import PROTOTYPES, build_phase, relax_in_symmetry
 from .potential import Potential
@@ -82,7 +83,7 @@ def _volume_guess(element: str) -> float:
     if ref.get("symmetry") == "hcp":  # a start near the solute's own density
         a = ref["a"]
         return float(np.sqrt(3) / 4 * a**2 * ref.get("c/a", 1.633) * a)
-    return float(bcc_guess(element) ** 3 / 2)
+    return float(bcc_lattice_guess(element) ** 3 / 2)
 
 
 def _compound(

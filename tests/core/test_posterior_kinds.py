@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 
 from popsdask import Posterior, fit
-from popsdask.core.kinds import KINDS, Hypercube, posterior_kind, register_kind
-from popsdask.core.parameters import POPS_SETTINGS, POSTERIOR_KINDS
+from popsdask.core.kinds import KINDS, Hypercube, kind_names, posterior_kind, register_kind
+from popsdask.core.parameters import POPS_SETTINGS, add_arguments, check_settings
 from popsdask.core.validation import InputError
 from popsdask.engine.design import design_from
+from popsdask.engine.estimator import POPSRegressor
 from popsdask.engine.fit import fit_pops
 from popsdask.engine.predictions import predict_ensemble
 from popsdask.engine.state import PopsSettings
@@ -31,11 +34,21 @@ def box_kind():
 
 
 def test_the_settings_table_lists_the_registered_kinds() -> None:
-    assert POSTERIOR_KINDS == ("hypercube", "ensemble") == POPS_SETTINGS["posterior"].choices
+    assert kind_names() == ("hypercube", "ensemble") == POPS_SETTINGS["posterior"].allowed()
     assert posterior_kind("ensemble").streams_corrections and not posterior_kind("ensemble").bounds
     assert posterior_kind("hypercube").bounds and not posterior_kind("hypercube").streams_corrections
     with pytest.raises(InputError, match="posterior='nope': must be one of hypercube, ensemble"):
         posterior_kind("nope")
+
+
+def test_a_kind_registered_after_import_is_offered_by_the_settings_table(box_kind) -> None:
+    assert POPS_SETTINGS["posterior"].allowed() == ("hypercube", "ensemble", "box")
+    check_settings(posterior="box")
+    POPSRegressor(posterior="box")._validate_params()  # scikit-learn's constraint asks the registry too
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--posterior", "box"]).posterior == "box"
+    assert "box (the hypercube again)" in " ".join(parser.format_help().split())
 
 
 def test_a_registered_kind_drives_the_passes_save_load_and_predictions(tmp_path, box_kind) -> None:

