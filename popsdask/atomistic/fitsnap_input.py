@@ -157,13 +157,22 @@ class FitsnapInput:
             return read_fitsnap_json(path)
         return read_extxyz(path)
 
-    def build_store(self, path: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
+    def build_store(
+        self,
+        path: str | os.PathLike,
+        *,
+        data: tuple[list[Configuration], np.ndarray] | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
         """:func:`~popsdask.atomistic.descriptor_store.build_descriptor_store` of this input: its
-        configurations, settings, virial rows, group weights and split. ``kwargs`` go to it
-        (``client``, ``overwrite``, ``configs_per_task``, ...)."""
+        configurations, settings, virial rows, group weights and split.
+
+        ``data`` is :meth:`configurations` when already read; ``kwargs`` go to the builder
+        (``client``, ``overwrite``, ``configs_per_task``, ...).
+        """
         from .descriptor_store import build_descriptor_store
 
-        configs, split = self.configurations()
+        configs, split = data if data is not None else self.configurations()
         attrs = {"fitsnap_input": str(self.path), "inputs": [str(self.data_path)], **kwargs.pop("attrs", {})}
         has_stress = any(c.stress is not None for c in configs)
         return build_descriptor_store(

@@ -16,12 +16,26 @@ DESCRIPTION = (
     "glob patterns), compute their design rows (--descriptor snap, pod or ace) on Dask workers, add eq. 9 "
     "weights and a seeded "
     "train/test split by configuration, and write a descriptor store. Resumable: batches already "
-    "computed (in STORE.parts) are reused when the command is run again."
+    "computed (in STORE.parts) are reused when the command is run again. With --fitsnap-input FILE.in, the "
+    "configurations, SNAP settings, reference potential, group weights and split come from a FitSNAP input file."
 )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("configs", nargs="+", metavar="CONFIGS", help="configuration files, directories or glob patterns")
+    p.add_argument(
+        "configs",
+        nargs="*",
+        metavar="CONFIGS",
+        help="configuration files, directories or glob patterns (none with --fitsnap-input)",
+    )
+    p.add_argument(
+        "--fitsnap-input",
+        default=None,
+        metavar="FILE.in",
+        help="a FitSNAP input file: its [BISPECTRUM], [REFERENCE], [ESHIFT], [CALCULATOR], [PATH], [SCRAPER] and "
+        "[GROUPS] give the configurations, settings, weights and split (the rows FitSNAP builds); "
+        "the SNAP, weight and split options are then not given",
+    )
     p.add_argument("-o", "--output", required=True, help="descriptor store to write (Zarr group)")
     p.add_argument(
         "--descriptor",
@@ -58,6 +72,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--twojmax", type=number(0, kind=int), default=6, help="SNAP 2J_max (band limit)")
     p.add_argument("--rcutfac", type=number(0), default=4.73442, help="SNAP cutoff factor (Angstrom)")
     p.add_argument("--rfac0", type=number(0, 1), default=0.99363, help="SNAP rfac0")
+    p.add_argument("--rmin0", type=number(0), default=0.0, help="SNAP rmin0 (Angstrom)")
+    for flag, what in (
+        ("bzeroflag", "subtract the isolated atom's bispectrum (the beta0 columns stay)"),
+        ("chemflag", "explicit multi-element SNAP: n_elements^3 blocks per element (linear only)"),
+        ("bnormflag", "normalised bispectrum (LAMMPS bnormflag)"),
+        ("wselfallflag", "self-weight for every element (LAMMPS wselfallflag)"),
+    ):
+        p.add_argument(f"--{flag}", action="store_true", help=f"SNAP {flag}: {what}; default: off")
+    p.add_argument(
+        "--sinner",
+        nargs="+",
+        type=number(0),
+        default=None,
+        metavar="R",
+        help="SNAP inner switching function (switchinnerflag) centre per element (Angstrom); needs --dinner",
+    )
+    p.add_argument(
+        "--dinner",
+        nargs="+",
+        type=number(0),
+        default=None,
+        metavar="D",
+        help="SNAP inner switching function half-width per element (Angstrom); needs --sinner",
+    )
     p.add_argument(
         "--elements",
         nargs="+",
@@ -118,6 +156,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="paper|none|a=EV,b=EV_PER_A",
         help="row weights: the paper's eq. 9 (a = 2 eV, b = 50 eV/A), none (no weight variable), or eq. 9 with "
         "other a, b (and virial_factor, energy_per_atom); default: paper, none with --split none",
+    )
+    p.add_argument(
+        "--group-weights",
+        default=None,
+        metavar="FILE",
+        help="per-group weights instead of eq. 9, FitSNAP's: a table of GROUP EWEIGHT FWEIGHT VWEIGHT lines, "
+        "weights of the energy per atom, force and stress (bar) residuals; every group of the data needs a line",
     )
     p.add_argument(
         "--split",
@@ -183,9 +228,12 @@ def _snap_settings(args: argparse.Namespace, elements: tuple[str, ...]) -> Any:
     """SnapSettings of ``popsdask descriptors``: per-element radii and weights, optional ZBL."""
     from ..atomistic.descriptors.snap import SnapSettings, zbl_reference
 
-    for flag, values in (("--radii", args.radii), ("--element-weights", args.element_weights)):
+    per_element = (("--radii", args.radii), ("--element-weights", args.element_weights))
+    for flag, values in (*per_element, ("--sinner", args.sinner), ("--dinner", args.dinner)):
         if values is not None and len(values) != len(elements):
             raise InputError(f"{flag}: {len(values)} values for the {len(elements)} elements {list(elements)}")
+    if (args.sinner is None) != (args.dinner is None):
+        raise InputError("--sinner and --dinner: give both (the inner switching function) or neither")
     return SnapSettings(
         elements=elements,
         radii=tuple(args.radii or [0.5] * len(elements)),
@@ -193,7 +241,15 @@ def _snap_settings(args: argparse.Namespace, elements: tuple[str, ...]) -> Any:
         twojmax=args.twojmax,
         rcutfac=args.rcutfac,
         rfac0=args.rfac0,
+        rmin0=args.rmin0,
         quadratic=args.quadratic,
+        bzeroflag=args.bzeroflag,
+        chemflag=args.chemflag,
+        bnormflag=args.bnormflag,
+        wselfallflag=args.wselfallflag,
+        switchinnerflag=args.sinner is not None,
+        sinner=tuple(args.sinner or ()),
+        dinner=tuple(args.dinner or ()),
         **(zbl_reference(elements, *args.zbl) if args.zbl else {}),
     )
 
@@ -236,6 +292,10 @@ def run(args: argparse.Namespace) -> int:
             f"popsdask descriptors needs the atomistic extra (pip install 'popsdask[atomistic]'): {err}"
         ) from err
     out = refuse_existing(args.output, args.overwrite)
+    if args.fitsnap_input is not None:
+        return _run_fitsnap_input(args, out)
+    if not args.configs:
+        raise InputError("CONFIGS: give configuration files, directories or patterns, or --fitsnap-input FILE.in")
     files = expand_paths(args.configs)  # a missing path or an empty pattern fails here, at once
     pod = None
     if args.descriptor == "pod":  # the POD parameter file is checked before the (slow) read
@@ -254,8 +314,15 @@ def run(args: argparse.Namespace) -> int:
         pod = _ace_settings(args, ace_size)
     elif args.elements:  # per-element options are checked before the (slow) read
         _snap_settings(args, tuple(args.elements))
-    weights = args.weights or ("none" if args.split == "none" else "paper")
-    wset = weights if weights == "none" else WeightSettings(**({} if weights == "paper" else weights))
+    if args.group_weights is not None:
+        from ..atomistic.weights import GroupWeights
+
+        if args.weights is not None:
+            raise InputError("--group-weights: not with --weights (one weighting scheme)")
+        wset: Any = GroupWeights.from_file(args.group_weights)
+    else:
+        weights = args.weights or ("none" if args.split == "none" else "paper")
+        wset = weights if weights == "none" else WeightSettings(**({} if weights == "paper" else weights))
     t0 = time.perf_counter()
     res = read_configurations(
         files,
@@ -304,5 +371,50 @@ def run(args: argparse.Namespace) -> int:
         f"{info['n_test_configurations']} test), {info['n_rows']} rows x {info['n_features']} features in "
         f"{info['seconds']:.1f} s ({info['parts_computed']} batches computed, {info['parts_reused']} reused); "
         f"skipped {len(res.errors)} -> {out}"
+    )
+    return 0
+
+
+#: options a FitSNAP input file sets itself (given with --fitsnap-input they are refused)
+FITSNAP_SETS = {
+    "descriptor": "snap", "elements": None, "radii": None, "element_weights": None, "zbl": None, "weights": None,
+    "group_weights": None, "pod_param": None, "ace_basis": None, "sinner": None, "dinner": None, "virial": False,
+    "split": "random", "index": ":", "energy_key": None, "forces_key": None, "stress_units": None,
+}  # fmt: skip
+
+
+def _run_fitsnap_input(args: argparse.Namespace, out: Any) -> int:
+    """``popsdask descriptors --fitsnap-input FILE.in``: the store of a FitSNAP input file."""
+    from ..atomistic.fitsnap_input import read_fitsnap_input
+    from ..runtime.cluster import connect_from_args
+
+    if args.configs:
+        raise InputError(f"--fitsnap-input: no CONFIGS with it (its [PATH] gives the data), got {args.configs[0]!r}")
+    for key, default in FITSNAP_SETS.items():
+        if getattr(args, key) != default:
+            raise InputError(f"--{key.replace('_', '-')}: not with --fitsnap-input (the input file sets it)")
+    inp = read_fitsnap_input(args.fitsnap_input)  # every section checked before any data is read
+    t0 = time.perf_counter()
+    data = inp.configurations()  # and every configuration before a cluster starts
+    print(
+        f"[popsdask] {len(data[0])} configurations of {len(inp.groups)} groups from {inp.data_path} "
+        f"in {time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
+    with connect_from_args(args) as client:
+        info = inp.build_store(
+            out,
+            data=data,
+            client=client,
+            configs_per_task=args.configs_per_task,
+            chunk_rows=args.chunk_rows,
+            overwrite=args.overwrite,
+            keep_parts=args.keep_parts,
+            progress=not args.quiet,
+        )
+    print(
+        f"wrote {info['n_configurations']} configurations ({info['n_train_configurations']} train, "
+        f"{info['n_test_configurations']} test), {info['n_rows']} rows x {info['n_features']} features in "
+        f"{info['seconds']:.1f} s -> {out}"
     )
     return 0

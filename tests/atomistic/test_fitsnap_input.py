@@ -160,3 +160,43 @@ def test_group_weights_table(tmp_path) -> None:
     path.write_text("A 100 1\n")
     with pytest.raises(InputError, match=r"w.txt:1: need GROUP EWEIGHT FWEIGHT VWEIGHT"):
         GroupWeights.from_file(path)
+
+
+@needs_ta
+def test_command_line_fitsnap_input_and_group_weights(tmp_path, capsys) -> None:
+    """descriptors --fitsnap-input FILE.in builds the input file's store; the same data with
+    --group-weights (the [GROUPS] weights as a table) and the matching SNAP options gets the same
+    weights; conflicting options and bad files are one line, exit 2."""
+    from popsdask.cli import main
+
+    fs, gw = tmp_path / "fs.zarr", tmp_path / "gw.zarr"
+    quiet = ["--cluster", "threads", "--quiet"]
+    assert main(["descriptors", "--fitsnap-input", str(TA / "Ta-example.in"), "-o", str(fs), *quiet]) == 0
+    table = tmp_path / "weights.txt"
+    inp = read_fitsnap_input(TA / "Ta-example.in")
+    table.write_text("".join(f"{g} {e!r} {f!r} {v!r}\n" for g, e, f, v in inp.weights.table))
+    snap = ["--linear", "--rcutfac", "4.67637", "--zbl", "4.0", "4.8", "--virial", "--test-fraction", "0"]
+    argv = ["descriptors", str(TA / "JSON"), "-o", str(gw), "--group-weights", str(table), *snap, *quiet]
+    assert main(argv) == 0
+    a, b = open_store(fs), open_store(gw)
+    assert a.attrs["weights"] == {**b.attrs["weights"], "source": a.attrs["weights"]["source"]}
+    order = {s: i for i, s in enumerate(b.source.values)}
+    perm = np.array([order[s] for s in a.source.values])  # configurations of a in b
+    starts = np.concatenate([[0], np.cumsum(np.bincount(b.config.values))])
+    rows = np.concatenate([np.arange(starts[c], starts[c + 1]) for c in perm])
+    np.testing.assert_allclose(a.weight.values, b.weight.values[rows], rtol=1e-15)
+    np.testing.assert_allclose(a.X.values, b.X.values[rows], rtol=0, atol=1e-9)
+    capsys.readouterr()
+    for extra, message in (
+        ([str(TA / "JSON")], "--fitsnap-input: no CONFIGS with it"),
+        (["--elements", "Ta"], "--elements: not with --fitsnap-input"),
+        (["--group-weights", str(table)], "--group-weights: not with --fitsnap-input"),
+    ):
+        argv = ["descriptors", "--fitsnap-input", str(TA / "Ta-example.in"), "-o", str(tmp_path / "x.zarr"), *extra]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err
+    table.write_text("Liquid 1 1 1\n")
+    assert main(["descriptors", str(TA / "JSON"), "-o", str(tmp_path / "y.zarr"), "--group-weights", str(table)]) == 2
+    assert "no weights for group 'Displaced_A15' of the data" in capsys.readouterr().err
+    assert not (tmp_path / "x.zarr").exists() and not (tmp_path / "y.zarr").exists()
