@@ -1,6 +1,6 @@
 """Linear ACE with POPS: popsdask against ace-jax on the same data, split and basis size.
 
-Issue 18's side by side. Both tools start from the labelled configurations and end with test-split
+Both tools start from the labelled configurations and end with test-split
 predictions and their POPS bands; each step runs as its own process and is timed by wall clock, with
 the peak resident memory of its whole process tree (Dask workers included) sampled every 0.2 s.
 

@@ -51,7 +51,7 @@ import numpy as np
 
 DEFAULT_SIZES = (100_000, 300_000, 1_000_000, 1_580_000)
 DEFAULT_CASES = ("gram", "gram1", "popsdask-array", "popsdask-zarr", "popsregression", "ensemble", "envelope")
-# popsregression 0.4.0 peak RSS per row at P = 256 (issue 3: 13.3 GB at 1M, 20.9 GB at 1.58M)
+# popsregression 0.4.0 peak RSS per row at P = 256 (measured: 13.3 GB at 1M, 20.9 GB at 1.58M)
 POPSREG_BYTES_PER_ROW = 13.5e3
 SAMPLE_SECONDS = 0.05
 MIN_AVAILABLE_BYTES = 1.5e9

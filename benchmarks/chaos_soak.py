@@ -1,6 +1,6 @@
 """Chaos soak: a large out-of-core fit while worker processes are SIGKILLed at random.
 
-    python benchmarks/chaos_soak.py                       # 5M x 256 float32, /work/runs/chaos
+    python benchmarks/chaos_soak.py                       # 5M x 256 float32 in the --workdir
     python benchmarks/chaos_soak.py --rows 2000000 --keep-data --kill-seeds 1,2,3
 
 A seeded N x P float32 descriptor store (planted linear model plus a misspecification,
@@ -28,7 +28,7 @@ and the worker and nanny logs.
 
 Why a disturbed fit can end in KilledWorker (measured 2026-12-01, distributed 2026.8.0): the
 scheduler adds one to the ``suspicious`` count of every task *assigned* to a worker that dies,
-running or not (dask/distributed#5234; #6396, counting only executing tasks, was abandoned), and
+running or not (dask/distributed#5234; dask/distributed#6396, counting only executing tasks, was abandoned), and
 fails a task whose count exceeds ``distributed.scheduler.allowed-failures`` (3). Passes 1-2 are
 queued (about 2 tasks per one-thread worker), but passes 3-4 depend on pass 2's leverage blocks
 persisted on the workers, so they are not queued: each worker is assigned about a third of the
@@ -55,6 +55,7 @@ import random
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -433,7 +434,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--rows", type=int, default=5_000_000)
     ap.add_argument("--features", type=int, default=256)
-    ap.add_argument("--workdir", default="/work/runs/chaos", help="outside the repository (default %(default)s)")
+    ap.add_argument(
+        "--workdir",
+        default=os.path.join(tempfile.gettempdir(), "popsdask-chaos"),
+        help="outside the repository (default %(default)s)",
+    )
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument(
         "--memory-limit", default=None, help="per worker (default: min(4 GB, half the available memory / workers))"

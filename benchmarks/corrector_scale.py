@@ -12,7 +12,7 @@ summed RSS of the child and its Dask worker processes, sampled every 0.2 s) are 
 weights) and of the MACE extractor on a randomly initialised model with MACE-MPA-0-medium's
 architecture (weights do not change the cost), one torch thread, energies only.
 
-    python benchmarks/corrector_scale.py run --rows 1580000 --out /tmp/corrector-scale
+    python benchmarks/corrector_scale.py run --rows 1580000 --out corrector-scale
     python benchmarks/corrector_scale.py extractors --n 64
 """
 

@@ -12,7 +12,7 @@ supercell with one vacancy (``n = 3``: 53 atoms) and fixed cell:
   image's energy minus the initial state's.
 
 :func:`vacancy_migration` returns the relaxed initial, final and saddle structures as well
-(for implicit derivatives, issue 8); :func:`saddle_by_symmetry` finds the saddle another
+(for implicit derivatives); :func:`saddle_by_symmetry` finds the saddle another
 way — the migrating atom fixed at the midpoint of the hop, where the ⟨111⟩ hop's saddle lies
 by symmetry, everything else relaxed — as an independent check of the NEB.
 """

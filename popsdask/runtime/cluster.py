@@ -183,7 +183,7 @@ class NannyLocalCluster(distributed.LocalCluster):
     loses its nanny: the nanny logs "Restarting worker", the new process registers and is told
     to close ("Closing Nanny ... Reason: nanny-close" exactly 15 s after the first removal),
     and with two workers the cluster ends with none and a fit waits for ever. distributed
-    accepted that race when it added the check (dask/distributed#2990, #3088: "if the new worker
+    accepted that race when it added the check (dask/distributed#2990, dask/distributed#3088: "if the new worker
     has not spun up yet then this will delete the old worker"); it is still in 2026.8.0
     (``SpecCluster._update_worker_status``). Here the nannies live in this process and restart
     their own workers, so the timer is pushed out of reach; batch clusters keep it (a lost job
@@ -323,7 +323,7 @@ def jobqueue_cluster(
     if "dashboard_address" not in options:
         host = options.get("host") or _interface_host(options["interface"])
         options["dashboard_address"] = _dashboard(host)
-    # `dask worker` serves its own dashboard on all interfaces by default (distributed PR #3941),
+    # `dask worker` serves its own dashboard on all interfaces by default (dask/distributed#3941),
     # whatever --interface says: bind it to the node's loopback unless the user chose otherwise.
     extra = list(
         cluster_kwargs.pop("worker_extra_args", None) or dask.config.get(f"{section}.worker-extra-args", None) or []
