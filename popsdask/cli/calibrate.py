@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     check_calibration_inputs(post, ds, args.group_by, args.split, args.level, args.replace, args.folds)
     if Path(args.output).exists() and not args.overwrite:
         raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
-    with connect_from_args(args):
+    with connect_from_args(args, nbytes=ds["X"].nbytes):
         out = calibrate(
             post,
             ds,

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     t0 = time.perf_counter()
-    with connect_from_args(args):
+    with connect_from_args(args, nbytes=ds["X"].nbytes):
         result = leave_one_group_out(
             ds,
             out,

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         refuse_existing(args.output, args.overwrite)  # again: another fit may have just finished it
         if checkpoint.exists() and not args.resume and not args.quiet:
             print(f"popsdask fit: starting over; --resume would continue the fit in {checkpoint}", file=sys.stderr)
-        with connect_from_args(args):
+        with connect_from_args(args, nbytes=data["X"].nbytes):
             t0 = time.perf_counter()
             post = fit(
                 data,

@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
             f"{args.store}/X: {data.sizes['feature']} features, but the posterior {args.posterior} has "
             f"{post.n_features} parameters"
         )
-    with output_lock(out), connect_from_args(args):  # a second predict of the same output exits 2 at once
+    # a second predict of the same output exits 2 at once
+    with output_lock(out), connect_from_args(args, nbytes=data["X"].nbytes):
         ds = predict_ensemble(
             post,
             data,

@@ -34,6 +34,7 @@ import distributed
 
 from ..core.validation import InputError
 from .client import current_client, skip_exit_collection
+from .options import SMALL_INPUT_BYTES
 
 __all__ = [
     "JOBQUEUE_CLUSTERS",
@@ -52,11 +53,6 @@ __all__ = [
 JOBQUEUE_CLUSTERS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster"}
 #: ``--cluster`` name of Dask's threaded scheduler in this process (no worker processes)
 THREADS = "threads"
-#: Design-row bytes (X of the rows a command reads) up to which ``connect(None, nbytes=...)`` runs
-#: on the threaded scheduler: a LocalCluster's start and close cost seconds, more than the
-#: passes over such inputs; larger inputs keep the worker processes, their memory limits and
-#: spilling.
-SMALL_INPUT_BYTES = 256 * 2**20
 LOOPBACK_HOST = "127.0.0.1"
 LOOPBACK_INTERFACE = "lo"
 DASHBOARD_PORT = 8787

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_cluster_arguments"]
+__all__ = ["SMALL_INPUT_BYTES", "add_cluster_arguments"]
+
+#: Design-row bytes (X of the rows a command reads) up to which a command given no ``--cluster``
+#: runs on Dask's threaded scheduler in this process: a LocalCluster's start and close cost
+#: seconds, more than the passes over such inputs; larger inputs keep the worker processes,
+#: their memory limits and spilling.
+SMALL_INPUT_BYTES = 256 * 2**20
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -32,8 +38,10 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         "--cluster",
         metavar="KIND|ADDRESS",
         default=None,
-        help="local (default: worker processes on this machine), slurm, pbs, lsf "
-        "(workers as batch jobs, needs popsdask[hpc]), or the address of a running scheduler",
+        help="threads (Dask's threaded scheduler in this process), local (worker processes on this machine), "
+        "slurm, pbs, lsf (workers as batch jobs, needs popsdask[hpc]), or the address of a running scheduler; "
+        f"default: threads for inputs up to {SMALL_INPUT_BYTES // 2**20} MiB of design rows (fit, predict, "
+        "calibrate, crossval) unless a cluster option is given, else local",
     )
     where.add_argument(
         "--scheduler",
