@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_cluster, add_overwrite, number
+from .common import add_cluster, add_overwrite, add_tolerance, number
 
 HELP = "conformal recalibration of a posterior's std and envelope"
 
@@ -32,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--level", type=float, default=0.95, help="target coverage (default: %(default)s)")
     p.add_argument("--replace", action="store_true", help="recalibrate an already calibrated posterior")
     p.add_argument("--seed", type=int, default=0)
+    add_tolerance(p, "scores are the error beyond it (default: none)")
     add_cluster(p)
     add_overwrite(p)
 
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
             level=args.level,
             seed=args.seed,
             replace=args.replace,
+            tolerance=args.tolerance,
             overwrite=args.overwrite,
             progress=not args.quiet,
         )

@@ -92,6 +92,29 @@ def ev_curve(text: str) -> tuple[int, ...] | None:
     return sizes
 
 
+def tolerance(text: str) -> dict[str, float]:
+    """``--tolerance energy=EV_PER_ATOM,force=EV_PER_A``: the references' own precision per row kind."""
+    from ..calibration.metrics import parse_tolerance
+
+    try:
+        return parse_tolerance(text)
+    except InputError as err:
+        # argparse names the option itself
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--tolerance").lstrip(": ")) from None
+
+
+def add_tolerance(parser: argparse.ArgumentParser, use: str) -> None:
+    """``--tolerance``: the references' precision (energy per atom in eV/atom, force in eV/Å)."""
+    parser.add_argument(
+        "--tolerance",
+        type=tolerance,
+        default=None,
+        metavar="energy=E,force=F",
+        help="the references' own precision (e.g. the DFT's convergence), energy in eV/atom and force in eV/Å "
+        f"(stress=S in the store's unit): {use}",
+    )
+
+
 def add_split(parser: argparse.ArgumentParser, which: str) -> None:
     """``--split train|test``: the rows of one split of the store (default: all)."""
     parser.add_argument("--split", choices=("train", "test"), default=None, help=SPLIT_HELP.format(which=which))

@@ -13,6 +13,7 @@ from .common import (
     add_sampling,
     add_seed,
     add_split,
+    add_tolerance,
     ev_curve,
     number,
     open_rows,
@@ -38,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--float32", action="store_true", help="store the prediction array as float32; default: float64")
     p.add_argument("--ev-curve", default=EV_CURVE, help="sample counts of the envelope-violation-vs-S curve, or none")
     p.add_argument("--per-atom", action="store_true", help="divide energy rows (X and y) by n_atoms: energies per atom")
+    add_tolerance(p, "violations within it are counted beside the EV, not in it (default: none)")
     add_cluster(p)
     add_overwrite(p)
 
@@ -74,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
             dtype="float32" if args.float32 else "float64",
             progress=not args.quiet,
             ev_curve=ev_curve(args.ev_curve),
+            tolerance=args.tolerance,
         )
     print(f"wrote {dict(ds['prediction'].sizes)} predictions -> {args.output}")
     if "metrics" in ds.attrs:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..core.validation import InputError
-from .common import add_overwrite, refuse_existing
+from .common import add_overwrite, add_tolerance, refuse_existing
 
 HELP = "metrics table and figures of a prediction store"
 
@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="VAR",
         help="per-configuration variable for per-group tables; default: group when the store has it",
     )
+    add_tolerance(p, "violations within it are counted beside the EV, not in it (default: predict's)")
     add_overwrite(p)
 
 
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     check_predictions(src)
     final, staging = atomic_directory(out)  # a report appears whole or not at all
     try:
-        result = write_report(src, staging, group_by=args.group_by)
+        result = write_report(src, staging, group_by=args.group_by, tolerance=args.tolerance)
         commit_directory(staging, final, args.overwrite)
     except BaseException:
         discard_directory(staging, settle=0.0, attempts=1)
