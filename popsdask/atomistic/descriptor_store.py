@@ -33,7 +33,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +66,6 @@ class PartsReport:
     computed: int = 0
     reused: int = 0
     seconds: float = 0.0
-    stale_removed: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 def parts_directory(path: str | os.PathLike) -> Path:
@@ -197,7 +195,6 @@ def _compute_parts(
     for old in pdir.glob("*"):  # parts of other settings/inputs, and torn temporary files
         if old.name not in wanted:
             old.unlink(missing_ok=True)
-            report.stale_removed += 1
     if progress:
         print(
             f"[popsdask] descriptors: {len(files)} batches of <= {configs_per_task} configurations, "
@@ -455,7 +452,7 @@ def _weights(
     train = split == SPLIT_CODES["train"]
     # no training configurations (a prediction store): normalise over all of them
     norm_over = train if train.any() else np.ones(len(configurations), dtype=bool)
-    w = paper_weights(kind, config, atom, energy / n_atoms, n_atoms, force_norm, norm_over, wset, counts=counts)
+    w = paper_weights(kind, config, energy / n_atoms, n_atoms, force_norm, norm_over, wset, counts=counts)
     mu, mu_how = element_reference_energies(energy / n_atoms, counts, norm_over)
     attrs = {
         "scheme": "paper eq. 9",

@@ -100,7 +100,6 @@ def element_reference_energies(
 def paper_weights(
     kind: np.ndarray,
     config: np.ndarray,
-    atom: np.ndarray,
     energy_per_atom: np.ndarray,
     n_atoms: np.ndarray,
     force_norm: np.ndarray,
@@ -112,7 +111,7 @@ def paper_weights(
 
     Parameters
     ----------
-    kind, config, atom : (n_rows,) row coordinates (kind 0 energy, 1 force, 2 virial)
+    kind, config : (n_rows,) row coordinates (kind 0 energy, 1 force, 2 virial)
     energy_per_atom, n_atoms : (n_configurations,) reference energy per atom and atom count
     force_norm : (n_rows,) norm of the reference force on the row's atom (ignored elsewhere)
     train : (n_configurations,) True for training configurations

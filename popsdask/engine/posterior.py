@@ -15,7 +15,6 @@ import numpy as np
 import xarray as xr
 
 from ..core.kinds import PosteriorKind, posterior_kind
-from ..core.pops import hypercube_second_moment
 from ..core.validation import InputError
 from ..io.store import atomic_group, check_safe_group, is_complete
 
@@ -73,12 +72,6 @@ class Posterior:
     def kind_(self) -> PosteriorKind:
         """The :class:`~popsdask.core.kinds.PosteriorKind` named by :attr:`kind`."""
         return posterior_kind(self.kind)
-
-    @property
-    def hypercube_sigma_(self) -> np.ndarray | None:
-        if self.basis_ is None:
-            return None
-        return hypercube_second_moment(self.basis_, self.lower_, self.upper_)
 
     # ------------------------------------------------------------------ sampling
     def perturbations(self, n: int = DEFAULT_N_SAMPLES, method: str = "uniform", seed: int | None = 0) -> np.ndarray:

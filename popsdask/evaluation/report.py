@@ -39,7 +39,6 @@ METRIC_LABELS = {
 }
 PERCENT = ("envelope_violation", "fixed_violation", "box_violation", "coverage_2sigma", "coverage_4sigma")
 COUNTS = ("n", "n_symmetry_zeros", "n_fixed", "n_violations_below_floor")
-UNITLESS = PERCENT + COUNTS + ("mean_abs_error_over_std", "miscalibration_area", "nll")
 
 
 def kind_units(units: str | None) -> dict[str, str]:

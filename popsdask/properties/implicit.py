@@ -29,7 +29,6 @@ expansion math (:func:`popsdask.atomistic.implicit_diff.expand`) lives in the at
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -543,12 +542,11 @@ def run_implicit(
     seed: int = 0,
     sampling: str = "uniform",
     reference: bool | str = True,
-    client: Any = None,
     options: dict[str, dict[str, Any]] | None = None,
     progress: bool = True,
-    method: str | None = None,
 ) -> dict[str, xr.Dataset]:
-    """``popsdask properties --route implicit``: the runner signature of ``run_resample``.
+    """``popsdask properties --route implicit``: the runner signature of ``run_resample``
+    without ``client`` (the predictions are matrix products; the few fallbacks run here).
 
     The expansions are built once at the MLE (the member labelled ``"mle"``) and every member is
     predicted from them; flagged members fall back to brute force in this process (option
@@ -556,12 +554,8 @@ def run_implicit(
     covers bcc and hcp). The reference values come from the brute-force property modules.
     Results go to ``<store_path>/<property>.zarr`` in the runner's combined layout, with
     ``method`` per sample (``implicit``, ``brute-force`` or ``mixed``) and the first-order
-    values beside the second-order ones. ``client`` is unused (the predictions are matrix
-    products; the few fallbacks run here). ``method`` is the deprecated spelling of ``sampling``.
+    values beside the second-order ones.
     """
-    if method is not None:
-        warnings.warn("run_implicit(method=...) is deprecated; use sampling=...", DeprecationWarning, stacklevel=2)
-        sampling = method
     bad = [p for p in properties if p not in IMPLICIT_PROPERTIES]
     if bad:
         raise InputError(f"route implicit: no implicit route for {bad}; available {list(IMPLICIT_PROPERTIES)}")

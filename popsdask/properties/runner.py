@@ -19,16 +19,18 @@ and writes each member's SNAP files once.
 
 :func:`run_properties` dispatches on ``route``: ``"resample"`` (:func:`run_resample`, here) or
 ``"implicit"`` (:func:`popsdask.properties.implicit.run_implicit`); both take the same
-arguments and write the same combined layout. ``sampling`` is the posterior's sampling rule.
+arguments and write the same combined layout, except ``client``, which only a route that
+computes on Dask takes (the implicit route's predictions are matrix products). ``sampling`` is
+the posterior's sampling rule.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,6 @@ from .results import open_results, write_results
 __all__ = [
     "PROPERTIES",
     "ROUTES",
-    "RUNNERS",
     "combine",
     "open_results",
     "part_path",
@@ -191,14 +192,6 @@ def combine(
     return out
 
 
-def _renamed(new_value: Any, old_value: Any, old: str, new: str, where: str) -> Any:
-    """``new_value``, or ``old_value`` (with a DeprecationWarning) when the old keyword was given."""
-    if old_value is None:
-        return new_value
-    warnings.warn(f"{where}({old}=...) is deprecated; use {new}=...", DeprecationWarning, stacklevel=3)
-    return old_value
-
-
 def _run_tasks(
     tasks: list[tuple[Potential, str, dict[str, Any], str]], client: Any, progress: bool
 ) -> list[dict[str, Any]]:
@@ -244,7 +237,6 @@ def run_resample(
     client: Any = None,
     options: dict[str, dict[str, Any]] | None = None,
     progress: bool = True,
-    method: str | None = None,
 ) -> dict[str, xr.Dataset]:
     """Brute-force resampling: every property recomputed self-consistently for every member.
 
@@ -262,7 +254,6 @@ def run_resample(
         :func:`popsdask.runtime.cluster.connect`; ``"sync"`` runs in this process
     options : per-property keyword arguments of ``compute`` (e.g. ``{"phases": {"n_eos": 5}}``)
     progress : print a progress line
-    method : deprecated spelling of ``sampling``
 
     Returns
     -------
@@ -271,7 +262,6 @@ def run_resample(
     bad = [p for p in properties if p not in PROPERTIES]
     if bad:
         raise InputError(f"unknown properties {bad}; use {sorted(PROPERTIES)}")
-    sampling = _renamed(sampling, method, "method", "sampling", "run_resample")
     options = dict(options or {})
     members = resolve_members(posterior_or_members, settings, n_samples, seed, sampling)
     pots = list(members)
@@ -327,9 +317,8 @@ def run_resample(
     return out
 
 
-#: route -> runner (same signature as :func:`run_resample`)
+#: route -> runner (the signature of :func:`run_resample`; ``client`` only if it runs on Dask)
 ROUTES: dict[str, Callable[..., dict[str, xr.Dataset]]] = {"resample": run_resample, "implicit": run_implicit}
-RUNNERS = ROUTES  # the name before routes were called routes
 
 
 def run_properties(
@@ -346,19 +335,19 @@ def run_properties(
     progress: bool = True,
     route: str = "resample",
     sampling: str = "uniform",
-    method: str | None = None,
 ) -> dict[str, xr.Dataset]:
     """Propagate posterior uncertainty to material properties (dispatch on ``route``).
 
     ``route="resample"`` is :func:`run_resample`, ``"implicit"``
     :func:`popsdask.properties.implicit.run_implicit`; other routes register in :data:`ROUTES`
-    with the same signature. ``method`` is the deprecated spelling of ``route``. See
+    with the same signature (``client`` is passed to a route that takes it). See
     :func:`run_resample` for the other parameters.
     """
-    route = _renamed(route, method, "method", "route", "run_properties")
     if route not in ROUTES:
         raise InputError(f"route {route!r}: use one of {sorted(ROUTES)}")
-    return ROUTES[route](
+    runner = ROUTES[route]
+    on_dask = {"client": client} if "client" in inspect.signature(runner).parameters else {}
+    return runner(
         posterior_or_members, settings, properties, store_path, n_samples=n_samples, seed=seed,
-        sampling=sampling, reference=reference, client=client, options=options, progress=progress,
+        sampling=sampling, reference=reference, options=options, progress=progress, **on_dask,
     )  # fmt: skip

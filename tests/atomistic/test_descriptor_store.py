@@ -103,12 +103,11 @@ def test_weights_and_split_recorded(dft_configs, dft_store) -> None:
 def test_paper_weights_formula() -> None:
     kind = np.array([0, 1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1])
     config = np.repeat([0, 1, 2], 4)
-    atom = np.array([-1, 0, 0, 0] * 3)
     epa = np.array([-10.0, -9.0, -8.0])
     n_atoms = np.array([1, 1, 1])
     fnorm = np.array([0, 0, 0, 0, 0, 50, 50, 50, 0, 100, 100, 100], dtype=float)
     train = np.array([True, True, False])
-    w = paper_weights(kind, config, atom, epa, n_atoms, fnorm, train, WeightSettings())
+    w = paper_weights(kind, config, epa, n_atoms, fnorm, train, WeightSettings())
     # energies: exp(-ΔE/2) with ΔE relative to the lowest training energy per atom
     assert w[4] / w[0] == pytest.approx(np.exp(-0.5))
     assert w[8] / w[0] == pytest.approx(np.exp(-1.0))
@@ -117,7 +116,7 @@ def test_paper_weights_formula() -> None:
     assert w[9] / w[1] == pytest.approx(np.exp(-2.0))
     # equal sums over training energy and force rows
     assert w[[0, 4]].sum() == pytest.approx(w[[1, 2, 3, 5, 6, 7]].sum()) == pytest.approx(2.0)
-    w2 = paper_weights(kind, config, atom, epa, np.array([1, 2, 1]), fnorm, train)
+    w2 = paper_weights(kind, config, epa, np.array([1, 2, 1]), fnorm, train)
     assert w2[4] / w2[0] == pytest.approx(np.exp(-0.5) / 4)  # per-atom energy residual
 
 

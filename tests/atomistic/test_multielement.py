@@ -149,10 +149,10 @@ def test_weights_take_energies_from_each_elements_reference() -> None:
     epa = x @ np.array([-8.9, -3.3]) + rng.uniform(0, 1.5, n_cfg)
     kind = np.zeros(n_cfg, dtype=np.int8)
     config = np.arange(n_cfg)
-    args = (kind, config, -np.ones(n_cfg), epa, n_atoms, np.zeros(n_cfg), np.ones(n_cfg, bool))
+    args = (kind, config, epa, n_atoms, np.zeros(n_cfg), np.ones(n_cfg, bool))
     w = paper_weights(*args, counts=counts)
-    shifted = (epa + x @ np.array([0.0, 5.0]), *args[4:])
-    np.testing.assert_allclose(paper_weights(*args[:3], *shifted, counts=counts), w, rtol=1e-12)
+    shifted = (epa + x @ np.array([0.0, 5.0]), *args[3:])
+    np.testing.assert_allclose(paper_weights(*args[:2], *shifted, counts=counts), w, rtol=1e-12)
     # without the composition reference pure Be would weigh exp(-5.6/2) ≈ 0.06 of pure W
     mu, how = element_reference_energies(epa, counts, np.ones(n_cfg, bool))
     assert how == ["pure minimum", "pure minimum"]

@@ -302,7 +302,7 @@ class SnapSettings:
             f"{radii} {wts} {self._flags()}"
         )
 
-    def reference_commands(self, hybrid_prefix: str) -> tuple[str, list[str]]:
+    def reference_commands(self) -> tuple[str, list[str]]:
         """(pair_style fragment, pair_coeff commands) of the reference, for hybrid/overlay."""
         assert self.reference_style
         name = self.reference_style.split()[0]
@@ -317,7 +317,7 @@ class SnapSettings:
         cut = self.cutoff + 1e-6
         if not self.reference_style:
             return [f"pair_style zero {cut!r}", "pair_coeff * *"]
-        style, coeffs = self.reference_commands("")
+        style, coeffs = self.reference_commands()
         return [f"pair_style hybrid/overlay zero {cut!r} {style}", "pair_coeff * * zero", *coeffs]
 
     def snapparam_text(self) -> str:
@@ -568,7 +568,7 @@ def pair_commands_for(settings: SnapSettings, snapcoeff: str | os.PathLike, snap
     files = f"{lammps_text.path(snapcoeff)} {lammps_text.path(snapparam)}"
     if not settings.reference_style:
         return ["pair_style snap", f"pair_coeff * * {files} {els}"]
-    style, coeffs = settings.reference_commands("")
+    style, coeffs = settings.reference_commands()
     return [
         f"pair_style hybrid/overlay {style} snap",
         *coeffs,
