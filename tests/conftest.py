@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,24 @@ def misspecified(n: int = 4000, p: int = 10, seed: int = 0, noise: float = 1e-3)
     y = np.sin(X @ rng.normal(size=p) / np.sqrt(p)) * 2 + 0.3 + noise * rng.normal(size=n)
     w = rng.uniform(0.2, 3.0, size=n)
     return X, y, w
+
+
+@contextlib.contextmanager
+def no_cluster_started(what: str) -> Iterator[None]:
+    """Fail if ``what`` starts a Dask cluster (local or jobqueue: both are ``SpecCluster``s) inside
+    the block: bad input must be refused before any cluster starts."""
+    from distributed.deploy.spec import SpecCluster
+
+    started: list[str] = []
+
+    def tripwire(cluster: SpecCluster, *args, **kwargs) -> None:
+        started.append(type(cluster).__name__)
+        raise AssertionError(f"{what} started a {started[0]} before refusing bad input")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SpecCluster, "__init__", tripwire)
+        yield
+    assert not started, f"{what} started a {started[0]} before refusing bad input"  # even if the code caught it
 
 
 @pytest.fixture
