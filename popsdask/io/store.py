@@ -269,7 +269,8 @@ def atomic_group(
     """Write a Zarr group atomically: ``with atomic_group(path) as staging: ds.to_zarr(staging)``.
 
     Yields a hidden staging path next to ``path``; when the block finishes the group there is
-    marked complete (:func:`mark_complete`) and renamed into place (:func:`commit_directory`).
+    marked complete and its metadata consolidated (:func:`mark_complete`), and it is renamed into
+    place (:func:`commit_directory`).
     On any exception (KeyboardInterrupt included) the staging directory is discarded
     (:func:`discard_directory` with ``settle``/``attempts``) and nothing appears at ``path``.
     An existing ``path`` raises :class:`FileExistsError` on entry unless ``overwrite``; the
@@ -297,10 +298,17 @@ def atomic_group(
 
 
 def mark_complete(path: str | os.PathLike) -> None:
+    """Mark the group complete, then consolidate its metadata into the root ``zarr.json``, so that
+    a plain ``xarray.open_zarr(path)`` reads every array's metadata at once and does not warn."""
     import zarr
 
     g = zarr.open_group(str(path), mode="r+")
     g.attrs[COMPLETE_ATTR] = True
+    with warnings.catch_warnings():
+        # zarr: consolidated metadata is not yet part of the v3 specification (zarr-python and
+        # xarray read it; the arrays' own metadata stays in place for other readers)
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(str(path))
 
 
 def is_complete(path: str | os.PathLike) -> bool:
