@@ -97,6 +97,21 @@ def check_stats(stats: Stats) -> None:
         )
 
 
+def too_few_rows(sw: float, gamma: float) -> InputError:
+    """The refusal of weights that sum to no more than the parameters the data determine.
+
+    The noise precision's update α = (Σw - γ + 2α₁) / (sse + 2α₂) counts the data by the sum of
+    the weights Σw and the well-determined parameters by γ ≤ P; at Σw ≤ γ it turns negative
+    (then λ, and Σ loses positive-definiteness). scikit-learn's BayesianRidge counts rows
+    whatever their weight, so a store with one non-zero weight gets a positive α there from the
+    zero-weight rows alone; here there is no positive α to give.
+    """
+    return InputError(
+        f"the weights sum to {sw:.4g}, not more than the {gamma:.4g} effective parameters of the evidence "
+        "iteration: too few rows carry weight to estimate the noise (give more rows non-zero weight)"
+    )
+
+
 def eigen_gram(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Eigendecomposition of a symmetric PSD Gram; round-off negatives are clipped to 0."""
     s, V = eigh((gram + gram.T) / 2.0)
@@ -157,6 +172,8 @@ def maximise_evidence(
         if p.compute_score:
             scores.append(_log_marginal_likelihood(p, s, sw, alpha, lam, ce, sse))
         gamma = float(np.sum(alpha * s / (lam + alpha * s)))
+        if sw - gamma + 2 * p.alpha_1 <= 0:
+            raise too_few_rows(sw, gamma)
         lam = (gamma + 2 * p.lambda_1) / (float(ce @ ce) + 2 * p.lambda_2)
         alpha = (sw - gamma + 2 * p.alpha_1) / (sse + 2 * p.alpha_2)
         # ||θ_old - θ||₁ in the original basis, as scikit-learn measures convergence

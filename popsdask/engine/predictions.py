@@ -32,6 +32,7 @@ from ..io.store import KIND_CODES, atomic_group, check_safe_group, is_complete, 
 from .design import design_from
 from .execution import compute
 from .posterior import DEFAULT_N_SAMPLES, Posterior
+from .schema import check_prediction_dataset
 
 PREDICTION_FORMAT = "popsdask.predictions/1"
 BLOCK_BYTES = 64 * 2**20
@@ -457,7 +458,9 @@ def open_predictions(path: str | os.PathLike) -> xr.Dataset:
         raise InputError(f"{root}: prediction store missing or not marked complete")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return xr.open_zarr(root, consolidated=False, zarr_format=3)
+        ds = xr.open_zarr(root, consolidated=False, zarr_format=3)
+    check_prediction_dataset(ds, str(root))
+    return ds
 
 
 def per_atom_energy_rows(ds: xr.Dataset) -> xr.Dataset:

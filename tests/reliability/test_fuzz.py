@@ -125,6 +125,7 @@ def check_posterior(post, X, y, w) -> None:
     theta = post.coef_
     assert np.all(np.isfinite(theta)) and np.all(np.isfinite(post.sigma_))
     assert post.alpha_ > 0 and post.lambda_ > 0
+    assert np.linalg.eigvalsh(post.sigma_).min() >= -1e-12 * np.abs(post.sigma_).max()
     lhs = G @ theta + (post.lambda_ / post.alpha_) * theta
     scale = np.abs(G).max() * np.abs(theta).max() + np.abs(b).max() + (post.lambda_ / post.alpha_) * np.abs(theta).max()
     np.testing.assert_allclose(lhs, b, rtol=0, atol=1e-9 * scale)
@@ -155,6 +156,8 @@ def test_fit_on_arrays_is_correct_or_refuses_clearly(case):
                 return  # the shape is checked before any pass reads the values
             if poison != "none":
                 assert re.search(EXPECTED[poison].format(row=case["row"]), msg), msg
+            elif "effective parameters" in msg:  # α would turn negative: Σw ≤ γ ≤ P
+                assert (n if w is None else w.sum()) <= p, msg
             else:
                 # the only other refusal: every weighted row is zero (zero rows x zero weights)
                 Xw = X if w is None else X * (w[:, None] > 0)
@@ -364,3 +367,26 @@ def test_cluster_options_are_refused_as_input_errors(n_workers, memory, interfac
     with contextlib.suppress(InputError):
         check_cluster_options(n_workers=n_workers, memory_limit=memory, interface=interface)
         assert n_workers is None and interface in (None, "lo", "eth0")
+
+
+@pytest.mark.parametrize(("nonzero", "weight"), [(1, 1.0), (6, 0.5)])
+def test_weights_on_too_few_rows_are_refused_not_fitted(tmp_path, capsys, nonzero, weight):
+    """A store whose weights sum to no more than the parameters gave α < 0 (then λ < 0 and a
+    covariance with negative eigenvalues) with exit 0; scikit-learn's BayesianRidge counts the
+    zero-weight rows as samples instead. Now one line, exit 2, and nothing written."""
+    from sklearn.linear_model import BayesianRidge
+
+    from popsdask.cli import main
+
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(300, 6))
+    y = np.sin(X.sum(axis=1))
+    w = np.zeros(300)
+    w[rng.choice(300, nonzero, replace=False)] = weight
+    assert BayesianRidge().fit(X, y, sample_weight=w).alpha_ > 0  # its n_samples is 300 rows
+    store = write_store(tmp_path / "s.zarr", X, y, weight=w)
+    out = tmp_path / "post.zarr"
+    assert main(["fit", str(store), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "weights sum to" in err[0], err
+    assert not out.exists()

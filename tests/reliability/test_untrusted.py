@@ -224,3 +224,105 @@ def test_the_zarr_v2_conversion_hint_works(tmp_path):
     command = re.search(r'python -c "(.*)"$', str(err.value)).group(1)
     subprocess.run([sys.executable, "-c", command], cwd=tmp_path, check=True, capture_output=True)
     np.testing.assert_array_equal(open_store(tmp_path / "NEW.zarr").X.values, X)
+
+
+# -- hand-edited posteriors and prediction stores ---------------------------------------------
+def _set_attr(group: Path, key: str, value) -> None:
+    meta = group / "zarr.json"
+    doc = json.loads(meta.read_text())
+    if value is _DELETE:
+        del doc["attributes"][key]
+    else:
+        doc["attributes"][key] = value
+    meta.write_text(json.dumps(doc))
+
+
+def _set_value(group: Path, array: str, index, value) -> None:
+    import zarr
+
+    arr = zarr.open_array(str(group / array), mode="r+")
+    arr[index] = value
+
+
+def _replace_array(group: Path, array: str, values) -> None:
+    import shutil
+
+    import zarr
+
+    dims = json.loads((group / array / "zarr.json").read_text()).get("dimension_names")
+    shutil.rmtree(group / array)
+    if values is not None:
+        zarr.create_array(str(group / array), data=np.asarray(values), dimension_names=dims)
+
+
+_DELETE = object()
+POSTERIOR_EDITS = {
+    "upper NaN": (lambda p: _set_value(p, "upper", 0, np.nan), "'upper'.*non-finite"),
+    "coef inf": (lambda p: _set_value(p, "coef", 0, np.inf), "'coef'.*non-finite"),
+    "sigma NaN": (lambda p: _set_value(p, "sigma", (1, 2), np.nan), "'sigma'.*non-finite.*\\(1, 2\\)"),
+    "lower > upper": (lambda p: _set_value(p, "lower", 0, 1e9), "'lower' > 'upper'"),
+    "alpha removed": (lambda p: _set_attr(p, "alpha", _DELETE), "attribute 'alpha' is missing"),
+    "alpha text": (lambda p: _set_attr(p, "alpha", "abc"), "attribute 'alpha' = 'abc'"),
+    "alpha negative": (lambda p: _set_attr(p, "alpha", -63.4), "attribute 'alpha' = -63.4 must be > 0"),
+    "lambda negative": (lambda p: _set_attr(p, "lambda", -7.0), "attribute 'lambda' = -7.0 must be > 0"),
+    "n_rows text": (lambda p: _set_attr(p, "n_rows", "many"), "attribute 'n_rows'"),
+    "settings not JSON": (lambda p: _set_attr(p, "settings", "{not json"), "attribute 'settings' is not a JSON"),
+    "calibration scale text": (
+        lambda p: _set_attr(p, "calibration", '{"scale": "x"}'),
+        "attribute 'calibration': level",
+    ),
+    "calibration kind scale text": (
+        lambda p: _set_attr(
+            p, "calibration", json.dumps({"level": 0.9, "method": "split", "kinds": {"all": {"std_scale": "x"}}})
+        ),
+        "calibration.*std_scale = 'x'",
+    ),
+    "coef deleted": (lambda p: _replace_array(p, "coef", None), "variable 'coef' is missing"),
+    "coef wrong length": (lambda p: _replace_array(p, "coef", np.zeros(7)), "coef|feature"),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(POSTERIOR_EDITS))
+def test_hand_edited_posteriors_are_one_line_naming_the_variable(written, tmp_path, capsys, edit):
+    """Each edit used to predict NaN (and report "EV 0.00 %"), or end in a traceback; now loading
+    refuses it naming the variable, and predict exits 2 with one line and writes nothing."""
+    from popsdask.cli import main
+
+    store = written["store"][0]
+    post = written["posterior"][0]
+    change, message = POSTERIOR_EDITS[edit]
+    change(post)
+    with pytest.raises(InputError, match=message):
+        Posterior.load(post)
+    out = tmp_path / "edited-pred.zarr"
+    code = main(["predict", str(post), str(store), "-o", str(out), "--n-samples", "10", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and str(post) in err[0], err
+    assert not out.exists()
+
+
+PREDICTION_EDITS = {
+    "metrics not JSON": ("{broken", "attribute 'metrics' is not a JSON object"),
+    "metrics a list": ("[1, 2]", "attribute 'metrics' is not a JSON object"),
+    "metrics without the kind": ('{"force": {}}', "no metrics of kind 'energy'"),
+    "metrics mae text": (
+        '{"energy": {"mae_mle": "x", "envelope_violation": 0.1}}',
+        "energy mae_mle = 'x' is not a number",
+    ),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(PREDICTION_EDITS))
+def test_prediction_store_with_broken_metrics_is_one_line(written, tmp_path, capsys, edit):
+    from popsdask.cli import main
+
+    pred = written["predictions"][0]
+    value, message = PREDICTION_EDITS[edit]
+    _set_attr(pred, "metrics", value)
+    with pytest.raises(InputError, match=message):
+        open_predictions(pred)
+    out = tmp_path / "report"
+    code = main(["report", str(pred), "-o", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "metrics" in err[0], err
+    assert not out.exists()
