@@ -17,6 +17,7 @@ import xarray as xr
 from ..core.kinds import PosteriorKind, posterior_kind
 from ..core.validation import InputError
 from ..io.store import atomic_group, check_safe_group, is_complete
+from .schema import check_posterior_dataset
 
 POSTERIOR_FORMAT = "popsdask.posterior/1"
 DEFAULT_N_SAMPLES = 500
@@ -151,33 +152,36 @@ class Posterior:
             raise InputError(f"{root}: posterior is not marked complete (interrupted write?)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = xr.open_zarr(root, consolidated=False, zarr_format=3, chunks=None)
+            try:
+                ds = xr.open_zarr(root, consolidated=False, zarr_format=3, chunks=None)
+            except (ValueError, KeyError, TypeError) as err:  # e.g. variables of conflicting sizes
+                raise InputError(f"{root}: not a readable posterior ({' '.join(str(err).split())})") from None
         if ds.attrs.get("format") != POSTERIOR_FORMAT:
             raise InputError(f"{root}: not a popsdask posterior (format={ds.attrs.get('format')!r})")
-        a = ds.attrs
         try:
-            kind = posterior_kind(a.get("posterior"))
+            kind = posterior_kind(ds.attrs.get("posterior"))
         except InputError as err:
             raise InputError(f"{root}: {err}") from None
-        cn = float(a.get("condition_number", -1.0))
+        v = check_posterior_dataset(ds, str(root))
+        cn = v["condition_number"]
         return cls(
-            coef_=ds["coef"].values,
-            sigma_=ds["sigma"].values,
-            alpha_=float(a["alpha"]),
-            lambda_=float(a["lambda"]),
-            misspecification_sigma_=ds["misspecification_sigma"].values,
+            coef_=v["coef"],
+            sigma_=v["sigma"],
+            alpha_=v["alpha"],
+            lambda_=v["lambda"],
+            misspecification_sigma_=v["misspecification_sigma"],
             kind=kind.name,
             **kind.from_dataset(ds),
             corrections_=_open_corrections(root) if "corrections" in ds else None,
-            leverage_threshold_=float(a["leverage_threshold"]),
-            n_rows_=int(a["n_rows"]),
-            n_selected_=int(a["n_selected"]),
-            n_iter_=int(a["n_iter"]),
+            leverage_threshold_=v["leverage_threshold"],
+            n_rows_=v["n_rows"],
+            n_selected_=v["n_selected"],
+            n_iter_=v["n_iter"],
             condition_number_=cn if cn >= 0 else float("inf"),
             feature_names=[str(s) for s in ds["feature_name"].values] if "feature_name" in ds else [],
-            settings=json.loads(a.get("settings", "{}")),
-            provenance=json.loads(a.get("provenance", "{}")),
-            calibration=json.loads(a["calibration"]) if a.get("calibration") else None,
+            settings=v["settings"],
+            provenance=v["provenance"],
+            calibration=v["calibration"],
         )
 
 
