@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -102,7 +103,8 @@ def lower_quadratic_form(
         from scipy.linalg.blas import dtrmm
 
         t = dtrmm(1.0, L, X.T, side=0, lower=1, trans_a=1, overwrite_b=scratch)  # (X L)ᵀ = Lᵀ Xᵀ
-        return np.einsum("ij,ij->j", t, t)
+        q: np.ndarray = np.einsum("ij,ij->j", t, t)
+        return q
     q = np.zeros(X.shape[0])
     for j in range(0, L.shape[0], width):
         t = X[:, j:] @ L[j:, j : j + width]
@@ -124,6 +126,7 @@ def _trmm_quadratic_form(trmm: Any, X: np.ndarray, L: np.ndarray, scratch: bool)
         if direct:
             b = X[start : start + rows]
         else:
+            assert buf is not None
             b = buf[:rows]
             np.copyto(b, X[start : start + rows], casting="unsafe")
         trmm(Lc, b)
@@ -181,9 +184,10 @@ def leverage_factor(a_inv: np.ndarray) -> np.ndarray | None:
     from scipy.linalg import cholesky
 
     try:
-        return cholesky((a_inv + a_inv.T) / 2.0, lower=True)
+        factor: np.ndarray = cholesky((a_inv + a_inv.T) / 2.0, lower=True)
     except np.linalg.LinAlgError:
         return None
+    return factor
 
 
 def selected_rows(hc: np.ndarray, threshold: float, min_residual: float | None = None) -> np.ndarray:
@@ -211,7 +215,7 @@ GATHER_ROWS = 2048  # kept rows per gathered sub-block: 4 MiB at P = 256, reused
 
 def _selected_blocks(
     X: np.ndarray, hc: np.ndarray, threshold: float, min_residual: float | None = None, rows: int = GATHER_ROWS
-):
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(block, c)``: float64 blocks of the kept rows, scratch memory the caller may
     overwrite, and their correction scales.
 
@@ -251,7 +255,8 @@ def block_corrections(
 ) -> np.ndarray:
     """The pointwise corrections δθᵢ of the kept rows of a block (n_kept × P)."""
     Xs, c = block_selected(X, hc, threshold, min_residual)
-    return (Xs @ a_inv) * c[:, None]
+    corrections: np.ndarray = (Xs @ a_inv) * c[:, None]
+    return corrections
 
 
 def block_projections(
@@ -259,7 +264,8 @@ def block_projections(
 ) -> np.ndarray:
     """Coordinates Uᵀδθᵢ of the kept rows of a block, with ``proj`` = A⁻¹U (n_kept × K)."""
     Xs, c = block_selected(X, hc, threshold, min_residual)
-    return (Xs @ proj) * c[:, None]
+    coordinates: np.ndarray = (Xs @ proj) * c[:, None]
+    return coordinates
 
 
 def block_projection_range(
@@ -278,7 +284,7 @@ def block_projection_range(
     return lower, upper
 
 
-def combine_range(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]):
+def combine_range(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return np.minimum(a[0], b[0]), np.maximum(a[1], b[1])
 
 
@@ -316,7 +322,8 @@ def hypercube_second_moment(basis: np.ndarray, lower: np.ndarray, upper: np.ndar
     """
     mid = (lower + upper) / 2.0
     inner = np.outer(mid, mid) + np.diag((upper - lower) ** 2 / 12.0)
-    return basis @ inner @ basis.T
+    moment: np.ndarray = basis @ inner @ basis.T
+    return moment
 
 
 def unit_samples(n: int, dim: int, method: str = "uniform", seed: int | None = 0) -> np.ndarray:
@@ -336,4 +343,5 @@ def unit_samples(n: int, dim: int, method: str = "uniform", seed: int | None = 0
     with warnings.catch_warnings():
         # Sobol prefers powers of two; the sample count is the user's choice, not N's.
         warnings.simplefilter("ignore", UserWarning)
-        return engine(d=dim, seed=rng).random(n)
+        points: np.ndarray = engine(d=dim, seed=rng).random(n)
+    return points

@@ -6,7 +6,9 @@ chunks and combines the partial results with a tree reduction.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +44,7 @@ class Stats:
 SUB_ROWS = 8192
 
 
-def float64_blocks(X: np.ndarray, rows: int = SUB_ROWS):
+def float64_blocks(X: np.ndarray, rows: int = SUB_ROWS) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(start, block)`` row slices of ``X`` as float64.
 
     float64 input is yielded whole, as a view; other dtypes are cast ``rows`` rows at a time
@@ -143,6 +145,6 @@ def block_residual_stats(
     return float(wr @ r), X.T @ wr
 
 
-def combine_sum(a, b):
+def combine_sum(a: tuple[Any, ...], b: tuple[Any, ...]) -> tuple[Any, ...]:
     """Element-wise sum of two tuples of partial sums."""
     return tuple(x + y for x, y in zip(a, b, strict=True))
