@@ -179,7 +179,7 @@ def _crystal(rng: np.random.Generator) -> tuple[Any, str]:
 
 def _repeat_to(atoms: Any, rng: np.random.Generator, max_atoms: int) -> Any:
     n0 = len(atoms)
-    best = (1, 1, 1)
+    best: tuple[int, ...] = (1, 1, 1)
     for _ in range(20):
         rep = tuple(int(r) for r in rng.integers(1, 5, size=3))
         if n0 * np.prod(rep) <= max_atoms:

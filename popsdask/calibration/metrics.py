@@ -49,7 +49,8 @@ NLL_FLOOR_FACTOR = 0.01
 INTERVAL_ALPHA = 0.05
 COVERAGE_K = np.round(np.linspace(0.0, 5.0, 51), 10)
 EV_CURVE_SAMPLES = (50, 100, 200, 500, 1000, 2000, 5000)
-_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
+# numpy < 2 has only trapz, which numpy >= 2.4 no longer has (nor its type stubs)
+_trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # noqa: B009
 
 TOLERANCE_KINDS = {"energy": "eV/atom", "force": "eV/Å", "stress": "the store's stress unit"}
 

@@ -102,7 +102,7 @@ class CHGNetExtractor:
             captured.append(args[0].detach().cpu().numpy().astype(np.float64))
 
         handle = model.mlp.register_forward_pre_hook(hook) if "readout" in feats else None
-        if "readout" in feats and not getattr(model, "mlp_first", True):
+        if handle is not None and not getattr(model, "mlp_first", True):
             handle.remove()
             raise ValueError("features='readout' needs a CHGNet whose energy MLP acts per atom (mlp_first)")
         try:
@@ -120,7 +120,7 @@ class CHGNetExtractor:
         energy = np.array([float(p["e"]) for p in preds], dtype=np.float64)
         if getattr(model, "is_intensive", True):
             energy = energy * n_atoms
-        readout = np.split(np.concatenate(captured, axis=0), np.cumsum(n_atoms)[:-1]) if "readout" in feats else None
+        readout = np.split(np.concatenate(captured, axis=0), np.cumsum(n_atoms)[:-1]) if "readout" in feats else []
         descriptors = []
         for i, p in enumerate(preds):
             parts = []

@@ -10,7 +10,7 @@ import gzip
 import io
 import lzma
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from ..core.validation import InputError
 
 __all__ = ["read_structures", "reference_energy", "element_counts", "elements_of"]
 
-_OPENERS = {".xz": lzma.open, ".lzma": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
+_OPENERS: dict[str, Callable[..., Any]] = {".xz": lzma.open, ".lzma": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
 
 
 def read_structures(path: str | os.PathLike, index: str | int | slice = ":", format: str | None = None) -> list[Any]:

@@ -111,7 +111,7 @@ def classify(atoms: Any, a0: float, tol: float = 0.12) -> str:
     v = np.sort(np.abs(D[k] / d[k]))[::-1]  # largest |cos| over the cubic group
     mid = (atoms.positions[i[k]] + 0.5 * D[k]) / a0
     cos = {name: float(v @ u) for name, u in _FAMILIES.items()}
-    fam = max(cos, key=cos.get)
+    fam = max(cos, key=lambda name: cos[name])
     bcc_sites = np.array([[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]])
     if cos[fam] > 0.97:
         if fam == "111":

@@ -93,6 +93,7 @@ def _compound(
     from ase.spacegroup import crystal
 
     proto = PROTOTYPES[COMPOUNDS[label]]
+    assert proto is not None  # the compounds are built-in prototypes, not table-only phases
 
     symbols = [host] + [solute] * (len(proto.basis) - 1)  # A on the first orbit, B on the rest
     atoms = crystal(symbols, basis=list(proto.basis), spacegroup=proto.spacegroup, setting=proto.setting,

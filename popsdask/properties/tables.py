@@ -69,7 +69,7 @@ def _variables(ds: xr.Dataset, prop: str) -> list[str]:
     names = TABLES.get(prop)
     if names is None:
         names = tuple(
-            v
+            str(v)
             for v in ds.data_vars
             if f"{v}_mle" in ds and f"{v}_reference" in ds and v not in SKIP and "sample" in ds[v].dims
         )

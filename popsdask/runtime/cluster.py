@@ -461,7 +461,9 @@ def connect(
         return
     # dask-jobqueue reads the config again at every job submission: keep it active throughout.
     with dask.config.set(_cluster_settings(lname, config)):
-        sizes = dict(threads_per_worker=threads_per_worker, memory_limit=memory_limit, interface=interface)
+        sizes: dict[str, Any] = dict(
+            threads_per_worker=threads_per_worker, memory_limit=memory_limit, interface=interface
+        )
         if lname in JOBQUEUE_CLUSTERS:
             created = jobqueue_cluster(lname, **sizes, **cluster_kwargs)  # scaled to n_workers below
         else:
