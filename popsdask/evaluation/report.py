@@ -132,7 +132,7 @@ def write_report(
     if group_by is None and "group" in configuration_variables(ds):
         group_by = "group"
     calib = prediction_metrics(ds, group_by=group_by, tolerance=tolerance)
-    metrics = {k: {key: v for key, v in m.items() if not isinstance(v, dict)} for k, m in calib["kinds"].items()}
+    metrics = _scalars(calib["kinds"])
     units = kind_units(ds.attrs.get("units"))
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,35 +141,9 @@ def write_report(
     if extra_figures is not None:
         figures.update({k: Path(v) for k, v in extra_figures(ds, out).items()})
     table = metrics_table(metrics, units)
-    text = [
-        "# popsdask prediction report",
-        "",
-        f"Predictions: `{ds.attrs.get('source', '')}` — {ds.attrs.get('summaries', '')} "
-        f"({ds.attrs.get('n_samples')} members in the summaries; {ds.attrs.get('method')} sampling, "
-        f"seed {ds.attrs.get('seed')}) of the {ds.attrs.get('posterior')} posterior; "
-        f"bounds: {ds.attrs.get('bounds', 'sampled')}.",
-        "",
-        table,
-        "",
-        "Envelope violation: fraction of references outside [min − tol, max + tol] of the ensemble; the exact "
-        "box is the envelope over the whole posterior. tol per row = max(1e-8 × the kind's RMS reference, the "
-        "round-off bound of the MLE product); rows whose reference, MLE and envelope are all within tol of zero "
-        "(symmetry zeros) are counted and left out of the coverage and calibration rows, before and after "
-        "calibration alike. The NLL floors the std at 0.01 × the kind's RMSE.",
-        "",
-    ]
-    if calib["tolerance"]:
-        stated = ", ".join(f"{k} {v:g} {units.get('energy_per_atom' if k == 'energy' else k, '')}".rstrip()
-                           for k, v in calib["tolerance"].items())  # fmt: skip
-        text += [
-            f"Stated floor (the references' own precision): {stated}. A reference within it of the band counts "
-            "as inside, in the EV, the exact-box EV and the ±kσ coverages; the violations it forgives are counted "
-            "beside the EV.",
-            "",
-        ]
+    text = [*_heading(ds), table, "", ENVELOPE_NOTE, "", *_floor_note(calib["tolerance"], units)]
     if "std_raw" in ds:
-        before = prediction_metrics(ds, raw=True, tolerance=tolerance)["kinds"]
-        before = {k: {key: v for key, v in m.items() if not isinstance(v, dict)} for k, m in before.items()}
+        before = _scalars(prediction_metrics(ds, raw=True, tolerance=tolerance)["kinds"])
         text += ["## Before calibration", "", "The same predictions with the raw (uncalibrated) std and envelope:", ""]
         text += [metrics_table(before, units), ""]
     if calib["groups"]:
@@ -185,6 +159,49 @@ def write_report(
         "table": table,
         "figures": {k: str(p) for k, p in figures.items()},
     }
+
+
+#: how the report's tables count a reference as inside the band
+ENVELOPE_NOTE = (
+    "Envelope violation: fraction of references outside [min − tol, max + tol] of the ensemble; the exact "
+    "box is the envelope over the whole posterior. tol per row = max(1e-8 × the kind's RMS reference, the "
+    "round-off bound of the MLE product); rows whose reference, MLE and envelope are all within tol of zero "
+    "(symmetry zeros) are counted and left out of the coverage and calibration rows, before and after "
+    "calibration alike. The NLL floors the std at 0.01 × the kind's RMSE."
+)
+
+
+def _scalars(kinds: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each kind's metrics without the nested ones (curves, histograms)."""
+    return {k: {key: v for key, v in m.items() if not isinstance(v, dict)} for k, m in kinds.items()}
+
+
+def _heading(ds: xr.Dataset) -> list[str]:
+    """The report's title and what was predicted, with which posterior and sampling."""
+    return [
+        "# popsdask prediction report",
+        "",
+        f"Predictions: `{ds.attrs.get('source', '')}` — {ds.attrs.get('summaries', '')} "
+        f"({ds.attrs.get('n_samples')} members in the summaries; {ds.attrs.get('method')} sampling, "
+        f"seed {ds.attrs.get('seed')}) of the {ds.attrs.get('posterior')} posterior; "
+        f"bounds: {ds.attrs.get('bounds', 'sampled')}.",
+        "",
+    ]
+
+
+def _floor_note(tolerance: dict[str, float], units: dict[str, str]) -> list[str]:
+    """The stated floor per kind and what it forgives (nothing without one)."""
+    if not tolerance:
+        return []
+    stated = ", ".join(
+        f"{k} {v:g} {units.get('energy_per_atom' if k == 'energy' else k, '')}".rstrip() for k, v in tolerance.items()
+    )
+    return [
+        f"Stated floor (the references' own precision): {stated}. A reference within it of the band counts "
+        "as inside, in the EV, the exact-box EV and the ±kσ coverages; the violations it forgives are counted "
+        "beside the EV.",
+        "",
+    ]
 
 
 def _calibration_figures(calib: dict[str, Any], out: Path) -> dict[str, Path]:

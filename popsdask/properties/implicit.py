@@ -357,13 +357,7 @@ def vacancy_implicit(
     ev, es = exps["vacancy"], exps["saddle"]
     pv = ev.predict(theta, imposed_strain=(strain * ev.length)[:, None], **thresholds)
     ps = es.predict(theta, imposed_strain=(strain * es.length)[:, None], n_negative_expected=1, **thresholds)
-    nv = ev.n_atoms
-    e_bcc2 = pb.energy_second / exps["bcc"].n_atoms
-    e_bcc1 = pb.energy_first / exps["bcc"].n_atoms
-    ef = pv.energy_second - nv * e_bcc2
-    ef1 = pv.energy_first - nv * e_bcc1
-    eb = ps.energy_second - pv.energy_second
-    eb1 = ps.energy_first - pv.energy_first
+    ef, ef1, eb, eb1 = _formation_and_barrier(exps, pb, pv, ps)
     n_vac = 2 * size**3 - 1
     st_f, st_b, method = [], [], []
     for i in range(n):
@@ -384,11 +378,7 @@ def vacancy_implicit(
         st_f.append("; ".join(why_f)[:120] or "ok")
         st_b.append("; ".join(why_b)[:120] or "ok")
         method.append("implicit")
-    diag = {}
-    for key, p in (("bcc", pb), ("vacancy", pv), ("saddle", ps)):
-        diag[f"hessian_change_{key}"] = (("sample",), p.hessian_change)
-        diag[f"max_displacement_{key}"] = (("sample",), p.max_displacement)
-        diag[f"rel_energy_change_{key}"] = (("sample",), p.rel_energy_change)
+    diag = _validity({"bcc": pb, "vacancy": pv, "saddle": ps})
     return xr.Dataset(
         {
             "formation_energy": (("sample",), ef),
@@ -409,6 +399,30 @@ def vacancy_implicit(
             "source": "arXiv:2407.02414",
         },
     )
+
+
+def _formation_and_barrier(
+    exps: dict[str, Expansion], pb: Any, pv: Any, ps: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(S,) vacancy formation energies and migration barriers (eV), second and first order,
+    from the members' predicted bcc, vacancy and saddle energies."""
+    nv = exps["vacancy"].n_atoms
+    e_bcc2 = pb.energy_second / exps["bcc"].n_atoms
+    e_bcc1 = pb.energy_first / exps["bcc"].n_atoms
+    ef = pv.energy_second - nv * e_bcc2
+    ef1 = pv.energy_first - nv * e_bcc1
+    eb = ps.energy_second - pv.energy_second
+    eb1 = ps.energy_first - pv.energy_first
+    return ef, ef1, eb, eb1
+
+
+def _validity(predictions: dict[str, Any]) -> dict[str, tuple[tuple[str], np.ndarray]]:
+    """The validity diagnostics of each expansion's predictions, per member, as variables."""
+    return {
+        f"{name}_{key}": (("sample",), getattr(p, name))
+        for key, p in predictions.items()
+        for name in ("hessian_change", "max_displacement", "rel_energy_change")
+    }
 
 
 def relax_implicit(

@@ -251,22 +251,7 @@ def vacancy_migration(
     unwrapped, same atom order), ``images``, ``hop`` (index of the migrating atom), ``n_steps``
     and ``status`` (``"ok"`` or a reason; values that could not be obtained are NaN / None).
     """
-    n_tot = n_images + 2
-    out: dict[str, Any] = {
-        "a0": np.nan,
-        "e_bcc": np.nan,
-        "formation_energy": np.nan,
-        "barrier": np.nan,
-        "energies": np.full(n_tot, np.nan),
-        "path_length": np.full(n_tot, np.nan),
-        "initial": None,
-        "final": None,
-        "saddle": None,
-        "images": None,
-        "hop": -1,
-        "n_steps": 0,
-        "status": "ok",
-    }
+    out = _no_migration(n_images + 2)
     a0, e0, status = ground_state(potential)
     out.update(a0=a0, e_bcc=e0, status=status)
     if status != "ok":
@@ -289,34 +274,67 @@ def vacancy_migration(
             return out
         if neb["error"] is not None:
             raise neb["error"]
-        out["n_steps"] = neb["n_steps"]
-        energies, images, top = neb["energies"], neb["images"], neb["top"]
-        pos = np.array([im.positions for im in images])
-        steps = np.linalg.norm((pos[1:] - pos[:-1]).reshape(n_tot - 1, -1), axis=1)
-        out["path_length"] = np.concatenate([[0.0], np.cumsum(steps)])
-        out["energies"] = energies - energies[0]
-        out["images"] = images
-        out["saddle"] = images[top].copy()
-        for key in ("initial", "final", "saddle"):
-            out[key].calc = None
-        if neb["diverged"]:
-            out["status"] = f"NEB diverged: an image {np.max(energies) - energies[0]:.3g} eV above the initial state"
+        _record_path(out, neb)
+        problem = _path_problem(neb, out["path_length"], max_steps, fmax)
+        if problem is not None:
+            out["status"] = problem
             return out
-        if not neb["converged"]:
-            out["status"] = f"NEB not converged in {max_steps} FIRE steps (fmax {fmax:g} eV/Å)"
-            return out
-        if (
-            top in (0, n_tot - 1)
-            or min(out["path_length"][top], out["path_length"][-1] - out["path_length"][top]) < 0.05
-        ):
-            out["status"] = "NEB maximum at an end point"
-            return out
+        energies, top = neb["energies"], neb["top"]
         out["barrier"] = float(energies[top] - energies[0])
         if abs(neb["e_final"] - e_ini) > 1e-3:
             out["status"] = f"end states differ by {neb['e_final'] - e_ini:.3g} eV (expected equal by symmetry)"
     except Exception as err:  # never raise out of compute: NaN + reason
         out["status"] = short_reason(err)
     return out
+
+
+def _no_migration(n_tot: int) -> dict[str, Any]:
+    """:func:`vacancy_migration`'s result before anything is known: NaN / None for a path of
+    ``n_tot`` images (end points included), status ok."""
+    return {
+        "a0": np.nan,
+        "e_bcc": np.nan,
+        "formation_energy": np.nan,
+        "barrier": np.nan,
+        "energies": np.full(n_tot, np.nan),
+        "path_length": np.full(n_tot, np.nan),
+        "initial": None,
+        "final": None,
+        "saddle": None,
+        "images": None,
+        "hop": -1,
+        "n_steps": 0,
+        "status": "ok",
+    }
+
+
+def _record_path(out: dict[str, Any], neb: dict[str, Any]) -> None:
+    """Put the finished NEB's path in ``out``: steps, image energies relative to the initial
+    state, cumulative path length (Å), images and the saddle (the highest image), without
+    calculators."""
+    out["n_steps"] = neb["n_steps"]
+    energies, images = neb["energies"], neb["images"]
+    pos = np.array([im.positions for im in images])
+    steps = np.linalg.norm((pos[1:] - pos[:-1]).reshape(len(images) - 1, -1), axis=1)
+    out["path_length"] = np.concatenate([[0.0], np.cumsum(steps)])
+    out["energies"] = energies - energies[0]
+    out["images"] = images
+    out["saddle"] = images[neb["top"]].copy()
+    for key in ("initial", "final", "saddle"):
+        out[key].calc = None
+
+
+def _path_problem(neb: dict[str, Any], path_length: np.ndarray, max_steps: int, fmax: float) -> str | None:
+    """Why the NEB's highest image is not a barrier (diverged, not converged, maximum at an end
+    point), or None."""
+    energies, top = neb["energies"], neb["top"]
+    if neb["diverged"]:
+        return f"NEB diverged: an image {np.max(energies) - energies[0]:.3g} eV above the initial state"
+    if not neb["converged"]:
+        return f"NEB not converged in {max_steps} FIRE steps (fmax {fmax:g} eV/Å)"
+    if top in (0, len(energies) - 1) or min(path_length[top], path_length[-1] - path_length[top]) < 0.05:
+        return "NEB maximum at an end point"
+    return None
 
 
 def compute(
