@@ -13,13 +13,15 @@ Layout of ``DIR``::
     member-0001.snapcoeff ... member-NNNN.mod
     ensemble.lmp                                     # lmp -in DIR/ensemble.lmp -var input IN ...
     members.json                                     # posterior, method, seed, names
+
+The files name each other by relative paths (their names: they share the directory), so the
+directory can be moved: LAMMPS resolves them against its working directory, so it runs inside it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,13 +43,23 @@ def member_thetas(post: Posterior, n_members: int, method: str = "uniform", seed
     return post.coef_[None, :] + post.perturbations(n_members, method, seed)
 
 
-def _ensemble_input(names: list[str], mods: list[Path], quantity: str) -> str:
+def _mod_text(model: str, what: str, commands: list[str]) -> str:
+    """A member's ``.mod``: its pair commands, naming its files relative to its directory."""
+    head = [
+        f"# popsdask {model} potential, {what}: LAMMPS pair style (metal units)",
+        "# its files are named relative to the directory of this file: run LAMMPS there",
+    ]
+    return "\n".join([*head, *lammps_text.commands(commands), ""])
+
+
+def _ensemble_input(names: list[str], quantity: str) -> str:
     """LAMMPS input looping over the members (LAMMPS's ``clear`` keeps input variables)."""
     cont = " &\n    "
     return "\n".join(
         [
             "# popsdask ensemble driver: runs ${input} once per potential, records ${quantity} after it.",
-            "#   lmp -in ensemble.lmp -var input bcc.lmp [-var quantity pe/atoms] [-var out ensemble.txt]",
+            "#   cd DIR && lmp -in ensemble.lmp -var input /path/to/bcc.lmp [-var quantity pe/atoms] [-var out FILE]",
+            "# (the potentials' files are named relative to DIR, the directory of this file)",
             "# ${input} builds the system (units metal), runs `include ${potential}` where its pair style",
             "# goes, and ends with its run/minimize; one line per potential is appended to ${out}.",
             f'variable quantity index "{lammps_text.expression(quantity, "quantity")}"',
@@ -55,7 +67,7 @@ def _ensemble_input(names: list[str], mods: list[Path], quantity: str) -> str:
             'print "# member ${quantity}" file ${out} screen no',
             "variable popsdask_name index" + cont + cont.join(names),
             # each value is a quoted path, so that `include ${potential}` reads one word
-            "variable potential index" + cont + cont.join(f"'{lammps_text.path(m)}'" for m in mods),
+            "variable potential index" + cont + cont.join(f"'{lammps_text.path(n + '.mod')}'" for n in names),
             "label popsdask_loop",
             "clear",
             "include ${input}",
@@ -105,22 +117,22 @@ def export_members(
             "(was it fitted with an intercept or to another store?)"
         )
     final, staging = atomic_directory(output)
-    lammps_text.expression(quantity, "quantity")  # both reach the driver input: refused before writing
-    lammps_text.path(final)
+    lammps_text.expression(quantity, "quantity")  # it reaches the driver input: refused before writing
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
     theta = np.vstack([post.coef_[None, :], member_thetas(post, int(n_members), method, seed)])
     width = max(4, len(str(theta.shape[0] - 1)))
     names = ["mle"] + [f"member-{k:0{width}d}" for k in range(1, theta.shape[0])]
+    model = settings.store_attrs()["descriptor"]["name"]
     try:
         staging.mkdir(parents=True)
         for name, th in zip(names, theta, strict=True):
             what = "MLE" if name == "mle" else f"posterior {method} sample {name[7:]} of {n_members}, seed {seed}"
             paths = settings.write_potential(th, staging / name, comment=what)
-            # the .mod file names the files where they will be, not in the staging directory
-            cmds = lammps_text.commands(settings.pair_commands({k: final / p.name for k, p in paths.items()}))
-            paths["mod"].write_text("# LAMMPS pair style of this potential (metal units)\n" + "\n".join(cmds) + "\n")
-        (staging / ENSEMBLE_INPUT).write_text(_ensemble_input(names, [final / f"{n}.mod" for n in names], quantity))
+            # the .mod names the files relative to the directory, wherever it is moved
+            cmds = settings.pair_commands({k: p.name for k, p in paths.items()})
+            paths["mod"].write_text(_mod_text(model, what, cmds))
+        (staging / ENSEMBLE_INPUT).write_text(_ensemble_input(names, quantity))
         meta = {
             "posterior": str(posterior) if isinstance(posterior, (str, os.PathLike)) else "<in memory>",
             "n_members": int(n_members),

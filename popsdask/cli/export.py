@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{err} (the descriptor store of {args.posterior}; pass --descriptors STORE)") from err
     try:
         from ..atomistic.descriptors.base import backend_from_attrs
-        from ..atomistic.members import export_members
+        from ..atomistic.members import ENSEMBLE_INPUT, export_members
     except ImportError as err:
         raise InputError(
             f"popsdask export needs the atomistic extra (pip install 'popsdask[atomistic]'): {err}"
@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"wrote the MLE and {args.members} members ({args.method}, seed {args.seed}; member k = sample k-1 of "
         f"popsdask predict with the same options) -> {out}; |theta - MLE| max {np.abs(spread).max():.3g}\n"
-        f"run: lmp -in {res['input']} -var input YOUR.lmp [-var quantity {args.quantity}] [-var out ensemble.txt]"
+        f"run (the files name each other relative to {out}): cd {out} && lmp -in {ENSEMBLE_INPUT} -var input "
+        f"/path/to/YOUR.lmp [-var quantity {args.quantity}] [-var out ensemble.txt]"
     )
     return 0

@@ -181,7 +181,7 @@ def scheduler(local_client) -> list[str]:
 
 
 @needs_wbe
-def test_wbe_command_line_end_to_end_and_exported_members_in_lammps(tmp_path, scheduler, capsys) -> None:
+def test_wbe_command_line_end_to_end_and_exported_members_in_lammps(tmp_path, scheduler, capsys, monkeypatch) -> None:
     """descriptors --elements W Be (Wood's radii, weights, ZBL) -> fit -> predict -> report by
     composition -> export: every member's .mod, run by LAMMPS on mixed configurations, gives
     θ_k · rows + ZBL for energies and forces to 1e-9."""
@@ -235,6 +235,7 @@ def test_wbe_command_line_end_to_end_and_exported_members_in_lammps(tmp_path, sc
     mixed = [c for c in read_extxyz(WBE_DFT, index=slice(3, None, 1700)) if "W" in c.symbols and "Be" in c.symbols]
     assert len(mixed) >= 3
     rows = [snap_rows(c, settings) for c in mixed[:4]]
+    monkeypatch.chdir(members)  # the .mod files name their files relative to their directory
     for name, th in zip(names, theta, strict=True):
         cmds = [
             line for line in (members / f"{name}.mod").read_text().splitlines() if line and not line.startswith("#")

@@ -118,7 +118,7 @@ def test_pod_store_records_the_parameter_file_and_rebuilds_it(tmp_path) -> None:
     assert desc["settings"]["param"] == open(PARAM).read()
 
 
-def test_descriptors_fit_export_on_the_command_line_with_pod(tmp_path, local_client, capsys) -> None:
+def test_descriptors_fit_export_on_the_command_line_with_pod(tmp_path, local_client, capsys, monkeypatch) -> None:
     """popsdask descriptors --descriptor pod --pod-param FILE, fit and export: the exported MLE
     runs as pair_style pod and equals θ·rows (labels from the shipped Ta POD)."""
     import json
@@ -144,6 +144,7 @@ def test_descriptors_fit_export_on_the_command_line_with_pod(tmp_path, local_cli
     assert meta["descriptor"]["backend"] == "pod" and "snap" not in meta
     theta = Posterior.load(post).coef_
     mod = (out / "mle.mod").read_text().splitlines()
+    monkeypatch.chdir(out)  # the .mod names its files relative to its directory
     calc = LammpsCalculator([ln for ln in mod if not ln.startswith("#")], ["Ta"])
     cfg = _structures()[0]
     rows = SETTINGS.rows(cfg)

