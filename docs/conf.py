@@ -6,8 +6,13 @@ Build with ``python -m sphinx -W --keep-going -b html docs docs/_build/html`` (t
 from __future__ import annotations
 
 import re
+import shutil
+from pathlib import Path
 
 import popsdask
+
+# autosummary writes a page per module and object but never removes one whose object is gone
+shutil.rmtree(Path(__file__).parent / "api" / "generated", ignore_errors=True)
 
 project = "popsdask"
 author = "popsdask developers"
