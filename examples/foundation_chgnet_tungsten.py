@@ -15,7 +15,7 @@ configurations; the other 50 % are the test set. Reported on the test set:
 Usage (the data are read from ``../shared/data/tungsten-dft`` relative to the project root,
 or ``--data-dir`` / ``$POPSDASK_TUNGSTEN_DFT``; nothing is copied)::
 
-    python examples/foundation_chgnet_tungsten.py --n-w 2000 --n-wbe 3000 --out /tmp/chgnet-demo
+    python examples/foundation_chgnet_tungsten.py --n-w 2000 --n-wbe 3000 --out chgnet-demo
 """
 
 from __future__ import annotations

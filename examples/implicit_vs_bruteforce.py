@@ -1,4 +1,4 @@
-"""Validation of the implicit expansion against brute-force re-minimisation (issue 8, Fig. 11).
+"""Validation of the implicit expansion against brute-force re-minimisation (Fig. 11 of the paper).
 
 For ``--n`` posterior members of the tungsten teacher/student run: bcc and hcp volumes per
 atom, their ratio, hcp − bcc energy, the vacancy formation energy and the first-neighbour

@@ -1,4 +1,4 @@
-"""Validation of issue 5: propagate the tungsten POPS posterior to the paper's property suite.
+"""Validation of the property suite: propagate the tungsten POPS posterior to the paper's property suite.
 
 Runs the seven properties (phases, transformation paths, phonons, self-interstitials, surfaces,
 vacancy migration, and the rank statistics computed from them) for the MLE, ``--samples``
