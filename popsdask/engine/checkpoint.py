@@ -11,7 +11,7 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dask.array as da
 import numpy as np
@@ -44,7 +44,7 @@ def _block_digest(X: np.ndarray, y: np.ndarray | None, w: np.ndarray | None) -> 
             continue
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.view(np.uint8).reshape(-1))
+        h.update(a.view(np.uint8).reshape(-1).data)
     return h.hexdigest()
 
 
@@ -151,7 +151,7 @@ class Checkpoint:
     def _check(self, name: str) -> None:
         import zarr
 
-        saved = json.loads(zarr.open_group(str(self.root / name), mode="r").attrs["identity"])
+        saved = json.loads(cast(str, zarr.open_group(str(self.root / name), mode="r").attrs["identity"]))
         for key in sorted(set(saved) | set(self.identity), key=list(self.identity).index):
             if saved.get(key) != self.identity.get(key):
                 raise InputError(
@@ -168,7 +168,7 @@ class Checkpoint:
         with atomic_group(self.root / name, overwrite=True) as staging:
             group = zarr.open_group(str(staging), mode="w", zarr_format=3)
             yield staging
-            arrays = {k: np.asarray(v) for k, v in values.items() if v is not None}
+            arrays: dict[str, Any] = {k: np.asarray(v) for k, v in values.items() if v is not None}
             np.savez(staging / "values.npz", **arrays)
             group.attrs.update(
                 identity=json.dumps(self.identity), none=[k for k, v in values.items() if v is None], **{"pass": name}
@@ -183,7 +183,7 @@ class Checkpoint:
         self._check(name)
         with np.load(path / "values.npz", allow_pickle=False) as z:
             values: dict[str, Any] = {k: z[k] for k in z.files}
-        values.update(dict.fromkeys(zarr.open_group(str(path), mode="r").attrs["none"]))
+        values.update(dict.fromkeys(cast(list[str], zarr.open_group(str(path), mode="r").attrs["none"])))
         return values
 
     def _loaded(self, name: str, progress: bool) -> None:

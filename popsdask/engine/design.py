@@ -126,7 +126,7 @@ def content_token(a: Any) -> str | None:
     if arr.dtype == object:
         return None
     h = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
-    h.update(np.ascontiguousarray(arr).view(np.uint8).reshape(-1))
+    h.update(np.ascontiguousarray(arr).view(np.uint8).reshape(-1).data)
     return f"sha256:{h.hexdigest()}"
 
 
@@ -176,7 +176,7 @@ def design_from(
         X = X.rechunk({1: -1})
         if names:
             names = names + ["intercept"]
-    arrays = {}
+    arrays: dict[str, Any] = {}
     for name, value in (("y", y), ("weight", weight)):
         if value is None:
             arrays[name] = None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import operator
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import dask.array as da
@@ -132,7 +133,8 @@ def leverage_pass(design: Design, ev: Evidence, settings: PopsSettings, progress
     coef_d, ainv_d = delayed(ev.coef, pure=True), delayed(a_inv, pure=True)
     factor_d = delayed(leverage_factor(a_inv), pure=True)
     shared = tasks_share_a_process()
-    by_residual = settings.minimum_relative_error is not None
+    relative_error = settings.minimum_relative_error
+    by_residual = relative_error is not None
     floor = LEVERAGE_FLOOR if by_residual else None
     hc = [
         delayed(reading(block_leverage), pure=True)(
@@ -142,13 +144,13 @@ def leverage_pass(design: Design, ev: Evidence, settings: PopsSettings, progress
     ]
     hc = list(persist(*hc))
     min_residual = None
-    if by_residual:
+    if relative_error is not None:
         parts = compute(
             *[delayed(_leverage_and_sum_sq, pure=True)(b) for b in hc], label="pass 2/4: leverage", progress=progress
         )
-        h_parts = [hb for hb, _ in parts]
+        h_parts: Sequence[Any] = [hb for hb, _ in parts]
         # exact Σ wᵢeᵢ² from the residuals of pass 2 (the Gram's sse may have lost digits)
-        min_residual = relative_error_cutoff(sum(ss for _, ss in parts), n, settings.minimum_relative_error)
+        min_residual = relative_error_cutoff(sum(ss for _, ss in parts), n, relative_error)
     else:
         h_parts = compute(
             *[delayed(_column, pure=True)(b, 0) for b in hc], label="pass 2/4: leverage", progress=progress

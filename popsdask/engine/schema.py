@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import xarray as xr
@@ -94,7 +94,7 @@ def _check_calibration(cal: dict[str, Any], where: str) -> None:
         for key in _SCALES:
             v = scales.get(key)
             ok = not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(float(v))
-            if not ok or (key.endswith("scale") and float(v) < 0):
+            if not ok or (key.endswith("scale") and float(cast(float, v)) < 0):
                 raise InputError(
                     f"{where}: {kind} {key} = {v!r} is not a finite {'non-negative ' * key.endswith('scale')}number"
                 )
