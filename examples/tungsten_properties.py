@@ -21,11 +21,12 @@ import time
 from pathlib import Path
 
 import xarray as xr
-from popsdask.atomistic.descriptors.snap import SnapSettings
-from popsdask.runtime.cluster import connect
 
-from popsdask.properties.runner import PROPERTIES, run_properties
+from popsdask.atomistic.descriptors.snap import SnapSettings
+from popsdask.properties.catalogue import PROPERTIES
+from popsdask.properties.runner import run_properties
 from popsdask.properties.tables import write_report
+from popsdask.runtime.cluster import connect
 
 
 def main() -> None:

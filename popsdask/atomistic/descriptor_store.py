@@ -44,8 +44,7 @@ from ..core.validation import InputError
 from ..engine.parts import Parts, read_npz
 from ..io.store import output_lock
 from .configurations import Configuration, validate_configuration
-from .descriptors.base import DescriptorBackend, check_backend
-from .descriptors.snap import RowBlock
+from .descriptors.base import DescriptorBackend, RowBlock, check_backend
 from .split import SPLIT_CODES, split_configurations
 from .weights import GroupWeights, WeightSettings, element_reference_energies, paper_weights
 

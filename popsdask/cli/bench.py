@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
     if not driver.is_file():
         raise InputError(f"bench needs a source checkout: no benchmark driver at {driver}")
     spec = importlib.util.spec_from_file_location("popsdask_bench_driver", driver)
+    assert spec is not None and spec.loader is not None  # a .py file that exists
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.main(args.argv)

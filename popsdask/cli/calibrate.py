@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_cluster, add_overwrite, add_tolerance, number
+from ..core.validation import number
+from .common import add_cluster, add_overwrite, add_tolerance, require_existing
 
 HELP = "conformal recalibration of a posterior's std and envelope"
 
@@ -38,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_existing(args.posterior, "posterior")
     from ..engine.posterior import Posterior
     from ..evaluation.crossval import calibrate, check_calibration_inputs
     from ..io.store import open_store

@@ -1,4 +1,4 @@
-"""What the commands share: the parser and help classes, argparse number types, the overwrite rule,
+"""What the commands share: the parser and help classes, the overwrite rule,
 store opening, and the options several commands add the same way.
 
 Kept light (no Dask, xarray or engine import): ``popsdask --help`` and the refusals of bad options
@@ -12,14 +12,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ..calibration.metrics import EV_CURVE_SAMPLES
-from ..core.validation import InputError
+from ..core.pops import SAMPLING_METHODS
+from ..core.validation import InputError, number
 from ..runtime.options import add_cluster_arguments
 
 #: ``--ev-curve``'s default: the sample counts of the envelope-violation-vs-S curve
 EV_CURVE = ",".join(str(v) for v in EV_CURVE_SAMPLES)
-
-#: ways of sampling the posterior hypercube (``--method``, ``--sampling``)
-SAMPLING_METHODS = ("uniform", "sobol", "latin", "halton")
 
 SPLIT_HELP = (
     "use only the rows of the store's {which} configurations (its per-configuration 'split' variable, "
@@ -46,28 +44,19 @@ class Help(argparse.ArgumentDefaultsHelpFormatter):
         return text + " (default: %(default)s)"
 
 
-def number(lo: float | None = None, hi: float | None = None, kind: type = float) -> Any:
-    """argparse type: a number (int or float) in [lo, hi]."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            span = f"[{lo:g}, {hi:g}]" if hi is not None else f">= {lo:g}"
-            raise argparse.ArgumentTypeError(f"{text}: must be {span}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
-    return parse
-
-
 def refuse_existing(path: str | Path, overwrite: bool) -> Path:
     """The same rule and wording for every command that writes."""
     p = Path(path)
     if p.exists() and not overwrite:
         raise FileExistsError(f"{p} exists; pass --overwrite to replace it")
+    return p
+
+
+def require_existing(path: str | Path, what: str) -> Path:
+    """Refuse a missing input at once, in the API's words, before the modules that read it load."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such {what}")
     return p
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..core.parameters import add_arguments as add_pops_arguments
 from ..core.parameters import check_arguments as check_pops_args
-from .common import EV_CURVE, add_cluster, add_overwrite, ev_curve
+from .common import EV_CURVE, add_cluster, add_overwrite, ev_curve, require_existing
 
 HELP = "leave-one-group-out: fit on every other group, predict the left-out one, tabulate its band"
 
@@ -30,11 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_pops_args(args)  # inputs are checked before any cluster starts
+    require_existing(args.store, "store")
     from ..evaluation.crossval import check_groups, leave_one_group_out
     from ..io.store import open_store
     from ..runtime.cluster import connect_from_args
 
-    check_pops_args(args)  # inputs are checked before any cluster starts
     ds = open_store(args.store)
     check_groups(ds, args.group_by)
     out = Path(args.output)

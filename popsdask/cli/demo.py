@@ -7,7 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from .common import add_cluster, add_seed, number
+from ..core.validation import number
+from .common import add_cluster, add_seed
 
 HELP = "the main job on the embedded default problem"
 

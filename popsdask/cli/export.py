@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import re
 
-from ..core.validation import InputError
-from .common import add_overwrite, add_sampling, add_seed, number, refuse_existing
+from ..core.validation import InputError, number
+from .common import add_overwrite, add_sampling, add_seed, refuse_existing, require_existing
 
 HELP = "the MLE and N posterior members as LAMMPS pair_style snap files, plus an ensemble driver input"
 DESCRIPTION = (
@@ -35,12 +35,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    out = refuse_existing(args.output, args.overwrite)
+    require_existing(args.posterior, "posterior")
     import numpy as np
 
     from ..engine.posterior import Posterior
     from ..io.store import open_store
 
-    out = refuse_existing(args.output, args.overwrite)
     post = Posterior.load(args.posterior)
     desc = args.descriptors or re.sub(r"\[(train|test)\]$", "", str(post.provenance.get("input", "")))
     try:

@@ -8,7 +8,7 @@ import time
 
 from ..core.parameters import add_arguments as add_pops_arguments
 from ..core.parameters import check_arguments as check_pops_args
-from .common import add_cluster, add_overwrite, add_split, open_rows, refuse_existing
+from .common import add_cluster, add_overwrite, add_split, open_rows, refuse_existing, require_existing
 
 HELP = "fit a POPS posterior to a descriptor store"
 
@@ -30,14 +30,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    out = refuse_existing(args.output, args.overwrite)
+    check_pops_args(args)  # before any cluster starts
+    require_existing(args.store, "store")
     import shutil
 
     from ..engine.estimator import fit
     from ..io.store import output_lock
     from ..runtime.cluster import connect_from_args
 
-    out = refuse_existing(args.output, args.overwrite)
-    check_pops_args(args)  # before any cluster starts
     data = open_rows(args.store, args.split, require_y=True)
     # every pass is checkpointed next to the output (the ensemble's corrections too), so a
     # killed fit continues with --resume; removed once the posterior is saved

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..core.validation import InputError
+from ..core.validation import InputError, number
 from .common import (
     EV_CURVE,
     add_cluster,
@@ -15,9 +15,9 @@ from .common import (
     add_split,
     add_tolerance,
     ev_curve,
-    number,
     open_rows,
     refuse_existing,
+    require_existing,
 )
 
 HELP = "ensemble predictions of a store with a posterior"
@@ -45,12 +45,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    out = refuse_existing(args.output, args.overwrite)
+    require_existing(args.posterior, "posterior")
     from ..engine.posterior import Posterior
     from ..engine.predictions import predict_ensemble
     from ..io.store import output_lock
     from ..runtime.cluster import connect_from_args
 
-    out = refuse_existing(args.output, args.overwrite)
     post = Posterior.load(args.posterior)
     data = open_rows(args.store, args.split, require_y=False)
     if args.per_atom:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ..core.validation import InputError
+from ..properties.catalogue import PROPERTIES, ROUTE_NAMES
 from .common import add_cluster, add_sampling, add_seed
 
 HELP = "propagate a posterior to material properties (bcc suite)"
@@ -54,22 +55,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..atomistic.descriptors.base import backend_from_store
-    from ..properties.runner import PROPERTIES, ROUTES, run_properties
-    from ..properties.tables import write_report
-    from ..runtime.cluster import connect_from_args
-
     props = [p.strip() for p in args.properties.split(",") if p.strip()]
     bad = [p for p in props if p not in PROPERTIES]
     if bad:
         raise InputError(f"unknown properties {bad}; use {','.join(PROPERTIES)}")
-    if args.route not in ROUTES:
-        raise InputError(f"--route/--method {args.route}: available {sorted(ROUTES)}")
+    if args.route not in ROUTE_NAMES:
+        raise InputError(f"--route/--method {args.route}: available {sorted(ROUTE_NAMES)}")
     if args.descriptors is None:
         desc = Path(args.posterior).parent / "descriptors.zarr"
         if not desc.exists():
             raise InputError("--descriptors STORE is needed (a descriptor store whose attrs hold the SNAP settings)")
         args.descriptors = str(desc)
+    from ..atomistic.descriptors.base import backend_from_store
+    from ..properties.runner import run_properties
+    from ..properties.tables import write_report
+    from ..runtime.cluster import connect_from_args
+
     settings = backend_from_store(args.descriptors)  # the store's descriptor (SNAP, ...)
     # a backend LAMMPS cannot run (ACE without ML-PACE) runs through its ASE calculator
     if args.route == "implicit" and settings.backend != "snap":

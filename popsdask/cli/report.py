@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..core.validation import InputError
-from .common import add_overwrite, add_tolerance, refuse_existing
+from .common import add_overwrite, add_tolerance, refuse_existing, require_existing
 
 HELP = "metrics table and figures of a prediction store"
 
@@ -27,11 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def check_predictions(path: Path) -> None:
     """Refuse what is not a complete prediction store with metrics, naming what it is instead."""
+    require_existing(path, "prediction store")
     from ..engine.predictions import PREDICTION_FORMAT
     from ..io.store import STORE_FORMAT, check_safe_group, write_state
 
-    if not path.exists():
-        raise InputError(f"{path}: no such prediction store")
     check_safe_group(path)
     attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
     fmt = attrs.get("format")
@@ -50,13 +49,13 @@ def check_predictions(path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation.report import write_report
-    from ..io.store import atomic_directory, commit_directory, discard_directory
-
     src = Path(args.predictions)
     out = Path(args.output) if args.output else Path(str(src.with_suffix("")) + "-report")
     refuse_existing(out, args.overwrite)
     check_predictions(src)
+    from ..evaluation.report import write_report
+    from ..io.store import atomic_directory, commit_directory, discard_directory
+
     final, staging = atomic_directory(out)  # a report appears whole or not at all
     try:
         result = write_report(src, staging, group_by=args.group_by, tolerance=args.tolerance)

@@ -1,12 +1,32 @@
-"""Input checks shared by the store writer, the estimator and the Dask passes."""
+"""Input checks shared by the store writer, the estimator, the Dask passes and the command line."""
 
 from __future__ import annotations
+
+import argparse
+from typing import Any
 
 import numpy as np
 
 
 class InputError(ValueError):
     """Bad input: the message names what is wrong and where (store, variable, rows)."""
+
+
+def number(lo: float | None = None, hi: float | None = None, kind: type = float) -> Any:
+    """argparse type: a number (int or float) in [lo, hi]."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            span = f"[{lo:g}, {hi:g}]" if hi is not None else f">= {lo:g}"
+            raise argparse.ArgumentTypeError(f"{text}: must be {span}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
+    return parse
 
 
 def _row_range(block_info: dict | None) -> tuple[int, int] | None:

@@ -41,12 +41,12 @@ import xarray as xr
 from ..core.validation import InputError
 from ..io.store import is_complete
 from ..runtime.client import ProgressCounter, current_client
+from .catalogue import PROPERTIES, ROUTE_NAMES
 from .implicit import run_implicit
 from .potential import Potential, default_reference, reference_potential, resolve_members
 from .results import open_results, write_results
 
 __all__ = [
-    "PROPERTIES",
     "ROUTES",
     "combine",
     "open_results",
@@ -54,17 +54,6 @@ __all__ = [
     "run_properties",
     "run_resample",
 ]
-
-#: property name -> module (each exposes NAME and compute(potential, **options))
-PROPERTIES: dict[str, str] = {
-    "phases": "popsdask.properties.phases",
-    "paths": "popsdask.properties.paths",
-    "phonons": "popsdask.properties.phonons",
-    "interstitials": "popsdask.properties.interstitials",
-    "surfaces": "popsdask.properties.surfaces",
-    "vacancy": "popsdask.properties.vacancy",
-    "solutes": "popsdask.properties.solutes",
-}
 
 
 def part_path(store: str | os.PathLike, prop: str, label: str) -> Path:
@@ -318,7 +307,9 @@ def run_resample(
 
 
 #: route -> runner (the signature of :func:`run_resample`; ``client`` only if it runs on Dask)
-ROUTES: dict[str, Callable[..., dict[str, xr.Dataset]]] = {"resample": run_resample, "implicit": run_implicit}
+ROUTES: dict[str, Callable[..., dict[str, xr.Dataset]]] = dict(
+    zip(ROUTE_NAMES, (run_resample, run_implicit), strict=True)
+)
 
 
 def run_properties(

@@ -32,15 +32,18 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ...core.validation import InputError
+from ...core.validation import InputError, number
 from .. import lammps_text
 from ..configurations import Configuration
 from .base import RowBlock, register_backend
 from .snap import default_masses
+
+if TYPE_CHECKING:  # pragma: no cover
+    import argparse
 
 __all__ = ["NO_VIRIAL", "AceSettings", "ace_rows", "linear_basis_config", "require_pyace"]
 
@@ -166,6 +169,10 @@ class AceSettings:
 
     #: the descriptor protocol's registry name (:mod:`popsdask.atomistic.descriptors.base`)
     backend: ClassVar[str] = "ace"
+    #: ``popsdask descriptors --descriptor ace``
+    summary: ClassVar[str] = (
+        "linear ACE B-basis of python-ace, energy and force rows; the ace extra, Academic Software Licence"
+    )
 
     def __post_init__(self) -> None:
         ev = _evaluator(self.basis)
@@ -288,6 +295,49 @@ class AceSettings:
 
     def key(self) -> str:
         return json.dumps(self.to_attrs(), sort_keys=True)
+
+    # -- popsdask descriptors --descriptor ace -----------------------------------------------
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        """The ACE options of ``popsdask descriptors``: a basis file, or the size preset."""
+        group.add_argument(
+            "--ace-basis",
+            default=None,
+            metavar="FILE",
+            help="pyace B-basis .yaml (pacemaker's potential format; a linear basis: ndensity 1, "
+            "FinnisSinclairShiftedScaled [1, 1]) for --descriptor ace; default: the size preset",
+        )
+        group.add_argument(
+            "--ace-functions",
+            type=number(1, kind=int),
+            default=None,
+            metavar="N",
+            help="--descriptor ace size preset: N B-functions per element (ranks 1-4); default: 120",
+        )
+        group.add_argument(
+            "--ace-rcut",
+            type=number(0),
+            default=None,
+            metavar="R",
+            help="--descriptor ace preset cutoff (A); default: 5",
+        )
+
+    @classmethod
+    def settings_from_args(cls, args: argparse.Namespace, elements: Sequence[str] | None) -> AceSettings | None:
+        """Settings of ``--ace-basis`` or, over ``elements``, of the size preset (None: the
+        preset's elements come from the configurations)."""
+        if args.ace_basis is not None and (args.ace_functions is not None or args.ace_rcut is not None):
+            raise InputError("--ace-functions/--ace-rcut: not with --ace-basis (the basis file sets both)")
+        require_pyace()
+        if args.virial:
+            raise InputError(f"--virial: {NO_VIRIAL}")
+        if args.ace_basis is None:
+            size = (args.ace_functions or 120, args.ace_rcut or 5.0)
+            return cls.from_size(elements, size[0], rcut=size[1]) if elements else None
+        ace = cls.from_file(args.ace_basis)
+        if elements and sorted(elements) != sorted(ace.elements):
+            raise InputError(f"--elements {list(elements)}: the ACE basis {args.ace_basis} covers {list(ace.elements)}")
+        return ace
 
     # -- the descriptor protocol -------------------------------------------------------
     def rows(

@@ -1,10 +1,12 @@
 """The descriptor protocol: what a family of linear-in-θ descriptors provides, and its registry.
 
-A descriptor backend (qSNAP :class:`~popsdask.atomistic.descriptors.snap.SnapSettings` today) is a small,
-frozen, picklable value holding the descriptor hyper-parameters. It gives
+A descriptor backend (:class:`~popsdask.atomistic.descriptors.snap.SnapSettings`,
+:class:`~popsdask.atomistic.descriptors.pod.PodSettings`,
+:class:`~popsdask.atomistic.descriptors.ace.AceSettings`) is a small, frozen, picklable value
+holding the descriptor hyper-parameters. It gives
 
 * the design rows of one configuration (energy, 3N force and optional 6 virial rows) as a
-  :class:`~popsdask.atomistic.descriptors.snap.RowBlock` (:meth:`DescriptorBackend.rows`);
+  :class:`RowBlock` (:meth:`DescriptorBackend.rows`);
 * ``n_features`` and :meth:`~DescriptorBackend.feature_names` (the columns, θ's order);
 * the store attributes recording it, ``{"descriptor": {"backend": NAME, "settings": {...}}}``
   (:meth:`~DescriptorBackend.store_attrs`), from which :func:`backend_from_attrs` rebuilds it;
@@ -13,12 +15,17 @@ frozen, picklable value holding the descriptor hyper-parameters. It gives
   (:meth:`~DescriptorBackend.calculator`);
 * optionally ``runs_in_lammps()``: whether this process's LAMMPS can run those pair commands
   (without it: yes). :func:`runs_in_lammps` asks it; the property suite runs the potentials of a
-  backend that answers no through its ASE calculator instead (ACE without ML-PACE).
+  backend that answers no through its ASE calculator instead (ACE without ML-PACE);
+* for ``popsdask descriptors --descriptor NAME`` (:class:`CommandLineBackend`): a ``summary``
+  line, its own options (``add_arguments``) and its settings from the parsed options
+  (``settings_from_args``).
 
-**Adding a backend** is one module in :mod:`popsdask.atomistic` named after the backend (e.g.
-``pod.py``) defining a class with these members and calling ``register_backend("pod", PodSettings)``
-at import. :func:`backend_from_attrs` imports ``popsdask.atomistic.<name>`` when a store names a
-backend not yet registered.
+**Adding a backend** is one module defining a class with these members and calling
+``register_backend(NAME, Class)`` at import; ``--descriptor`` then offers NAME. The built-in
+ones live in ``popsdask.atomistic.descriptors.<name>`` and are imported on first use of the
+registry (:func:`backend_names`, :func:`get_backend`), as is a backend that a store names.
+Keep a backend module's imports light (ASE, LAMMPS and the like inside the methods that use
+them): the command line imports every registered backend to build its parser.
 """
 
 from __future__ import annotations
@@ -28,18 +35,21 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from ...core.validation import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
+    import argparse
+
     from ..calculator import LammpsCalculator
     from ..configurations import Configuration
     from ..lammps_backend import LammpsSession
 
 __all__ = [
+    "CommandLineBackend",
     "DescriptorBackend",
     "RowBlock",
     "backend_from_attrs",
@@ -150,6 +160,33 @@ class DescriptorBackend(Protocol):
         ...
 
 
+class CommandLineBackend(Protocol):
+    """What a registered backend gives ``popsdask descriptors`` (class members of its class)."""
+
+    #: registry name: the value of ``--descriptor``
+    backend: str
+    #: what the rows are, for the help of ``--descriptor``
+    summary: ClassVar[str]
+
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        """Add this backend's options to ``group`` (names no other backend uses; defaults that
+        mean "not given", so that the command refuses them with another ``--descriptor``)."""
+        ...
+
+    @classmethod
+    def settings_from_args(cls, args: argparse.Namespace, elements: Sequence[str] | None) -> DescriptorBackend | None:
+        """The settings of the parsed options ``args`` over ``elements``.
+
+        Called twice by ``popsdask descriptors``: first before the configurations are read, with
+        ``--elements`` (None when not given), to refuse bad options at once (an
+        :class:`~popsdask.core.validation.InputError` naming the option) and to return the
+        settings when they are known then, e.g. from a parameter file whose species fix the
+        elements; None defers them to the second call, with the elements the configurations hold.
+        """
+        ...
+
+
 def runs_in_lammps(backend: Any) -> bool:
     """Whether this process's LAMMPS runs ``backend``'s pair commands.
 
@@ -160,10 +197,10 @@ def runs_in_lammps(backend: Any) -> bool:
     return True if ask is None else bool(ask())
 
 
-_REGISTRY: dict[str, type] = {}
+_REGISTRY: dict[str, type[Any]] = {}
 
 
-def register_backend(name: str, cls: type) -> type:
+def register_backend(name: str, cls: type[Any]) -> type[Any]:
     """Register the descriptor class ``cls`` under ``name`` (its store attrs' ``backend``)."""
     if not name.isidentifier():
         raise ValueError(f"descriptor backend name {name!r} must be an identifier")
@@ -175,13 +212,14 @@ def register_backend(name: str, cls: type) -> type:
 
 
 def backend_names() -> list[str]:
-    """Names of the registered backends (the built-in ones imported first)."""
+    """Names of the registered backends: the built-in ones (imported first), then the others in
+    the order they were registered."""
     for name in _BUILTIN:
         _import(name)
-    return sorted(_REGISTRY)
+    return [n for n in _BUILTIN if n in _REGISTRY] + [n for n in _REGISTRY if n not in _BUILTIN]
 
 
-#: backends shipped with popsdask, each in ``popsdask.atomistic.<name>``
+#: backends shipped with popsdask, each in ``popsdask.atomistic.descriptors.<name>``
 _BUILTIN: tuple[str, ...] = ("snap", "pod", "ace")
 
 
@@ -195,8 +233,8 @@ def _import(name: str) -> None:
             raise
 
 
-def get_backend(name: str) -> type:
-    """The class registered as ``name`` (importing ``popsdask.atomistic.<name>`` if needed)."""
+def get_backend(name: str) -> type[Any]:
+    """The class registered as ``name`` (importing ``popsdask.atomistic.descriptors.<name>`` if needed)."""
     _import(name)
     try:
         return _REGISTRY[name]
@@ -221,7 +259,7 @@ def backend_from_attrs(attrs: Mapping[str, Any], where: str = "store") -> Descri
         if not isinstance(settings, Mapping):
             raise InputError(f"{where}: descriptor settings {settings!r} are not a mapping")
         try:
-            return cls.from_attrs(settings)  # type: ignore[attr-defined,no-any-return]
+            return cls.from_attrs(settings)
         except (TypeError, ValueError, KeyError) as err:  # missing, unknown or mistyped settings
             raise InputError(f"{where}: descriptor settings: {err}") from None
     raise InputError(

@@ -25,20 +25,24 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from ...core.validation import InputError
 from .. import lammps_text
-from ..calculator import LammpsCalculator
 from ..configurations import Configuration
 from ..lammps_backend import LammpsSession, get_session, lammps_box
 from .base import RowBlock, register_backend
 from .snap import default_masses
+
+if TYPE_CHECKING:  # pragma: no cover
+    import argparse
+
+    from ..calculator import LammpsCalculator
 
 __all__ = ["PodSettings", "pod_rows", "raw_compute_pod", "read_pod_coefficients"]
 
@@ -84,6 +88,8 @@ class PodSettings:
 
     #: the descriptor protocol's registry name (:mod:`popsdask.atomistic.descriptors.base`)
     backend: ClassVar[str] = "pod"
+    #: ``popsdask descriptors --descriptor pod``
+    summary: ClassVar[str] = "LAMMPS ML-POD compute pod/global, energy and force rows; needs --pod-param"
 
     def __post_init__(self) -> None:
         species = tuple(_param_value(self.param, "species") or ())
@@ -179,6 +185,27 @@ class PodSettings:
             os.replace(tmp, p)
         return p
 
+    # -- popsdask descriptors --descriptor pod -----------------------------------------------
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        """The POD option of ``popsdask descriptors``: its parameter file."""
+        group.add_argument(
+            "--pod-param",
+            default=None,
+            metavar="FILE",
+            help="POD parameter file (species, rcut, basis sizes; e.g. Ta_param.pod of the lammps wheel) for "
+            "--descriptor pod; its species are the elements",
+        )
+
+    @classmethod
+    def settings_from_args(cls, args: argparse.Namespace, elements: Sequence[str] | None) -> PodSettings:
+        """Settings of ``--pod-param`` (read before the configurations: its species are the elements)."""
+        if args.pod_param is None:
+            raise InputError("--descriptor pod needs --pod-param FILE (a POD parameter file, e.g. Ta_param.pod)")
+        if args.virial:
+            raise InputError("--virial: the POD backend has no virial rows (compute pod/global gives none)")
+        return cls.from_file(args.pod_param, elements=tuple(elements or ()))
+
     # -- the descriptor protocol -------------------------------------------------------
     def rows(
         self,
@@ -243,6 +270,8 @@ class PodSettings:
         temporary directory)."""
         d = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="popsdask-pod-"))
         paths = self.write_potential(theta, d / label)
+        from ..calculator import LammpsCalculator  # ASE: loaded when a potential is run
+
         return LammpsCalculator(self.pair_commands(paths), self.elements, self.atom_masses(), label=label)
 
 

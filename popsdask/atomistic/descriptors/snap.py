@@ -33,13 +33,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ...core.validation import InputError
+from ...core.validation import InputError, number
 from .. import lammps_text
 from ..configurations import Configuration
 from ..lammps_backend import NKTV2P, LammpsSession, get_session, lammps_box
 from .base import RowBlock, register_backend
 
 if TYPE_CHECKING:  # pragma: no cover
+    import argparse
+
     from ..calculator import LammpsCalculator
 
 __all__ = [
@@ -191,6 +193,8 @@ class SnapSettings:
 
     #: the descriptor protocol's registry name (:mod:`popsdask.atomistic.descriptors.base`)
     backend: ClassVar[str] = "snap"
+    #: ``popsdask descriptors --descriptor snap``
+    summary: ClassVar[str] = "qSNAP, LAMMPS compute snap"
 
     def __post_init__(self) -> None:
         self._check_text()
@@ -375,6 +379,86 @@ class SnapSettings:
 
     def key(self) -> str:
         return json.dumps(self.to_attrs(), sort_keys=True)
+
+    # -- popsdask descriptors --descriptor snap ----------------------------------------------
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        """The SNAP options of ``popsdask descriptors``."""
+        group.add_argument("--twojmax", type=number(0, kind=int), default=6, help="SNAP 2J_max (band limit)")
+        group.add_argument("--rcutfac", type=number(0), default=4.73442, help="SNAP cutoff factor (Angstrom)")
+        group.add_argument("--rfac0", type=number(0, 1), default=0.99363, help="SNAP rfac0")
+        group.add_argument("--rmin0", type=number(0), default=0.0, help="SNAP rmin0 (Angstrom)")
+        for flag, what in (
+            ("bzeroflag", "subtract the isolated atom's bispectrum (the beta0 columns stay)"),
+            ("chemflag", "explicit multi-element SNAP: n_elements^3 blocks per element (linear only)"),
+            ("bnormflag", "normalised bispectrum (LAMMPS bnormflag)"),
+            ("wselfallflag", "self-weight for every element (LAMMPS wselfallflag)"),
+        ):
+            group.add_argument(f"--{flag}", action="store_true", help=f"SNAP {flag}: {what}; default: off")
+        for flag, metavar, what in (
+            (
+                "--sinner",
+                "R",
+                "inner switching function (switchinnerflag) centre per element (Angstrom); needs --dinner",
+            ),
+            ("--dinner", "D", "inner switching function half-width per element (Angstrom); needs --sinner"),
+            ("--radii", "R", "radius per element; default: 0.5 each"),
+            (
+                "--element-weights",
+                "W",
+                "neighbour weight per element (the .snapcoeff's second number); default: 1 each",
+            ),
+        ):
+            group.add_argument(flag, nargs="+", type=number(0), default=None, metavar=metavar, help=f"SNAP {what}")
+        group.add_argument(
+            "--zbl",
+            nargs=2,
+            type=number(0),
+            default=None,
+            metavar=("INNER", "OUTER"),
+            help="subtract a ZBL reference pair part (every element pair, nuclear charges from the symbols) "
+            "switched off between INNER and OUTER (Angstrom), e.g. 4.0 4.8 as the W and W-Be SNAPs; default: none",
+        )
+        quad = group.add_mutually_exclusive_group()
+        quad.add_argument(
+            "--quadratic",
+            dest="quadratic",
+            action="store_true",
+            default=True,
+            help="quadratic SNAP (qSNAP) columns; the default",
+        )
+        quad.add_argument("--linear", dest="quadratic", action="store_false", help="linear SNAP columns only")
+
+    @classmethod
+    def settings_from_args(cls, args: argparse.Namespace, elements: Sequence[str] | None) -> SnapSettings | None:
+        """Settings of the SNAP options over ``elements`` (None: not known before the read)."""
+        if (args.sinner is None) != (args.dinner is None):
+            raise InputError("--sinner and --dinner: give both (the inner switching function) or neither")
+        if elements is None:
+            return None
+        elements = tuple(elements)
+        per_element = (("--radii", args.radii), ("--element-weights", args.element_weights))
+        for flag, values in (*per_element, ("--sinner", args.sinner), ("--dinner", args.dinner)):
+            if values is not None and len(values) != len(elements):
+                raise InputError(f"{flag}: {len(values)} values for the {len(elements)} elements {list(elements)}")
+        return cls(
+            elements=elements,
+            radii=tuple(args.radii or [0.5] * len(elements)),
+            element_weights=tuple(args.element_weights or [1.0] * len(elements)),
+            twojmax=args.twojmax,
+            rcutfac=args.rcutfac,
+            rfac0=args.rfac0,
+            rmin0=args.rmin0,
+            quadratic=args.quadratic,
+            bzeroflag=args.bzeroflag,
+            chemflag=args.chemflag,
+            bnormflag=args.bnormflag,
+            wselfallflag=args.wselfallflag,
+            switchinnerflag=args.sinner is not None,
+            sinner=tuple(args.sinner or ()),
+            dinner=tuple(args.dinner or ()),
+            **(zbl_reference(elements, *args.zbl) if args.zbl else {}),
+        )
 
     # -- the descriptor protocol (popsdask.atomistic.descriptors.base) -------------------------
     def rows(
