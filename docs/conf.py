@@ -53,6 +53,46 @@ html_theme_options = {
     "show_toc_level": 2,
 }
 
+
+def _benchmark_runs_page(root: Path) -> None:
+    """validation/benchmark-runs.md: the tables of every committed benchmark JSON, rendered from the JSON by
+    the benchmark driver's own functions (so no number in it is copied by hand)."""
+    import importlib.util
+    import json
+    import shlex
+    import warnings
+
+    spec = importlib.util.spec_from_file_location("bench", root / "benchmarks" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    parts = [
+        "# Benchmark runs\n",
+        "Every JSON file in `benchmarks/results/`, rendered when the documentation is built by the functions "
+        "`benchmarks/bench.py` writes its markdown with. The discussion of these numbers is in "
+        "[performance](performance.md).\n",
+    ]
+    for path in sorted((root / "benchmarks" / "results").glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        meta = data.get("meta", {})
+        parts.append(f"## `{path.name}`\n")
+        if not data.get("summary"):  # the summary table states the run's date and machine itself
+            parts.append(f"Run {meta.get('date', '(date not recorded)')} on {meta.get('machine', 'the 2-core VM')}.\n")
+        if meta.get("argv"):
+            parts.append(f"```bash\npython {shlex.join(meta['argv'])}\n```\n")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            if data.get("summary"):
+                parts.append(bench.markdown(data["summary"], meta))
+            if data.get("runs"):
+                parts.append(bench.ratios_markdown(data["runs"]))
+            if data.get("ooc"):
+                parts.append(bench.ooc_markdown(data["ooc"]))
+    text = "\n".join(parts).replace("[Δᵀ|U]", "[Δᵀ \\| U]")
+    (root / "docs" / "validation" / "benchmark-runs.md").write_text(text, encoding="utf-8")
+
+
+_benchmark_runs_page(Path(__file__).resolve().parents[1])
+
 # ``python -m popsdask.cli`` runs the command line on import; autosummary imports every module
 autodoc_mock_imports = ["popsdask.cli.__main__"]
 
