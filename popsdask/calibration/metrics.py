@@ -31,6 +31,10 @@ Conventions
   vanishes because the environment inside the cutoff is symmetric, while the reference, which
   sees beyond it, is not). No posterior of these descriptors can bracket them, so their share
   of the violations (``fixed_violation``) is reported beside the EV, which still counts them.
+- **Support.** ``support`` (per row, optional) is how far a row lies from the training rows: the
+  regularised leverage α·xᵀΣx of :func:`popsdask.engine.predictions.predict_ensemble`. The
+  metrics then include the EV, mean width and mean |err|/σ by decile of it
+  (``support_deciles``), a measurement of where the band misses, not a correction.
 - **NLL floor.** The Gaussian negative log-likelihood uses ``max(std, floor)`` with
   ``floor`` = :data:`NLL_FLOOR_FACTOR` (0.01) × the kind's RMSE of the MLE, so that rows with
   (near-)zero spread give a large but finite penalty.
@@ -68,6 +72,7 @@ __all__ = [
     "miscalibration_area",
     "nll_floor",
     "parse_tolerance",
+    "support_deciles",
     "symmetry_zeros",
 ]
 
@@ -220,6 +225,7 @@ def band_metrics(
     curve: bool = True,
     reference_band: tuple[np.ndarray, np.ndarray] | None = None,
     floor: float | np.ndarray = 0.0,
+    support: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Accuracy, coverage, calibration and sharpness of one subset of rows.
 
@@ -233,6 +239,7 @@ def band_metrics(
     reference_band : optional (n,) raw envelope (lo, hi) that decides symmetry zeros and fixed
         rows, for a calibrated ``lo, hi`` (default: ``lo, hi`` themselves)
     floor : the reference's precision, scalar or (n,) (see the module docstring; default 0)
+    support : optional (n,) distance of each row from the training rows (``support_deciles``)
 
     Returns
     -------
@@ -281,6 +288,10 @@ def band_metrics(
         out["box_violation"] = mean(outside(y[m], blo, bhi, allowed))
         out["mean_box_width"] = mean(bhi - blo)
         out["box_interval_score"] = interval_score(y[m], blo, bhi)
+    if support is not None:
+        w = hi[m] - lo[m]
+        ratio = np.where(s > t, np.abs(e) / np.where(s > t, s, 1.0), np.nan)
+        out["support_deciles"] = support_deciles(np.asarray(support, dtype=np.float64)[m], beyond, w, ratio)
     if curve:
         observed, nominal = coverage_curve(e, s, COVERAGE_K, allowed)
         out["coverage_curve"] = {"k": COVERAGE_K.tolist(), "observed": observed.tolist(), "nominal": nominal.tolist()}
@@ -288,6 +299,36 @@ def band_metrics(
             b = np.asarray(bracket, dtype=np.float64)[m]
             ev = envelope_violation_curve(b, sizes)
             out["ev_vs_samples"] = {"n_samples": [int(v) for v in sizes], "envelope_violation": ev.tolist()}
+    return out
+
+
+def support_deciles(
+    score: np.ndarray, violation: np.ndarray, width: np.ndarray, error_over_std: np.ndarray, n_bins: int = 10
+) -> dict[str, list]:
+    """EV, mean width and mean |err|/σ (rows without spread left out) by quantile bin of a support score.
+
+    Parameters
+    ----------
+    score, violation, width, error_over_std : (n,) per row
+
+    Returns
+    -------
+    dict of lists, one entry per bin (lowest score first): ``upper`` (the bin's upper edge),
+    ``n``, ``envelope_violation``, ``mean_envelope_width``, ``mean_abs_error_over_std``
+    """
+    edges = np.quantile(score, np.linspace(0.0, 1.0, n_bins + 1)[1:]) if score.size else np.zeros(0)
+    bins = np.minimum(np.searchsorted(edges, score, side="left"), max(edges.size - 1, 0))
+    out: dict[str, list] = {k: [] for k in ("upper", "n", "envelope_violation", "mean_envelope_width",
+                                            "mean_abs_error_over_std")}  # fmt: skip
+    for b, upper in enumerate(edges):
+        rows = bins == b
+        r = error_over_std[rows]
+        r = r[np.isfinite(r)]
+        out["upper"].append(float(upper))
+        out["n"].append(int(rows.sum()))
+        out["envelope_violation"].append(float(np.mean(violation[rows])) if rows.any() else float("nan"))
+        out["mean_envelope_width"].append(float(np.mean(width[rows])) if rows.any() else float("nan"))
+        out["mean_abs_error_over_std"].append(float(np.mean(r)) if r.size else float("nan"))
     return out
 
 

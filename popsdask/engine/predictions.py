@@ -137,6 +137,7 @@ def predict_ensemble(
     dim, coords, per_config = _row_coords(data, n)
 
     mle = X @ post.coef_
+    distance = support_score(X, post)
     dev = (X @ delta.T).T  # (S, rows), one chunk along sample
     if complete:
         mean, std, lo, hi = _complete_ensemble(X, post)
@@ -165,6 +166,7 @@ def predict_ensemble(
         **raw,
         "box_min": ((dim,), box[0]),
         "box_max": ((dim,), box[1]),
+        "support": ((dim,), distance),
         "theta": (("sample", "feature"), post.coef_[None, :] + delta),
     }
     if design.y is not None:
@@ -182,6 +184,7 @@ def predict_ensemble(
     ds = xr.Dataset(data_vars, coords={k: ((dim,), v) for k, v in coords.items()})
     ds["box_min"].attrs["description"] = "exact lower bound of the prediction over the whole posterior"
     ds["box_max"].attrs["description"] = "exact upper bound of the prediction over the whole posterior"
+    ds["support"].attrs["description"] = SUPPORT_DESCRIPTION
     ds.attrs.update(
         format=PREDICTION_FORMAT,
         n_samples=int(n_summary),
@@ -204,6 +207,23 @@ def predict_ensemble(
     if output is None:
         return ds
     return _write(ds, output, overwrite, progress)
+
+
+SUPPORT_DESCRIPTION = (
+    "distance of the row from the training rows: the regularised leverage alpha * x^T Sigma x = "
+    "x^T (X^T W X + lambda/alpha I)^-1 x; a training row of weight w has w * support <= 1"
+)
+
+
+def support_score(X: da.Array, post: Posterior) -> da.Array:
+    """(rows,) the regularised leverage α·xᵀΣx of each row: its Mahalanobis distance² from the
+    training rows in the metric of their weighted Gram XᵀWX (+ λ/α·I), blockwise over row chunks
+    from the posterior's epistemic covariance Σ and noise precision α. A training row of weight
+    w has w·score ≤ 1 (its leverage); a new row with a score far above the training rows' is
+    outside their span. It measures novelty of the *design row*, which for a force row is a
+    descriptor gradient, so it does not say whether the band is wide enough there.
+    """
+    return post.alpha_ * ((X @ post.sigma_) * X).sum(axis=1)
 
 
 def row_floor(
@@ -518,7 +538,19 @@ def config_values(ds: xr.Dataset, name: str) -> np.ndarray:
     return values[ds["config"].values]
 
 
-SUMMARY_VARS = ("y", "mle", "mean", "std", "min", "max", "box_min", "box_max", "bracket_samples", "tolerance")
+SUMMARY_VARS = (
+    "y",
+    "mle",
+    "mean",
+    "std",
+    "min",
+    "max",
+    "box_min",
+    "box_max",
+    "bracket_samples",
+    "tolerance",
+    "support",
+)
 
 
 def _per_atom(ds: xr.Dataset) -> bool:
@@ -548,7 +580,9 @@ def band_arrays(
         views[name] = {k: v[mask] for k, v in row.items()} | {"mask": mask}
         if name == "energy" and _per_atom(ds):
             n_atoms = config_values(ds, "n_atoms").astype(np.float64)[mask]
-            scaled = {k: (v if k == "bracket_samples" else v / n_atoms) for k, v in views[name].items() if k != "mask"}
+            # the support is quadratic in the row: a per-atom row's is the total's over n_atoms²
+            scale = {"bracket_samples": 1.0, "support": n_atoms**2}
+            scaled = {k: v / scale.get(k, n_atoms) for k, v in views[name].items() if k != "mask"}
             views["energy_per_atom"] = scaled | {"mask": mask}
     return views
 
@@ -566,6 +600,7 @@ def _metrics_of(view: dict[str, np.ndarray], sel: Any, floor: float, sizes: tupl
         sizes=sizes,
         reference_band=(view["reference_min"][sel], view["reference_max"][sel]),
         floor=view["floor"][sel],
+        support=view["support"][sel] if "support" in view else None,
     )
 
 

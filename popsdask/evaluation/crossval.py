@@ -247,7 +247,9 @@ def _fold_rows(pred: xr.Dataset, floors: dict[str, float] | None = None) -> dict
     out = {}
     for kind, v in views.items():
         keep = ~symmetry_zeros(v["y"], v["mle"], v["min"], v["max"], v["tolerance"])
-        out[kind] = {k: v[k][keep] for k in ("y", "mle", "std", "min", "max", "tolerance", "floor")}
+        out[kind] = {
+            k: v[k][keep] for k in ("y", "mle", "std", "min", "max", "tolerance", "floor", "support") if k in v
+        }
     return out
 
 
@@ -306,6 +308,7 @@ def calibrated_crossval(
         result[name] = {}
         for kind, v in _fold_rows(pred, tolerance).items():
             common = {"tol": v["tolerance"], "nll_floor": nll_floor(v["y"], v["mle"]), "floor": v["floor"]}
+            common["support"] = v.get("support")
             raw = band_metrics(v["y"], v["mle"], v["std"], v["min"], v["max"], **common)
             std, lo, hi = cal.apply(kind, v["mle"], v["std"], v["min"], v["max"])
             new = band_metrics(v["y"], v["mle"], std, lo, hi, reference_band=(v["min"], v["max"]), **common)

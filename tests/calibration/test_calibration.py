@@ -627,3 +627,31 @@ def test_tolerance_on_the_command_line(grouped, tmp_path, capsys):
     assert main(["report", str(pred), "-o", str(tmp_path / "r"), "--tolerance", "force=0.1"]) == 0
     report = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert report["force"]["floor"] == 0.1 and "Stated floor" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_support_score_is_the_regularised_leverage_and_is_tabulated_by_decile(grouped, tmp_path):
+    from popsdask.calibration.metrics import support_deciles
+
+    tmp, X, y, config, kind, group, n_atoms = grouped
+    w = _weights(tmp)
+    post = fit(tmp / "s.zarr")
+    ds = predict_ensemble(post, tmp / "s.zarr", tmp_path / "p.zarr", n_samples=50)
+    gram = (X * w[:, None]).T @ X + (post.lambda_ / post.alpha_) * np.eye(X.shape[1])
+    direct = np.einsum("ij,ji->i", X, np.linalg.solve(gram, X.T))
+    np.testing.assert_allclose(ds["support"].values, direct, rtol=1e-6)
+    assert np.all(w * ds["support"].values <= 1 + 1e-9)  # a training row's leverage
+    far = predict_ensemble(post, 10 * X[:50])  # rows outside the training span score higher
+    assert np.all(far["support"].values > 99 * ds["support"].values[:50])
+    m = prediction_metrics(ds)["kinds"]
+    f = kind == 1
+    d = m["force"]["support_deciles"]
+    assert len(d["n"]) == 10 and sum(d["n"]) == f.sum()
+    top = ds["support"].values[f] > np.quantile(ds["support"].values[f], 0.9)
+    lo, hi, tol = (ds[k].values[f] for k in ("min", "max", "tolerance"))
+    outside = (y[f] < lo - tol) | (y[f] > hi + tol)
+    assert d["envelope_violation"][-1] == pytest.approx(outside[top].mean())
+    assert d["mean_envelope_width"][-1] == pytest.approx((hi - lo)[top].mean())
+    e = m["energy_per_atom"]["support_deciles"]  # per atom: the total's over n_atoms²
+    assert e["upper"][-1] == pytest.approx(np.max(ds["support"].values[~f] / n_atoms[config[~f]] ** 2))
+    empty = support_deciles(np.zeros(0), np.zeros(0, bool), np.zeros(0), np.zeros(0))
+    assert empty["n"] == []
