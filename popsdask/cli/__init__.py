@@ -16,6 +16,7 @@ from types import ModuleType
 
 from .. import __version__
 from ..core.validation import InputError
+from ..io.errors import one_line
 from ..runtime.preflight import check_cluster_args
 from . import bench, calibrate, crossval, demo, descriptors, export, fit, predict, properties, report
 from .common import Help, Parser
@@ -62,7 +63,17 @@ def main(argv: list[str] | None = None) -> int:
             check_cluster_args(args)
         return COMMANDS[args.command].run(args)
     except (InputError, FileExistsError, FileNotFoundError) as err:
-        # the API's wording names its keyword; on the command line it is the flag
-        message = str(err).replace("pass overwrite=True", "pass --overwrite")
-        print(f"popsdask {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return _refused(args.command, err)
+    except Exception as err:  # a filesystem fault or an undecodable chunk, from wherever it came
+        line = one_line(err)
+        if line is None:
+            raise
+        return _refused(args.command, line)
+
+
+def _refused(command: str, err: Exception) -> int:
+    """Print ``err`` as the one line of a refusal; exit code 2."""
+    # the API's wording names its keyword; on the command line it is the flag
+    message = str(err).replace("pass overwrite=True", "pass --overwrite")
+    print(f"popsdask {command}: error: {message}", file=sys.stderr)
+    return 2

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import logging
 import os
 import re
 import sys
@@ -169,6 +170,24 @@ class QuickExit(distributed.WorkerPlugin):
         skip_exit_collection()
 
 
+class _DropComputeFailed(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Compute Failed")
+
+
+class QuietTaskErrors(distributed.WorkerPlugin):
+    """Worker plugin: the worker does not log the "Compute Failed ... Traceback" of a task that
+    raised. The task's exception reaches the client, which reports it (bad input as one line);
+    the worker's copy printed tens of lines of traceback on the user's terminal before it."""
+
+    name = "popsdask-quiet-task-errors"
+
+    def setup(self, worker: distributed.Worker) -> None:
+        log = logging.getLogger("distributed.worker")
+        if not any(isinstance(f, _DropComputeFailed) for f in log.filters):
+            log.addFilter(_DropComputeFailed())
+
+
 class NannyLocalCluster(distributed.LocalCluster):
     """A :class:`distributed.LocalCluster` that leaves restarting killed workers to their nannies.
 
@@ -241,7 +260,7 @@ def local_cluster(
     configured = int(dask.config.get("distributed.scheduler.allowed-failures"))
     scheduler.setdefault("allowed_failures", max(configured, LOCAL_ALLOWED_FAILURES))
     kwargs["scheduler_kwargs"] = scheduler
-    kwargs["plugins"] = (QuickExit(),)  # kept by each nanny for the workers it restarts
+    kwargs["plugins"] = (QuickExit(), QuietTaskErrors())  # kept by each nanny for the workers it restarts
     kwargs.update(cluster_kwargs)
     return NannyLocalCluster(**kwargs)
 

@@ -211,3 +211,64 @@ def test_a_nanny_restarting_its_worker_is_not_closed_by_the_lost_worker_timer():
         assert status is None and not workers, "distributed's LocalCluster kept the nanny"
         status, workers = _kill_the_worker_and_wait(NannyLocalCluster)
         assert status == "running" and len(workers) == 1
+
+
+# -- filesystem faults and undecodable chunks: one line, exit 2 ---------------------------------
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A real read-only tmpfs (root only)."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_outputs_on_a_read_only_mount_are_one_line(tmp_path, read_only_dir, capsys):
+    """fit, predict and report used to end in an OSError traceback (exit 1) on a read-only mount."""
+    from popsdask.cli import main
+
+    X, y, w = misspecified(600, 3, seed=3)
+    store = write_store(tmp_path / "s.zarr", X, y, weight=w)
+    post, pred = tmp_path / "post.zarr", tmp_path / "pred.zarr"
+    threads = ["--cluster", "threads", "--quiet"]
+    assert main(["fit", str(store), "-o", str(post), *threads]) == 0
+    assert main(["predict", str(post), str(store), "-o", str(pred), "--n-samples", "10", *threads]) == 0
+    capsys.readouterr()
+    for argv in (
+        ["fit", str(store), "-o", str(read_only_dir / "post.zarr"), *threads],
+        ["predict", str(post), str(store), "-o", str(read_only_dir / "pred.zarr"), *threads],
+        ["report", str(pred), "-o", str(read_only_dir / "report")],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "read-only file system" in err[0] and str(read_only_dir) in err[0], err
+
+
+def test_a_truncated_zstd_chunk_is_one_line_without_worker_tracebacks(tmp_path):
+    """A store written by xarray (zstd chunks) with one chunk cut in half: the workers used to print
+    their "Compute Failed ... Traceback" logs and the client a RuntimeError traceback (exit 1)."""
+    import subprocess
+    import sys
+
+    import xarray as xr
+
+    X, y, _ = misspecified(400, 3, seed=4)
+    xr.Dataset({"X": (("row", "feature"), X), "y": ("row", y)}).chunk({"row": 100}).to_zarr(
+        tmp_path / "s.zarr", zarr_format=3
+    )
+    chunk = sorted(p for p in (tmp_path / "s.zarr" / "X" / "c").rglob("*") if p.is_file())[1]
+    chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
+    cmd = [sys.executable, "-m", "popsdask.cli", "fit", str(tmp_path / "s.zarr"), "-o", str(tmp_path / "p.zarr")]
+    cmd += ["--quiet", "--n-workers", "1", "--memory-limit", "1GB"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("popsdask fit: error: a stored chunk cannot be decoded")
+    assert "Compute Failed" not in done.stderr
+    assert not (tmp_path / "p.zarr").exists()
