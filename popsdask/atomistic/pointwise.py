@@ -20,7 +20,7 @@ import xarray as xr
 
 from ..engine.posterior import Posterior
 from ..engine.predictions import per_atom_energy_rows, predict_ensemble
-from ..evaluation.report import write_report
+from ..evaluation.report import band_state, write_report
 
 __all__ = ["per_atom_energy_rows", "pointwise_report"]
 
@@ -79,6 +79,7 @@ def outlier_figures(pred: xr.Dataset, outdir: str | os.PathLike) -> dict[str, st
     y, mle, lo, hi = (np.asarray(pred[k].values) for k in ("y", "mle", "min", "max"))
     kind = np.asarray(pred["kind"].values) if "kind" in pred.coords else np.zeros(y.size, int)
     paths = {}
+    band = band_state(pred)
     for code in np.unique(kind):
         name, unit = KIND_LABELS.get(int(code), (str(code), ""))
         idx = np.flatnonzero(kind == code)
@@ -88,7 +89,9 @@ def outlier_figures(pred: xr.Dataset, outdir: str | os.PathLike) -> dict[str, st
         bars = np.vstack([mle[idx] - lo[idx], hi[idx] - mle[idx]])
         outside = (y[idx] < lo[idx]) | (y[idx] > hi[idx])
         fig, ax = plt.subplots(figsize=(6, 4.5))
-        ax.errorbar(y[idx], err, yerr=bars, fmt="none", ecolor="0.7", lw=0.6, label="ensemble [min, max] − reference")
+        ax.errorbar(
+            y[idx], err, yerr=bars, fmt="none", ecolor="0.7", lw=0.6, label=f"{band} ensemble [min, max] − reference"
+        )
         ax.plot(y[idx][~outside], err[~outside], ".", ms=2, color="tab:blue", label="MLE error")
         ax.plot(
             y[idx][outside],
@@ -100,6 +103,7 @@ def outlier_figures(pred: xr.Dataset, outdir: str | os.PathLike) -> dict[str, st
             label=f"outside envelope ({100 * outside.mean():.1f} %)",
         )
         ax.axhline(0, color="k", lw=0.8)
+        ax.set_title(f"{name}: MLE errors and the {band} band")
         ax.set_xlabel(f"reference {name} ({unit})")
         ax.set_ylabel(f"MLE − reference ({unit})")
         ax.legend(fontsize=8)

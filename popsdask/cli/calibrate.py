@@ -65,10 +65,14 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=not args.quiet,
         )
+    from ..evaluation.report import kind_units
+
+    units = kind_units(ds.attrs.get("units"))
     for kind, c in out.calibration["kinds"].items():
+        unit = units.get(kind, "in the units of y")  # offsets per atom for energy_per_atom
         print(
-            f"{kind}: std x {c['std_scale']:.4g} (+{c['std_offset']:.3g}), "
-            f"envelope x {c['envelope_scale']:.4g} (+{c['envelope_offset']:.3g}) from {c['n']} rows"
+            f"{kind}: std x {c['std_scale']:.4g} (+{c['std_offset']:.3g} {unit}), "
+            f"envelope x {c['envelope_scale']:.4g} (+{c['envelope_offset']:.3g} {unit}) from {c['n']} rows"
         )
     print(f"calibrated ({out.calibration['method']}, level {args.level}) -> {args.output}")
     return 0

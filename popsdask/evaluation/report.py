@@ -12,7 +12,13 @@ import numpy as np
 import xarray as xr
 
 from ..core.validation import InputError
-from ..engine.predictions import KIND_NAMES, configuration_variables, open_predictions, prediction_metrics
+from ..engine.predictions import (
+    band_arrays,
+    config_values,
+    configuration_variables,
+    open_predictions,
+    prediction_metrics,
+)
 
 MAX_PARITY_POINTS = 20000
 
@@ -78,9 +84,11 @@ def _format(key: str, v: float) -> str:
 GROUP_COLUMNS = (
     "n",
     "mae_mle",
+    "rmse_mle",
     "envelope_violation",
     "n_violations_below_floor",
     "box_violation",
+    "coverage_2sigma",
     "coverage_4sigma",
     "mean_abs_error_over_std",
     "mean_std",
@@ -90,10 +98,15 @@ GROUP_COLUMNS = (
 )
 
 
-def group_table(groups: dict[str, dict[str, dict]], kind: str, group_by: str) -> str:
-    """Markdown: one line per group of one row kind."""
+#: metrics in the units of their row kind (the others are counts, fractions or unit-free)
+DIMENSIONED = ("mae_mle", "rmse_mle", "mean_std", "mean_envelope_width", "mean_box_width", "floor")
+
+
+def group_table(groups: dict[str, dict[str, dict]], kind: str, group_by: str, unit: str | None = None) -> str:
+    """Markdown: one line per group of one row kind; ``unit`` of the kind heads its dimensioned columns."""
     cols = [c for c in GROUP_COLUMNS if any(c in g.get(kind, {}) for g in groups.values())]
-    lines = [f"| {group_by} | " + " | ".join(METRIC_LABELS[c] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+    head = [f"{METRIC_LABELS[c]} ({unit})" if unit and c in DIMENSIONED else METRIC_LABELS[c] for c in cols]
+    lines = [f"| {group_by} | " + " | ".join(head) + " |", "|---|" + "---:|" * len(cols)]
     for name, g in groups.items():
         if kind in g:
             lines.append(f"| {_escape(name)} | " + " | ".join(_format(c, g[kind].get(c)) for c in cols) + " |")
@@ -136,8 +149,8 @@ def write_report(
     units = kind_units(ds.attrs.get("units"))
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    figures = _figures(ds, json.loads(ds.attrs["metrics"]), out, units)
-    figures.update(_calibration_figures(calib, out))
+    figures = _figures(ds, metrics, out, units)
+    figures.update(_calibration_figures(calib, out, band_state(ds)))
     if extra_figures is not None:
         figures.update({k: Path(v) for k, v in extra_figures(ds, out).items()})
     table = metrics_table(metrics, units)
@@ -148,7 +161,7 @@ def write_report(
         text += [metrics_table(before, units), ""]
     if calib["groups"]:
         for kind in calib["kinds"]:
-            text += [f"## {kind} by {group_by}", "", group_table(calib["groups"], kind, group_by), ""]
+            text += [f"## {kind} by {group_by}", "", group_table(calib["groups"], kind, group_by, units.get(kind)), ""]
     text += ["## Figures", ""] + [f"![{k}]({Path(p).name})" for k, p in figures.items()]
     (out / "report.md").write_text("\n".join(text) + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -204,7 +217,7 @@ def _floor_note(tolerance: dict[str, float], units: dict[str, str]) -> list[str]
     ]
 
 
-def _calibration_figures(calib: dict[str, Any], out: Path) -> dict[str, Path]:
+def _calibration_figures(calib: dict[str, Any], out: Path, band: str) -> dict[str, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -221,6 +234,7 @@ def _calibration_figures(calib: dict[str, Any], out: Path) -> dict[str, Path]:
     if ax.lines:
         c = next(m["coverage_curve"] for m in kinds.values() if "coverage_curve" in m)
         ax.plot(c["k"], c["nominal"], "k--", lw=0.8, label="Gaussian nominal")
+        ax.set_title(f"coverage of the {band} band")
         figures["coverage"] = _save(
             fig, ax, "k (interval ±k·std)", "fraction of references within", out / "coverage.png"
         )
@@ -234,6 +248,7 @@ def _calibration_figures(calib: dict[str, Any], out: Path) -> dict[str, Path]:
             if box is not None:
                 ax.axhline(100 * box, color=line[0].get_color(), ls=":", label=f"{kind}: exact box")
         ax.set_xscale("log")
+        ax.set_title(f"envelope violation of the {band} band")
         path = out / "ev_vs_samples.png"
         figures["ev_vs_samples"] = _save(fig, ax, "posterior samples S", "envelope violation (%)", path)
         plt.close(fig)
@@ -249,51 +264,88 @@ def _save(fig, ax, xlabel: str, ylabel: str, path: Path) -> Path:
     return path
 
 
+def band_state(ds: xr.Dataset) -> str:
+    """Which band a prediction store's std and envelope are: ``calibrated`` when the predictions
+    applied a calibration (they keep the raw band beside it), else ``raw``."""
+    return "calibrated" if "std_raw" in ds else "raw"
+
+
+def _error_histograms(
+    ds: xr.Dataset, kind: str, view: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Bin edges and counts of |reference - MLE| and |sample - MLE| of one kind.
+
+    The stored histograms (made by predict) serve every kind except energies per atom, which are
+    binned here from the rows: the references' errors, and the stored samples' deviations over
+    each configuration's atom count (None when the store holds no samples).
+    """
+    names = [str(k) for k in ds["kind_name"].values]
+    if kind != "energy_per_atom" and kind in names:
+        i = names.index(kind)
+        edges = ds["error_bin_edges"].values[i]
+        h_ref = ds["hist_abs_reference_minus_mle"].values[i].astype(float)
+        return edges, h_ref, ds["hist_abs_sample_minus_mle"].values[i].astype(float)
+    ref = np.abs(view["y"] - view["mle"])
+    dev = None
+    if "prediction" in ds:
+        rows = np.flatnonzero(view["mask"])
+        n_atoms = config_values(ds, "n_atoms").astype(np.float64)[rows]
+        dev = np.abs(ds["prediction"].values[:, rows] - ds["mle"].values[rows]) / n_atoms
+    values = np.concatenate([ref.ravel(), dev.ravel() if dev is not None else []])
+    positive = values[values > 0]
+    lo, hi = (positive.min(), positive.max()) if positive.size else (1e-12, 1.0)
+    edges = np.logspace(np.log10(lo), np.log10(hi) + 1e-9, 61)
+    h_smp = None if dev is None else np.histogram(np.clip(dev, lo, None), edges)[0].astype(float)
+    return edges, np.histogram(np.clip(ref, lo, None), edges)[0].astype(float), h_smp
+
+
 def _figures(ds: xr.Dataset, metrics: dict, out: Path, units: dict[str, str]) -> dict[str, Path]:
+    """Per row kind, ``<kind>.png``: error histograms and the parity plot with the envelope;
+    energies per atom when the store knows each configuration's atom count."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figures = {}
-    kinds = [str(k) for k in ds["kind_name"].values]
-    kind_codes = ds["kind"].values if "kind" in ds.coords else None
-    y, mle, lo, hi = (ds[k].values for k in ("y", "mle", "min", "max"))
-
-    for i, kind in enumerate(kinds):
-        if kind_codes is None:
-            mask = np.ones(y.shape[0], dtype=bool)
-        else:
-            mask = np.array([KIND_NAMES.get(int(c), str(c)) == kind for c in kind_codes])
-        edges = ds["error_bin_edges"].values[i]
-        h_ref = ds["hist_abs_reference_minus_mle"].values[i].astype(float)
-        h_smp = ds["hist_abs_sample_minus_mle"].values[i].astype(float)
+    band = band_state(ds)
+    views = band_arrays(ds)
+    for kind, view in views.items():
+        if kind == "energy" and "energy_per_atom" in views:
+            continue  # drawn per atom
+        name = "energy" if kind == "energy_per_atom" else kind
+        edges, h_ref, h_smp = _error_histograms(ds, kind, view)
         centers = np.sqrt(edges[:-1] * edges[1:])
         widths = np.diff(np.log10(edges))
         fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.5))
         a.step(centers, h_ref / max(h_ref.sum(), 1) / widths, where="mid", color="k", label="|reference − MLE|")
-        a.step(centers, h_smp / max(h_smp.sum(), 1) / widths, where="mid", color="tab:green", label="|sample − MLE|")
+        if h_smp is not None:
+            a.step(
+                centers, h_smp / max(h_smp.sum(), 1) / widths, where="mid", color="tab:green", label="|sample − MLE|"
+            )
         a.set_xscale("log")
         unit = f" ({units[kind]})" if kind in units else ""
-        a.set_xlabel(f"absolute error{unit}")
+        what = "energy per atom" if kind == "energy_per_atom" else kind
+        a.set_xlabel(f"absolute error of the {what}{unit}")
         a.set_ylabel("density per decade")
         m = metrics[kind]
-        a.set_title(f"{kind}: MAE {m['mae_mle']:.3g}, EV {100 * m['envelope_violation']:.1f} %")
+        a.set_title(f"{what}: MAE {m['mae_mle']:.3g}, EV {100 * m['envelope_violation']:.1f} % ({band} band)")
         a.legend()
-        idx = np.flatnonzero(mask)
+        y, mle, lo, hi = (view[k] for k in ("y", "mle", "min", "max"))
+        idx = np.arange(y.size)
         if idx.size > MAX_PARITY_POINTS:
             idx = np.sort(np.random.default_rng(0).choice(idx, MAX_PARITY_POINTS, replace=False))
         order = idx[np.argsort(y[idx])]
-        b.fill_between(y[order], lo[order], hi[order], color="0.75", label="ensemble min/max", step="mid")
+        b.fill_between(y[order], lo[order], hi[order], color="0.75", label=f"ensemble min/max, {band} band", step="mid")
         b.plot(y[order], mle[order], ".", ms=2, color="tab:blue", label="MLE")
         span = [np.min(y[idx]), np.max(y[idx])]
         b.plot(span, span, "k--", lw=0.8)
-        b.set_xlabel(f"reference{unit}")
-        b.set_ylabel(f"predicted{unit}")
+        b.set_xlabel(f"reference {what}{unit}")
+        b.set_ylabel(f"predicted {what}{unit}")
         b.legend()
         fig.tight_layout()
-        path = out / f"{kind}.png"
+        path = out / f"{name}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
-        figures[kind] = path
+        figures[name] = path
     return figures
