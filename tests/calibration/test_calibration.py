@@ -286,6 +286,7 @@ def test_recalibration_round_trip_and_refusals(grouped, tmp_path):
     assert not (tmp_path / "c2.zarr").exists() and not (tmp_path / "c3.zarr").exists()
 
 
+@pytest.mark.slow
 def test_cross_conformal_on_the_train_split_equals_a_train_only_store(grouped, tmp_path, scratch):
     """--group-by with --split train calibrates on the train configurations only: the same scales
     as a store written with those configurations alone, and different from all of them."""
@@ -334,6 +335,7 @@ def test_random_folds_are_seeded_and_balanced():
     assert counts.size == 7 and counts.max() - counts.min() <= 1 and counts.sum() == 1000
 
 
+@pytest.mark.slow
 def test_cross_conformal_by_random_folds_on_the_train_split(grouped, tmp_path, scratch, capsys):
     """--folds K --split train is cross-conformal by K random folds of the train configurations:
     the same scales as --group-by on a train-only store holding those fold labels."""

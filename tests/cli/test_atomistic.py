@@ -35,6 +35,7 @@ def scheduler(local_client) -> list[str]:
     return ["--scheduler", local_client.scheduler.address, "--quiet"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not W_DFT.exists(), reason=f"tungsten DFT data not found at {W_DFT} (see tests/conftest.py SHARED)")
 def test_extxyz_to_report_on_the_command_line_equals_the_python_api(tmp_path, scheduler, local_client, capsys):
     store, post, pred, rep = (tmp_path / n for n in ("w.zarr", "post.zarr", "pred.zarr", "report"))

@@ -11,12 +11,12 @@ import pytest
 
 from popsdask import Posterior, write_store
 from popsdask.cli import main
-
 from tests.conftest import ROOT, misspecified
 
 LOCAL = ["--n-workers", "1", "--threads-per-worker", "2", "--quiet"]
 
 
+@pytest.mark.slow
 def test_fit_predict_report(tmp_path, capsys):
     X, y, w = misspecified(5000, 7, seed=31)
     write_store(tmp_path / "train.zarr", X[:4000], y[:4000], weight=w[:4000], chunk_rows=800)

@@ -25,7 +25,6 @@ from dask.utils import key_split
 from popsdask import InputError, Posterior, fit, write_store
 from popsdask.cli import main
 from popsdask.io.store import is_complete
-
 from tests.conftest import misspecified
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -175,6 +174,7 @@ def test_resume_is_refused_in_one_line_when_the_settings_or_the_store_changed(st
     assert is_complete(renamed / "bounds")
 
 
+@pytest.mark.slow
 def test_cli_fit_resumes_and_removes_its_checkpoint(store, tmp_path, capsys):
     out = tmp_path / "post.zarr"
     checkpoint = tmp_path / "post.zarr.checkpoint"

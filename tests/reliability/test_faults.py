@@ -21,12 +21,11 @@ import distributed
 import numpy as np
 import pytest
 from distributed.diagnostics.plugin import SchedulerPlugin
-from popsdask.runtime.cluster import NannyLocalCluster
 
 from popsdask import Posterior, fit, write_store
 from popsdask.engine import predictions as ensemble_module
 from popsdask.engine.predictions import predict_ensemble
-
+from popsdask.runtime.cluster import NannyLocalCluster
 from tests.conftest import misspecified
 
 CHUNK_ROWS = 125
@@ -152,6 +151,7 @@ def test_ensemble_fit_survives_a_worker_kill_while_streaming_corrections(cluster
     _same(np.asarray(Posterior.load(tmp_path / "post.zarr").corrections_), np.asarray(reference.corrections_))
 
 
+@pytest.mark.slow
 def test_ensemble_prediction_survives_a_worker_kill_mid_write(cluster_client, store, tmp_path, monkeypatch):
     post = fit(store)
     # 256-row prediction blocks (production-scale S × rows blocks, on small data): 32 blocks

@@ -207,6 +207,7 @@ def configured_rows(draw):
     return X.astype(np.float32) if f32 else X, y, config, kind, chunk_rows
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(case=configured_rows())
 def test_store_round_trip_and_fit_independent_of_chunking(tmp_path_factory, case):

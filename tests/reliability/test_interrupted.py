@@ -5,7 +5,8 @@ The writer runs in a real subprocess over a dask array whose blocks take a momen
 kill lands while chunks are being written (the test waits until some chunk files exist in the
 hidden staging directory). Afterwards: nothing exists at the target path (or the previous
 complete version is untouched), the staging directory is refused by every reader as incomplete,
-and running the same write again completes and reads back correctly.
+and running the same write again completes, reads back correctly and removes the staging
+directory the killed write left.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import pytest
 
 from popsdask import InputError, Posterior, fit, open_store, write_store
 from popsdask.engine.predictions import open_predictions
-
 from tests.conftest import misspecified
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,6 +139,7 @@ def test_killed_descriptor_store_write_is_never_opened_and_rerun_completes(tmp_p
     with pytest.raises(InputError, match="not marked complete"):
         fit(staging)
     _complete("store", target, "second")
+    assert not staging.exists() and not _staging(target)
     ds = open_store(target)
     assert ds.attrs["run"] == "second" and ds.sizes["row"] == 4000
     X = ds["X"].values
@@ -146,6 +147,7 @@ def test_killed_descriptor_store_write_is_never_opened_and_rerun_completes(tmp_p
     np.testing.assert_array_equal(ds["y"].values, np.sin(X.sum(axis=1)))
 
 
+@pytest.mark.slow
 def test_killed_overwrite_leaves_the_previous_store_intact(tmp_path):
     target = tmp_path / "train.zarr"
     _complete("store", target, "old")
@@ -158,6 +160,7 @@ def test_killed_overwrite_leaves_the_previous_store_intact(tmp_path):
         open_store(staging)
 
 
+@pytest.mark.slow
 def test_killed_posterior_write_is_never_loaded_and_rerun_completes(tmp_path):
     target = tmp_path / "post.zarr"
     staging = _kill_mid_write("posterior", target)
@@ -167,6 +170,7 @@ def test_killed_posterior_write_is_never_loaded_and_rerun_completes(tmp_path):
     with pytest.raises(InputError, match="not marked complete"):
         Posterior.load(staging)
     _complete("posterior", target)
+    assert not staging.exists() and not _staging(target)
     post = Posterior.load(target)
     assert post.kind == "ensemble" and post.corrections_.shape == (4000, 5)
     np.testing.assert_array_equal(np.asarray(post.corrections_[:100]), np.random.default_rng(0).normal(size=(100, 5)))
@@ -183,6 +187,7 @@ def test_killed_prediction_write_is_never_opened_and_rerun_completes(tmp_path):
     with pytest.raises(InputError, match="not marked complete"):
         open_predictions(staging)
     _complete("predictions", target, str(post_path))
+    assert not staging.exists() and not _staging(target)  # the killed write's leftovers: removed
     ds = open_predictions(target)
     assert ds.attrs["popsdask_complete"] is True and ds["prediction"].shape == (100, 4000)
     Xr = np.concatenate([np.random.default_rng(i).normal(size=(100, 5)) for i in range(40)])

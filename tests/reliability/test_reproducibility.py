@@ -60,6 +60,7 @@ def test_bit_identical_without_a_cluster(stores):
     np.testing.assert_array_equal(a, predict_ensemble(single, store, n_samples=64, seed=9)["prediction"].values)
 
 
+@pytest.mark.slow
 def test_within_round_off_across_runs_on_a_cluster(stores, local_client, tmp_path):
     store = stores[250]
     on_cluster = fit(store)  # local_client: 2 worker processes
@@ -90,6 +91,7 @@ def test_ensemble_samples_bit_identical_for_a_seed(stores, tmp_path):
     assert not np.array_equal(post.perturbations(100, seed=3), post.perturbations(100, seed=4))
 
 
+@pytest.mark.slow
 def test_within_1e12_across_chunkings(stores, tmp_path):
     posts = {c: fit(path) for c, path in stores.items()}
     ref = posts[3000]

@@ -33,7 +33,7 @@ from tests.conftest import misspecified
 
 from .test_cluster import _assert_loopback_only, require_jobqueue
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]  # real batch jobs: minutes
 ROOT = Path(__file__).resolve().parents[2]
 
 SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin", "/sbin"])
