@@ -23,7 +23,7 @@ needs_ta = pytest.mark.skipif(
 )
 
 
-def _fitsnap_order(X, y, w, n_rows, A, b):
+def _fitsnap_order(X, y, n_rows, A, b):
     """Store blocks (one per configuration) in the order of FitSNAP's rows: walk FitSNAP's
     matrix and take the one block equal to the rows there (FitSNAP lists a group's files in
     directory order, popsdask sorts them)."""
@@ -62,7 +62,7 @@ def test_ta_rows_targets_and_weights_equal_fitsnaps(tmp_path) -> None:
     b = np.load(TA / "reference" / "Truth-Ref.npy")
     wf = np.load(TA / "reference" / "Weights.npy")
     assert X.shape == A.shape == (15213, 31)
-    idx = _fitsnap_order(X, y, w, np.bincount(config), A, b)
+    idx = _fitsnap_order(X, y, np.bincount(config), A, b)
     for k in (0, 1, 2):  # energy per atom, force, stress (bar) rows
         r = kind[idx] == k
         np.testing.assert_allclose(X[idx][r], A[r], rtol=0, atol=1e-13 * np.abs(A[r]).max())

