@@ -44,9 +44,14 @@ class Help(argparse.ArgumentDefaultsHelpFormatter):
         return text + " (default: %(default)s)"
 
 
-def refuse_existing(path: str | Path, overwrite: bool) -> Path:
-    """The same rule and wording for every command that writes."""
+def refuse_existing(path: str | Path, overwrite: bool, *inputs: str | Path) -> Path:
+    """The same rule and wording for every command that writes; an output that is one of the
+    command's ``inputs`` (or holds or lies inside one) is refused even with ``--overwrite``."""
     p = Path(path)
+    for i in inputs:
+        a, b = p.absolute(), Path(i).absolute()
+        if a == b or a in b.parents or b in a.parents or (p.exists() and Path(i).exists() and p.samefile(i)):
+            raise InputError(f"{p}: it is the input {i}; write the output elsewhere")
     if p.exists() and not overwrite:
         raise FileExistsError(f"{p} exists; pass --overwrite to replace it")
     return p

@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = refuse_existing(args.output, args.overwrite)
+    out = refuse_existing(args.output, args.overwrite, args.store)
     check_pops_args(args)  # before any cluster starts
     require_existing(args.store, "store")
     import shutil

@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = refuse_existing(args.output, args.overwrite)
+    out = refuse_existing(args.output, args.overwrite, args.posterior, args.store)
     require_existing(args.posterior, "posterior")
     from ..engine.posterior import Posterior
     from ..engine.predictions import predict_ensemble

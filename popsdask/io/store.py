@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import json
 import os
 import re
@@ -285,6 +286,7 @@ def atomic_group(
     with output_lock(final):  # two writers of one path: the second is refused, not interleaved
         if final.exists() and not overwrite:  # written while we waited for nothing: re-check
             raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
+        remove_stale_staging(final)
         try:
             yield staging
             mark_complete(staging)
@@ -295,6 +297,15 @@ def atomic_group(
             if full is not None:
                 raise full from err
             raise
+
+
+def remove_stale_staging(final: Path) -> None:
+    """Remove the ``.NAME.partial-*`` and ``.NAME.old-*`` directories a killed writer of ``final``
+    left. Call it holding :func:`output_lock` of ``final``: every writer of ``final`` holds that
+    lock while it writes, so whoever holds it now is the only one, and the rest are stale."""
+    for p in final.parent.glob(f".{glob.escape(final.name)}.*"):
+        if re.fullmatch(rf"\.{re.escape(final.name)}\.(partial|old)-[0-9a-f]{{8}}", p.name) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def mark_complete(path: str | os.PathLike) -> None:

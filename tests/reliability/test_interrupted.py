@@ -71,7 +71,7 @@ WRITERS = {
     "predictions": COMMON
     + textwrap.dedent(
         """
-        from popsdask import predictions as ensemble
+        from popsdask.engine import predictions as ensemble
         ensemble.BLOCK_BYTES = 8 * 100 * 256  # 256-row blocks: many prediction chunks
         ensemble.predict_ensemble(sys.argv[3], X, target, n_samples=100, seed=2, overwrite=True)
         """

@@ -380,3 +380,23 @@ def test_workers_that_load_lammps_listen_on_loopback_only():
     hosts = [address.rsplit(":", 1)[0].strip("[]") for address in listening]
     exposed = [a for a, h in zip(listening, hosts, strict=True) if h == "*" or not ipaddress.ip_address(h).is_loopback]
     assert not exposed, f"a worker that loaded LAMMPS listens beyond loopback: {exposed}"
+
+
+@pytest.mark.parametrize("command", ["fit", "predict-posterior", "predict-store"])
+def test_an_output_that_is_its_own_input_is_refused_even_with_overwrite(written, capsys, command):
+    """`fit S -o S --overwrite` and `predict P T -o P --overwrite` used to replace their input."""
+    from popsdask.cli import main
+
+    store, post = written["store"][0], written["posterior"][0]
+    before = {p: sorted(q.name for q in p.rglob("*")) for p in (store, post)}
+    argv = {
+        "fit": ["fit", str(store), "-o", str(store)],
+        "predict-posterior": ["predict", str(post), str(store), "-o", str(post)],
+        "predict-store": ["predict", str(post), str(store), "-o", str(store)],
+    }[command]
+    assert main([*argv, "--overwrite", "--quiet", "--cluster", "threads"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "it is the input" in err[0], err
+    assert {p: sorted(q.name for q in p.rglob("*")) for p in (store, post)} == before
+    Posterior.load(post)
+    open_store(store)
