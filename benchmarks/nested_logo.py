@@ -5,7 +5,9 @@ calibrated from the *other* groups' fold predictions only
 (:func:`popsdask.evaluation.crossval.calibrated_crossval`, the library's calibration form) and
 its raw and calibrated bands are tabulated per row kind on the same rows (symmetry zeros out).
 ``--tolerance`` states the references' precision (energy per atom, force), used in the
-calibration and in the metrics; the violations it forgives are counted in their own column.
+calibration and in the metrics; the violations it forgives are counted in their own column. The
+last column compares the rows of the top decile of the support score (the regularised leverage
+of :func:`popsdask.engine.predictions.support_score`) with the rest; every decile is in the JSON.
 Writes ``nested_logo.json`` and ``nested_logo.md`` into ``--out``::
 
     popsdask descriptors ../shared/data/fitsnap-ta/JSON -o ta/descriptors.zarr --twojmax 4 --rcutfac 4.67637
@@ -19,6 +21,8 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 from popsdask.calibration.metrics import parse_tolerance
 from popsdask.evaluation.crossval import calibrated_crossval
 
@@ -27,14 +31,27 @@ MIN_FORCE_ROWS = 1000
 MIN_CONFIGURATIONS = 50
 
 
+def top_versus_rest(deciles: dict | None) -> str:
+    """The calibrated EV and mean width of the top support decile against the other nine."""
+    if not deciles or len(deciles["n"]) < 2:
+        return "–"
+    n = np.asarray(deciles["n"], dtype=float)
+    ev, width = (
+        np.nan_to_num(np.asarray(deciles[k], dtype=float)) for k in ("envelope_violation", "mean_envelope_width")
+    )
+    rest = n[:-1].sum()
+    ev_rest, width_rest = (float((v[:-1] * n[:-1]).sum() / rest) if rest else float("nan") for v in (ev, width))
+    return f"{ev[-1]:.2%} vs {ev_rest:.2%}, {width[-1]:.3g} vs {width_rest:.3g}"
+
+
 def table(name: str, result: dict, kind: str, level: float) -> list[str]:
     """Markdown lines: one per left-out group of one row kind; groups below the targets' size marked."""
     lines = [
         f"**{name}, {kind}** (level {level}; † below the targets' size)",
         "",
         "| left out | rows | EV raw → cal | below floor (cal) | ±4σ raw → cal | mean \\|err\\|/σ raw → cal "
-        "| mean σ raw → cal | mean width raw → cal (×) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| mean σ raw → cal | mean width raw → cal (×) | support top decile vs rest: EV cal, mean width cal |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for group, kinds in result.items():
         m = kinds.get(kind)
@@ -43,7 +60,7 @@ def table(name: str, result: dict, kind: str, level: float) -> list[str]:
         r, c = m["raw"], m["calibrated"]
         used = r["n"] - r["n_symmetry_zeros"]
         if used == 0:
-            lines.append(f"| {group} | 0 | all rows are symmetry zeros | | | | | |")
+            lines.append(f"| {group} | 0 | all rows are symmetry zeros | | | | | | |")
             continue
         mark = " †" if used < (MIN_FORCE_ROWS if kind == "force" else MIN_CONFIGURATIONS) else ""
         lines.append(
@@ -51,7 +68,8 @@ def table(name: str, result: dict, kind: str, level: float) -> list[str]:
             f"| {c['n_violations_below_floor']} | {r['coverage_4sigma']:.2%} → {c['coverage_4sigma']:.2%} "
             f"| {r['mean_abs_error_over_std']:.3g} → {c['mean_abs_error_over_std']:.3g} "
             f"| {r['mean_std']:.3g} → {c['mean_std']:.3g} "
-            f"| {r['mean_envelope_width']:.3g} → {c['mean_envelope_width']:.3g} ({m['width_ratio']:.3g}×) |"
+            f"| {r['mean_envelope_width']:.3g} → {c['mean_envelope_width']:.3g} ({m['width_ratio']:.3g}×) "
+            f"| {top_versus_rest(c.get('support_deciles'))} |"
         )
     return lines + [""]
 
