@@ -36,10 +36,13 @@ def run(args: argparse.Namespace) -> int:
     import shutil
 
     from ..engine.estimator import fit
+    from ..engine.fit import check_enough_rows
     from ..io.store import output_lock
     from ..runtime.cluster import connect_from_args
 
     data = open_rows(args.store, args.split, require_y=True)
+    n, p = data.sizes["row"], data.sizes["feature"] + int(args.fit_intercept)
+    check_enough_rows(n, p, str(data.attrs.get("source", args.store)))  # before any cluster starts
     # every pass is checkpointed next to the output (the ensemble's corrections too), so a
     # killed fit continues with --resume; removed once the posterior is saved
     checkpoint = out.with_name(out.name + ".checkpoint")

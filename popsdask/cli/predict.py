@@ -46,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = refuse_existing(args.output, args.overwrite, args.posterior, args.store)
+    curve = ev_curve(args.ev_curve)  # before any cluster starts
     require_existing(args.posterior, "posterior")
     from ..engine.posterior import Posterior
     from ..engine.predictions import predict_ensemble
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             dtype="float32" if args.float32 else "float64",
             progress=not args.quiet,
-            ev_curve=ev_curve(args.ev_curve),
+            ev_curve=curve,
             tolerance=args.tolerance,
         )
     print(f"wrote {dict(ds['prediction'].sizes)} predictions -> {args.output}")

@@ -16,6 +16,14 @@ from .posterior import Posterior, provenance
 from .state import Bounds, Leverage, Moment, PopsSettings
 
 
+def check_enough_rows(n: int, p: int, source: str) -> None:
+    """POPS needs at least as many rows as parameters (known from the metadata, before any pass)."""
+    if n < p:
+        raise InputError(
+            f"{source}: {n} rows (n_samples = {n}) but {p} features; POPS needs at least as many rows as features"
+        )
+
+
 def fit_pops(
     design: Design,
     *,
@@ -65,12 +73,7 @@ def fit_pops_with_evidence(
     """
     settings = settings or PopsSettings()
     evidence = evidence or EvidenceParams()
-    n, p = design.n_rows, design.n_features
-    if n < p:
-        raise InputError(
-            f"{design.source}: {n} rows (n_samples = {n}) but {p} features; "
-            "POPS needs at least as many rows as features"
-        )
+    check_enough_rows(design.n_rows, design.n_features, design.source)
     if checkpoint is None:
         if resume:
             raise ValueError("resume=True needs a checkpoint directory to resume from")

@@ -391,3 +391,27 @@ def test_weights_on_too_few_rows_are_refused_not_fitted(tmp_path, capsys, nonzer
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "weights sum to" in err[0], err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["ev-curve", "n < p"])
+def test_refusals_known_from_metadata_come_before_a_cluster(tmp_path, capsys, monkeypatch, case):
+    """`--ev-curve abc` and a store with fewer rows than features used to be refused only after
+    the Dask cluster had started."""
+    from popsdask.cli import main
+    from popsdask.runtime import cluster
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a cluster was started before the refusal")
+
+    monkeypatch.setattr(cluster, "connect_from_args", no_cluster)
+    rng = np.random.default_rng(0)
+    store = write_store(tmp_path / "s.zarr", rng.normal(size=(40, 3)), rng.normal(size=40))
+    few = write_store(tmp_path / "few.zarr", rng.normal(size=(3, 5)), rng.normal(size=3))
+    post = fit(store).save(tmp_path / "post.zarr")
+    argv = {
+        "ev-curve": ["predict", str(post), str(store), "-o", str(tmp_path / "p.zarr"), "--ev-curve", "abc"],
+        "n < p": ["fit", str(few), "-o", str(tmp_path / "q.zarr")],
+    }[case]
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ("--ev-curve 'abc'" in err[0] or "3 rows" in err[0] and "5 features" in err[0]), err
