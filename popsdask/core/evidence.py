@@ -83,7 +83,12 @@ class Evidence:
 
 def check_stats(stats: Stats) -> None:
     """Refuse sufficient statistics that overflowed or hold nothing to fit (clear InputError)."""
-    parts = {"X^T W X": stats.gram, "X^T W y": stats.xty, "y^T W y": stats.yty, "sum of weights": stats.sw}
+    parts: dict[str, np.ndarray | float] = {
+        "X^T W X": stats.gram,
+        "X^T W y": stats.xty,
+        "y^T W y": stats.yty,
+        "sum of weights": stats.sw,
+    }
     bad = [name for name, v in parts.items() if not np.all(np.isfinite(v))]
     if bad:
         raise InputError(
@@ -208,7 +213,7 @@ def maximise_evidence(
 
 def needs_refinement(stats: Stats, ev: Evidence, digits: float = 6.0) -> bool:
     """True when sse from the Gram lost more than ``digits`` digits to cancellation."""
-    return ev.sse < 10.0 ** (-digits) * max(stats.yty, EPS)
+    return bool(ev.sse < 10.0 ** (-digits) * max(stats.yty, EPS))
 
 
 def _log_marginal_likelihood(

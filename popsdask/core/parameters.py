@@ -132,11 +132,11 @@ def check_settings(**values: Any) -> None:
             POPS_SETTINGS[name].check(value)
 
 
-def sklearn_constraints() -> dict[str, list]:
+def sklearn_constraints() -> dict[str, list[Any]]:
     """The table as scikit-learn ``_parameter_constraints`` entries."""
     from sklearn.utils._param_validation import Interval, StrOptions
 
-    class Names(StrOptions):
+    class Names(StrOptions):  # type: ignore[misc]  # scikit-learn is untyped
         """The names ``choices()`` returns at each check (a kind registered later is accepted)."""
 
         def __init__(self, choices: Callable[[], tuple[str, ...]]) -> None:
@@ -145,9 +145,9 @@ def sklearn_constraints() -> dict[str, list]:
 
         def is_satisfied_by(self, val: Any) -> bool:
             self.options = set(self.choices())  # also what the refusal lists
-            return super().is_satisfied_by(val)
+            return bool(super().is_satisfied_by(val))
 
-    out: dict[str, list] = {}
+    out: dict[str, list[Any]] = {}
     for s in POPS_SETTINGS.values():
         if s.choices:
             out[s.name] = [Names(s.choices)]
@@ -178,7 +178,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     check_settings(**{name: getattr(args, name) for name in POPS_SETTINGS if hasattr(args, name)})
 
 
-def _parse(setting: Setting):
+def _parse(setting: Setting) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
             value = float(text)

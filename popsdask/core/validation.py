@@ -29,7 +29,7 @@ def number(lo: float | None = None, hi: float | None = None, kind: type = float)
     return parse
 
 
-def _row_range(block_info: dict | None) -> tuple[int, int] | None:
+def _row_range(block_info: dict[Any, Any] | None) -> tuple[int, int] | None:
     if not block_info or 0 not in block_info:
         return None
     loc = block_info[0].get("array-location")
@@ -42,7 +42,7 @@ def check_finite_block(
     variable: str,
     where: str = "",
     nonneg: bool = False,
-    block_info: dict | None = None,
+    block_info: dict[Any, Any] | None = None,
     row_offset: int = 0,
 ) -> np.ndarray:
     """Return ``block`` unchanged, or raise :class:`InputError` naming the first bad row."""

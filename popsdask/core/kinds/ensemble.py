@@ -27,10 +27,12 @@ class Ensemble(PosteriorKind):
     def perturbations(self, post: PosteriorState, n: int, method: str, seed: int | None) -> np.ndarray:
         # all of them when n is at least their number, else n drawn in index order
         self.check_method(method)
-        total = int(post.corrections_.shape[0])
+        corrections = post.corrections_
+        assert corrections is not None  # this kind streams its corrections into the posterior
+        total = int(corrections.shape[0])
         rng = np.random.default_rng(seed)
         idx = np.arange(total) if n >= total else np.sort(rng.choice(total, n, replace=False))
-        return np.asarray(post.corrections_[idx].compute(), dtype=np.float64)
+        return np.asarray(corrections[idx].compute(), dtype=np.float64)
 
     def prefix_draws(self, post: PosteriorState, n: int, method: str, seed: int | None) -> np.ndarray:
         draws = self.perturbations(post, n, method, seed)
