@@ -17,6 +17,7 @@ from types import ModuleType
 from .. import __version__
 from ..core.validation import InputError
 from ..io.errors import one_line
+from ..runtime.client import skip_exit_collection
 from ..runtime.preflight import check_cluster_args
 from . import bench, calibrate, crossval, demo, descriptors, export, fit, predict, properties, report
 from .common import Help, Parser
@@ -57,6 +58,7 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``popsdask ARGV``; the exit code (2: bad input, one line on stderr)."""
+    skip_exit_collection()  # the process ends with the command: its objects go with it
     args = build_parser().parse_args(argv)
     try:
         if hasattr(args, "n_workers"):  # a command that computes on a cluster: its options first

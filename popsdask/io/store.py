@@ -319,6 +319,8 @@ def mark_complete(path: str | os.PathLike) -> None:
         # zarr: consolidated metadata is not yet part of the v3 specification (zarr-python and
         # xarray read it; the arrays' own metadata stays in place for other readers)
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        # a checkpoint group also holds plain files (.npz): they are not Zarr nodes
+        warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component of a Zarr")
         zarr.consolidate_metadata(str(path))
 
 

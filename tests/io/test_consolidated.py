@@ -45,3 +45,14 @@ def test_descriptor_posterior_prediction_and_result_stores_open_without_a_warnin
     write_results(result, tmp_path / "result.zarr")
     for name in ("train.zarr", "test.zarr", "post.zarr", "pred.zarr", "result.zarr"):
         _assert_same_as_unconsolidated(tmp_path / name)
+
+
+def test_checkpoint_groups_are_consolidated_without_a_warning(tmp_path):
+    """A fit's checkpoint groups also hold plain files (.npz); consolidating them warns about none."""
+    X, y, _ = misspecified(800, 4, seed=8)
+    write_store(tmp_path / "s.zarr", X, y, chunk_rows=200)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(tmp_path / "s.zarr", checkpoint=tmp_path / "ck")
+    assert not [w for w in caught if "Zarr" in str(w.message)], [str(w.message) for w in caught]
+    assert any((tmp_path / "ck").iterdir())
