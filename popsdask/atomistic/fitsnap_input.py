@@ -294,9 +294,9 @@ def _snap_settings(b: _Section, ref: _Section, eshift: _Section) -> SnapSettings
     inner = b.get("switchinnerflag", "0", _flag)
     sinner = tuple(b.words("sinner", " ".join(["0.9"] * n), float)) if inner else ()
     dinner = tuple(b.words("dinner", " ".join(["0.1"] * n), float)) if inner else ()
-    for key, values in (("sinner", sinner), ("dinner", dinner)):
-        if inner and len(values) != n:
-            raise b.fail(key, f"{len(values)} values for numTypes = {n}")
+    for key, given in (("sinner", sinner), ("dinner", dinner)):
+        if inner and len(given) != n:
+            raise b.fail(key, f"{len(given)} values for numTypes = {n}")
     shift = _eshift(eshift, types)
     try:
         return SnapSettings(
@@ -397,7 +397,7 @@ def _groups(g: _Section, data: Path) -> tuple[tuple[FitsnapGroup, ...], GroupWei
         row = {c: g.value(key, v, float) for c, v in zip(columns[1:], values, strict=True)}
         if not (data / key).is_dir():
             raise g.fail(key, f"no folder {data / key}")
-        size = row.get("training_size", row.get("size"))
+        size = row["training_size"] if "training_size" in row else row["size"]  # one of them, checked above
         groups.append(FitsnapGroup(key, size, row.get("testing_size", 0.0)))
         weights[key] = (row["eweight"], row["fweight"], row["vweight"])
     if not groups:

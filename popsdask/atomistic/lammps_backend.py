@@ -119,7 +119,7 @@ def matrix_to_voigt(m: np.ndarray) -> np.ndarray:
 
 
 def lammps_box(
-    cell: np.ndarray, pbc: Sequence[bool], positions: np.ndarray, *, where: str = "configuration"
+    cell: np.ndarray, pbc: Sequence[bool] | np.ndarray, positions: np.ndarray, *, where: str = "configuration"
 ) -> LammpsBox:
     """Map a cell, periodicity and positions onto LAMMPS's restricted triclinic box.
 

@@ -181,13 +181,14 @@ class GroupWeights:
                 raise InputError(f"{self.source}: group {name!r}: weights must be finite and >= 0 (got {w})")
 
     @classmethod
-    def from_mapping(cls, weights: Mapping[str, Sequence[float]], source: str = "group weights") -> GroupWeights:
+    def from_mapping(cls, weights: Mapping[str, Sequence[Any]], source: str = "group weights") -> GroupWeights:
         """From ``{group: (eweight, fweight, vweight)}``; a non-numeric weight is one line naming its group."""
         rows = []
         for name, w in weights.items():
             if len(w) != 3:
                 raise InputError(f"{source}: group {name!r}: need eweight fweight vweight, got {len(w)} values")
-            rows.append((str(name), *(_weight_number(v, source, name) for v in w)))
+            energy, force, virial = (_weight_number(v, source, name) for v in w)
+            rows.append((str(name), energy, force, virial))
         return cls(tuple(rows), source)
 
     @classmethod

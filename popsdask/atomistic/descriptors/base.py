@@ -106,9 +106,12 @@ class DescriptorBackend(Protocol):
     """What every descriptor family provides (see the module docstring)."""
 
     #: registry name, recorded in the store's ``descriptor.backend`` attribute
-    backend: str
+    @property
+    def backend(self) -> str: ...
+
     #: chemical symbols, LAMMPS types 1..n in this order
-    elements: tuple[str, ...]
+    @property
+    def elements(self) -> tuple[str, ...]: ...
 
     @property
     def n_features(self) -> int: ...

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -361,7 +361,7 @@ class SnapSettings:
         return json.loads(json.dumps(d))
 
     @classmethod
-    def from_attrs(cls, attrs: dict[str, Any]) -> SnapSettings:
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> SnapSettings:
         d = dict(attrs)
         for k in (
             "elements",
