@@ -55,9 +55,9 @@ def _row_coords(data: Any, n: int) -> tuple[str, dict[str, Any], dict[str, np.nd
         for name in ("config", "kind", "atom", "component"):
             if name in data.coords:
                 coords[name] = data[name].values
-        for name, var in data.data_vars.items():
-            if var.dims == ("configuration",) and var.dtype.kind in "biufU" and name not in coords:
-                per_config[str(name)] = var.values
+        for key, var in data.data_vars.items():
+            if var.dims == ("configuration",) and var.dtype.kind in "biufU" and key not in coords:
+                per_config[str(key)] = var.values
     dim = "row"
     if "config" in coords and "kind" in coords:
         cfg, kind = coords["config"], coords["kind"]
@@ -143,6 +143,7 @@ def predict_ensemble(
         mean, std, lo, hi = _complete_ensemble(X, post)
         box = (lo, hi)
         roundoff = _roundoff(X, post.coef_)
+        assert support is not None  # complete
         n_summary = int(support.shape[0])
     else:
         summary = _sampled_summaries(X, dev, post)
@@ -263,6 +264,7 @@ def _calibrated(post: Posterior, kind: np.ndarray | None, n_atoms: np.ndarray | 
     """The posterior's per-kind conformal scales applied to the raw std and envelope."""
     from ..calibration.conformal import SCALE_KEYS, Calibration, apply_scales
 
+    assert post.calibration is not None  # called for calibrated posteriors only
     cal = Calibration.from_dict(post.calibration)
     n = mle.shape[0]
     codes = np.zeros(n, dtype=int) if kind is None else np.asarray(kind)
@@ -292,6 +294,7 @@ def _box_bounds(X: da.Array, post: Posterior) -> tuple[da.Array, da.Array]:
 
 def _correction_rows(post: Posterior) -> da.Array:
     corr = post.kind_.support(post)
+    assert corr is not None  # called for kinds with a finite support only
     return corr.rechunk((max(1, min(int(corr.shape[0]), CORRECTION_CHUNK)), corr.shape[1])).astype(np.float64)
 
 
@@ -321,11 +324,11 @@ def _complete_ensemble(X: da.Array, post: Posterior) -> tuple[da.Array, ...]:
 
 
 def _curve_sizes(post: Posterior, sizes: tuple[int, ...]) -> list[int]:
-    sizes = sorted({int(v) for v in sizes if int(v) > 0})
+    kept = sorted({int(v) for v in sizes if int(v) > 0})
     support = post.kind_.support(post)
     if support is not None:
-        sizes = [v for v in sizes if v <= int(support.shape[0])]
-    return sizes
+        kept = [v for v in kept if v <= int(support.shape[0])]
+    return kept
 
 
 def _row_tolerance(
@@ -344,7 +347,7 @@ def _row_tolerance(
 
 
 def _roundoff(X: da.Array, coef: np.ndarray) -> da.Array:
-    return X.map_blocks(roundoff_tolerance, coef=coef, drop_axis=1, dtype=np.float64)
+    return da.map_blocks(roundoff_tolerance, X, coef=coef, drop_axis=1, dtype=np.float64)
 
 
 N_SUMMARIES = 8  # mle, mean, std, min, max, box min, box max, round-off
@@ -671,7 +674,9 @@ def metrics_dataset(metrics: dict[str, Any]) -> xr.Dataset:
                         out[i, j] = v
         return out
 
-    data = {k: (("kind", "group"), grid(lambda m, k=k: m.get(k))) for k in scalars}
+    data: dict[str, tuple[tuple[str, ...], Any]] = {
+        k: (("kind", "group"), grid(lambda m, k=k: m.get(k))) for k in scalars
+    }
     coords: dict[str, Any] = {"kind": kinds, "group": groups}
     if "coverage_curve" in first:
         k_values = first["coverage_curve"]["k"]

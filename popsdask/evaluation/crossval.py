@@ -148,7 +148,7 @@ def leave_one_group_out(
             "predictions": str(fold_dir / "predictions.zarr"),
             "metrics": metrics,
         }
-    result = {"group_by": group_by, "source": str(ds.attrs.get("source", store)), "folds": folds}
+    result: dict[str, Any] = {"group_by": group_by, "source": str(ds.attrs.get("source", store)), "folds": folds}
     result["table"] = crossval_table(result)
     _write_text(out / "crossval.json", json.dumps(result, indent=2, default=str) + "\n")
     _write_text(out / "crossval.md", result["table"] + "\n")
@@ -244,7 +244,7 @@ def _fold_rows(pred: xr.Dataset, floors: dict[str, float] | None = None) -> dict
     views = band_arrays(pred, raw=True, floors=floors)
     if "energy_per_atom" in views:
         del views["energy"]
-    out = {}
+    out: dict[str, dict[str, np.ndarray]] = {}
     for kind, v in views.items():
         keep = ~symmetry_zeros(v["y"], v["mle"], v["min"], v["max"], v["tolerance"])
         out[kind] = {
@@ -280,7 +280,7 @@ def calibration_from_folds(
         if a["y"].size == 0:
             continue
         kinds[kind] = fit_kind(a["y"], a["mle"], a["std"], a["min"], a["max"], level, a["group"], a["floor"])
-    info = {"groups": sorted(n for n in folds if n not in (exclude, RANDOM_SPLIT))}
+    info: dict[str, Any] = {"groups": sorted(n for n in folds if n not in (exclude, RANDOM_SPLIT))}
     if tolerance:
         info["tolerance"] = dict(tolerance)
     return Calibration(level, kinds, method, info)
@@ -307,7 +307,11 @@ def calibrated_crossval(
         cal = calibration_from_folds(folds, level, "cross-conformal by group (nested)", name, tolerance)
         result[name] = {}
         for kind, v in _fold_rows(pred, tolerance).items():
-            common = {"tol": v["tolerance"], "nll_floor": nll_floor(v["y"], v["mle"]), "floor": v["floor"]}
+            common: dict[str, Any] = {
+                "tol": v["tolerance"],
+                "nll_floor": nll_floor(v["y"], v["mle"]),
+                "floor": v["floor"],
+            }
             common["support"] = v.get("support")
             raw = band_metrics(v["y"], v["mle"], v["std"], v["min"], v["max"], **common)
             std, lo, hi = cal.apply(kind, v["mle"], v["std"], v["min"], v["max"])
@@ -396,6 +400,7 @@ def calibrate(
             what = f"{folds} random folds of configurations" if folds is not None else group_by
             cal = calibration_from_folds(load_folds(folds_path), level, f"cross-conformal by {what}{on}", None, floors)
         else:
+            assert split is not None  # check_calibration_inputs refused no group_by, folds or split
             rows = rows_of_configurations(ds, _split_mask(ds, split), f"split={split}")
             pred = predict_ensemble(post, rows, Path(scratch) / "p.zarr", seed=seed)
             cal = calibration_from_folds({str(split): pred}, level, f"split conformal on split={split}", None, floors)
@@ -444,7 +449,7 @@ def check_calibration_inputs(
             raise InputError(f"{where}: split={split} has {n} rows, fewer than the {post.n_features} features")
 
 
-def _configurations_with_rows(ds: xr.Dataset, split: str | None) -> np.ndarray:
+def _configurations_with_rows(ds: xr.Dataset, split: str | int | None) -> np.ndarray:
     """Per configuration: whether it has rows (in the ``"train"`` or ``"test"`` split, when given)."""
     sub = ds if split is None else select_split(ds, split)
     return np.bincount(np.asarray(sub["config"].values), minlength=ds.sizes.get("configuration", 0)) > 0

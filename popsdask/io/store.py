@@ -102,10 +102,10 @@ def _as_dask(a: Any, name: str, chunk_rows: int) -> da.Array:
     if isinstance(a, da.Array):
         arr = a
     else:
-        arr = np.asarray(a)
-        if arr.dtype == object or arr.dtype.kind in "USVMm":
-            raise InputError(f"{name}: dtype {arr.dtype} is not numeric")
-        arr = da.from_array(arr, chunks=(chunk_rows,) + arr.shape[1:])
+        values = np.asarray(a)
+        if values.dtype == object or values.dtype.kind in "USVMm":
+            raise InputError(f"{name}: dtype {values.dtype} is not numeric")
+        arr = da.from_array(values, chunks=(chunk_rows,) + values.shape[1:])
     if arr.dtype == object or arr.dtype.kind not in "biuf":
         raise InputError(f"{name}: dtype {arr.dtype} is not numeric")
     return arr.rechunk((chunk_rows,) + arr.shape[1:])
@@ -523,7 +523,7 @@ def _row_variables(final: Path, X: Any, y: Any, weight: Any, dtype: Any, chunk_r
         arrays["weight"] = _row_array(weight, "weight", n, chunk_rows).astype(np.float64)
 
     def checked(arr: da.Array, name: str, nonneg: bool = False) -> da.Array:
-        return arr.map_blocks(check_finite_block, dtype=arr.dtype, variable=name, where=str(final), nonneg=nonneg)
+        return da.map_blocks(check_finite_block, arr, dtype=arr.dtype, variable=name, where=str(final), nonneg=nonneg)
 
     data_vars: dict[str, Any] = {"X": (("row", "feature"), checked(Xd, "X"))}
     data_vars["y"] = (("row",), checked(arrays["y"], "y"))
@@ -666,7 +666,7 @@ def open_store(path: str | os.PathLike, *, require_y: bool = True) -> xr.Dataset
 SPLIT_CODES = {"train": 0, "test": 1}
 
 
-def select_split(ds: xr.Dataset, which: str) -> xr.Dataset:
+def select_split(ds: xr.Dataset, which: str | int) -> xr.Dataset:
     """Rows of the ``train`` or ``test`` configurations of a store with a per-configuration
     ``split`` variable (codes :data:`SPLIT_CODES`) and a ``config`` row coordinate.
 
