@@ -11,10 +11,12 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import xarray as xr
-from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
+from sklearn.base import BaseEstimator, RegressorMixin, _fit_context, clone
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
+from ..calibration.conformal import Calibration, fit_kind
+from ..calibration.metrics import kind_tolerance, symmetry_zeros
 from ..core.evidence import Evidence, EvidenceParams
 from ..core.kinds import posterior_kind
 from ..core.parameters import POPS_SETTINGS, check_settings, sklearn_constraints
@@ -481,10 +483,6 @@ class CalibratedPOPSRegressor(RegressorMixin, BaseEstimator):
         -------
         self
         """
-        from sklearn.base import clone
-
-        from ..calibration.conformal import Calibration, fit_kind
-
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=True)
         config = np.arange(len(y)) if config is None else np.asarray(config)
         if config.shape != y.shape:
@@ -546,7 +544,5 @@ class CalibratedPOPSRegressor(RegressorMixin, BaseEstimator):
 
 def _informative(y: np.ndarray, band: dict[str, np.ndarray]) -> np.ndarray:
     """Rows that are not symmetry zeros (:func:`popsdask.calibration.metrics.symmetry_zeros`)."""
-    from ..calibration.metrics import kind_tolerance, symmetry_zeros
-
     tol = np.maximum(kind_tolerance(y), band["roundoff"])
     return ~symmetry_zeros(y, band["mle"], band["lo"], band["hi"], tol)

@@ -67,6 +67,7 @@ import xarray as xr
 from ..calibration.metrics import band_metrics, kind_tolerance, nll_floor
 from ..engine.bands import kind_labels, predict_band
 from ..engine.design import design_from
+from ..io.store import open_store
 from .crossval import check_groups
 
 __all__ = [
@@ -297,8 +298,6 @@ def search_data(ds: xr.Dataset | str | os.PathLike, group_by: str = "group", *, 
     (per-row ``group_by`` labels), ``config`` (per-row configuration index) and, when the
     store has one, ``kind`` (the row-kind codes :data:`popsdask.io.store.KIND_CODES`), each (n,)
     """
-    from ..io.store import open_store
-
     if not isinstance(ds, xr.Dataset):
         ds = open_store(ds)
     n = ds.sizes["row"]
