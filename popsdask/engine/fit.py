@@ -24,32 +24,6 @@ def check_enough_rows(n: int, p: int, source: str) -> None:
         )
 
 
-def fit_pops(
-    design: Design,
-    *,
-    evidence: EvidenceParams | None = None,
-    settings: PopsSettings | None = None,
-    corrections_path: str | os.PathLike | None = None,
-    progress: bool = False,
-    reuse_statistics: bool = False,
-) -> Posterior:
-    """Fit BayesianRidge evidence maximisation and the POPS posterior, pass by pass.
-
-    ``corrections_path`` (a new Zarr array directory) receives the pointwise corrections of
-    the ``ensemble`` posterior. ``reuse_statistics``: take pass 1 from (and put it in)
-    :data:`STATISTICS_CACHE` when the design has a :attr:`~Design.key`.
-    """
-    post, _ = fit_pops_with_evidence(
-        design,
-        evidence=evidence,
-        settings=settings,
-        corrections_path=corrections_path,
-        progress=progress,
-        reuse_statistics=reuse_statistics,
-    )
-    return post
-
-
 def fit_pops_with_evidence(
     design: Design,
     *,
@@ -61,8 +35,13 @@ def fit_pops_with_evidence(
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
 ) -> tuple[Posterior, Evidence]:
-    """:func:`fit_pops`, also returning the evidence maximisation (its ``scores`` are the log
-    marginal likelihood per iteration when ``compute_score``).
+    """Fit BayesianRidge evidence maximisation and the POPS posterior, pass by pass; also return
+    the evidence maximisation (its ``scores`` are the log marginal likelihood per iteration when
+    ``compute_score``).
+
+    ``corrections_path`` (a new Zarr array directory) receives the pointwise corrections of
+    the ``ensemble`` posterior. ``reuse_statistics``: take pass 1 from (and put it in)
+    :data:`STATISTICS_CACHE` when the design has a :attr:`~Design.key`.
 
     ``checkpoint``: a directory where each finished pass's result is written atomically
     (:class:`Checkpoint`); ``resume`` continues from its last finished pass after checking that

@@ -88,9 +88,9 @@ def test_near_interpolating_fit_keeps_alpha_accurate():
     X = rng.normal(size=(5000, 12))
     y = X @ rng.normal(size=12) + 100.0 * X[:, 0] + 1e-9 * rng.normal(size=5000)
     ref = BayesianRidge(fit_intercept=False).fit(X, y)
-    from popsdask.engine.fit import fit_pops
+    from popsdask.engine.fit import fit_pops_with_evidence
 
-    post = fit_pops(design_from(X, y, chunk_rows=1000))
+    post, _ = fit_pops_with_evidence(design_from(X, y, chunk_rows=1000))
     assert post.alpha_ == pytest.approx(ref.alpha_, rel=1e-6)
     assert rel(post.coef_, ref.coef_) < 1e-6
 

@@ -13,7 +13,7 @@ from popsdask.core.parameters import POPS_SETTINGS, add_arguments, check_setting
 from popsdask.core.validation import InputError
 from popsdask.engine.design import design_from
 from popsdask.engine.estimator import POPSRegressor
-from popsdask.engine.fit import fit_pops
+from popsdask.engine.fit import fit_pops_with_evidence
 from popsdask.engine.predictions import predict_ensemble
 from popsdask.engine.state import PopsSettings
 from tests.conftest import misspecified
@@ -54,7 +54,7 @@ def test_a_kind_registered_after_import_is_offered_by_the_settings_table(box_kin
 def test_a_registered_kind_drives_the_passes_save_load_and_predictions(tmp_path, box_kind) -> None:
     X, y, w = misspecified(2000, 5, seed=3)
     design = design_from(X, y, w, chunk_rows=500)
-    box = fit_pops(design, settings=PopsSettings(posterior="box"))
+    box, _ = fit_pops_with_evidence(design, settings=PopsSettings(posterior="box"))
     cube = fit(X, y, weight=w, chunk_rows=500)
     assert box.kind == "box" and box.kind_ is box_kind
     for name in ("coef_", "basis_", "lower_", "upper_", "misspecification_sigma_"):
