@@ -73,6 +73,10 @@ class StatisticsCache:
 
 
 def _nbytes(value: Any) -> int:
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, tuple):  # e.g. pass 1's (statistics, chunk checksums)
+        return sum(_nbytes(v) for v in value)
     return sum(v.nbytes for v in vars(value).values() if isinstance(v, np.ndarray))
 
 

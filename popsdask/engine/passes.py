@@ -45,7 +45,7 @@ from ..core.stats import Stats, block_residual_stats, block_stats, combine_stats
 from ..core.validation import InputError, check_finite_block
 from ..io.store import default_chunk_rows
 from .cache import STATISTICS_CACHE
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, block_checksum
 from .design import Design, reading
 from .execution import compute, persist, tasks_share_a_process, tree_reduce
 from .state import Bounds, Leverage, Moment, PopsSettings
@@ -78,36 +78,50 @@ def _count_selected(hc: np.ndarray, threshold: float, min_residual: float | None
     return int(np.count_nonzero(selected_rows(hc, threshold, min_residual)))
 
 
-def sufficient_statistics(design: Design, *, progress: bool = False) -> Stats:
-    """Pass 1: G, XᵀWy, yᵀWy, Σw by a tree reduction over row chunks."""
-    parts = [
-        delayed(reading(_checked_stats), pure=True)(xb, yb, wb, start=s, source=design.source)
+def _stats_and_checksum(X, y, w, *, start: int, source: str) -> tuple[Stats, int]:
+    """Pass 1 of one chunk: its statistics, and its checksum while its bytes are in memory."""
+    return _checked_stats(X, y, w, start=start, source=source), block_checksum(X, y, w)
+
+
+def sufficient_statistics_and_checksums(design: Design, *, progress: bool = False) -> tuple[Stats, np.ndarray]:
+    """Pass 1: G, XᵀWy, yᵀWy, Σw by a tree reduction over row chunks, and the
+    :func:`~popsdask.engine.checkpoint.block_checksum` of every chunk (a resumed fit compares them)."""
+    pairs = [
+        delayed(reading(_stats_and_checksum), pure=True, nout=2)(xb, yb, wb, start=s, source=design.source)
         for (xb, yb, wb), s in zip(design.blocks(), design.row_starts, strict=True)
     ]
-    (stats,) = compute(tree_reduce(parts, combine_stats, "gram"), label="pass 1/4: Gram", progress=progress)
+    gram = tree_reduce([part for part, _ in pairs], combine_stats, "gram")
+    stats, *checksums = compute(gram, *[crc for _, crc in pairs], label="pass 1/4: Gram", progress=progress)
     if stats.sw <= 0:
         raise InputError(f"{design.source}: all weights are zero")
-    return stats
+    return stats, np.asarray(checksums, dtype=np.int64)
+
+
+def sufficient_statistics(design: Design, *, progress: bool = False) -> Stats:
+    """Pass 1's statistics (:func:`sufficient_statistics_and_checksums`)."""
+    return sufficient_statistics_and_checksums(design, progress=progress)[0]
 
 
 def statistics_and_evidence(
     design: Design, evidence: EvidenceParams, *, progress: bool = False, reuse: bool = False
-) -> tuple[Stats, Evidence]:
-    """Pass 1, the evidence maximisation and (when needed) pass 1b, from
-    :data:`STATISTICS_CACHE` when ``reuse`` and the design has a key (see
+) -> tuple[Stats, Evidence, np.ndarray]:
+    """Pass 1 (statistics and chunk checksums), the evidence maximisation and (when needed)
+    pass 1b, from :data:`STATISTICS_CACHE` when ``reuse`` and the design has a key (see
     :class:`StatisticsCache`)."""
 
     if not reuse or design.key is None:
-        stats = sufficient_statistics(design, progress=progress)
-        return stats, _evidence(design, stats, evidence, progress)
+        stats, checksums = sufficient_statistics_and_checksums(design, progress=progress)
+        return stats, _evidence(design, stats, evidence, progress), checksums
     cache = STATISTICS_CACHE
-    stats, hit = cache.get_or_compute(("stats", design.key), lambda: sufficient_statistics(design, progress=progress))
+    (stats, checksums), hit = cache.get_or_compute(
+        ("stats", design.key), lambda: sufficient_statistics_and_checksums(design, progress=progress)
+    )
     if hit and progress:
         print("[popsdask] pass 1/4: Gram (reused)", flush=True)
     # the evidence (and pass 1b) depend on the BayesianRidge parameters too
     ev_key = ("evidence", design.key, tuple(sorted(vars(evidence).items())))
     ev, _ = cache.get_or_compute(ev_key, lambda: _evidence(design, stats, evidence, progress))
-    return stats, ev
+    return stats, ev, checksums
 
 
 def _evidence(design: Design, stats: Stats, evidence: EvidenceParams, progress: bool) -> Evidence:

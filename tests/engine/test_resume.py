@@ -116,7 +116,7 @@ def test_a_fit_killed_in_pass_3_resumes_without_recomputing_passes_1_and_2(store
     with TaskCounter() as counter:
         post = fit(store, checkpoint=checkpoint, resume=True, posterior=posterior)
     counts = counter  # counts[prefix]: tasks of that block function
-    for recomputed in ("_checked_stats", "block_residual_stats", "block_leverage", "_column", "_count_selected"):
+    for recomputed in ("_stats_and_checksum", "block_residual_stats", "block_leverage", "_column", "_count_selected"):
         assert counts[recomputed] == 0, (recomputed, counts.counts)
     assert counts["_load_block"] == N_CHUNKS  # pass 2's blocks, read back once
     assert counts["block_correction_moment"] == N_CHUNKS
@@ -140,8 +140,28 @@ def test_a_fit_killed_in_pass_3_resumes_without_recomputing_passes_1_and_2(store
     # a checkpoint holding every pass gives the posterior without computing anything but the fingerprint
     with TaskCounter() as counter:
         again = fit(store, checkpoint=checkpoint, resume=True, posterior=posterior)
-    assert set(counter.counts) <= {"block_digest"}, counter.counts
+    assert set(counter.counts) <= {"block_checksum"}, counter.counts
     _same(again.misspecification_sigma_, reference.misspecification_sigma_)
+
+
+def test_resume_is_refused_after_an_in_place_edit_of_any_chunk(store, tmp_path):
+    """Chunk 5 of 30 multiplied by 3 with zarr between the kill and the resume: the old fingerprint
+    checked the first, middle and last chunks only, and the resumed fit mixed both stores (exit 0,
+    coef and sigma off a fresh fit). Every chunk's checksum from pass 1 is compared now."""
+    import shutil
+
+    import zarr
+
+    copy = tmp_path / "train.zarr"
+    shutil.copytree(store, copy)
+    checkpoint = tmp_path / "post.zarr.checkpoint"
+    _kill_in_pass_3(copy, checkpoint, "hypercube")
+    X = zarr.open_array(str(copy / "X"), mode="r+")
+    rows = slice(5 * CHUNK_ROWS, 6 * CHUNK_ROWS)
+    X[rows] = X[rows] * 3.0
+    with pytest.raises(InputError, match=rf"cannot resume: chunk 5 \(rows 1000-1199\) of {copy} changed") as err:
+        fit(copy, checkpoint=checkpoint, resume=True)
+    assert "\n" not in str(err.value)
 
 
 def test_resume_is_refused_in_one_line_when_the_settings_or_the_store_changed(store, tmp_path):
@@ -151,7 +171,7 @@ def test_resume_is_refused_in_one_line_when_the_settings_or_the_store_changed(st
         fit(store, checkpoint=checkpoint, resume=True, leverage_percentile=30)
     fit(store, checkpoint=checkpoint, resume=True, leverage_percentile=50)  # 50 is 50.0
 
-    # the same shape and chunks, one target changed in a sampled (the first) chunk
+    # the same shape and chunks, one target changed in the first chunk
     X, y, w = misspecified(N_ROWS, N_FEATURES, seed=23)
     y[3] += 1.0
     edited = write_store(tmp_path / "edited.zarr", X, y, weight=w, chunk_rows=CHUNK_ROWS)
@@ -164,7 +184,7 @@ def test_resume_is_refused_in_one_line_when_the_settings_or_the_store_changed(st
     os.rename(store, tmp_path / "original.zarr")
     try:
         os.rename(edited, store)
-        with pytest.raises(InputError, match="cannot resume: sampled chunks was [0-9a-f]{64} when"):
+        with pytest.raises(InputError, match=r"cannot resume: chunk 0 \(rows 0-\d+\) of .* changed"):
             fit(store, checkpoint=renamed, resume=True)
     finally:
         os.rename(store, edited)
