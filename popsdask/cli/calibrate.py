@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.report import kind_units
 
     units = kind_units(ds.attrs.get("units"))
+    assert out.calibration is not None  # calibrate returns a calibrated posterior
     for kind, c in out.calibration["kinds"].items():
         unit = units.get(kind, "in the units of y")  # offsets per atom for energy_per_atom
         print(

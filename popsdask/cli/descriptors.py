@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--group-weights: not with --weights (one weighting scheme)")
         wset: Any = GroupWeights.from_file(args.group_weights)
     else:
-        weights = args.weights or ("none" if args.split == "none" else "paper")
+        weights: Any = args.weights or ("none" if args.split == "none" else "paper")
         wset = weights if weights == "none" else WeightSettings(**({} if weights == "paper" else weights))
     from ..atomistic.descriptor_store import build_descriptor_store  # Dask, xarray: once the inputs are checked
 

@@ -71,7 +71,7 @@ def metrics_table(metrics: dict[str, dict[str, float]], units: dict[str, str] | 
     return "\n".join(lines)
 
 
-def _format(key: str, v: float) -> str:
+def _format(key: str, v: float | None) -> str:
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return "–"
     if key in COUNTS:
@@ -160,6 +160,7 @@ def write_report(
         text += ["## Before calibration", "", "The same predictions with the raw (uncalibrated) std and envelope:", ""]
         text += [metrics_table(before, units), ""]
     if calib["groups"]:
+        assert group_by is not None  # the groups are those of group_by
         for kind in calib["kinds"]:
             text += [f"## {kind} by {group_by}", "", group_table(calib["groups"], kind, group_by, units.get(kind)), ""]
     text += ["## Figures", ""] + [f"![{k}]({Path(p).name})" for k, p in figures.items()]

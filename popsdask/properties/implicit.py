@@ -255,7 +255,7 @@ def phases_implicit(
     *,
     expansions: dict[str, Expansion] | None = None,
     fallback: bool = True,
-    **thresholds: float,
+    **thresholds: Any,
 ) -> xr.Dataset:
     """bcc/hcp volume and energy per atom of every member, by implicit expansion.
 
@@ -330,9 +330,9 @@ def vacancy_implicit(
     theta: np.ndarray,
     *,
     size: int = 3,
-    expansions: dict[str, Expansion] | None = None,
+    expansions: dict[str, Any] | None = None,
     fallback: bool = True,
-    **thresholds: float,
+    **thresholds: Any,
 ) -> xr.Dataset:
     """Vacancy formation energy and first-neighbour migration barrier of every member.
 
@@ -435,7 +435,7 @@ def relax_implicit(
     fallback: bool = True,
     expansion: Expansion | None = None,
     fmax: float = 1e-4,
-    **thresholds: float,
+    **thresholds: Any,
 ) -> xr.Dataset:
     """Relaxed energies, positions and volumes of one structure for a batch of members.
 
@@ -577,6 +577,9 @@ def run_implicit(
     mle = next((m for m in members if m.label == "mle"), None)
     if mle is None or mle.theta is None:
         raise InputError("route implicit needs the MLE member (label 'mle') with θ")
+    snap = mle.settings
+    if not isinstance(snap, SnapSettings):
+        raise InputError(f"route implicit needs SNAP descriptor gradients, not {type(snap).__name__}")
     samples = [m for m in members if m.label != "mle"]
     theta = np.stack([np.asarray(m.theta, dtype=float) for m in samples])
     options = dict(options or {})
@@ -587,20 +590,20 @@ def run_implicit(
         opts = dict(options.get(name, {}))
         t0 = time.perf_counter()
         if name == "phases":
-            exps = mle_expansions_phases(mle.theta, mle.settings)
+            exps = mle_expansions_phases(mle.theta, snap)
             t1 = time.perf_counter()
-            ds = phases_implicit(mle.theta, mle.settings, theta, expansions=exps, **opts)
+            ds = phases_implicit(mle.theta, snap, theta, expansions=exps, **opts)
         else:
             size = int(opts.pop("size", 3))
-            exps = mle_expansions_vacancy(mle.theta, mle.settings, size=size)
+            exps = mle_expansions_vacancy(mle.theta, snap, size=size)
             t1 = time.perf_counter()
-            ds = vacancy_implicit(mle.theta, mle.settings, theta, size=size, expansions=exps, **opts)
+            ds = vacancy_implicit(mle.theta, snap, theta, size=size, expansions=exps, **opts)
             opts["size"] = size
         t2 = time.perf_counter()
         res = _as_store_layout(name, ds, [m.label for m in samples], exps)
         ref = _reference_values(name, reference, opts)
         if ref is not None and "error" not in ref.attrs:
-            for v in res.data_vars:
+            for v in map(str, res.data_vars):
                 if v in ref and not v.endswith("_mle"):
                     res[f"{v}_reference"] = ref[v]
         res.attrs.update(

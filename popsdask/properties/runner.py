@@ -151,7 +151,7 @@ def combine(
         else:
             filled[lab] = ds
     samples = [lab for lab in labels if lab != "mle"]
-    floats = [v for v in template.data_vars if v != "status"]  # every variable, per member
+    floats = [str(v) for v in template.data_vars if v != "status"]  # every variable, per member
     out = xr.Dataset(coords=template.coords)
     width = max(8, *(int(filled[lab]["status"].dtype.itemsize // 4) for lab in filled if "status" in filled[lab]))
     if samples:
