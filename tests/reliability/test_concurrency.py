@@ -27,7 +27,6 @@ import pytest
 from popsdask import Posterior, fit, open_store, write_store
 from popsdask.cli import main
 from popsdask.io.store import DiskFull, OutputLocked, disk_full, output_lock
-
 from tests.conftest import misspecified
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -171,7 +170,7 @@ def test_a_descriptor_build_into_a_store_whose_parts_another_build_holds_exits_2
         assert [p.name for p in (tmp_path / "w.zarr.parts").iterdir()] == ["part-000000-inprogress.npz"]
         assert not store.exists()
     finally:
-        holder.communicate(timeout=30)  # closes stdin: the holder releases the lock and exits
+        holder.communicate(timeout=120)  # closes stdin: the holder releases the lock and exits
     assert holder.returncode == 0
     assert main(argv) == 0  # free again: this build replaces the stale part and removes the parts
     assert open_store(store, require_y=False).sizes["configuration"] == 3
