@@ -92,10 +92,10 @@ def test_from_structure_files_equals_in_memory(tmp_path, extractor):
     assert files.attrs["elements"] == mem.attrs["elements"]
 
 
+@pytest.mark.slow
 def test_on_worker_processes_one_model_each(tmp_path, extractor):
-    from popsdask.runtime.cluster import connect
-
     from popsdask.foundation import base
+    from popsdask.runtime.cluster import connect
 
     structures = labelled()
     serial = open_store(build_store(tmp_path / "serial.zarr", structures, extractor))
@@ -131,6 +131,7 @@ def test_clear_errors(tmp_path, extractor):
 W_DFT = SHARED / "data" / "tungsten-dft" / "W_dft.extxyz.xz"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not W_DFT.exists(), reason=f"tungsten DFT data not found at {W_DFT}")
 def test_chgnet_corrector_on_tungsten_dft(tmp_path):
     """160 real W configurations: the POPS corrector removes CHGNet's DFT-setup offset."""

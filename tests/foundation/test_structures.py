@@ -79,6 +79,7 @@ def test_core_and_foundation_imports_do_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
 def test_malloc_tuning_can_be_switched_off():
     code = "from popsdask.foundation.base import tune_malloc; print(tune_malloc(), tune_malloc())"

@@ -74,6 +74,7 @@ def test_interstitial_energy_relax_vs_ase_optimizer(snap) -> None:
     assert interstitials.classify(atoms, a0) == "110"
 
 
+@pytest.mark.slow
 def test_snap_teacher_prefers_the_111_dumbbell(snap) -> None:
     """DFT puts ⟨111⟩ below ⟨110⟩ in W (Nguyen-Manh et al., PRB 73, 020101 (2006)); so does the teacher at 129 atoms."""
     ds = interstitials.compute(snap, size=4, defects=("111", "110"), fmax=1e-2)  # a 75 meV gap
@@ -135,6 +136,7 @@ def test_surface_slab_planes() -> None:
 
 
 # ------------------------------------------------------------------------------ vacancy
+@pytest.mark.slow
 def test_neb_barrier_matches_the_symmetric_saddle(snap) -> None:
     """CI-NEB maximum vs a constrained minimisation with the hopping atom fixed at the midpoint."""
     r = vacancy.vacancy_migration(snap, size=3, n_images=3)
