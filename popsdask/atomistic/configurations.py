@@ -26,17 +26,23 @@ from typing import Any
 import numpy as np
 
 from ..core.validation import InputError
-from .lammps_backend import NKTV2P, lammps_box
+from .lammps_backend import MAX_NEIGHBOR_BINS, NKTV2P, lammps_box, neighbor_bins
 
 __all__ = [
+    "MIN_ATOM_DISTANCE",
     "Configuration",
     "ReadResult",
+    "check_neighbor_bins",
+    "closest_pair",
     "expand_paths",
     "read_configurations",
     "read_extxyz",
     "read_fitsnap_json",
     "validate_configuration",
 ]
+
+#: atoms closer than this (Å) overlap: a configuration holding them is refused
+MIN_ATOM_DISTANCE = 0.1
 
 
 @dataclass
@@ -166,6 +172,56 @@ class ReadResult:
     def summary(self) -> str:
         return f"{len(self.configurations)} configurations read, {len(self.errors)} skipped"
 
+    def skip_unfit(self, cutoff: float) -> None:
+        """Move the configurations whose cell LAMMPS cannot bin at ``cutoff`` (known once the
+        descriptors are) to :attr:`errors` (:func:`check_neighbor_bins`)."""
+        kept = []
+        for cfg in self.configurations:
+            try:
+                check_neighbor_bins(cfg, cutoff)
+            except InputError as err:
+                self.errors.append(str(err))
+                continue
+            kept.append(cfg)
+        self.configurations = kept
+
+
+def closest_pair(
+    cell: np.ndarray, pbc: Sequence[bool], positions: np.ndarray, r: float
+) -> tuple[int, int, float] | None:
+    """Two atoms (or an atom and a periodic image of one) closer than ``r`` Å, or None.
+
+    Minimum-image distances in fractional coordinates, exact while ``r`` is below half of every
+    periodic height of the cell; ASE's neighbour list otherwise, and for more than 1000 atoms.
+    """
+    cell, pos = np.asarray(cell, dtype=float), np.asarray(positions, dtype=float)
+    per = np.asarray(pbc, dtype=bool)
+    heights = abs(np.linalg.det(cell)) / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+    if len(pos) > 1000 or np.any(heights[per] < 2 * r):
+        from ase.neighborlist import primitive_neighbor_list
+
+        i, j, d = primitive_neighbor_list("ijd", per, cell, pos, r, self_interaction=False)
+        return (int(i[0]), int(j[0]), float(d[0])) if d.size else None
+    frac = np.linalg.solve(cell.T, pos.T).T
+    i, j = np.triu_indices(len(pos), 1)
+    delta = frac[i] - frac[j]
+    delta[:, per] -= np.round(delta[:, per])
+    dist = np.linalg.norm(delta @ cell, axis=1)
+    hit = np.flatnonzero(dist < r)
+    return (int(i[hit[0]]), int(j[hit[0]]), float(dist[hit[0]])) if hit.size else None
+
+
+def check_neighbor_bins(cfg: Configuration, cutoff: float) -> None:
+    """Refuse a cell too large for LAMMPS's neighbour bins at ``cutoff`` (e.g. two atoms in a
+    periodic 10⁴ Å cell: "Too many neighbor bins" would end the whole build)."""
+    bins = neighbor_bins(lammps_box(cfg.cell, cfg.pbc, cfg.positions, where=cfg.where()), cutoff)
+    if bins > MAX_NEIGHBOR_BINS:
+        lengths = ", ".join(f"{v:.4g}" for v in np.linalg.norm(np.asarray(cfg.cell, dtype=float), axis=1))
+        raise InputError(
+            f"{cfg.where()}: its cell ({lengths} Å) needs {bins:.2g} LAMMPS neighbour bins at a {cutoff:.3g} Å "
+            f"cutoff (at most {MAX_NEIGHBOR_BINS:.0e}); remove the vacuum"
+        )
+
 
 def validate_configuration(
     cfg: Configuration,
@@ -173,8 +229,12 @@ def validate_configuration(
     elements: Sequence[str] | None = None,
     require_energy: bool = True,
     require_forces: bool = True,
+    cutoff: float | None = None,
 ) -> None:
-    """Raise :class:`InputError` naming the file and configuration when it is unusable."""
+    """Raise :class:`InputError` naming the file and configuration when it is unusable: missing
+    or non-finite labels, unknown elements, a degenerate cell, atoms closer than
+    :data:`MIN_ATOM_DISTANCE`, and, given the descriptors' ``cutoff``, a cell too large for
+    LAMMPS (:func:`check_neighbor_bins`)."""
     where = cfg.where()
     n = len(cfg.symbols)
     if n == 0:
@@ -201,6 +261,13 @@ def validate_configuration(
     if cfg.stress is not None and (np.shape(cfg.stress) != (6,) or not np.all(np.isfinite(cfg.stress))):
         raise InputError(f"{where}: stress has shape {np.shape(cfg.stress)} (expected (6,)) or non-finite values")
     lammps_box(cfg.cell, cfg.pbc, pos, where=where)  # degenerate cell, atoms outside a free axis
+    pair = closest_pair(cfg.cell, cfg.pbc, pos, MIN_ATOM_DISTANCE)
+    if pair is not None:
+        i, j, d = pair
+        who = f"atom {i} and a periodic image of itself" if i == j else f"atoms {i} and {j}"
+        raise InputError(f"{where}: {who} are {d:.3g} Å apart (overlapping: under {MIN_ATOM_DISTANCE} Å)")
+    if cutoff is not None:
+        check_neighbor_bins(cfg, cutoff)
 
 
 def _open_text(path: Path) -> io.StringIO:

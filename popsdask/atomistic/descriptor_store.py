@@ -379,7 +379,7 @@ def _checked_configurations(
     bad = []
     for cfg in configurations:
         try:
-            validate_configuration(cfg, elements=settings.elements)
+            validate_configuration(cfg, elements=settings.elements, cutoff=settings.cutoff)
             if virial is True and cfg.stress is None:
                 raise InputError(f"{cfg.where()}: virial rows requested but no stress")
         except InputError as err:

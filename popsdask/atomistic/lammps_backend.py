@@ -27,13 +27,16 @@ from ..core.validation import InputError
 from . import lammps_text
 
 __all__ = [
+    "MAX_NEIGHBOR_BINS",
     "MPI_LOOPBACK_ENV",
+    "NEIGHBOR_SKIN",
     "NKTV2P",
     "LammpsBox",
     "LammpsSession",
     "get_session",
     "lammps_box",
     "load_lammps",
+    "neighbor_bins",
     "potentials_dir",
 ]
 
@@ -45,6 +48,12 @@ NKTV2P = 1.6021765e6
 #: LAMMPS (libfabric's, under ``MPIR_CVAR_CH4_NETMOD=ofi``, likewise); popsdask runs one LAMMPS
 #: per process on ``MPI_COMM_SELF`` and needs no network, so none is opened
 MPI_LOOPBACK_ENV = {"UCX_TLS": "self,sm", "FI_PROVIDER": "shm"}
+
+#: the neighbour-list skin (Å) of every popsdask LAMMPS run (``neighbor SKIN bin``)
+NEIGHBOR_SKIN = 1.0
+#: neighbour bins of one box beyond which a configuration is refused: LAMMPS allocates an int per
+#: bin (10⁸: 0.4 GB per worker) and stops itself at 2³¹ ("Too many neighbor bins")
+MAX_NEIGHBOR_BINS = 10**8
 
 _LOCK = threading.Lock()
 _SESSION: dict[int, LammpsSession] = {}
@@ -177,6 +186,16 @@ def lammps_box(
     return LammpsBox(bounds, lpos, rot, boundary, vol)
 
 
+def neighbor_bins(box: LammpsBox, cutoff: float) -> float:
+    """The neighbour bins LAMMPS makes for ``box`` at pair ``cutoff`` (Å): bins of half the
+    neighbour cutoff (cutoff + :data:`NEIGHBOR_SKIN`) over the box's bounding box and the ghost
+    shell around it, as ``NBinStandard::setup_bins`` counts them (to within a bin per axis)."""
+    reach = cutoff + NEIGHBOR_SKIN
+    xlo, xhi, ylo, yhi, zlo, zhi, xy, xz, yz = box.bounds
+    extent = np.array([xhi - xlo + abs(xy) + abs(xz), yhi - ylo + abs(yz), zhi - zlo])
+    return float(np.prod(np.ceil((extent + 2 * reach) / (reach / 2)) + 3))
+
+
 class LammpsSession:
     """One LAMMPS instance, reset with ``clear`` for every configuration.
 
@@ -225,7 +244,7 @@ class LammpsSession:
             raise RuntimeError(f"LAMMPS created {int(lmp.get_natoms())} of {n} atoms (box mapping)")
         for cmd in lammps_text.commands(pair_commands):
             lmp.command(cmd)
-        lmp.command("neighbor 1.0 bin")
+        lmp.command(f"neighbor {NEIGHBOR_SKIN!r} bin")
         lmp.command("neigh_modify every 1 delay 0 check yes")
         self.n_setups += 1
 

@@ -214,6 +214,11 @@ def run(args: argparse.Namespace) -> int:
         forces_key=args.forces_key,
         index=args.index,
     )
+    if settings is None and res.configurations:  # settings over the elements found
+        found = sorted({s for c in res.configurations for s in c.symbols})
+        settings = backend.settings_from_args(args, tuple(elements or found))
+    if settings is not None:  # cells LAMMPS cannot bin at the descriptors' cutoff are skipped too
+        res.skip_unfit(settings.cutoff)
     for skipped in res.errors[:20]:
         print(f"popsdask descriptors: skipped {skipped}", file=sys.stderr)
     if len(res.errors) > 20:
@@ -222,8 +227,6 @@ def run(args: argparse.Namespace) -> int:
     if not cfgs:
         raise InputError(f"{' '.join(args.configs)}: no usable configurations ({len(res.errors)} skipped)")
     print(f"[popsdask] {res.summary()} from {len(files)} file(s) in {time.perf_counter() - t0:.1f} s", flush=True)
-    if settings is None:  # settings over the elements found
-        settings = backend.settings_from_args(args, tuple(elements or sorted({s for c in cfgs for s in c.symbols})))
     from ..runtime.cluster import connect_from_args
 
     with connect_from_args(args) as client:

