@@ -15,6 +15,9 @@ memory of its whole process tree sampled every 0.2 s (:func:`ace_jax_side_by_sid
    ``covariance.npy`` on its rows (``Descriptors.npy``, FitSNAP.df), envelope of 500 draws of
    N(mean, C); popsdask's: ``predict --per-atom --n-samples 500``. Per group and row kind:
    EV (envelope violation), ±4σ coverage and mean |err|/σ (:func:`ace_jax_side_by_side.band_summary`).
+3. **Leave one group out** (``--logo``): for each group, FitSNAP's ``anl`` trained on the other
+   groups (the group at ``training_size 0``, ``testing_size 1.0`` in the input file) against
+   ``popsdask crossval --group-by group`` on the store of step 1, on the left-out group's rows.
 
 FitSNAP is GPL-2.0: it is installed from the tarball into its own virtual environment and only
 run as a separate process; nothing here imports it::
@@ -164,11 +167,14 @@ def fitsnap_bands(d: Path, n_samples: int, seed: int = 0) -> dict[str, dict[str,
 
 
 def popsdask_bands(pred: Path) -> dict[str, dict[str, Any]]:
-    """Per group and row kind, the band summary of a popsdask prediction store."""
+    """Per group and row kind, the band summary of a popsdask prediction store (energies per atom)."""
     ds = xr_open(pred)
     kind, config = ds["kind"].values, ds["config"].values
     groups = ds["group"].values[config]
     v = {n: ds[n].values for n in ("y", "mle", "std", "min", "max")}
+    if not str(ds.attrs.get("energy_rows", "")).startswith("per atom"):
+        per_atom = np.where(kind == 0, 1.0 / ds["n_atoms"].values[config], 1.0)
+        v = {n: a * per_atom for n, a in v.items()}
     out: dict[str, dict[str, Any]] = {}
     for k, name in ((0, "energy"), (1, "force")):
         for g in (*np.unique(groups[kind == k]), "*ALL"):
@@ -213,6 +219,61 @@ def run_bands(args: argparse.Namespace, fitsnap: Path) -> dict[str, Any]:
     return res
 
 
+def logo_input(text: str, left_out: str) -> str:
+    """``Ta-anl.in`` with ``left_out`` testing only (training 0, testing 1.0) and the rest training."""
+    head, body = text.split("[GROUPS]", 1)
+    body = re.sub(rf"^({re.escape(left_out)}\s*)=\s*1\.0\s+0\.0\s", r"\1=  0.0    1.0  ", body, flags=re.M)
+    return head + "[GROUPS]" + body
+
+
+def run_logo(args: argparse.Namespace, fitsnap: Path) -> dict[str, Any]:
+    """Leave one group out: FitSNAP's anl per left-out group against ``popsdask crossval``."""
+    store = args.out / "fit" / "popsdask" / "ta.zarr"
+    cv = args.out / "logo" / "popsdask"
+    cv.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [*POPSDASK, "crossval", str(store), "--group-by", "group", "--no-random-split", "-o", str(cv)]
+    res: dict[str, Any] = {
+        "popsdask": {
+            "steps": {
+                "crossval": timed([*cmd, *cluster_flags(args), "--overwrite"], args.out / "logo" / "crossval.log")
+            }
+        }
+    }
+    text = (args.data / "Ta-anl.in").read_text()
+    res["fitsnap_anl"] = {"steps": {}, "bands": {}}
+    res["popsdask"]["bands"] = {}
+    for g in sorted(set(xr_open(store)["group"].values.astype(str))):
+        fd = workdir(args.data, args.out / "logo" / f"fitsnap-{g}", {"Ta-logo-anl.in": logo_input(text, g)})
+        fs_cmd = [str(fitsnap), "-m", "fitsnap3", "Ta-logo-anl.in"]
+        res["fitsnap_anl"]["steps"][g] = timed(in_dir(fd, fs_cmd), fd / "fitsnap.log")
+        res["fitsnap_anl"]["bands"][g] = fitsnap_bands(fd, args.n_samples)[g]
+        res["popsdask"]["bands"][g] = popsdask_bands(cv / g / "predictions.zarr")[g]
+    return res
+
+
+def band_rows(cols: tuple[tuple[str, dict[str, Any]], ...]) -> list[str]:
+    """Markdown rows, per group and kind, of EV / ±4σ / mean |err|/σ of each column's bands."""
+    lines = []
+    for g in cols[-1][1]:
+        for k in ("energy", "force"):
+            cells = []
+            for _, b in cols:
+                s = b.get(g, {}).get(k)
+                cells.append(
+                    "–"
+                    if s is None
+                    else f"{100 * s['envelope_violation']:.1f} / {100 * s['coverage_4sigma']:.1f} / "
+                    f"{s['mean_abs_error_over_std']:.2f}"
+                )
+            lines.append(f"| {g} | {k} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def band_head(cols: tuple[tuple[str, dict[str, Any]], ...]) -> list[str]:
+    head = " | ".join(f"{n}: EV % / ±4σ % / mean abs(err)/σ" for n, _ in cols)
+    return ["", f"| group | kind | {head} |", "|:--|:--|" + "--:|" * len(cols)]
+
+
 def table(res: dict[str, Any]) -> str:
     """Markdown: the fit's cost and per-group MAE, then the split's bands per group."""
     fit = res["fit"]
@@ -241,20 +302,11 @@ def table(res: dict[str, Any]) -> str:
         sp = res["split"]
         cols = (("FitSNAP anl", sp["fitsnap_anl"]["bands"]), ("POPS raw", sp["popsdask"]["bands"]))
         cols += (("POPS calibrated (5 folds)", sp["popsdask"]["bands_calibrated"]),)
-        head = " | ".join(f"{n}: EV % / ±4σ % / mean abs(err)/σ" for n, _ in cols)
-        lines += ["", f"| group | kind | {head} |", "|:--|:--|" + "--:|" * len(cols)]
-        for g in cols[1][1]:
-            for k in ("energy", "force"):
-                cells = []
-                for _, b in cols:
-                    s = b.get(g, {}).get(k)
-                    cells.append(
-                        "–"
-                        if s is None
-                        else f"{100 * s['envelope_violation']:.1f} / {100 * s['coverage_4sigma']:.1f} / "
-                        f"{s['mean_abs_error_over_std']:.2f}"
-                    )
-                lines.append(f"| {g} | {k} | " + " | ".join(cells) + " |")
+        lines += band_head(cols) + band_rows(cols)
+    if "logo" in res:
+        lg = res["logo"]
+        cols = (("left out, FitSNAP anl", lg["fitsnap_anl"]["bands"]), ("left out, POPS raw", lg["popsdask"]["bands"]))
+        lines += band_head(cols) + band_rows(cols)
     return "\n".join(lines)
 
 
@@ -267,7 +319,8 @@ def main() -> None:
     p.add_argument("--mpi", type=int, default=1, help="FitSNAP under mpirun -np N when N > 1")
     p.add_argument("--cluster", default="threads", help="popsdask's --cluster for every step")
     p.add_argument("--n-samples", type=int, default=500)
-    p.add_argument("--skip-split", action="store_true", help="only the fit comparison")
+    p.add_argument("--skip-split", action="store_true", help="no random-split comparison")
+    p.add_argument("--logo", action="store_true", help="also leave one group out (one FitSNAP run per group)")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     venv = args.fitsnap_venv or args.out / "venv"
@@ -275,6 +328,8 @@ def main() -> None:
     res: dict[str, Any] = {"fit": run_fit(args, fitsnap)}
     if not args.skip_split:
         res["split"] = run_bands(args, fitsnap)
+    if args.logo:
+        res["logo"] = run_logo(args, fitsnap)
     (args.out / "fitsnap_side_by_side.json").write_text(json.dumps(res, indent=1))
     md = table(res)
     (args.out / "fitsnap_side_by_side.md").write_text(md + "\n")
