@@ -187,7 +187,7 @@ class ReadResult:
 
 
 def closest_pair(
-    cell: np.ndarray, pbc: Sequence[bool], positions: np.ndarray, r: float
+    cell: np.ndarray, pbc: Sequence[bool] | np.ndarray, positions: np.ndarray, r: float
 ) -> tuple[int, int, float] | None:
     """Two atoms (or an atom and a periodic image of one) closer than ``r`` Å, or None.
 

@@ -56,6 +56,10 @@ class PairHistogram:
     def n_features(self) -> int:
         return 1 + self.n_bins
 
+    @property
+    def cutoff(self) -> float:
+        return self.rcut
+
     def feature_names(self) -> list[str]:
         return ["count", *(f"g{k}" for k in range(self.n_bins))]
 
