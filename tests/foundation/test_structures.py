@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("ase", reason="ase not installed")
+pytest.importorskip("ase", reason="atomistic or foundation extra (ase) not installed")
 
 from popsdask import InputError  # noqa: E402
 from popsdask.foundation import element_counts, elements_of, read_structures, reference_energy
