@@ -36,6 +36,7 @@ import distributed
 from ..core.validation import InputError
 from .client import current_client, skip_exit_collection
 from .options import SMALL_INPUT_BYTES
+from .preflight import check_cluster_options
 
 __all__ = [
     "JOBQUEUE_CLUSTERS",
@@ -472,12 +473,15 @@ def connect(
     external = scheduler_file is not None or (name is not None and lname != "local" and lname not in JOBQUEUE_CLUSTERS)
     if external:
         _check_external(name, scheduler_file, n_workers, threads_per_worker, memory_limit, adapt, interface, config)
+        check_cluster_options(name, scheduler_file=scheduler_file)  # reachable within a deadline
         if scheduler_file is not None:
             client = distributed.Client(scheduler_file=str(scheduler_file), **cluster_kwargs)
         else:
             client = distributed.Client(name, **cluster_kwargs)
         yield from _serve(client, quiet, f"scheduler {client.scheduler.address}")
         return
+    sized = dict(threads_per_worker=threads_per_worker, memory_limit=memory_limit, interface=interface, config=config)
+    check_cluster_options(lname, n_workers=n_workers, adapt=adapt, **sized)  # what would hang once started
     # dask-jobqueue reads the config again at every job submission: keep it active throughout.
     with dask.config.set(_cluster_settings(lname, config)):
         sizes: dict[str, Any] = dict(

@@ -84,7 +84,7 @@ def _reachable(address: str, where: str, timeout: float) -> None:
     except ValueError:
         host, port = None, None
     if not host or port is None:
-        raise InputError(f"{where}: {address!r} is not a scheduler address such as tcp://host:8786")
+        return  # not an address: connect names the unknown cluster
     try:
         with socket.create_connection((host, port), timeout=timeout):
             pass

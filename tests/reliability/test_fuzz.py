@@ -440,3 +440,22 @@ def test_closest_pair_agrees_with_brute_force_over_periodic_images(seed, n, r, s
     assert (found is not None) == (brute < r), (found, brute)
     if found is not None:
         assert found[2] < r
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n_workers": 0}, "at least one worker"),
+        ({"memory_limit": "1MB"}, "at least 512 MiB"),
+        ({"memory_limit": "lots"}, "not a size"),
+        ({"interface": "nosuchif0"}, "no such network interface"),
+        ({"scheduler_file": "/nonexistent.json"}, "no such file"),
+        ({"cluster": "tcp://127.0.0.1:1"}, "no scheduler reachable"),
+    ],
+)
+def test_connect_refuses_cluster_options_before_starting(kwargs, message):
+    """The Python API (connect) runs the same checks as the command line."""
+    from popsdask.runtime.cluster import connect
+
+    with time_limit(30), pytest.raises(InputError, match=message), connect(quiet=True, **kwargs):
+        pytest.fail("a cluster started")
