@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from popsdask.atomistic.descriptors.base import backend_from_store
 
 from popsdask import InputError, open_store
 from popsdask.atomistic.configurations import Configuration
 from popsdask.atomistic.descriptor_store import build_descriptor_store
+from popsdask.atomistic.descriptors.base import backend_from_store
 
 
 def perturbed(atoms: Any, name: str = "c", seed: int = 0) -> Configuration:

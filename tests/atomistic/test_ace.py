@@ -14,12 +14,11 @@ pyace = pytest.importorskip(
 )
 
 from ase.build import bulk  # noqa: E402
-from popsdask.atomistic.descriptors.ace import AceSettings, linear_basis_config  # noqa: E402
-from popsdask.atomistic.descriptors.base import DescriptorBackend, backend_from_store, get_backend  # noqa: E402
 
 from popsdask import InputError, open_store  # noqa: E402
 from popsdask.atomistic.configurations import Configuration  # noqa: E402
-
+from popsdask.atomistic.descriptors.ace import AceSettings, linear_basis_config  # noqa: E402
+from popsdask.atomistic.descriptors.base import DescriptorBackend, backend_from_store, get_backend  # noqa: E402
 from tests.conftest import SHARED  # noqa: E402
 from tests.descriptor_cases import check_store_round_trip, energy_row_derivative, labels, perturbed, with_species  # noqa: E402
 

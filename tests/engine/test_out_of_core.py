@@ -5,9 +5,9 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
-from popsdask.runtime.cluster import connect
 
 from popsdask import fit, open_store, write_store
+from popsdask.runtime.cluster import connect
 
 # a worker process of the test environment holds ~375 MB before any data: dask.array imports
 # `sparse` (and numba) when dask-ml's dependencies are installed, so a 400 MB limit left no room

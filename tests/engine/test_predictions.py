@@ -10,7 +10,6 @@ import pytest
 from popsdask import Posterior, fit, write_store
 from popsdask.engine.predictions import predict_ensemble
 from popsdask.evaluation.report import write_report
-
 from tests.conftest import misspecified
 
 

@@ -14,7 +14,6 @@ from sklearn.linear_model import BayesianRidge
 from popsdask import POPSRegressor
 from popsdask.core.evidence import EvidenceParams, maximise_evidence
 from popsdask.core.stats import block_stats
-
 from tests.conftest import misspecified
 
 

@@ -10,7 +10,6 @@ import pytest
 
 from popsdask import InputError, fit, open_store, write_store
 from popsdask.engine.predictions import predict_ensemble
-
 from tests.conftest import misspecified
 
 

@@ -124,10 +124,9 @@ def ace_fit(tmp_path_factory):
         "pyace",
         reason="python-ace not installed (the ace extra, Academic Software Licence): pip install 'popsdask[ace]'",
     )
-    from popsdask.atomistic.descriptors.ace import AceSettings
-
     from popsdask.atomistic.configurations import Configuration
     from popsdask.atomistic.descriptor_store import build_descriptor_store
+    from popsdask.atomistic.descriptors.ace import AceSettings
     from popsdask.atomistic.oracle import teacher_calculator
     from popsdask.cli import main
 

@@ -23,7 +23,6 @@ from sklearn.linear_model import BayesianRidge
 
 from popsdask import Posterior, fit, write_store
 from popsdask.engine.predictions import predict_ensemble
-
 from tests.conftest import misspecified
 
 FIELDS = ("coef_", "sigma_", "misspecification_sigma_", "lower_", "upper_", "basis_")
