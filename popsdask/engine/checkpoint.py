@@ -35,15 +35,15 @@ CHECKPOINT_PASSES = {
 }
 
 
-#: words in one block of :func:`_fletcher64` (2 MiB: the running sums stay in cache)
-_CHECKSUM_BLOCK = 1 << 18
+#: words in one block of :func:`_fletcher64` (512 KiB: the running sums stay in cache)
+_CHECKSUM_BLOCK = 1 << 16
 _MASK64 = (1 << 64) - 1
 
 
 def _fletcher64(a: np.ndarray) -> tuple[int, int]:
     """(Σ vᵢ, Σ (n - i) vᵢ) mod 2⁶⁴ over the 64-bit words vᵢ of ``a``'s bytes (a zero-padded tail
     word included): the second sum weighs every word by its position, so any change of a value,
-    a swap of two values or a sign flip changes the pair. About 4x faster than CRC-32 here."""
+    a swap of two values or a sign flip changes the pair. About 5x faster than CRC-32 (zlib) here."""
     raw = np.ascontiguousarray(a).view(np.uint8).reshape(-1)
     whole = raw.size // 8 * 8
     words = raw[:whole].view(np.uint64)
