@@ -459,3 +459,71 @@ def test_connect_refuses_cluster_options_before_starting(kwargs, message):
 
     with time_limit(30), pytest.raises(InputError, match=message), connect(quiet=True, **kwargs):
         pytest.fail("a cluster started")
+
+
+# -- attribute injection and hand-edited posteriors, fuzzed -------------------------------------
+_JSONISH = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.lists(st.text(max_size=10), max_size=3),
+)
+
+
+@SETTINGS
+@given(key=st.sampled_from(["elements", "reference_style", "reference_coeffs", "twojmax", "rcutfac", "radii"]),
+       value=_JSONISH)  # fmt: skip
+def test_descriptor_settings_from_attrs_never_write_a_second_lammps_command(key, value):
+    """Whatever a store's attributes hold, the settings are refused (InputError) or every LAMMPS
+    command written from them is one line free of LAMMPS's comment, variable and quote characters."""
+    pytest.importorskip("ase", reason="atomistic extra (ase) not installed")
+    from popsdask.atomistic.descriptors.base import backend_from_attrs
+    from popsdask.atomistic.descriptors.snap import SnapSettings, zbl_reference
+
+    attrs = SnapSettings(elements=("W",), twojmax=2, quadratic=False, **zbl_reference(["W"])).to_attrs()
+    attrs[key] = value
+    try:
+        settings = backend_from_attrs({"descriptor": {"backend": "snap", "settings": attrs}})
+    except InputError:
+        return
+    commands = settings.descriptor_pair_commands() + settings.pair_commands(
+        {"snapcoeff": "/a b/c.snapcoeff", "snapparam": "/a b/c.snapparam"}
+    )
+    for line in [*commands, settings.compute_command()]:
+        unquoted = re.sub(r'"[^"]*"', "", line)
+        assert "\n" not in line and not re.search(r"[#$&'\"]", unquoted), line
+
+
+@pytest.fixture(scope="module")
+def saved_posterior(tmp_path_factory):
+    from tests.conftest import misspecified
+
+    X, y, w = misspecified(300, 3, seed=5)
+    return fit(X, y, weight=w).save(tmp_path_factory.mktemp("posterior") / "post.zarr")
+
+
+@SETTINGS
+@given(key=st.sampled_from(["alpha", "lambda", "n_rows", "leverage_threshold", "settings", "calibration"]),
+       value=_JSONISH)  # fmt: skip
+def test_hand_edited_posterior_attributes_load_valid_or_are_refused(saved_posterior, tmp_path_factory, key, value):
+    """Any JSON value in a posterior's attributes: the load refuses it (InputError naming it) or
+    gives a posterior whose precisions are positive and finite."""
+    import json
+    import shutil
+
+    from popsdask import Posterior
+
+    path = tmp_path_factory.mktemp("edited") / "post.zarr"
+    shutil.copytree(saved_posterior, path)
+    meta = path / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"][key] = value
+    meta.write_text(json.dumps(doc))
+    try:
+        post = Posterior.load(path)
+    except InputError as err:
+        assert key in str(err) and "\n" not in str(err)
+        return
+    assert np.isfinite(post.alpha_) and post.alpha_ > 0 and np.isfinite(post.lambda_) and post.lambda_ > 0
