@@ -8,11 +8,13 @@
 * ``[REFERENCE]`` → the reference pair style subtracted from the targets (e.g. ZBL), metal units;
 * ``[ESHIFT]`` → a per-element energy shift added to every energy;
 * ``[CALCULATOR]`` → energy and force rows, and virial rows with ``stress = 1``;
-* ``[PATH]``/``[SCRAPER]`` → the training files (``dataPath`` relative to the input file; one
-  folder per group, JSON or extended XYZ files in it, read in sorted order);
+* ``[PATH]``/``[SCRAPER]`` → the training files (``dataPath`` relative to the input file): with
+  JSON one folder per group, its ``*.json`` files in sorted order; with XYZ one extended XYZ file
+  per group, ``<group>.extxyz`` or ``<group>.xyz``, its frames in order, whose ``stress`` is
+  FitSNAP's (a pressure, LAMMPS sign, in bar);
 * ``[GROUPS]`` → :class:`~popsdask.atomistic.weights.GroupWeights` and the split: of each group's
-  files, the first ``training_size`` are training, the next ``testing_size`` testing, the rest
-  unused (sizes below 1 are fractions, rounded as FitSNAP rounds them).
+  configurations, the first ``training_size`` are training, the next ``testing_size`` testing, the
+  rest unused (sizes below 1 are fractions, rounded as FitSNAP rounds them).
 
 The rows are stored in popsdask's units (total energy, force, virial in eV); a store row times
 :func:`~popsdask.atomistic.weights.fitsnap_row_scale` is FitSNAP's row, and the stored weights
@@ -34,7 +36,13 @@ from typing import Any
 import numpy as np
 
 from ..core.validation import InputError
-from .configurations import Configuration, read_extxyz, read_fitsnap_json, validate_configuration
+from .configurations import (
+    Configuration,
+    _pressure_to_ase,
+    read_extxyz,
+    read_fitsnap_json,
+    validate_configuration,
+)
 from .descriptors.snap import SnapSettings
 from .split import SPLIT_CODES
 from .weights import GroupWeights
@@ -51,7 +59,7 @@ BISPECTRUM_KEYS = (
 #: keywords accepted only at the value that changes nothing
 BISPECTRUM_OFF = ("bikflag", "dgradflag", "BOLTZ")
 GROUP_KEYS = ("group_sections", "group_types", "smartweights", "random_sampling", "random_seed")
-SCRAPER_FILES = {"JSON": (".json",), "XYZ": (".xyz", ".extxyz")}
+SCRAPERS = ("JSON", "XYZ")
 _TRUE, _FALSE = ("1", "true", "yes", "on", "t", "y"), ("0", "false", "no", "off", "f", "n")
 
 
@@ -101,22 +109,17 @@ class FitsnapInput:
     weights: GroupWeights
     virial: bool
 
-    def group_files(self) -> dict[str, tuple[list[Path], list[Path]]]:
-        """Per group, its (training, testing) files in sorted order."""
-        out = {}
-        for g in self.groups:
-            folder = self.data_path / g.name
-            files = sorted(f for f in folder.iterdir() if f.is_file() and f.name.lower().endswith(self._suffixes()))
-            train, test = g.counts(len(files))
-            out[g.name] = (files[:train], files[train : train + test])
-        return out
-
-    def _suffixes(self) -> tuple[str, ...]:
-        return SCRAPER_FILES[self.scraper]
+    def group_sources(self, group: str) -> list[Path]:
+        """The files of ``group``: with JSON the folder's ``*.json`` in sorted order, with XYZ its
+        one file ``<group>.extxyz`` (or ``.xyz``) whose frames are the configurations."""
+        if self.scraper == "JSON":
+            folder = self.data_path / group
+            return sorted(f for f in folder.iterdir() if f.is_file() and f.name.lower().endswith(".json"))
+        return [_xyz_file(self.data_path, group)]
 
     def configurations(self) -> tuple[list[Configuration], np.ndarray]:
-        """The configurations of every group (training files first, then testing, group by
-        group in the file's order), validated, and their split codes (0 train, 1 test).
+        """The configurations of every group (each group's training ones first, then its testing
+        ones, groups in the file's order), validated, and their split codes (0 train, 1 test).
 
         Raises
         ------
@@ -127,24 +130,24 @@ class FitsnapInput:
         configs: list[Configuration] = []
         split: list[int] = []
         bad: list[str] = []
-        for group, (train, test) in self.group_files().items():
-            for files, code in ((train, SPLIT_CODES["train"]), (test, SPLIT_CODES["test"])):
-                for f in files:
-                    try:
-                        found = self._read(f)
-                    except InputError as err:
-                        bad.append(str(err))
-                        continue
-                    for cfg in found:
-                        cfg.group = group
-                        cfg.name = f"{group}/{cfg.name}"
-                        try:
-                            validate_configuration(cfg, elements=self.settings.elements)
-                        except InputError as err:
-                            bad.append(str(err))
-                            continue
-                        configs.append(cfg)
-                        split.append(code)
+        for g in self.groups:
+            found: list[Configuration] = []
+            for f in self.group_sources(g.name):
+                try:
+                    found += self._read(f)
+                except InputError as err:
+                    bad.append(str(err))
+            n_train, n_test = g.counts(len(found))
+            for i, cfg in enumerate(found[: n_train + n_test]):
+                cfg.group = g.name
+                cfg.name = f"{g.name}/{cfg.name}"
+                try:
+                    validate_configuration(cfg, elements=self.settings.elements)
+                except InputError as err:
+                    bad.append(str(err))
+                    continue
+                configs.append(cfg)
+                split.append(SPLIT_CODES["train"] if i < n_train else SPLIT_CODES["test"])
         if bad:
             more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
             raise InputError(f"{self.path}: {len(bad)} unusable configuration(s): " + "; ".join(bad[:5]) + more)
@@ -155,7 +158,13 @@ class FitsnapInput:
     def _read(self, path: Path) -> list[Configuration]:
         if self.scraper == "JSON":
             return read_fitsnap_json(path)
-        return read_extxyz(path)
+        from ase.stress import voigt_6_to_full_3x3_stress
+
+        frames = read_extxyz(path)
+        for cfg in frames:  # FitSNAP's XYZ stress: a pressure (LAMMPS sign) in bar, as its JSON Stress
+            if cfg.stress is not None:
+                cfg.stress = _pressure_to_ase(voigt_6_to_full_3x3_stress(cfg.stress), "bar", cfg.where())
+        return frames
 
     def build_store(
         self,
@@ -263,7 +272,7 @@ def read_fitsnap_input(path: str | os.PathLike) -> FitsnapInput:
     virial = sec["CALCULATOR"].get("stress", "0", _flag)
     settings = _snap_settings(sec["BISPECTRUM"], sec["REFERENCE"], sec["ESHIFT"])
     data_path, scraper = _data(sec["PATH"], sec["SCRAPER"], p.parent)
-    groups, weights = _groups(sec["GROUPS"], data_path)
+    groups, weights = _groups(sec["GROUPS"], data_path, scraper)
     return FitsnapInput(p, settings, data_path, scraper, groups, weights, virial)
 
 
@@ -358,21 +367,27 @@ def _reference(r: _Section, types: list[str]) -> dict[str, Any]:
     return {"reference_style": " ".join(tok), "reference_coeffs": tuple(coeffs)}
 
 
+def _xyz_file(data: Path, group: str) -> Path:
+    """FitSNAP's XYZ file of ``group``: ``<group>.extxyz``, else ``<group>.xyz``."""
+    for suffix in (".extxyz", ".xyz"):
+        if (data / f"{group}{suffix}").is_file():
+            return data / f"{group}{suffix}"
+    return data / f"{group}.xyz"
+
+
 def _data(path_sec: _Section, scraper_sec: _Section, base: Path) -> tuple[Path, str]:
     path_sec.only(("dataPath",))
     scraper_sec.only(("scraper",))
     scraper = scraper_sec.get("scraper", "JSON").upper()
-    if scraper not in SCRAPER_FILES:
-        raise scraper_sec.fail(
-            "scraper", f"{scraper_sec.items['scraper']!r} not supported ({', '.join(SCRAPER_FILES)})"
-        )
+    if scraper not in SCRAPERS:
+        raise scraper_sec.fail("scraper", f"{scraper_sec.items['scraper']!r} not supported ({', '.join(SCRAPERS)})")
     data = base / path_sec.get("dataPath", "JSON")
     if not data.is_dir():
         raise path_sec.fail("dataPath", f"{data} is not a directory")
     return data, scraper
 
 
-def _groups(g: _Section, data: Path) -> tuple[tuple[FitsnapGroup, ...], GroupWeights]:
+def _groups(g: _Section, data: Path, scraper: str) -> tuple[tuple[FitsnapGroup, ...], GroupWeights]:
     columns = g.get("group_sections", "name size eweight fweight vweight").split()
     need = {"name", "eweight", "fweight", "vweight"}
     if not need <= set(columns) or not ({"size", "training_size"} & set(columns)):
@@ -395,8 +410,10 @@ def _groups(g: _Section, data: Path) -> tuple[tuple[FitsnapGroup, ...], GroupWei
         if len(values) != len(columns) - 1:
             raise g.fail(key, f"{len(values)} values for the {len(columns) - 1} columns {' '.join(columns[1:])}")
         row = {c: g.value(key, v, float) for c, v in zip(columns[1:], values, strict=True)}
-        if not (data / key).is_dir():
+        if scraper == "JSON" and not (data / key).is_dir():
             raise g.fail(key, f"no folder {data / key}")
+        if scraper == "XYZ" and not _xyz_file(data, key).is_file():
+            raise g.fail(key, f"no file {data / key}.extxyz or .xyz")
         size = row["training_size"] if "training_size" in row else row["size"]  # one of them, checked above
         groups.append(FitsnapGroup(key, size, row.get("testing_size", 0.0)))
         weights[key] = (row["eweight"], row["fweight"], row["vweight"])

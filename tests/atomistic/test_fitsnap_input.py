@@ -86,8 +86,7 @@ def test_split_from_training_and_testing_sizes(tmp_path) -> None:
     text = text.replace("Liquid        =  1.0    0.0", "Liquid        =  0.34    0.66")
     (tmp_path / "split.in").write_text(text)
     inp = read_fitsnap_input(tmp_path / "split.in")
-    files = inp.group_files()
-    assert [len(f) for f in files["Liquid"]] == [1, 2] and [len(f) for f in files["Surface"]] == [7, 0]
+    assert [f.name for f in inp.group_sources("Liquid")] == [f"Ta_liquid_{i}.json" for i in (1, 2, 3)]
     configs, split = inp.configurations()
     liquid = np.array([c.group == "Liquid" for c in configs])
     assert split[liquid].tolist() == [0, 1, 1] and not split[~liquid].any()
@@ -200,3 +199,47 @@ def test_command_line_fitsnap_input_and_group_weights(tmp_path, capsys) -> None:
     assert main(["descriptors", str(TA / "JSON"), "-o", str(tmp_path / "y.zarr"), "--group-weights", str(table)]) == 2
     assert "no weights for group 'Displaced_A15' of the data" in capsys.readouterr().err
     assert not (tmp_path / "x.zarr").exists() and not (tmp_path / "y.zarr").exists()
+
+
+@needs_ta
+def test_xyz_scraper_reads_the_same_configurations(tmp_path) -> None:
+    """[SCRAPER] XYZ, FitSNAP's layout: one extended XYZ file per group, its frames split in order,
+    its stress a pressure in bar (LAMMPS sign); the configurations equal the JSON ones."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    from popsdask.atomistic.lammps_backend import NKTV2P
+
+    text = (TA / "Ta-example.in").read_text().replace("dataPath = JSON", f"dataPath = {TA / 'JSON'}")
+    keep = ("Displaced_FCC", "Liquid")
+    head, _, _ = text.partition("[GROUPS]")
+    groups = "".join(f"{g} = 0.5 0.5 1 1 1\n" for g in keep)
+    table = "[GROUPS]\ngroup_sections = name training_size testing_size eweight fweight vweight\n"
+    (tmp_path / "json.in").write_text(head + table + groups)
+    json_cfgs, json_split = read_fitsnap_input(tmp_path / "json.in").configurations()
+    (tmp_path / "XYZ").mkdir()
+    for g in keep:
+        frames = []
+        for c in read_fitsnap_input(tmp_path / "json.in").configurations()[0]:
+            if c.group == g:
+                atoms = c.to_atoms(with_labels=False)
+                del atoms.info["name"], atoms.info["group"]
+                atoms.calc = SinglePointCalculator(atoms, energy=c.energy, forces=c.forces, stress=-c.stress * NKTV2P)
+                frames.append(atoms)
+        write(tmp_path / "XYZ" / f"{g}.extxyz", frames, format="extxyz")
+    xyz_text = head.replace(f"dataPath = {TA / 'JSON'}", "dataPath = XYZ").replace("scraper = JSON", "scraper = XYZ")
+    (tmp_path / "xyz.in").write_text(xyz_text + table + groups)
+    xyz_cfgs, xyz_split = read_fitsnap_input(tmp_path / "xyz.in").configurations()
+    assert len(xyz_cfgs) == 12 and xyz_split.tolist() == json_split.tolist()  # 9 -> 5 + 4, 3 -> 2 + 1
+    assert xyz_split.tolist().count(1) == 5 and [c.name for c in xyz_cfgs][:2] == [
+        "Displaced_FCC/Displaced_FCC.extxyz:0",
+        "Displaced_FCC/Displaced_FCC.extxyz:1",
+    ]
+    for c, ref in zip(xyz_cfgs, json_cfgs, strict=True):
+        assert c.group == ref.group and c.energy == pytest.approx(ref.energy, rel=1e-12)
+        np.testing.assert_allclose(c.positions, ref.positions, rtol=1e-12)
+        np.testing.assert_allclose(c.forces, ref.forces, rtol=1e-12)
+        np.testing.assert_allclose(c.stress, ref.stress, rtol=1e-10)
+    (tmp_path / "XYZ" / "Liquid.extxyz").unlink()
+    with pytest.raises(InputError, match=r"\[GROUPS\] Liquid: no file .*Liquid.extxyz or .xyz"):
+        read_fitsnap_input(tmp_path / "xyz.in")
