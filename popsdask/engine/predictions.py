@@ -139,18 +139,7 @@ def predict_ensemble(
     mle = X @ post.coef_
     distance = support_score(X, post)
     dev = (X @ delta.T).T  # (S, rows), one chunk along sample
-    if complete:
-        mean, std, lo, hi = _complete_ensemble(X, post)
-        box = (lo, hi)
-        roundoff = _roundoff(X, post.coef_)
-        assert support is not None  # complete
-        n_summary = int(support.shape[0])
-    else:
-        summary = _sampled_summaries(X, dev, post)
-        mean, std, lo, hi = (summary[:, k] for k in range(1, 5))
-        box = _box_bounds(X, post) if support is not None else (summary[:, 5], summary[:, 6])
-        roundoff = summary[:, 7]
-        n_summary = s
+    (mean, std, lo, hi), box, roundoff, n_summary = _summaries(X, dev, post, support, complete)
     raw: dict[str, Any] = {}
     atoms = _row_atoms(data, dim, coords, per_config)
     floor = row_floor(floors, coords.get("kind"), atoms, n, design.source)
@@ -183,20 +172,9 @@ def predict_ensemble(
         if name not in data_vars:
             data_vars[name] = ((per_dim,), values)
     ds = xr.Dataset(data_vars, coords={k: ((dim,), v) for k, v in coords.items()})
-    ds["box_min"].attrs["description"] = "exact lower bound of the prediction over the whole posterior"
-    ds["box_max"].attrs["description"] = "exact upper bound of the prediction over the whole posterior"
-    ds["support"].attrs["description"] = SUPPORT_DESCRIPTION
-    ds.attrs.update(
-        format=PREDICTION_FORMAT,
-        n_samples=int(n_summary),
-        n_prediction_samples=int(s),
-        summaries="all corrections" if complete else f"{s} drawn members",
-        bounds=("calibrated " if post.calibration else "") + ("complete ensemble" if complete else "sampled"),
-        method=method,
-        seed=-1 if seed is None else int(seed),
-        posterior=post.kind,
-        source=design.source,
-    )
+    for name, text in DESCRIPTIONS.items():
+        ds[name].attrs["description"] = text
+    ds.attrs.update(_run_attrs(post, design.source, s, n_summary, complete, method, seed))
     if ev_curve:
         ds.attrs["ev_curve_samples"] = [int(v) for v in _curve_sizes(post, ev_curve)]
     if floors:
@@ -214,6 +192,47 @@ SUPPORT_DESCRIPTION = (
     "distance of the row from the training rows: the regularised leverage alpha * x^T Sigma x = "
     "x^T (X^T W X + lambda/alpha I)^-1 x; a training row of weight w has w * support <= 1"
 )
+
+
+#: descriptions of the prediction variables whose name does not say it all
+DESCRIPTIONS = {
+    "box_min": "exact lower bound of the prediction over the whole posterior",
+    "box_max": "exact upper bound of the prediction over the whole posterior",
+    "support": SUPPORT_DESCRIPTION,
+}
+
+
+def _summaries(
+    X: da.Array, dev: da.Array, post: Posterior, support: da.Array | None, complete: bool
+) -> tuple[tuple[da.Array, ...], tuple[da.Array, da.Array], da.Array, int]:
+    """Per row (mean, std, min, max), the exact envelope of the whole posterior, the round-off
+    bound of the MLE product, and how many members the summaries are over: every correction of
+    the kind's ``support`` when ``complete`` (exact, blockwise), else the S members of ``dev``
+    (S, rows)."""
+    if complete:
+        assert support is not None  # complete: a finite support
+        mean, std, lo, hi = _complete_ensemble(X, post)
+        return (mean, std, lo, hi), (lo, hi), _roundoff(X, post.coef_), int(support.shape[0])
+    summary = _sampled_summaries(X, dev, post)
+    box = _box_bounds(X, post) if support is not None else (summary[:, 5], summary[:, 6])
+    return tuple(summary[:, k] for k in range(1, 5)), box, summary[:, 7], int(dev.shape[0])
+
+
+def _run_attrs(
+    post: Posterior, source: str, s: int, n_summary: int, complete: bool, method: str, seed: int | None
+) -> dict[str, Any]:
+    """What a prediction store records of how it was made: members, sampling, posterior, source."""
+    return {
+        "format": PREDICTION_FORMAT,
+        "n_samples": int(n_summary),
+        "n_prediction_samples": int(s),
+        "summaries": "all corrections" if complete else f"{s} drawn members",
+        "bounds": ("calibrated " if post.calibration else "") + ("complete ensemble" if complete else "sampled"),
+        "method": method,
+        "seed": -1 if seed is None else int(seed),
+        "posterior": post.kind,
+        "source": source,
+    }
 
 
 def support_score(X: da.Array, post: Posterior) -> da.Array:
