@@ -480,7 +480,9 @@ def connect(
             client = distributed.Client(name, **cluster_kwargs)
         yield from _serve(client, quiet, f"scheduler {client.scheduler.address}")
         return
-    sized = dict(threads_per_worker=threads_per_worker, memory_limit=memory_limit, interface=interface, config=config)
+    sized: dict[str, Any] = dict(
+        threads_per_worker=threads_per_worker, memory_limit=memory_limit, interface=interface, config=config
+    )
     check_cluster_options(lname, n_workers=n_workers, adapt=adapt, **sized)  # what would hang once started
     # dask-jobqueue reads the config again at every job submission: keep it active throughout.
     with dask.config.set(_cluster_settings(lname, config)):
