@@ -256,10 +256,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-#: options a FitSNAP input file sets itself (given with --fitsnap-input they are refused)
+#: options a FitSNAP input file sets itself besides every backend's (given with --fitsnap-input they are refused)
 FITSNAP_SETS = {
-    "descriptor": "snap", "elements": None, "radii": None, "element_weights": None, "zbl": None, "weights": None,
-    "group_weights": None, "pod_param": None, "ace_basis": None, "sinner": None, "dinner": None, "virial": False,
+    "descriptor": "snap", "elements": None, "weights": None, "group_weights": None, "virial": False,
     "split": "random", "index": ":", "energy_key": None, "forces_key": None, "stress_units": None,
 }  # fmt: skip
 
@@ -271,9 +270,17 @@ def _run_fitsnap_input(args: argparse.Namespace, out: Any) -> int:
 
     if args.configs:
         raise InputError(f"--fitsnap-input: no CONFIGS with it (its [PATH] gives the data), got {args.configs[0]!r}")
-    for key, default in FITSNAP_SETS.items():
-        if getattr(args, key) != default:
-            raise InputError(f"--{key.replace('_', '-')}: not with --fitsnap-input (the input file sets it)")
+    given = [f"--{key.replace('_', '-')}" for key, default in FITSNAP_SETS.items() if getattr(args, key) != default]
+    for name in _command_line_backends():  # --twojmax, --linear, ...: [BISPECTRUM] and [REFERENCE] set them
+        actions, scratch = _options(name)
+        value = {a.dest: getattr(args, a.dest) for a in actions}
+        given += [
+            a.option_strings[0]
+            for a in actions
+            if value[a.dest] != scratch.get_default(a.dest) and a.const in (None, value[a.dest])  # --linear: False
+        ]
+    if given:
+        raise InputError(f"{given[0]}: not with --fitsnap-input (the input file sets it)")
     inp = read_fitsnap_input(args.fitsnap_input)  # every section checked before any data is read
     t0 = time.perf_counter()
     data = inp.configurations()  # and every configuration before a cluster starts
