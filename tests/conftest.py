@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,22 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 if not SHARED.exists():  # a clone beside the checkout, as in CI
     SHARED = Path(os.environ.get("POPSDASK_SHARED", ROOT.parent / "shared"))
+
+
+@contextlib.contextmanager
+def tmpfs_mount(where: Path, options: str) -> Iterator[Path]:
+    """A real tmpfs mounted at ``where`` with mount ``options`` (root only: the test is skipped
+    otherwise), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def misspecified(n: int = 4000, p: int = 10, seed: int = 0, noise: float = 1e-3):

@@ -199,7 +199,7 @@ def test_second_fit_reuses_pass_one(problem, tmp_path, source):
     counts = []
     with dask.config.set(scheduler="threads"):
         for s in settings:
-            with TaskCounter("_checked_stats") as tc:
+            with TaskCounter("_stats_and_checksum") as tc:
                 reused = POPSRegressor(reuse_statistics=True, chunk_rows=400, **s).fit(data, *fit_args, **fit_kw)
             counts.append(tc.count)
             fresh = POPSRegressor(chunk_rows=400, **s).fit(data, *fit_args, **fit_kw)
@@ -212,7 +212,7 @@ def test_second_fit_reuses_pass_one(problem, tmp_path, source):
         assert_same_fit(again, fresh)
         if source == "store":  # rewritten in place by popsdask (atomically): new dask names
             write_store(tmp_path / "s.zarr", X, y * 1.5, weight=w, chunk_rows=500, overwrite=True)
-            with TaskCounter("_checked_stats") as tc:
+            with TaskCounter("_stats_and_checksum") as tc:
                 new = POPSRegressor(reuse_statistics=True, **settings[0]).fit(open_store(tmp_path / "s.zarr"))
             assert tc.count == n_chunks
             assert_same_fit(new, POPSRegressor(**settings[0]).fit(open_store(tmp_path / "s.zarr")))
@@ -220,10 +220,10 @@ def test_second_fit_reuses_pass_one(problem, tmp_path, source):
             changed = X.copy()
             changed[1234, 3] += 1e-9  # one entry: a sampled checksum could miss it, the hash does not
             for kw, Xn in ((dict(chunk_rows=400), changed), (dict(chunk_rows=300), X), (dict(fit_intercept=True), X)):
-                with TaskCounter("_checked_stats") as tc:
+                with TaskCounter("_stats_and_checksum") as tc:
                     POPSRegressor(reuse_statistics=True, **{"chunk_rows": 400, **kw}).fit(Xn, y, sample_weight=w)
                 assert tc.count > 0, kw
-            with TaskCounter("_checked_stats") as tc:  # the same rows as a dask array (its own name)
+            with TaskCounter("_stats_and_checksum") as tc:  # the same rows as a dask array (its own name)
                 POPSRegressor(reuse_statistics=True).fit(da.from_array(X, chunks=(400, -1)), y, sample_weight=w)
             assert tc.count > 0
 

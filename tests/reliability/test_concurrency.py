@@ -27,7 +27,7 @@ import pytest
 from popsdask import Posterior, fit, open_store, write_store
 from popsdask.cli import main
 from popsdask.io.store import DiskFull, OutputLocked, disk_full, output_lock
-from tests.conftest import misspecified
+from tests.conftest import misspecified, tmpfs_mount
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -181,17 +181,8 @@ def test_a_descriptor_build_into_a_store_whose_parts_another_build_holds_exits_2
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 2 MiB tmpfs (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
-    try:
+    with tmpfs_mount(tmp_path / "small", "size=2m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def _assert_clean(mnt: Path, keep: set[str]) -> None:

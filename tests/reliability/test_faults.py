@@ -26,7 +26,7 @@ from popsdask import Posterior, fit, write_store
 from popsdask.engine import predictions as ensemble_module
 from popsdask.engine.predictions import predict_ensemble
 from popsdask.runtime.cluster import NannyLocalCluster
-from tests.conftest import misspecified
+from tests.conftest import misspecified, tmpfs_mount
 
 CHUNK_ROWS = 125
 N_ROWS = 4000  # 32 chunks per pass: a kill after the 3rd finished task is mid-pass
@@ -123,7 +123,7 @@ def _same(a: np.ndarray, b: np.ndarray) -> None:
 
 def test_hypercube_fit_survives_a_worker_kill_in_every_pass(cluster_client, store):
     reference = fit(store)
-    passes = ["_checked_stats", "block_leverage", "block_correction_moment", "block_projection_range"]
+    passes = ["_stats_and_checksum", "block_leverage", "block_correction_moment", "block_projection_range"]
     post, plugin = _run_with_kills(cluster_client, passes, lambda: fit(store))
     assert [p for p, _ in plugin.killed] == passes, plugin.killed  # one kill in each of the 4 passes
     _assert_dead(pid for _, pid in plugin.killed)
@@ -217,17 +217,8 @@ def test_a_nanny_restarting_its_worker_is_not_closed_by_the_lost_worker_timer():
 @pytest.fixture
 def read_only_dir(tmp_path):
     """A real read-only tmpfs (root only)."""
-    import subprocess
-
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mnt)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with tmpfs_mount(tmp_path / "ro", "size=1m,ro") as mnt:
+        yield mnt
 
 
 def test_outputs_on_a_read_only_mount_are_one_line(tmp_path, read_only_dir, capsys):
