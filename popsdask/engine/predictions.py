@@ -29,7 +29,7 @@ from ..calibration.metrics import (
 )
 from ..core.validation import InputError
 from ..io.store import KIND_CODES, atomic_group, check_safe_group, is_complete, open_store
-from .design import design_from
+from .design import Design, design_from
 from .execution import compute
 from .posterior import DEFAULT_N_SAMPLES, Posterior
 from .schema import check_prediction_dataset
@@ -119,15 +119,8 @@ def predict_ensemble(
     """
     floors = check_tolerance(tolerance)
     post = posterior if isinstance(posterior, Posterior) else Posterior.load(posterior)
-    if n_samples is not None and (isinstance(n_samples, bool) or int(n_samples) < 1):
-        raise InputError(f"n_samples={n_samples!r}: must be a positive integer")
-    fit_intercept = bool(post.settings.get("fit_intercept", False))
-    if isinstance(data, (str, os.PathLike)):
-        data = open_store(data, require_y=False)
-    design = design_from(data, require_y=False, fit_intercept=fit_intercept)
+    data, design = _design(post, data, n_samples)
     n, p = design.n_rows, design.n_features
-    if p != post.n_features:
-        raise InputError(f"{design.source}: {p} features, but the posterior has {post.n_features} parameters")
     support = post.kind_.support(post)  # a finite set of corrections: exact summaries over all of it
     complete = support is not None and n_samples is None
     delta = post.perturbations(DEFAULT_N_SAMPLES if n_samples is None else n_samples, method, seed)  # (S, P)
@@ -168,9 +161,7 @@ def predict_ensemble(
             allowed = da.maximum(tol, da.from_array(floor, chunks=tol.chunks))
             data_vars["bracket_samples"] = ((dim,), _bracket(X, y, allowed, post, ev_curve, method, seed))
     per_dim = dim if dim == "configuration" else "configuration"
-    for name, values in per_config.items():
-        if name not in data_vars:
-            data_vars[name] = ((per_dim,), values)
+    data_vars.update({name: ((per_dim,), values) for name, values in per_config.items() if name not in data_vars})
     ds = xr.Dataset(data_vars, coords={k: ((dim,), v) for k, v in coords.items()})
     for name, text in DESCRIPTIONS.items():
         ds[name].attrs["description"] = text
@@ -192,6 +183,23 @@ SUPPORT_DESCRIPTION = (
     "distance of the row from the training rows: the regularised leverage alpha * x^T Sigma x = "
     "x^T (X^T W X + lambda/alpha I)^-1 x; a training row of weight w has w * support <= 1"
 )
+
+
+def _design(post: Posterior, data: Any, n_samples: int | None) -> tuple[Any, Design]:
+    """``data`` (a store path opened) and its design, with the intercept column when the
+    posterior has one; :class:`InputError` for an ``n_samples`` that is not a positive integer or
+    rows whose feature count is not the posterior's."""
+    if n_samples is not None and (isinstance(n_samples, bool) or int(n_samples) < 1):
+        raise InputError(f"n_samples={n_samples!r}: must be a positive integer")
+    fit_intercept = bool(post.settings.get("fit_intercept", False))
+    if isinstance(data, (str, os.PathLike)):
+        data = open_store(data, require_y=False)
+    design = design_from(data, require_y=False, fit_intercept=fit_intercept)
+    if design.n_features != post.n_features:
+        raise InputError(
+            f"{design.source}: {design.n_features} features, but the posterior has {post.n_features} parameters"
+        )
+    return data, design
 
 
 #: descriptions of the prediction variables whose name does not say it all
