@@ -26,6 +26,7 @@ import xarray as xr
 
 from .cells import bcc_supercell, ground_state
 from .potential import Potential
+from .relax import relax
 from .status import short_reason, status_array
 
 __all__ = ["DEFECTS", "NAME", "classify", "compute", "formation_energy", "interstitial_cell"]
@@ -160,8 +161,6 @@ def compute(
     the relaxed structure), ``max_force`` (eV/Å), ``n_steps``, ``a0`` and ``status``
     (``"ok"``, ``"relaxed into <kind>"`` with a finite energy, or a failure with NaN).
     """
-    from .relax import relax
-
     n_def = len(defects)
     ef = np.full(n_def, np.nan)
     fmx = np.full(n_def, np.nan)

@@ -25,6 +25,7 @@ import xarray as xr
 
 from .cells import ground_state
 from .potential import Potential
+from .relax import static_results
 from .status import short_reason, status_array
 
 __all__ = ["NAME", "PATH", "compute", "force_constants", "frequencies_at", "q_reduced"]
@@ -82,8 +83,6 @@ def force_constants(potential: Potential, a0: float, *, supercell: int = 4, disp
     """
     from phonopy import Phonopy
     from phonopy.structure.atoms import PhonopyAtoms
-
-    from .relax import static_results
 
     el = potential.element
     unit = PhonopyAtoms(symbols=[el, el], cell=np.eye(3) * a0, scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5]])

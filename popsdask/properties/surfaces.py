@@ -31,6 +31,7 @@ import xarray as xr
 
 from .cells import ground_state, unwrap_like
 from .potential import Potential
+from .relax import relax, static_energy
 from .status import short_reason, status_array
 
 __all__ = ["FACETS", "NAME", "compute", "primitive_indices", "slab", "surface_energy"]
@@ -169,8 +170,6 @@ def compute(
     ``area`` (Å²), ``max_force``, ``max_displacement`` (Å), ``a0`` and ``status`` (``"ok"``;
     ``"negative: ..."`` or ``"reconstructed: ..."`` with the converged γ kept; a failure with NaN).
     """
-    from .relax import relax, static_energy
-
     n = len(facets)
     gamma = np.full(n, np.nan)
     gamma0 = np.full(n, np.nan)

@@ -27,6 +27,7 @@ import xarray as xr
 
 from .cells import bcc_supercell, ground_state, unwrap_like
 from .potential import Potential
+from .relax import relax
 from .status import short_reason, status_array
 
 __all__ = ["NAME", "climbing_neb", "compute", "saddle_by_symmetry", "vacancy_cells", "vacancy_migration"]
@@ -58,8 +59,6 @@ def vacancy_cells(a0: float, n: int = 3, element: str = "W", *, at_origin: bool 
 
 
 def _relaxed(atoms: Any, potential: Potential, fmax: float, max_steps: int) -> tuple[Any, float, str]:
-    from .relax import relax
-
     r = relax(atoms, potential, cell="none", fmax=fmax, max_steps=max_steps)
     out = unwrap_like(r.atoms, atoms.positions)  # relax wraps atoms into the cell
     return out, float(r.energy), r.reason
