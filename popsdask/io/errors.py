@@ -39,7 +39,7 @@ def one_line(err: BaseException) -> InputError | None:
             return e
         if isinstance(e, OSError) and e.errno in _ERRNOS:
             where = e.filename or "output"
-            return InputError(f"{where}: {_ERRNOS[e.errno]} (nothing was left half-written)")
+            return InputError(f"{where}: {_ERRNOS[e.errno]}")
         if isinstance(e, (RuntimeError, ValueError)) and _UNDECODABLE.search(str(e)):
             reason = " ".join(str(e).split())
             return InputError(f"a stored chunk cannot be decoded (truncated or corrupted; rewrite the store): {reason}")
