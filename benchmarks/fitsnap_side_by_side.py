@@ -18,6 +18,10 @@ memory of its whole process tree sampled every 0.2 s (:func:`ace_jax_side_by_sid
 3. **Leave one group out** (``--logo``): for each group, FitSNAP's ``anl`` trained on the other
    groups (the group at ``training_size 0``, ``testing_size 1.0`` in the input file) against
    ``popsdask crossval --group-by group`` on the store of step 1, on the left-out group's rows.
+4. **W–Be** (``--wbe STEP``): every STEP-th configuration of the W and W–Be DFT sets written as
+   FitSNAP JSON (untimed), one input file (two elements, 2J = 6 linear, the radii, weights, cutoff
+   and ZBL of Wood et al.'s W–Be SNAP, energy weight 100 and force weight 1 in every group), fitted
+   by both tools: wall, peak memory and MAE.
 
 FitSNAP is GPL-2.0: it is installed from the tarball into its own virtual environment and only
 run as a separate process; nothing here imports it::
@@ -251,6 +255,125 @@ def run_logo(args: argparse.Namespace, fitsnap: Path) -> dict[str, Any]:
     return res
 
 
+WBE_INPUT = """[BISPECTRUM]
+numTypes = 2
+twojmax = 6 6
+rcutfac = 4.8123
+rfac0 = 0.99363
+rmin0 = 0.0
+wj = 1.0 0.959049
+radelem = 0.5 0.417932
+type = W Be
+wselfallflag = 0
+chemflag = 0
+bzeroflag = 0
+quadraticflag = 0
+
+[CALCULATOR]
+calculator = LAMMPSSNAP
+energy = 1
+force = 1
+stress = 0
+
+[ESHIFT]
+W = 0.0
+Be = 0.0
+
+[SOLVER]
+solver = SVD
+compute_testerrs = 1
+detailed_errors = 1
+
+[SCRAPER]
+scraper = JSON
+
+[PATH]
+dataPath = JSON
+
+[OUTFILE]
+metrics = WBe_metrics.md
+potential = WBe_pot
+
+[EXTRAS]
+dump_descriptors = 0
+dump_truth = 0
+dump_weights = 0
+dump_dataframe = 0
+
+[MEMORY]
+override = 0
+
+[REFERENCE]
+units = metal
+atom_style = atomic
+pair_style = hybrid/overlay zero 10.0 zbl 4.0 4.8
+pair_coeff1 = * * zero
+pair_coeff2 = 1 1 zbl 74 74
+pair_coeff3 = 1 2 zbl 74 4
+pair_coeff4 = 2 2 zbl 4 4
+
+[GROUPS]
+group_sections = name training_size testing_size eweight fweight vweight
+group_types = str float float float float float
+smartweights = 0
+random_sampling = 0
+"""
+
+
+def write_wbe(args: argparse.Namespace, d: Path) -> int:
+    """Every ``args.wbe``-th configuration of the W and W–Be sets as FitSNAP JSON under ``d/JSON``
+    (one folder per group) and the input file ``d/WBe.in``; the number of configurations."""
+    from popsdask.atomistic.configurations import read_extxyz
+
+    data = SHARED / "data" / "tungsten-dft"
+    groups: dict[str, int] = {}
+    for name in ("W_dft", "WBe_dft"):
+        for i, c in enumerate(read_extxyz(data / f"{name}.extxyz.xz", index=f"::{args.wbe}")):
+            g = f"{name.split('_')[0]}_{c.group or 'none'}"
+            (d / "JSON" / g).mkdir(parents=True, exist_ok=True)
+            frame = {
+                "AtomTypes": c.symbols, "Positions": c.positions.tolist(), "Lattice": c.cell.tolist(),
+                "Energy": c.energy, "Forces": np.asarray(c.forces).tolist(), "NumAtoms": c.n_atoms,
+                "Stress": np.zeros((3, 3)).tolist(),
+            }  # fmt: skip
+            doc = {"Dataset": {"Data": [frame], "PositionsStyle": "angstrom", "AtomTypeStyle": "chemicalsymbol",
+                               "StressStyle": "bar", "LatticeStyle": "angstrom", "EnergyStyle": "electronvolt",
+                               "ForcesStyle": "electronvoltperangstrom"}}  # fmt: skip
+            (d / "JSON" / g / f"{name}_{i}.json").write_text(json.dumps(doc))
+            groups[g] = groups.get(g, 0) + 1
+    rows = "".join(f"{g} = 1.0 0.0 100 1 0\n" for g in sorted(groups))
+    (d / "WBe.in").write_text(WBE_INPUT + rows)
+    return sum(groups.values())
+
+
+def run_wbe(args: argparse.Namespace, fitsnap: Path) -> dict[str, Any]:
+    """The W–Be subset with both tools: wall, peak memory and MAE of all configurations."""
+    fd, pd = args.out / "wbe" / "fitsnap", args.out / "wbe" / "popsdask"
+    fd.mkdir(parents=True, exist_ok=True)
+    n = write_wbe(args, fd)
+    pd.mkdir(parents=True, exist_ok=True)
+    if not (pd / "JSON").exists():
+        (pd / "JSON").symlink_to(fd / "JSON")
+    shutil.copy(fd / "WBe.in", pd / "WBe.in")
+    res: dict[str, Any] = {"n_configurations": n, "fitsnap": {"steps": {}}}
+    fs_cmd = [str(fitsnap), "-m", "fitsnap3", "WBe.in"]
+    res["fitsnap"]["steps"]["fit"] = timed(in_dir(fd, fs_cmd), fd / "fitsnap.log")
+    store, post = pd / "wbe.zarr", pd / "posterior.zarr"
+    steps = {
+        "descriptors": [*POPSDASK, "descriptors", "--fitsnap-input", str(pd / "WBe.in"), "-o", str(store)],
+        "fit": [*POPSDASK, "fit", str(store), "-o", str(post)],
+    }
+    c = cluster_flags(args)
+    res["popsdask"] = {"steps": {k: timed([*v, *c, "--overwrite"], pd / f"{k}.log") for k, v in steps.items()}}
+    res["fitsnap"]["mae"] = {"*ALL": fitsnap_metrics(fd / "WBe_metrics.md")["*ALL"]}
+    res["popsdask"]["mae"] = {"*ALL": popsdask_mae(store, post)["*ALL"]}
+    for side in ("fitsnap", "popsdask"):
+        st = res[side]["steps"].values()
+        res[side]["total"] = {"wall_s": round(sum(v["wall_s"] for v in st), 2)}
+        res[side]["total"]["peak_rss_gb"] = max(v["peak_rss_gb"] for v in st)
+    return res
+
+
 def band_rows(cols: tuple[tuple[str, dict[str, Any]], ...]) -> list[str]:
     """Markdown rows, per group and kind, of EV / ±4σ / mean |err|/σ of each column's bands."""
     lines = []
@@ -321,6 +444,7 @@ def main() -> None:
     p.add_argument("--n-samples", type=int, default=500)
     p.add_argument("--skip-split", action="store_true", help="no random-split comparison")
     p.add_argument("--logo", action="store_true", help="also leave one group out (one FitSNAP run per group)")
+    p.add_argument("--wbe", type=int, default=0, metavar="STEP", help="also W–Be, every STEP-th configuration")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     venv = args.fitsnap_venv or args.out / "venv"
@@ -330,6 +454,8 @@ def main() -> None:
         res["split"] = run_bands(args, fitsnap)
     if args.logo:
         res["logo"] = run_logo(args, fitsnap)
+    if args.wbe:
+        res["wbe"] = run_wbe(args, fitsnap)
     (args.out / "fitsnap_side_by_side.json").write_text(json.dumps(res, indent=1))
     md = table(res)
     (args.out / "fitsnap_side_by_side.md").write_text(md + "\n")
