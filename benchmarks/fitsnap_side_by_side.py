@@ -93,7 +93,7 @@ def in_dir(d: Path, cmd: list[str]) -> list[str]:
 def fitsnap_metrics(path: Path) -> dict[str, dict[str, float]]:
     """Per group, the unweighted training energy and force MAE of a FitSNAP metrics file."""
     out: dict[str, dict[str, float]] = {}
-    pattern = r"\| \('([^']+)', 'Unweighted', '(?:Training)', '(Energy|Force)'\)\s*\|\s*\d+\s*\|\s*([-\d.e+]+)"
+    pattern = r"\| \('([^']+)', 'Unweighted', '(?:Training)', '(Energy|Force)'\)\s*\|\s*[\d.e+]+\s*\|\s*([-\d.e+]+)"
     for m in re.finditer(pattern, path.read_text()):
         out.setdefault(m[1], {})[m[2].lower()] = float(m[3])
     return out
