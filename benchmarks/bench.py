@@ -337,10 +337,10 @@ def _case_envelope(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 def _case_ooc(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     import dask.array as da
-    from popsdask.runtime.cluster import connect
 
     from popsdask.engine.estimator import fit
     from popsdask.io.store import open_store
+    from popsdask.runtime.cluster import connect
 
     path = Path(spec["store"])
     out: dict[str, Any] = {}

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from popsdask.calibration.conformal import OFFSETS, conformal_quantile
-from popsdask.calibration.metrics import symmetry_zeros
 from scipy.stats import norm
 
+from popsdask.calibration.conformal import OFFSETS, conformal_quantile
+from popsdask.calibration.metrics import symmetry_zeros
 from popsdask.io.store import KIND_CODES
 
 

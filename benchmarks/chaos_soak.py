@@ -464,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import dask
     import distributed
+
     from popsdask.runtime.cluster import connect
 
     scheduler_kwargs = {} if args.allowed_failures is None else {"allowed_failures": args.allowed_failures}

@@ -15,9 +15,8 @@ import json
 import time
 from pathlib import Path
 
-from popsdask.atomistic.descriptors.snap import SnapSettings
-
 from popsdask.atomistic.configurations import read_configurations
+from popsdask.atomistic.descriptors.snap import SnapSettings
 
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tungsten-dft" / "W_dft.extxyz.xz"
 

@@ -25,9 +25,9 @@ import json
 import time
 
 import numpy as np
-from popsdask.calibration.metrics import band_metrics, kind_tolerance, nll_floor
 
 from popsdask import POPSRegressor, open_store
+from popsdask.calibration.metrics import band_metrics, kind_tolerance, nll_floor
 from popsdask.io.store import KIND_CODES, SPLIT_CODES
 
 COLUMNS = (

@@ -147,12 +147,11 @@ def fig12(pred, outdir: Path, units: str) -> Path:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    from popsdask.runtime.cluster import connect
-
     import popsdask
     from popsdask.engine.predictions import predict_ensemble
     from popsdask.evaluation.report import write_report
     from popsdask.foundation import CHGNetExtractor, build_store
+    from popsdask.runtime.cluster import connect
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

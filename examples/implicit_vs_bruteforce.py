@@ -30,6 +30,7 @@ QUANTITIES = ("bcc_volume", "hcp_volume", "volume_ratio", "hcp_bcc_energy", "for
 
 def _settings(run: Path):
     import xarray as xr
+
     from popsdask.atomistic.descriptors.snap import SnapSettings
 
     attrs = xr.open_zarr(run / "descriptors.zarr", consolidated=False).attrs
