@@ -12,8 +12,9 @@ configurations), :mod:`.pointwise` (Fig. 3 report).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..core.lazy import lazy_attributes
 
 # attributes import their module on first use: the command line reads the descriptor backends
 # (popsdask.atomistic.descriptors) to build its parser, without ASE, xarray or Dask
@@ -45,16 +46,7 @@ if TYPE_CHECKING:
     from .weights import WeightSettings, paper_weights
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [

@@ -9,8 +9,9 @@ finished pair as its own Zarr part, so an interrupted run resumes.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..core.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from .potential import Potential, members_from_posterior, reference_potential
@@ -20,16 +21,7 @@ if TYPE_CHECKING:
 _LAZY = {"Potential": ".potential", "members_from_posterior": ".potential", "reference_potential": ".potential"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = ["Potential", "members_from_posterior", "reference_potential"]
