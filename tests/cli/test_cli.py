@@ -102,25 +102,6 @@ def test_demo_small(tmp_path):
     assert (tmp_path / "demo" / "report" / "force.png").exists()
 
 
-def _readme_block(heading: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    section = text.split(f"\n## {heading}\n", 1)[1]
-    return section.split("```python\n", 1)[1].split("\n```", 1)[0]
-
-
-@pytest.mark.slow
-def test_readme_quick_start_runs_as_a_script(tmp_path):
-    """The README's Python quick start, saved as a file and run: worker processes re-import it."""
-    script = tmp_path / "quickstart.py"
-    script.write_text(_readme_block("Python quick start"))
-    assert 'if __name__ == "__main__":' in script.read_text()
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "pass 4/4" in proc.stdout and "envelope violation" in proc.stdout
-    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
-    assert metrics["energy"]["n"] == 2000 and metrics["force"]["n"] == 12000
-
-
 def test_demo_quiet_prints_no_progress_bars(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "popsdask.cli", "demo", "-o", str(tmp_path / "d"), "--configs", "2000"]
