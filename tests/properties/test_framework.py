@@ -56,7 +56,7 @@ def test_potential_pickles_and_writes_its_files_once(student, tmp_path) -> None:
     q = pickle.loads(pickle.dumps(p))
     assert q.key == p.key and np.array_equal(q.theta, p.theta)
     cmds = p.pair_commands()
-    files = [tok for c in cmds for tok in c.split() if tok.endswith((".snapcoeff", ".snapparam"))]
+    files = [tok.strip("\"") for c in cmds for tok in c.split() if tok.strip("\"").endswith((".snapcoeff", ".snapparam"))]
     assert len(files) == 2 and all(Path(f).exists() for f in files)
     mtime = [Path(f).stat().st_mtime_ns for f in files]
     assert q.pair_commands() == cmds and [Path(f).stat().st_mtime_ns for f in files] == mtime
