@@ -287,13 +287,15 @@ def _row_atoms(data: Any, dim: str, coords: dict[str, Any], per_config: dict[str
     return per_config["n_atoms"] if dim == "configuration" else per_config["n_atoms"][coords["config"]]
 
 
-def _calibrated(post: Posterior, kind: np.ndarray | None, n_atoms: np.ndarray | None, mle, std, lo, hi):
-    """The posterior's per-kind conformal scales applied to the raw std and envelope."""
-    from ..calibration.conformal import SCALE_KEYS, Calibration, apply_scales
+def calibration_factors(
+    calibration: dict[str, Any], kind: np.ndarray | None, n_atoms: np.ndarray | None, n: int
+) -> dict[str, np.ndarray]:
+    """(n,) per-row scales and offsets (:data:`~popsdask.calibration.conformal.SCALE_KEYS`) of a
+    posterior's ``calibration`` for rows of kind codes ``kind`` (None: all of one kind) whose
+    configurations have ``n_atoms`` atoms; identity factors for kinds it did not calibrate."""
+    from ..calibration.conformal import SCALE_KEYS, Calibration
 
-    assert post.calibration is not None  # called for calibrated posteriors only
-    cal = Calibration.from_dict(post.calibration)
-    n = mle.shape[0]
+    cal = Calibration.from_dict(calibration)
     codes = np.zeros(n, dtype=int) if kind is None else np.asarray(kind)
     names = {int(k): (KIND_NAMES.get(int(k), str(k)) if kind is not None else "all") for k in np.unique(codes)}
     factors = {key: np.ones(n) if key.endswith("scale") else np.zeros(n) for key in SCALE_KEYS}
@@ -309,8 +311,17 @@ def _calibrated(post: Posterior, kind: np.ndarray | None, n_atoms: np.ndarray | 
         atoms = np.asarray(n_atoms, dtype=np.float64)[rows] if per_atom else 1.0
         for key in SCALE_KEYS:
             factors[key][rows] = c[key] * (atoms if key.endswith("offset") else 1.0)
+    return factors
+
+
+def _calibrated(post: Posterior, kind: np.ndarray | None, n_atoms: np.ndarray | None, mle, std, lo, hi):
+    """The posterior's per-kind conformal scales applied to the raw std and envelope."""
+    from ..calibration.conformal import Calibration, apply_scales
+
+    assert post.calibration is not None  # called for calibrated posteriors only
+    factors = calibration_factors(post.calibration, kind, n_atoms, mle.shape[0])
     scales = {k: da.from_array(v, chunks=mle.chunks) for k, v in factors.items()}
-    return apply_scales(scales, mle, std, lo, hi, cal.level)
+    return apply_scales(scales, mle, std, lo, hi, Calibration.from_dict(post.calibration).level)
 
 
 def _box_bounds(X: da.Array, post: Posterior) -> tuple[da.Array, da.Array]:
@@ -415,6 +426,19 @@ def _mean_std(devb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
+def box_envelope(
+    X: np.ndarray, mle: np.ndarray, basis: np.ndarray, lower: np.ndarray, upper: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (min, max) of x·θ over a box posterior θ = coef + U b, lo ≤ b ≤ hi, for rows ``X``
+    (n, P) whose MLE is ``mle`` (n,): x·coef + Σₖ min/max(aₖ loₖ, aₖ hiₖ), a = Uᵀx, as centre ±
+    radius, min/max(aₖ loₖ, aₖ hiₖ) = aₖ midₖ ∓ |aₖ| halfₖ (one product with U, no (n × K)
+    temporaries)."""
+    a = X @ basis
+    centre = mle + a @ ((lower + upper) / 2.0)
+    radius = np.abs(a, out=a) @ ((upper - lower) / 2.0)
+    return centre - radius, centre + radius
+
+
 def _summary_block(devb, Xb, *, coef, basis, lower, upper) -> np.ndarray:
     out = np.empty((Xb.shape[0], N_SUMMARIES))
     mle = Xb @ coef
@@ -424,13 +448,7 @@ def _summary_block(devb, Xb, *, coef, basis, lower, upper) -> np.ndarray:
     out[:, 3] = mle + devb.min(axis=0)
     out[:, 4] = mle + devb.max(axis=0)
     if basis is not None:
-        # the exact box x·coef + Σₖ min/max(aₖ loₖ, aₖ hiₖ), a = Uᵀx, as centre ± radius:
-        # min/max(aₖ loₖ, aₖ hiₖ) = aₖ midₖ ∓ |aₖ| halfₖ (one product with U, no (rows × K) temporaries)
-        a = Xb @ basis
-        centre = mle + a @ ((lower + upper) / 2.0)
-        radius = np.abs(a, out=a) @ ((upper - lower) / 2.0)
-        out[:, 5] = centre - radius
-        out[:, 6] = centre + radius
+        out[:, 5], out[:, 6] = box_envelope(Xb, mle, basis, lower, upper)
     else:
         out[:, 5:7] = np.nan
     out[:, 7] = roundoff_tolerance(Xb, coef)

@@ -1,0 +1,155 @@
+"""The posterior's band as linear algebra on a few rows at a time: what a calculator, a
+simulation monitor or a selection needs for one configuration, without drawing members per call.
+
+``popsdask predict`` reduces S drawn members x·(coef + δθₛ) per row. Every summary it stores is a
+function of the row x and of fixed matrices of the posterior, so :class:`LinearBand` precomputes
+those once:
+
+* ``std`` = √(xᵀCx) = ‖Lᵀx‖, C = LLᵀ the population covariance of the same S draws (or of all
+  stored corrections when the posterior keeps them), ``mean`` = x·(coef + μ);
+* ``min``/``max`` = x·coef + min/max over the draws of x·δθₛ (one (S × P) product per row);
+* ``box_min``/``box_max``: the exact envelope of the whole posterior (closed form for a box);
+* ``support`` = α·xᵀΣx, the regularised leverage of the row (see
+  :func:`popsdask.engine.predictions.support_score`);
+* the posterior's calibration applied per row kind, as ``predict`` applies it.
+
+The results equal ``popsdask predict``'s on the same rows with the same ``n_samples``, ``method``
+and ``seed`` to round-off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..io.store import KIND_CODES
+from .posterior import DEFAULT_N_SAMPLES, Posterior
+from .predictions import box_envelope, calibration_factors
+
+__all__ = ["LinearBand"]
+
+
+@dataclass(frozen=True)
+class LinearBand:
+    """Per-row band summaries of a posterior as fixed matrices (see the module docstring).
+
+    Attributes
+    ----------
+    coef : (P,) the MLE
+    mean_shift : (P,) mean μ of the members' perturbations
+    factor : (P, r) L with LLᵀ = C, the members' population covariance (r its numerical rank)
+    draws : (S, P) the members' perturbations δθ (``min``/``max``)
+    box : (basis (P, K), lower (K,), upper (K,)) of a box posterior, or None (then ``box_*``
+        are the min and max over every stored correction, which ``draws`` then holds)
+    metric : (P, P) α·Σ, whose quadratic form is the support score
+    calibration : the posterior's calibration dict, or None
+    """
+
+    coef: np.ndarray
+    mean_shift: np.ndarray
+    factor: np.ndarray
+    draws: np.ndarray
+    box: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    metric: np.ndarray
+    calibration: dict[str, Any] | None
+
+    @classmethod
+    def from_posterior(
+        cls,
+        posterior: Posterior,
+        n_samples: int | None = None,
+        method: str = "uniform",
+        seed: int | None = 0,
+    ) -> LinearBand:
+        """The band of ``posterior`` with ``predict``'s members: ``n_samples`` draws (default 500)
+        of ``method`` from ``seed``, or every stored correction of a posterior that keeps them
+        when ``n_samples`` is None (``predict``'s exact summaries)."""
+        complete = posterior.kind_.support(posterior) is not None and n_samples is None
+        if complete:
+            support = posterior.kind_.support(posterior)
+            assert support is not None
+            draws = np.asarray(support.compute(), dtype=np.float64)
+        else:
+            draws = posterior.perturbations(DEFAULT_N_SAMPLES if n_samples is None else n_samples, method, seed)
+        mu = draws.mean(axis=0)
+        centred = draws - mu
+        cov = centred.T @ centred / draws.shape[0]
+        w, v = np.linalg.eigh(cov)
+        keep = w > w.max(initial=0.0) * 1e-14
+        factor = v[:, keep] * np.sqrt(w[keep])
+        return cls(
+            coef=np.asarray(posterior.coef_, dtype=np.float64),
+            mean_shift=mu,
+            factor=factor,
+            draws=draws,
+            box=posterior.kind_.box(posterior),
+            metric=posterior.alpha_ * np.asarray(posterior.sigma_, dtype=np.float64),
+            calibration=posterior.calibration,
+        )
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(self.calibration)
+
+    def std(self, X: np.ndarray) -> np.ndarray:
+        """(n,) the members' population std of rows ``X`` (n, P), raw."""
+        return np.linalg.norm(np.atleast_2d(X) @ self.factor, axis=1)
+
+    def support(self, X: np.ndarray) -> np.ndarray:
+        """(n,) α·xᵀΣx of rows ``X`` (n, P)."""
+        X = np.atleast_2d(X)
+        return np.einsum("ij,ij->i", X @ self.metric, X)
+
+    def __call__(
+        self,
+        X: np.ndarray,
+        kind: np.ndarray | None = None,
+        n_atoms: np.ndarray | float | None = None,
+        *,
+        envelope: bool = True,
+    ) -> dict[str, np.ndarray]:
+        """The band of rows ``X`` (n, P) as ``predict`` stores it.
+
+        Parameters
+        ----------
+        X : (n, P) design rows, the intercept column included when the posterior has one
+        kind : (n,) row kind codes (:data:`popsdask.io.store.KIND_CODES`); default all energies
+        n_atoms : atoms of each row's configuration (a number or (n,)), for per-atom calibration
+            offsets of energies
+        envelope : also the members' ``min``/``max`` and the exact ``box_min``/``box_max``
+            (an (n × S) product; without it only the std, which is cheap for many force rows)
+
+        Returns
+        -------
+        dict of (n,) float64 arrays: ``mle``, ``mean``, ``std``, ``support`` and with
+        ``envelope`` ``min``, ``max``, ``box_min``, ``box_max``. On a calibrated posterior
+        ``std``/``min``/``max`` are calibrated and ``std_raw``/``min_raw``/``max_raw`` are the raw
+        ones (as in a prediction store); without ``envelope`` the calibrated std only.
+        """
+        X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+        n = X.shape[0]
+        mle = X @ self.coef
+        out = {"mle": mle, "mean": mle + X @ self.mean_shift, "std": self.std(X), "support": self.support(X)}
+        if envelope:
+            dev = X @ self.draws.T
+            out["min"], out["max"] = mle + dev.min(axis=1), mle + dev.max(axis=1)
+            if self.box is not None:
+                out["box_min"], out["box_max"] = box_envelope(X, mle, *self.box)
+            else:
+                out["box_min"], out["box_max"] = out["min"], out["max"]
+        if self.calibration:
+            from ..calibration.conformal import Calibration, apply_scales
+
+            codes = np.full(n, KIND_CODES["energy"]) if kind is None else np.asarray(kind)
+            atoms = None if n_atoms is None else np.broadcast_to(np.asarray(n_atoms, dtype=np.float64), (n,))
+            factors = calibration_factors(self.calibration, codes, atoms, n)
+            level = Calibration.from_dict(self.calibration).level
+            lo, hi = (out["min"], out["max"]) if envelope else (mle, mle)
+            std, lo_c, hi_c = apply_scales(factors, mle, out["std"], lo, hi, level)
+            out["std_raw"] = out["std"]
+            out["std"] = std
+            if envelope:
+                out.update(min_raw=out["min"], max_raw=out["max"], min=lo_c, max=hi_c)
+        return out
