@@ -404,7 +404,6 @@ def run_case(spec: dict[str, Any], timeout: float = 1800.0) -> dict[str, Any]:
     import psutil
 
     cmd = [sys.executable, str(Path(__file__).resolve()), "_case", json.dumps(spec)]
-    load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak_total = 0
@@ -458,7 +457,6 @@ def run_case(spec: dict[str, Any], timeout: float = 1800.0) -> dict[str, Any]:
         peak_rss_by_process_gb={f"{n} [{pid}]": r / 1e9 for pid, (n, r) in peak_by_proc.items()},
         returncode=proc.returncode,
         process_wall_s=time.perf_counter() - t0,
-        load_average=[load_start, os.getloadavg()[0]],
     )
     line = [s for s in outputs.get("out", "").splitlines() if s.startswith("BENCH-RESULT ")]
     if killed or proc.returncode != 0 or not line:
@@ -567,35 +565,33 @@ def _floor_time(by: dict[tuple, dict[str, Any]], case: str, key: tuple) -> float
 
 def ratios_markdown(results: list[dict[str, Any]]) -> str:
     """Same-run ratios, repeat by repeat (each case against its floor of the same repeat), with
-    their median, the largest per-process peak RSS and the load average around the case."""
+    their median and the largest per-process peak RSS."""
     ok = [r for r in results if "error" not in r and "wall_s" in r]
     by = {(r["case"], r.get("n", 0), r.get("dtype", ""), r.get("repeat", 0)): r for r in ok}
     lines = [
-        "| ratio | N | data | per repeat | median | peak RSS GB (largest process / tree) | load average |",
-        "|---|---|---|---|---|---|---|",
+        "| ratio | N | data | per repeat | median | peak RSS GB (largest process / tree) |",
+        "|---|---|---|---|---|---|",
     ]
     found = False
     for case, floor, label in RATIO_PAIRS:
         keys = sorted({(r["n"], r["dtype"]) for r in ok if r["case"] == case})
         for n, dtype in keys:
             reps = sorted(r["repeat"] for r in ok if (r["case"], r["n"], r["dtype"]) == (case, n, dtype))
-            ratios, rss, loads = [], [], []
+            ratios, rss = [], []
             for rep in reps:
                 r = by[(case, n, dtype, rep)]
                 f = _floor_time(by, floor, (n, dtype, rep))
                 if np.isfinite(f):  # popsregression / popsdask: both ways round, larger is slower
                     ratios.append(r["wall_s"] / f)
                     rss.append((max(r["peak_rss_by_process_gb"].values(), default=0.0), r["peak_rss_gb"]))
-                    loads.append(r.get("load_average", [float("nan")])[0])
             if not ratios:
                 continue
             found = True
             per = ", ".join(f"{v:.2f}" for v in ratios)
             big = max(rss)
-            load = f"{min(loads):.1f}–{max(loads):.1f}"
             lines.append(
                 f"| {label} | {n:,} | {dtype} | {per} | **{statistics.median(ratios):.2f}×** "
-                f"| {big[0]:.2f} / {big[1]:.2f} | {load} |"
+                f"| {big[0]:.2f} / {big[1]:.2f} |"
             )
     return ("\n".join(lines) + "\n") if found else ""
 
@@ -672,7 +668,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "repeats": args.repeats,
         "argv": sys.argv,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM",
-        "load_average_start": os.getloadavg(),
     }
     results: list[dict[str, Any]] = []
     ooc = None
@@ -754,7 +749,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not args.keep_data:
             shutil.rmtree(ooc_store, ignore_errors=True)
         print(ooc_markdown(ooc), flush=True)
-    meta["load_average_end"] = os.getloadavg()
     table = _dump(out, meta, results, ooc)
     print(table, flush=True)
     if not args.keep_data and not args.workdir:

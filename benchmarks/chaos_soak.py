@@ -20,7 +20,7 @@ absolute deviation, and that over the largest entry of the reference; pass: <= 1
 delivered, kills survived (the fit finished, the result matched, every killed worker's nanny
 brought a new process back), each restart's latency, the wall time of both fits and their ratio,
 the peak RSS of each worker (by worker name, over all its processes; psutil, every 0.5 s from a
-thread of this process), the load average, tasks finished per fit (recomputation shows as
+thread of this process), tasks finished per fit (recomputation shows as
 extra), distributed's ``allowed-failures`` and the largest ``suspicious`` count of a task that
 still finished (a task above ``allowed-failures`` fails the fit with KilledWorker). A fit that
 raises (KilledWorker) or does not finish within ``--timeout`` is reported with the task states
@@ -116,7 +116,7 @@ def _du(path: Path) -> int:
 
 # ---------------------------------------------------------------------------- observers
 class Sampler(threading.Thread):
-    """Peak RSS per worker name (every process that name had), of this process, and load average."""
+    """Peak RSS per worker name (every process that name had) and of this process."""
 
     def __init__(self, cluster: Any):
         super().__init__(daemon=True, name="chaos-sampler")
@@ -130,16 +130,13 @@ class Sampler(threading.Thread):
             self.peak: dict[str, float] = {}
             self.pids: dict[str, set[int]] = {}
             self.driver_peak = 0.0
-            self.load: list[float] = []
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
-            load = self.load or [float("nan")]
             return {
                 "peak_rss_gb_per_worker": {k: round(v / 1e9, 3) for k, v in sorted(self.peak.items())},
                 "worker_processes": {k: sorted(v) for k, v in sorted(self.pids.items())},
                 "peak_rss_gb_driver": round(self.driver_peak / 1e9, 3),
-                "load_average_1min": {"min": min(load), "mean": float(np.mean(load)), "max": max(load)},
             }
 
     def run(self) -> None:
@@ -148,7 +145,6 @@ class Sampler(threading.Thread):
         while not self.stop.wait(SAMPLE_SECONDS):
             nannies = dict(self.cluster.workers)  # name -> Nanny (in this process)
             with self.lock:
-                self.load.append(os.getloadavg()[0])
                 with contextlib.suppress(psutil.Error):
                     self.driver_peak = max(self.driver_peak, me.memory_info().rss)
                 for name, nanny in nannies.items():
@@ -293,10 +289,7 @@ def timed_fit(client: Any, store: Path, timeout: float) -> tuple[Any, float, str
             states: dict[str, int] = {}
             for ts in list(client.cluster.scheduler.tasks.values()):
                 states[ts.state] = states.get(ts.state, 0) + 1
-            log(
-                f"  {now - t:.0f} s, {len(client.cluster.scheduler.workers)} workers, tasks {states}, "
-                f"load {os.getloadavg()[0]:.1f}"
-            )
+            log(f"  {now - t:.0f} s, {len(client.cluster.scheduler.workers)} workers, tasks {states}")
     return box.get("post"), time.perf_counter() - t, box.get("error")
 
 
@@ -386,13 +379,12 @@ def markdown(r: dict[str, Any]) -> str:
         f"{r['memory_limit']} each, a SIGKILL every U({r['kill_interval_s'][0]:g}, {r['kill_interval_s'][1]:g}) s; "
         f"allowed-failures {cfg['distributed.scheduler.allowed-failures']}; {r['machine']}",
         "",
-        "| fit | wall s | × undisturbed | kills | workers back | tasks finished | max rel. deviation | load avg | "
+        "| fit | wall s | × undisturbed | kills | workers back | tasks finished | max rel. deviation | "
         + " | ".join(f"peak RSS w{w} GB" for w in workers)
         + " |",
-        "|---|---|---|---|---|---|---|---|" + "---|" * len(workers),
+        "|---|---|---|---|---|---|---|" + "---|" * len(workers),
     ]
     for label, f in rows:
-        la = f.get("load_average_1min", {})
         _, rel, _ = _worst(f.get("deviation", {}))
         cells = [
             label,
@@ -402,7 +394,6 @@ def markdown(r: dict[str, Any]) -> str:
             str(f.get("kills_restarted", "-")),
             str(f.get("tasks_finished", "-")),
             f["error"][:60] if f.get("error") else ("reference" if label == "1 undisturbed" else f"{rel:.1e}"),
-            f"{la.get('min', float('nan')):.1f}–{la.get('max', float('nan')):.1f}",
             *(f"{f.get('peak_rss_gb_per_worker', {}).get(w, float('nan')):.2f}" for w in workers),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -496,7 +487,6 @@ def main(argv: list[str] | None = None) -> int:
                 "distributed.scheduler.worker-saturation",
             )
         },
-        "load_average_start": os.getloadavg(),
         "disk_free_gb_start": round(shutil.disk_usage(workdir).free / 1e9, 1),
         "undisturbed": [],
         "chaos": [],
@@ -597,7 +587,6 @@ def main(argv: list[str] | None = None) -> int:
             result["error"] = str(exc)
         finally:
             sampler.stop.set()
-            result["load_average_end"] = os.getloadavg()
             result["totals"] = totals(result)
             failed = [f"kill seed {c['kill_seed']}: {c['error']}" for c in result["chaos"] if c.get("error")]
             if failed and not result.get("error"):
