@@ -19,7 +19,7 @@ from ..core.validation import InputError
 from ..io.errors import one_line
 from ..runtime.client import skip_exit_collection
 from ..runtime.preflight import check_cluster_args
-from . import bench, calibrate, crossval, demo, descriptors, export, fit, predict, properties, report
+from . import bench, calibrate, crossval, demo, descriptors, export, fit, predict, properties, report, select
 from .common import Help, Parser
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -35,6 +35,7 @@ COMMANDS: dict[str, ModuleType] = {
     "demo": demo,
     "properties": properties,
     "export": export,
+    "select": select,
     "bench": bench,
 }
 

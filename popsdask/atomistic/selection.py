@@ -1,0 +1,450 @@
+"""Which configurations of a pool to label next: the posterior's band per atom, its support
+score, and a batch that does not spend itself on one event.
+
+**The score.** A configuration's energy per atom is x̂·θ, x̂ its energy design row divided by its
+atoms. Under the posterior, θ's uncertainty has two parts: the misspecification spread of the
+POPS members, covariance C = LLᵀ (:class:`~popsdask.engine.linear_band.LinearBand`; scaled by the
+calibration's energy ``std_scale`` s when the posterior is calibrated), and the Bayesian ridge's
+epistemic covariance Σ, whose quadratic form is the support score divided by α
+(α·x̂ᵀΣx̂ = support). The predictive covariance of two configurations is therefore
+
+    k(i, j) = x̂ᵢᵀ A x̂ⱼ,  A = s²C + β·Σ,
+
+with β = ``support_weight`` (1: both parts as the posterior states them; 0: the band alone). Σ
+matters where the band cannot be trusted: rows outside the span of the training rows, where the
+members' spread may be narrow but the support score is large; it also makes A full rank, so the
+batch can grow past the number of POPS modes.
+
+**The batch.** The picks greedily maximise det k(S, S), the joint predictive variance of the
+picked set S (D-optimal design; the information gain of a Gaussian): first the configuration of
+largest variance, then, each step, the one of largest variance *conditional on those already
+picked*. With vᵢ = Bᵀx̂ᵢ (A = BBᵀ) this is Gram–Schmidt: pick the longest vᵢ, project its
+direction out of every v, repeat (a pivoted Cholesky of k). Near-copies of a picked
+configuration (frames of one MD event) keep almost nothing after the projection, so one event
+does not fill the batch; a distinct configuration keeps what the picked ones do not explain.
+This was chosen over farthest-point sampling in the same space because it ranks by the band
+itself (a far but well-predicted configuration scores low) and needs no distance scale; over
+top-band ranking because that spends the batch on copies. A configuration's ``selection_score``
+is √(conditional variance) in eV/atom at its pick: the uncertainty it adds beyond the earlier
+picks (the first one's is √((s·std)² + β·support/α) of its row). The calibration's offsets are
+not variances of a direction and do not enter the score; they are in the reported bands. When
+every direction is spent (more picks than the rank of A), the greedy starts again on the
+remaining configurations.
+
+Everything is deterministic given the posterior's members (``n_samples``, ``method``, ``seed``,
+as ``popsdask predict``): ties go to the first configuration of the pool.
+
+Entry points: :func:`select_configurations` (configurations in, the picked ones out, their
+bands in ``info``) and :func:`select_from_store` (a descriptor store's configurations, as a
+table: a store records no positions).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.validation import InputError
+from ..engine.linear_band import LinearBand
+from ..engine.posterior import Posterior
+from ..engine.predictions import calibration_factors
+from ..io.store import KIND_CODES
+from .configurations import Configuration, expand_paths, read_extxyz, validate_configuration
+from .descriptors.base import DescriptorBackend, backend_from_attrs
+
+__all__ = [
+    "BAND_KEYS",
+    "Selection",
+    "check_pool_descriptor",
+    "greedy_max_determinant",
+    "pool_energy_rows",
+    "posterior_backend",
+    "picks_table",
+    "read_pool",
+    "select_configurations",
+    "select_from_store",
+    "select_rows",
+    "selection_factor",
+    "write_picks",
+]
+
+#: what each picked configuration's ``info`` (or the store table) receives
+BAND_KEYS = (
+    "energy_per_atom_mle",
+    "energy_per_atom_std",
+    "energy_per_atom_min",
+    "energy_per_atom_max",
+    "support",
+    "selection_score",
+    "selection_rank",
+    "pool_index",
+)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The picks of a pool of M per-atom energy rows.
+
+    Attributes
+    ----------
+    index : (n,) pool positions of the picks, in pick order
+    score : (n,) √(conditional predictive variance) per atom at each pick (eV/atom)
+    bands : (n,) arrays of the picks' bands per atom, as ``popsdask predict --per-atom`` gives
+        them: ``mle``, ``std``, ``min``, ``max`` (calibrated when the posterior is), ``support``
+    """
+
+    index: np.ndarray
+    score: np.ndarray
+    bands: dict[str, np.ndarray]
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """:data:`BAND_KEYS` as (n,) arrays (``selection_rank`` 1 for the first pick)."""
+        b = self.bands
+        return {
+            "energy_per_atom_mle": b["mle"],
+            "energy_per_atom_std": b["std"],
+            "energy_per_atom_min": b["min"],
+            "energy_per_atom_max": b["max"],
+            "support": b["support"],
+            "selection_score": self.score,
+            "selection_rank": np.arange(1, self.index.size + 1),
+            "pool_index": self.index,
+        }
+
+
+def greedy_max_determinant(V: np.ndarray, n: int, *, rtol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy maximisation of det(V_S V_Sᵀ) over sets S of ``n`` rows of ``V``.
+
+    Parameters
+    ----------
+    V : (M, d) factor rows: row i's covariance with row j is vᵢ·vⱼ
+    n : picks, 1 ≤ n ≤ M
+    rtol : a residual variance below ``rtol`` times the first pick's counts as spent; when every
+        unpicked row is spent, the residuals of the unpicked rows restart from ``V``
+
+    Returns
+    -------
+    index : (n,) picked rows in pick order (ties: the first row)
+    score : (n,) √(residual variance) of each pick when it was picked
+    """
+    V = np.asarray(V, dtype=np.float64)
+    M = V.shape[0]
+    if not 1 <= n <= M:
+        raise InputError(f"n={n}: pick between 1 and the pool's {M} configurations")
+    R = V.copy()
+    var = np.einsum("ij,ij->i", R, R)
+    picked = np.zeros(M, dtype=bool)
+    index, score = np.empty(n, dtype=np.int64), np.empty(n)
+    floor = 0.0
+    for k in range(n):
+        var[picked] = -np.inf
+        if k and var.max() <= floor:  # every direction spent: start again on the others
+            R = V.copy()
+            var = np.einsum("ij,ij->i", R, R)
+            var[picked] = -np.inf
+        i = int(np.argmax(var))
+        index[k], score[k], picked[i] = i, np.sqrt(max(var[i], 0.0)), True
+        if k == 0:
+            floor = rtol * var[i]
+        norm = np.sqrt(var[i])
+        if norm > 0:
+            u = R[i] / norm
+            R -= np.outer(R @ u, u)
+            var = np.einsum("ij,ij->i", R, R)  # recomputed, not downdated: no drift over many picks
+    return index, score
+
+
+def selection_factor(posterior: Posterior, band: LinearBand, support_weight: float = 1.0) -> np.ndarray:
+    """(P, d) B with BBᵀ = s²C + β·Σ (the module docstring), d the rank of the right side."""
+    if not support_weight >= 0:
+        raise InputError(f"support_weight={support_weight}: must be a number >= 0")
+    s = 1.0
+    if band.calibration:
+        factors = calibration_factors(band.calibration, np.array([KIND_CODES["energy"]]), np.ones(1), 1)
+        s = float(factors["std_scale"][0])
+    A = s**2 * (band.factor @ band.factor.T) + support_weight * np.asarray(posterior.sigma_, dtype=np.float64)
+    w, v = np.linalg.eigh((A + A.T) / 2)
+    keep = w > w.max(initial=0.0) * 1e-14
+    return v[:, keep] * np.sqrt(w[keep])
+
+
+def select_rows(
+    posterior: Posterior,
+    X: np.ndarray,
+    n: int,
+    *,
+    seed: int | None = 0,
+    n_samples: int | None = None,
+    method: str = "uniform",
+    support_weight: float = 1.0,
+) -> Selection:
+    """Pick ``n`` of the per-atom energy rows ``X`` (M, P; the intercept column included when the
+    posterior has one), as the module docstring describes; the bands of the picks are
+    ``popsdask predict --per-atom``'s with the same ``n_samples``, ``method`` and ``seed``."""
+    X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+    if X.shape[1] != posterior.n_features:
+        raise InputError(
+            f"pool rows have {X.shape[1]} columns, but the posterior has {posterior.n_features} parameters"
+        )
+    band = LinearBand.from_posterior(posterior, n_samples=n_samples, method=method, seed=seed)
+    index, score = greedy_max_determinant(X @ selection_factor(posterior, band, support_weight), n)
+    # per-atom rows: predict --per-atom counts each as one atom for the calibration's offsets
+    bands = band(X[index], np.full(index.size, KIND_CODES["energy"]), 1.0)
+    return Selection(index=index, score=score, bands={k: bands[k] for k in ("mle", "std", "min", "max", "support")})
+
+
+# ---------------------------------------------------------------------------- descriptors
+
+
+def posterior_backend(posterior: Posterior, descriptors: str | os.PathLike | None = None) -> DescriptorBackend:
+    """The descriptor of ``posterior``'s rows: from the store ``descriptors``, else from the store
+    the posterior was fitted on (its provenance), refused in one line when neither is readable."""
+    from ..io.store import open_store
+
+    path = descriptors or re.sub(r"\[(train|test)\]$", "", str(posterior.provenance.get("input", "")))
+    if not path or not Path(path).exists():
+        raise InputError(
+            f"the posterior's descriptor store {path or '(not recorded)'} is not there; "
+            "pass the descriptor store it was fitted on (descriptors=, --descriptors)"
+        )
+    backend = backend_from_attrs(open_store(path, require_y=False).attrs, where=str(path))
+    check_pool_descriptor(posterior, backend.n_features, backend.feature_names(), str(path))
+    return backend
+
+
+def check_pool_descriptor(
+    posterior: Posterior, n_features: int, feature_names: Sequence[str] | None, where: str
+) -> None:
+    """Refuse descriptors whose columns are not the posterior's parameters (count, then names)."""
+    intercept = int(bool(posterior.settings.get("fit_intercept", False)))
+    if n_features + intercept != posterior.n_features:
+        raise InputError(
+            f"{where}: {n_features} descriptor features, but the posterior has {posterior.n_features} parameters"
+            + (" (intercept included)" if intercept else "")
+        )
+    names = list(posterior.feature_names[: posterior.n_features - intercept])
+    if names and feature_names and list(feature_names) != names:
+        first = next(i for i, (a, b) in enumerate(zip(feature_names, names, strict=True)) if a != b)
+        raise InputError(
+            f"{where}: feature {first} is {feature_names[first]!r}, but the posterior's is {names[first]!r} "
+            "(other descriptor settings)"
+        )
+
+
+def _store_descriptor_matches(posterior: Posterior, attrs: Mapping[str, Any], where: str) -> None:
+    """Refuse a store pool whose descriptor settings differ from those of the posterior's store."""
+    check_pool_descriptor(posterior, int(attrs.get("n_features", -1)), attrs.get("feature_names"), where)
+    mine = backend_from_attrs(attrs, where=where)
+    try:
+        theirs = posterior_backend(posterior)
+    except InputError:  # the fitted store is gone: the columns' names are all there is to compare
+        return
+    if mine != theirs:
+        raise InputError(
+            f"{where}: descriptor settings {mine.to_attrs()} differ from the posterior's {theirs.to_attrs()}"
+        )
+
+
+# ---------------------------------------------------------------------------- pools
+
+
+def read_pool(paths: str | os.PathLike | Sequence[str | os.PathLike], elements: Sequence[str]) -> list[Configuration]:
+    """Configurations of a pool, labelled or not: extxyz files, any file ASE reads (a LAMMPS
+    text dump's atom types are ``elements`` in order, as the descriptors number them), and
+    directories of them. Refused in one line at the first unreadable file or configuration."""
+    from ase.io.formats import filetype
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    pool: list[Configuration] = []
+    for p in expand_paths(paths):
+        try:
+            dump = filetype(p, guess=False) == "lammps-dump-text"
+        except Exception:  # ASE's guess raises on files it does not know: read_extxyz names the fault
+            dump = False
+        if dump:
+            pool += _read_dump(p, elements)
+        else:
+            lower = p.name.lower()
+            extxyz = any(lower.endswith(s) for s in (".xyz", ".extxyz", ".xyz.xz", ".extxyz.xz", ".xyz.gz"))
+            pool += read_extxyz(p, format="extxyz" if extxyz else None)
+    for cfg in pool:
+        validate_configuration(cfg, elements=elements, require_energy=False, require_forces=False)
+    return pool
+
+
+def _read_dump(path: Path, elements: Sequence[str]) -> list[Configuration]:
+    import ase.io
+
+    try:
+        frames = ase.io.read(path, index=":", format="lammps-dump-text", specorder=list(elements))
+    except Exception as err:  # ASE raises many types for malformed files
+        raise InputError(f"{path}: unreadable LAMMPS dump ({type(err).__name__}: {err})") from err
+    return [Configuration.from_atoms(a, name=f"{path.name}:{i}", source=str(path)) for i, a in enumerate(frames)]
+
+
+def pool_energy_rows(
+    configurations: Sequence[Configuration], backend: DescriptorBackend, *, fit_intercept: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """(M, P) per-atom energy design rows of ``configurations`` (labels not needed), with the
+    intercept column when ``fit_intercept``, and (M,) the descriptors' reference pair energy per
+    atom (the potential's energy per atom is row·θ plus it)."""
+    X, ref = [], []
+    for cfg in configurations:
+        if cfg.energy is None or cfg.forces is None:  # rows need labels: placeholders, never read back
+            cfg = replace(cfg, energy=0.0, forces=np.zeros((cfg.n_atoms, 3)))
+        block = backend.rows(cfg)
+        row = np.flatnonzero(block.kind == KIND_CODES["energy"])[0]
+        X.append(block.X[row] / cfg.n_atoms)
+        ref.append(block.reference[row] / cfg.n_atoms)
+    rows = np.asarray(X, dtype=np.float64)
+    if fit_intercept:
+        rows = np.hstack([rows, np.ones((rows.shape[0], 1))])
+    return rows, np.asarray(ref, dtype=np.float64)
+
+
+def select_configurations(
+    posterior: Posterior,
+    configurations: Sequence[Configuration],
+    n: int,
+    *,
+    backend: DescriptorBackend | None = None,
+    seed: int | None = 0,
+    n_samples: int | None = None,
+    method: str = "uniform",
+    support_weight: float = 1.0,
+) -> list[Configuration]:
+    """The ``n`` configurations of ``configurations`` most worth labelling (module docstring).
+
+    Parameters
+    ----------
+    posterior : the fitted posterior
+    configurations : the pool (labels not needed), e.g. :func:`read_pool` of an MD dump
+    n : picks, 1 ≤ n ≤ len(configurations)
+    backend : the posterior's descriptor; default :func:`posterior_backend` (its fitted store)
+    seed, n_samples, method : the posterior's members, as ``popsdask predict``'s
+    support_weight : β, the weight of the epistemic covariance (support score) beside the band
+
+    Returns
+    -------
+    copies of the picked configurations in pick order; each ``info`` holds :data:`BAND_KEYS`
+    (energies per atom, eV/atom, of the rows as the store holds them: without the descriptors'
+    reference pair energy, which is ``energy_per_atom_reference``)
+    """
+    if not 1 <= n <= len(configurations):
+        raise InputError(f"n={n}: pick between 1 and the pool's {len(configurations)} configurations")
+    if backend is None:
+        backend = posterior_backend(posterior)
+    else:
+        check_pool_descriptor(posterior, backend.n_features, backend.feature_names(), "descriptor")
+    intercept = bool(posterior.settings.get("fit_intercept", False))
+    X, ref = pool_energy_rows(configurations, backend, fit_intercept=intercept)
+    sel = select_rows(posterior, X, n, seed=seed, n_samples=n_samples, method=method, support_weight=support_weight)
+    picks = [configurations[int(i)] for i in sel.index]
+    return [
+        replace(cfg, info={**cfg.info, **row, "energy_per_atom_reference": float(ref[i])})
+        for cfg, i, row in zip(picks, sel.index, _records(sel), strict=True)
+    ]
+
+
+def _records(sel: Selection) -> list[dict[str, Any]]:
+    cols = sel.columns()
+    return [{k: v[j].item() for k, v in cols.items()} for j in range(sel.index.size)]
+
+
+def select_from_store(
+    posterior: Posterior,
+    store: str | os.PathLike,
+    n: int,
+    *,
+    seed: int | None = 0,
+    n_samples: int | None = None,
+    method: str = "uniform",
+    support_weight: float = 1.0,
+) -> Any:
+    """The ``n`` configurations of a descriptor store most worth labelling, as a pandas table.
+
+    A store records each configuration's design rows, name, source and atom count, not its
+    positions: the table holds ``configuration`` (its index in the store), ``name``, ``source``
+    (when recorded), ``n_atoms`` and :data:`BAND_KEYS`, one row per pick in pick order. Refused
+    when the store's descriptor is not the posterior's.
+    """
+    import pandas as pd
+
+    from ..io.store import open_store
+
+    ds = open_store(store, require_y=False)
+    _store_descriptor_matches(posterior, ds.attrs, str(store))
+    n_configs = ds.sizes.get("configuration", 0)
+    if "n_atoms" not in ds or "kind" not in ds.coords or "config" not in ds.coords:
+        raise InputError(f"{store}: energies per atom need per-configuration n_atoms and row config/kind")
+    if not 1 <= n <= n_configs:
+        raise InputError(f"n={n}: pick between 1 and the store's {n_configs} configurations")
+    rows = np.flatnonzero(ds["kind"].values == KIND_CODES["energy"])
+    config = np.asarray(ds["config"].values)[rows]
+    n_atoms = np.asarray(ds["n_atoms"].values, dtype=np.float64)
+    X = np.asarray(ds["X"].data[rows].compute(), dtype=np.float64) / n_atoms[config][:, None]
+    if bool(posterior.settings.get("fit_intercept", False)):
+        X = np.hstack([X, np.ones((X.shape[0], 1))])
+    if n > X.shape[0]:
+        raise InputError(f"n={n}: the store has energy rows for {X.shape[0]} configurations only")
+    sel = select_rows(posterior, X, n, seed=seed, n_samples=n_samples, method=method, support_weight=support_weight)
+    picked = config[sel.index]
+    table = {"configuration": picked}
+    for var in ("name", "source"):
+        if var in ds:
+            table[var] = np.asarray(ds[var].values)[picked].astype(str)
+    table["n_atoms"] = n_atoms[picked].astype(np.int64)
+    cols = sel.columns()
+    del cols["pool_index"]  # a position among the energy rows: ``configuration`` is the store's index
+    table.update(cols)
+    return pd.DataFrame(table)
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def picks_table(picks: Sequence[Configuration]) -> Any:
+    """The picks as a pandas table: ``name``, ``source``, ``n_atoms`` and their bands' keys."""
+    import pandas as pd
+
+    keys = [*BAND_KEYS, "energy_per_atom_reference"]
+    return pd.DataFrame(
+        {
+            "name": [c.name for c in picks],
+            "source": [c.source for c in picks],
+            "n_atoms": [c.n_atoms for c in picks],
+            **{k: [c.info[k] for c in picks] for k in keys},
+        }
+    )
+
+
+def write_picks(picks: Sequence[Configuration] | Any, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write picked configurations as extended XYZ (``.extxyz``/``.xyz``: positions, any labels,
+    the bands in each frame's info) or a table (``.csv``), or a store's picks (a table from
+    :func:`select_from_store`) as ``.csv``; atomically (a temporary file renamed into place)."""
+    import ase.io
+
+    out = Path(path)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
+    table = out.suffix.lower() == ".csv"
+    store_table = not isinstance(picks, Sequence)  # a DataFrame: a store's picks
+    if not table and store_table:
+        raise InputError(f"{out}: a store's picks are a table (no positions): write .csv")
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        if table:
+            (picks if store_table else picks_table(picks)).to_csv(tmp, index=False)
+        else:
+            ase.io.write(tmp, [c.to_atoms() for c in picks], format="extxyz")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
