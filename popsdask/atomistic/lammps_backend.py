@@ -268,6 +268,18 @@ class LammpsSession:
         """(N, 3) unwrapped-free positions in id order (LAMMPS frame, wrapped in the box)."""
         return self._per_atom("x")
 
+    def atom_compute(self, compute_id: str, columns: bool = True) -> np.ndarray:
+        """A per-atom compute's values in id order: (N, columns) for an array, (N,) for a vector
+        (``columns=False``). Extracting invokes the compute."""
+        lammps = load_lammps()
+        n = self.natoms()
+        kind = lammps.LMP_TYPE_ARRAY if columns else lammps.LMP_TYPE_VECTOR
+        values = np.array(self.lmp.numpy.extract_compute(compute_id, lammps.LMP_STYLE_ATOM, kind)[:n], dtype=float)
+        ids = np.array(self.lmp.numpy.extract_atom("id")[:n])
+        out = np.empty_like(values)
+        out[ids - 1] = values
+        return out
+
     def global_array(self, compute_id: str) -> np.ndarray:
         lammps = load_lammps()
         return np.array(

@@ -45,7 +45,7 @@ from .snap import default_masses
 if TYPE_CHECKING:  # pragma: no cover
     import argparse
 
-__all__ = ["NO_VIRIAL", "AceSettings", "ace_rows", "linear_basis_config", "require_pyace"]
+__all__ = ["NO_VIRIAL", "AceSettings", "ace_atom_rows", "ace_rows", "linear_basis_config", "require_pyace"]
 
 #: the python-ace release the ``ace`` extra pins
 PYACE_VERSION = "0.4.0rc1"
@@ -351,6 +351,10 @@ class AceSettings:
         """:func:`ace_rows` of ``cfg`` (``session`` is unused: no LAMMPS here)."""
         return ace_rows(cfg, self, virial=virial, config_index=config_index)
 
+    def atom_rows(self, cfg: Configuration, *, config_index: int = 0, session: Any = None) -> RowBlock:
+        """:func:`ace_atom_rows` of ``cfg`` (``session`` is unused)."""
+        return ace_atom_rows(cfg, self, config_index=config_index)
+
     def store_attrs(self) -> dict[str, Any]:
         return {
             "descriptor": {
@@ -455,6 +459,27 @@ def ace_rows(cfg: Configuration, settings: AceSettings, *, virial: bool = False,
             X[0, starts[s] + 1 : starts[s] + 1 + sizes[s]] = np.asarray([proj[i] for i in np.flatnonzero(mine)]).sum(0)
     X[1:, b_cols] = grad.transpose(0, 2, 1).reshape(3 * n, -1)
     return RowBlock.energy_forces(X, cfg, config_index)
+
+
+def ace_atom_rows(cfg: Configuration, settings: AceSettings, *, config_index: int = 0) -> RowBlock:
+    """Per-atom energy rows of ``cfg``: atom i's B-function projections in its element's block
+    after its count column 1; they sum to :func:`ace_rows`' energy row."""
+    bad = sorted(set(cfg.symbols) - set(settings.elements))
+    if bad:
+        raise InputError(f"{cfg.where()}: elements {bad} are not in the ACE basis {list(settings.elements)}")
+    ev = _evaluator(settings.basis)
+    n = cfg.n_atoms
+    starts = np.cumsum([0, *(1 + k for k in ev.sizes)])[:-1]
+    with ev.lock:
+        env = ev.environment(cfg.to_atoms(with_labels=False))
+        ev.calc.compute(env, compute_projections=True)
+        species = np.asarray(env.species_type[:n])
+        proj = [np.asarray(p, dtype=float) for p in ev.calc.projections]  # per atom, its element's B-functions
+    X = np.zeros((n, settings.n_features))
+    for i, s in enumerate(species):
+        X[i, starts[s]] = 1.0
+        X[i, starts[s] + 1 : starts[s] + 1 + ev.sizes[s]] = proj[i]
+    return RowBlock.atom_energies(X, np.zeros(n), config_index)
 
 
 register_backend(AceSettings.backend, AceSettings)

@@ -13,6 +13,11 @@ holding the descriptor hyper-parameters. It gives
 * for any coefficient vector θ: potential files (:meth:`~DescriptorBackend.write_potential`),
   their LAMMPS pair commands (:meth:`~DescriptorBackend.pair_commands`) and an ASE calculator
   (:meth:`~DescriptorBackend.calculator`);
+* optionally ``atom_rows(cfg, *, config_index=0, session=None)``: the per-atom energy rows of a
+  configuration (:meth:`RowBlock.atom_energies`: row i holds atom i's descriptors, its element's
+  constant column 1, and the rows sum to the energy row), which per-atom bands are made of;
+  :func:`atom_rows` asks it (SNAP: ``compute sna/atom``, POD: ``compute pod/atom``, ACE: pyace's
+  per-atom projections);
 * optionally ``runs_in_lammps()``: whether this process's LAMMPS can run those pair commands
   (without it: yes). :func:`runs_in_lammps` asks it; the property suite runs the potentials of a
   backend that answers no through its ASE calculator instead (ACE without ML-PACE);
@@ -52,6 +57,7 @@ __all__ = [
     "CommandLineBackend",
     "DescriptorBackend",
     "RowBlock",
+    "atom_rows",
     "backend_from_attrs",
     "backend_from_store",
     "backend_names",
@@ -89,6 +95,22 @@ class RowBlock:
             atom=np.concatenate([[-1], np.repeat(np.arange(n), 3)]).astype(np.int32),
             component=np.concatenate([[-1], np.tile(np.arange(3), n)]).astype(np.int8),
             config=np.full(m, config_index, dtype=np.int64),
+        )
+
+    @classmethod
+    def atom_energies(cls, X: np.ndarray, reference: np.ndarray, config_index: int = 0) -> RowBlock:
+        """Per-atom energy rows ``X`` (N, P) of one configuration and each atom's reference
+        energy ``reference`` (N,), which sum to its energy row and reference energy; no targets
+        (``y`` is NaN: a per-atom energy is not a label)."""
+        n = X.shape[0]
+        return cls(
+            X=X,
+            y=np.full(n, np.nan),
+            reference=np.asarray(reference, dtype=np.float64),
+            kind=np.zeros(n, dtype=np.int8),
+            atom=np.arange(n, dtype=np.int32),
+            component=np.full(n, -1, dtype=np.int8),
+            config=np.full(n, config_index, dtype=np.int64),
         )
 
     @classmethod
@@ -202,6 +224,16 @@ def runs_in_lammps(backend: Any) -> bool:
     """
     ask = getattr(backend, "runs_in_lammps", None)
     return True if ask is None else bool(ask())
+
+
+def atom_rows(backend: Any, cfg: Configuration, *, session: LammpsSession | None = None) -> RowBlock:
+    """The per-atom energy rows of ``cfg`` (:meth:`RowBlock.atom_energies`) from ``backend``'s
+    optional ``atom_rows`` method; an InputError for a backend without one."""
+    rows = getattr(backend, "atom_rows", None)
+    if rows is None:
+        name = getattr(backend, "backend", type(backend).__name__)
+        raise InputError(f"descriptor backend {name!r} gives no per-atom energy rows (no atom_rows method)")
+    return rows(cfg, session=session)
 
 
 _REGISTRY: dict[str, type[Any]] = {}

@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..calculator import LammpsCalculator
 
-__all__ = ["PodSettings", "pod_rows", "raw_compute_pod", "read_pod_coefficients"]
+__all__ = ["PodSettings", "pod_atom_rows", "pod_rows", "raw_compute_pod", "read_pod_coefficients"]
 
 
 def _param_value(text: str, key: str) -> list[str] | None:
@@ -218,6 +218,10 @@ class PodSettings:
         """:func:`pod_rows` of ``cfg``."""
         return pod_rows(cfg, self, virial=virial, config_index=config_index, session=session)
 
+    def atom_rows(self, cfg: Configuration, *, config_index: int = 0, session: LammpsSession | None = None) -> RowBlock:
+        """:func:`pod_atom_rows` of ``cfg``."""
+        return pod_atom_rows(cfg, self, config_index=config_index, session=session)
+
     def store_attrs(self) -> dict[str, Any]:
         return {
             "descriptor": {
@@ -275,21 +279,24 @@ class PodSettings:
         return LammpsCalculator(self.pair_commands(paths), self.elements, self.atom_masses(), label=label)
 
 
+def _setup(sess: LammpsSession, cfg: Configuration, settings: PodSettings) -> Any:
+    """``cfg`` in ``sess`` under a zero pair style of the POD cutoff (the neighbour list); its box."""
+    box = lammps_box(cfg.cell, cfg.pbc, cfg.positions, where=cfg.where())
+    cut = settings.cutoff + 1e-6
+    sess.setup(
+        box, cfg.type_indices(settings.elements), settings.atom_masses(), [f"pair_style zero {cut!r}", "pair_coeff * *"]
+    )
+    return box
+
+
 def raw_compute_pod(
     cfg: Configuration, settings: PodSettings, session: LammpsSession | None = None
 ) -> tuple[np.ndarray, Any]:
     """LAMMPS's own ``compute pod/global`` array of ``cfg`` (LAMMPS frame) and the box used."""
     sess = session or get_session()
-    box = lammps_box(cfg.cell, cfg.pbc, cfg.positions, where=cfg.where())
-    cut = settings.cutoff + 1e-6
     param = settings.param_file()
     with sess.lock:
-        sess.setup(
-            box,
-            cfg.type_indices(settings.elements),
-            settings.atom_masses(),
-            [f"pair_style zero {cut!r}", "pair_coeff * *"],
-        )
+        box = _setup(sess, cfg, settings)
         sess.lmp.command(f'compute pod all pod/global {lammps_text.path(param)} "" {" ".join(settings.elements)}')
         sess.lmp.command("run 0")
         A = sess.global_array("pod")
@@ -297,6 +304,33 @@ def raw_compute_pod(
     if A.shape[0] != 1 + 3 * cfg.n_atoms:
         raise RuntimeError(f"{cfg.where()}: compute pod/global gave {A.shape[0]} rows, expected {1 + 3 * cfg.n_atoms}")
     return A, box
+
+
+def pod_atom_rows(
+    cfg: Configuration, settings: PodSettings, *, config_index: int = 0, session: LammpsSession | None = None
+) -> RowBlock:
+    """Per-atom energy rows of ``cfg`` from ``compute pod/atom`` (atom i's descriptors in its
+    element's block after its one-body column 1); they sum to :func:`pod_rows`' energy row."""
+    sess = session or get_session()
+    param = settings.param_file()
+    with sess.lock:
+        _setup(sess, cfg, settings)
+        sess.lmp.command(
+            f'compute popsdask_pod all pod/atom {lammps_text.path(param)} "" {" ".join(settings.elements)}'
+        )
+        sess.lmp.command("run 0")
+        D = sess.atom_compute("popsdask_pod")
+        sess.lmp.command("uncompute popsdask_pod")
+    per = settings.n_features // len(settings.elements)
+    if D.shape != (cfg.n_atoms, per - 1):
+        raise RuntimeError(f"{cfg.where()}: compute pod/atom gave shape {D.shape}, expected {(cfg.n_atoms, per - 1)}")
+    X = np.zeros((cfg.n_atoms, settings.n_features))
+    types = cfg.type_indices(settings.elements)
+    for t in range(len(settings.elements)):
+        mine = types == t + 1
+        X[mine, t * per] = 1.0
+        X[mine, t * per + 1 : (t + 1) * per] = D[mine]
+    return RowBlock.atom_energies(X, np.zeros(cfg.n_atoms), config_index)
 
 
 def pod_rows(

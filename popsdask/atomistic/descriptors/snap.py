@@ -49,6 +49,7 @@ __all__ = [
     "default_masses",
     "n_bispectrum",
     "pair_commands_for",
+    "snap_atom_rows",
     "snap_calculator",
     "snap_rows",
     "write_snap_potential",
@@ -298,11 +299,12 @@ class SnapSettings:
             flags += " dinner " + " ".join(repr(float(v)) for v in self.dinner)
         return flags
 
-    def compute_command(self, compute_id: str = "snap") -> str:
+    def compute_command(self, compute_id: str = "snap", style: str = "snap") -> str:
+        """``compute snap`` (design rows) or, ``style="sna/atom"``, per-atom descriptors: same arguments."""
         radii = " ".join(repr(float(r)) for r in self.radii)
         wts = " ".join(repr(float(w)) for w in self.element_weights)
         return (
-            f"compute {compute_id} all snap {self.rcutfac!r} {self.rfac0!r} {self.twojmax} "
+            f"compute {compute_id} all {style} {self.rcutfac!r} {self.rfac0!r} {self.twojmax} "
             f"{radii} {wts} {self._flags()}"
         )
 
@@ -472,6 +474,10 @@ class SnapSettings:
         """:func:`snap_rows` of ``cfg``."""
         return snap_rows(cfg, self, virial=virial, config_index=config_index, session=session)
 
+    def atom_rows(self, cfg: Configuration, *, config_index: int = 0, session: LammpsSession | None = None) -> RowBlock:
+        """:func:`snap_atom_rows` of ``cfg``."""
+        return snap_atom_rows(cfg, self, config_index=config_index, session=session)
+
     def store_attrs(self) -> dict[str, Any]:
         """Store attributes: ``descriptor`` (backend and settings), ``snap`` (the same settings,
         as stores before the protocol recorded them) and what the columns and rows mean."""
@@ -605,6 +611,40 @@ def snap_rows(
         component=comp[keep],
         config=np.full(m, config_index, dtype=np.int64),
     )
+
+
+def snap_atom_rows(
+    cfg: Configuration, settings: SnapSettings, *, config_index: int = 0, session: LammpsSession | None = None
+) -> RowBlock:
+    """Per-atom energy rows of ``cfg`` from ``compute sna/atom`` (atom i's bispectrum in its
+    element's block, its β0 column 1) and each atom's reference energy (``compute pe/atom`` of
+    the reference pair style, minus its element's ``energy_shift``): they sum to the energy row
+    and reference of :func:`snap_rows`."""
+    sess = session or get_session()
+    box = lammps_box(cfg.cell, cfg.pbc, cfg.positions, where=cfg.where())
+    types = cfg.type_indices(settings.elements)
+    with sess.lock:
+        sess.setup(box, types, settings.atom_masses(), settings.descriptor_pair_commands())
+        sess.lmp.command(settings.compute_command("popsdask_sna", style="sna/atom"))
+        sess.lmp.command("compute popsdask_pe all pe/atom pair")  # the reference pair's (zero: none)
+        sess.lmp.command("run 0")
+        B = sess.atom_compute("popsdask_sna")
+        ref = sess.atom_compute("popsdask_pe", columns=False)
+        sess.lmp.command("uncompute popsdask_sna")
+        sess.lmp.command("uncompute popsdask_pe")
+    expected = (cfg.n_atoms, settings.n_descriptors)
+    if B.shape != expected:
+        raise RuntimeError(f"{cfg.where()}: compute sna/atom gave shape {B.shape}, expected {expected}")
+    X = np.zeros((cfg.n_atoms, settings.n_features))
+    nb, c0 = settings.n_block, int(settings.beta0_columns)
+    for t in range(len(settings.elements)):
+        mine = types == t + 1
+        if c0:  # the β0 column is this element's atom count: 1 per atom
+            X[mine, t * nb] = 1.0
+        X[mine, t * nb + c0 : (t + 1) * nb] = B[mine]
+        if settings.energy_shift:
+            ref[mine] -= settings.energy_shift[t]
+    return RowBlock.atom_energies(X, ref, config_index)
 
 
 # -- potentials out: θ as .snapcoeff/.snapparam files, their pair commands, an ASE calculator ---------
