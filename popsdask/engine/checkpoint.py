@@ -23,9 +23,9 @@ from ..core.validation import InputError
 from ..io.store import atomic_group, is_complete
 from .design import Design, reading
 from .execution import compute, persist
-from .state import Bounds, Leverage, Moment, PopsSettings
+from .state import Bounds, Leverage, Moment, Pass1, PopsSettings
 
-CHECKPOINT_FORMAT = "popsdask.checkpoint/1"
+CHECKPOINT_FORMAT = "popsdask.checkpoint/2"
 #: the checkpointed passes, in order, and their progress labels
 CHECKPOINT_PASSES = {
     "evidence": "pass 1/4: Gram and evidence",
@@ -68,10 +68,12 @@ def block_checksum(X: np.ndarray, y: np.ndarray | None, w: np.ndarray | None) ->
     return int.from_bytes(digest, "little") >> 1
 
 
-def _metadata_digest(source: str) -> str:
-    """SHA-256 of every zarr.json of the store behind ``source`` (``PATH`` or ``PATH[split]``);
-    "none" for in-memory data."""
-    root = Path(re.sub(r"\[\w+\]$", "", source))
+def _metadata_digest(design: Design) -> str:
+    """SHA-256 of every zarr.json of the store behind the design's source (``PATH`` or
+    ``PATH[split]``), or of its parts' digests; "none" for in-memory data."""
+    if design.parts:
+        return hashlib.sha256(" ".join(_metadata_digest(d) for d in design.parts).encode()).hexdigest()
+    root = Path(re.sub(r"\[\w+\]$", "", design.source))
     if not (root / "zarr.json").is_file():
         return "none"
     h = hashlib.sha256()
@@ -84,16 +86,23 @@ def _metadata_digest(source: str) -> str:
 def design_fingerprint(design: Design) -> dict[str, str]:
     """What a checkpoint must match to be resumed, known without reading a chunk: the rows'
     source, shape, dtype and chunking, and a checksum of the store's metadata. The chunks' own
-    checksums (pass 1's) are compared by :meth:`Checkpoint.open` on ``resume``."""
+    checksums (pass 1's) are compared by :meth:`Checkpoint.open` on ``resume``. A design whose
+    first rows' statistics are ``known`` also has their checksum."""
     chunks = hashlib.sha256(repr(design.X.chunks[0]).encode()).hexdigest()
-    return {
+    out = {
         "source": design.source,
         "shape": f"{design.n_rows} x {design.n_features}",
         "dtype": design.X.dtype.str,
         "row chunks": f"{len(design.X.chunks[0])} chunks, sha256 {chunks[:16]}",
         "weights": "yes" if design.weight is not None else "no",
-        "metadata": _metadata_digest(design.source),
+        "metadata": _metadata_digest(design),
     }
+    if design.known is not None:
+        h = hashlib.sha256()
+        for value in vars(design.known).values():
+            h.update(np.asarray(value, dtype=np.float64).tobytes())
+        out["known statistics"] = h.hexdigest()
+    return out
 
 
 def chunk_checksums(design: Design, *, progress: bool = False) -> np.ndarray:
@@ -164,10 +173,11 @@ class Checkpoint:
         return ckpt
 
     def _check_chunks(self, design: Design) -> None:
-        """Refuse to resume when any chunk's checksum differs from pass 1's (an in-place edit)."""
+        """Refuse to resume when any chunk pass 1 read has another checksum now (an in-place edit)."""
         values = self._values("evidence")
         if values is None or "chunk_checksums" not in values:
             return
+        design = design.unread
         saved, now = values["chunk_checksums"], chunk_checksums(design)
         changed = np.flatnonzero(saved != now)
         if changed.size:
@@ -229,20 +239,26 @@ class Checkpoint:
             print(f"[popsdask] {CHECKPOINT_PASSES[name]} (from checkpoint {self.root})", flush=True)
 
     # pass 1 -------------------------------------------------------------------
-    def save_evidence(self, stats: Stats, ev: Evidence, checksums: np.ndarray) -> None:
-        """Pass 1: the statistics, the evidence and every chunk's :func:`block_checksum`."""
-        values: dict[str, Any] = {"chunk_checksums": np.asarray(checksums, dtype=np.int64)}
-        values.update({f"stats.{k}": v for k, v in vars(stats).items()})
+    def save_evidence(self, first: Pass1, ev: Evidence) -> None:
+        """Pass 1: the statistics, the :func:`block_checksum` of every chunk read, and the evidence."""
+        values: dict[str, Any] = {"chunk_checksums": first.checksums, "rows_read": first.rows_read}
+        values.update({f"stats.{k}": v for k, v in vars(first.stats).items()})
         values.update({f"ev.{k}": v for k, v in vars(ev).items()})
         with self._writing("evidence", values):
             pass
 
-    def load_evidence(self, progress: bool) -> Evidence | None:
+    def load_evidence(self, progress: bool) -> tuple[Pass1, Evidence] | None:
         v = self._values("evidence")
         if v is None:
             return None
         self._loaded("evidence", progress)
-        return Evidence(
+        stats = Stats(
+            gram=v["stats.gram"],
+            xty=v["stats.xty"],
+            **{k: float(v[f"stats.{k}"]) for k in ("yty", "sw", "y_mean", "y_m2")},
+            n_rows=int(v["stats.n_rows"]),
+        )
+        return Pass1(stats, v["chunk_checksums"], int(v["rows_read"])), Evidence(
             coef=v["ev.coef"],
             alpha=float(v["ev.alpha"]),
             lambda_=float(v["ev.lambda_"]),

@@ -9,7 +9,7 @@ import hashlib
 import os
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask
@@ -17,6 +17,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from ..core.stats import Stats
 from ..core.validation import InputError
 from ..io.chunkread import chunk_refs, load
 from ..io.store import default_chunk_rows, open_store
@@ -24,7 +25,11 @@ from ..io.store import default_chunk_rows, open_store
 
 @dataclass
 class Design:
-    """Row-chunked dask arrays of one regression problem (one chunk along ``feature``)."""
+    """Row-chunked dask arrays of one regression problem (one chunk along ``feature``).
+
+    A design of several inputs (:func:`concatenate_designs`) lists them in ``parts``, whose blocks
+    it reads in turn; ``known`` holds pass 1's statistics of its first part when they come from
+    a posterior, so that pass 1 reads only the other parts."""
 
     X: da.Array
     y: da.Array | None
@@ -34,6 +39,12 @@ class Design:
     #: identity of the rows as chunked here (dask names, or content hashes of in-memory
     #: inputs); None when unknown. Equal keys mean equal data and chunks, so pass 1 is reusable.
     key: str | None = None
+    #: whether the last column is the appended constant (``fit_intercept``)
+    fit_intercept: bool = False
+    #: the store's attributes (how its descriptors were made); empty for arrays
+    attrs: dict[str, Any] = field(default_factory=dict)
+    parts: tuple[Design, ...] = ()
+    known: Stats | None = None
 
     @property
     def n_rows(self) -> int:
@@ -47,9 +58,19 @@ class Design:
     def row_starts(self) -> list[int]:
         return [int(s) for s in np.cumsum((0,) + self.X.chunks[0][:-1])]
 
+    @property
+    def unread(self) -> Design:
+        """The rows pass 1 reads: all of them, or the parts after the first when ``known``."""
+        if self.known is None:
+            return self
+        rest = list(self.parts[1:])
+        return rest[0] if len(rest) == 1 else concatenate_designs(rest)
+
     def blocks(self) -> list[tuple[Any, Any, Any]]:
         """(X, y, weight) blocks, one per row chunk: delayed blocks, or :class:`ChunkRef` for
         chunks of a store read as raw files by the task that uses them."""
+        if self.parts:
+            return [b for part in self.parts for b in part.blocks()]
         n = self.X.numblocks[0]
         return list(
             zip(_block_sources(self.X, n), _block_sources(self.y, n), _block_sources(self.weight, n), strict=True)
@@ -147,10 +168,12 @@ def design_from(
     """
     source = "<array>"
     names: list[str] = []
+    attrs: dict[str, Any] = {}
     if isinstance(data, (str, os.PathLike)):
         data = open_store(data, require_y=require_y)
     if isinstance(data, xr.Dataset):
         source = str(data.attrs.get("source", "<dataset>"))
+        attrs = dict(data.attrs)
         if y is None and "y" in data:
             y = data["y"]
         if weight is None and "weight" in data:
@@ -191,4 +214,27 @@ def design_from(
     if all(t is not None for t in tokens):
         # the chunks are part of the identity: they fix the order of the float64 reduction
         key = dask.base.tokenize("popsdask-design", tokens, X.chunks, X.dtype.str, fit_intercept)
-    return Design(X, arrays["y"], arrays["weight"], source, names, key)
+    return Design(X, arrays["y"], arrays["weight"], source, names, key, fit_intercept, attrs)
+
+
+def concatenate_designs(parts: list[Design], known: Stats | None = None) -> Design:
+    """The rows of ``parts`` in order as one design (each keeps its chunks and weights; a part
+    without weights weighs 1); ``known``: pass 1's statistics of ``parts[0]``."""
+    first = parts[0]
+    weight = None
+    if any(d.weight is not None for d in parts):
+        weight = da.concatenate(
+            [d.weight if d.weight is not None else da.ones(d.n_rows, chunks=(d.X.chunks[0],)) for d in parts]
+        )
+    y = da.concatenate([d.y for d in parts]) if all(d.y is not None for d in parts) else None
+    return Design(
+        X=da.concatenate([d.X for d in parts]),
+        y=y,
+        weight=weight,
+        source=" + ".join(d.source for d in parts),
+        feature_names=first.feature_names,
+        fit_intercept=first.fit_intercept,
+        attrs=first.attrs,
+        parts=tuple(parts),
+        known=known,
+    )

@@ -48,9 +48,10 @@ def fit(
     reuse_statistics: bool = False,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
+    previous: Posterior | str | os.PathLike | None = None,
     **evidence: Any,
 ) -> Posterior:
-    """Fit a POPS posterior out of core.
+    """Fit a POPS posterior out of core, or add rows to a fit (``previous``).
 
     Parameters
     ----------
@@ -94,6 +95,13 @@ def fit(
         Refused with :class:`InputError` when the data's fingerprint (source, shape, chunking,
         metadata and sampled-chunk checksums) or any setting differs from the checkpoint's.
         The result equals the uninterrupted fit.
+    previous : Posterior or path of a saved one, optional
+        Add ``data``'s rows to the rows ``previous`` was fitted to: pass 1 reads only ``data``
+        and adds its statistics to those ``previous`` stores; passes 2–4 read the old rows
+        again from the stores ``previous`` records (refused with :class:`InputError` when one
+        is gone or changed, when ``data``'s features, descriptor or ``fit_intercept`` differ,
+        or when ``previous`` holds no statistics). The result equals a fit of all rows from
+        scratch with these settings; ``provenance["rows read"]`` counts the rows each pass read.
     **evidence
         BayesianRidge hyper-parameters (max_iter, tol, alpha_1, alpha_2, lambda_1, lambda_2,
         alpha_init, lambda_init, compute_score).
@@ -126,6 +134,7 @@ def fit(
         reuse_statistics=reuse_statistics,
         checkpoint=checkpoint,
         resume=resume,
+        previous=previous,
     )
     return post
 

@@ -11,9 +11,10 @@ from ..core.validation import InputError
 from ..io.store import output_lock
 from .checkpoint import CHECKPOINT_PASSES, Checkpoint
 from .design import Design
+from .incremental import added_design, fitted_rows
 from .passes import bounds_pass, leverage_pass, moment_pass, statistics_and_evidence
 from .posterior import Posterior, provenance
-from .state import Bounds, Leverage, Moment, PopsSettings
+from .state import Bounds, Leverage, Moment, Pass1, PopsSettings
 
 
 def check_enough_rows(n: int, p: int, source: str) -> None:
@@ -34,10 +35,16 @@ def fit_pops_with_evidence(
     reuse_statistics: bool = False,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
+    previous: Posterior | str | os.PathLike | None = None,
 ) -> tuple[Posterior, Evidence]:
     """Fit BayesianRidge evidence maximisation and the POPS posterior, pass by pass; also return
     the evidence maximisation (its ``scores`` are the log marginal likelihood per iteration when
     ``compute_score``).
+
+    ``previous`` (a posterior, or its path): add ``design``'s rows to the rows it was fitted to.
+    Pass 1 reads only ``design`` and combines its statistics with those ``previous`` stores;
+    passes 2–4 read the old rows again (from the stores ``previous`` records, refused if they
+    changed) and the new ones. The result equals a fit of all rows from scratch.
 
     ``corrections_path`` (a new Zarr array directory) receives the pointwise corrections of
     the ``ensemble`` posterior. ``reuse_statistics``: take pass 1 from (and put it in)
@@ -52,6 +59,9 @@ def fit_pops_with_evidence(
     """
     settings = settings or PopsSettings()
     evidence = evidence or EvidenceParams()
+    if previous is not None:
+        where = "the previous posterior" if isinstance(previous, Posterior) else str(previous)
+        design = added_design(previous if isinstance(previous, Posterior) else Posterior.load(previous), design, where)
     check_enough_rows(design.n_rows, design.n_features, design.source)
     if checkpoint is None:
         if resume:
@@ -78,11 +88,13 @@ def _fit_passes(
 ) -> tuple[Posterior, Evidence]:
     """The passes in order, each taken from ``ckpt`` when it holds it, else computed (and then
     checkpointed)."""
-    ev = ckpt.load_evidence(progress) if ckpt else None
-    if ev is None:
-        stats, ev, checksums = statistics_and_evidence(design, evidence, progress=progress, reuse=reuse_statistics)
+    loaded = ckpt.load_evidence(progress) if ckpt else None
+    if loaded is None:
+        first, ev = statistics_and_evidence(design, evidence, progress=progress, reuse=reuse_statistics)
         if ckpt:
-            ckpt.save_evidence(stats, ev, checksums)
+            ckpt.save_evidence(first, ev)
+    else:
+        first, ev = loaded
     kind = posterior_kind(settings.posterior)
     lev = None
     if ckpt:
@@ -103,11 +115,12 @@ def _fit_passes(
             bounds = bounds_pass(design, ev, lev, moment.moment, settings, progress)
             if ckpt:
                 ckpt.save_bounds(bounds)
-    return _posterior(design, ev, lev, moment, bounds, evidence, settings), ev
+    return _posterior(design, first, ev, lev, moment, bounds, evidence, settings), ev
 
 
 def _posterior(
     design: Design,
+    first: Pass1,
     ev: Evidence,
     lev: Leverage,
     moment: Moment,
@@ -141,5 +154,10 @@ def _posterior(
             "leverage_floor": lev.floor,
             "residual_threshold": lev.min_residual,
         },
-        provenance=provenance(design.source),
+        provenance={
+            **provenance(design.source),
+            # what each pass read: pass 1 skips rows whose statistics a previous posterior held
+            "rows read": {"pass 1": first.rows_read, "passes 2-4": design.n_rows},
+        },
+        fitted_rows_=fitted_rows(design, first.stats),
     )

@@ -16,6 +16,7 @@ when there is one, else on Dask's threaded scheduler).
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import os
 from collections.abc import Sequence
@@ -48,7 +49,7 @@ from .cache import STATISTICS_CACHE
 from .checkpoint import Checkpoint, block_checksum
 from .design import Design, reading
 from .execution import compute, persist, tasks_share_a_process, tree_reduce
-from .state import Bounds, Leverage, Moment, PopsSettings
+from .state import Bounds, Leverage, Moment, Pass1, PopsSettings
 
 
 def _checked_stats(X, y, w, *, start: int, source: str) -> Stats:
@@ -83,45 +84,52 @@ def _stats_and_checksum(X, y, w, *, start: int, source: str) -> tuple[Stats, int
     return _checked_stats(X, y, w, start=start, source=source), block_checksum(X, y, w)
 
 
-def sufficient_statistics_and_checksums(design: Design, *, progress: bool = False) -> tuple[Stats, np.ndarray]:
-    """Pass 1: G, XᵀWy, yᵀWy, Σw by a tree reduction over row chunks, and the
-    :func:`~popsdask.engine.checkpoint.block_checksum` of every chunk (a resumed fit compares them)."""
+def statistics_pass(design: Design, *, progress: bool = False) -> Pass1:
+    """Pass 1: G, XᵀWy, yᵀWy, Σw by a tree reduction over the row chunks of
+    :attr:`Design.unread` (combined with :attr:`Design.known` when a posterior's statistics
+    cover the first rows), and the :func:`~popsdask.engine.checkpoint.block_checksum` of every
+    chunk read (a resumed fit compares them)."""
+    read = design.unread
     pairs = [
-        delayed(reading(_stats_and_checksum), pure=True, nout=2)(xb, yb, wb, start=s, source=design.source)
-        for (xb, yb, wb), s in zip(design.blocks(), design.row_starts, strict=True)
+        delayed(reading(_stats_and_checksum), pure=True, nout=2)(xb, yb, wb, start=s, source=read.source)
+        for (xb, yb, wb), s in zip(read.blocks(), read.row_starts, strict=True)
     ]
     gram = tree_reduce([part for part, _ in pairs], combine_stats, "gram")
-    stats, *checksums = compute(gram, *[crc for _, crc in pairs], label="pass 1/4: Gram", progress=progress)
+    label = "pass 1/4: Gram" if design.known is None else f"pass 1/4: Gram of the {read.n_rows} added rows"
+    stats, *checksums = compute(gram, *[crc for _, crc in pairs], label=label, progress=progress)
+    rows_read = stats.n_rows
+    if design.known is not None:
+        stats = combine_stats(design.known, stats)
     if stats.sw <= 0:
         raise InputError(f"{design.source}: all weights are zero")
-    return stats, np.asarray(checksums, dtype=np.int64)
+    return Pass1(stats, np.asarray(checksums, dtype=np.int64), rows_read)
 
 
 def sufficient_statistics(design: Design, *, progress: bool = False) -> Stats:
-    """Pass 1's statistics (:func:`sufficient_statistics_and_checksums`)."""
-    return sufficient_statistics_and_checksums(design, progress=progress)[0]
+    """Pass 1's statistics (:func:`statistics_pass`)."""
+    return statistics_pass(design, progress=progress).stats
 
 
 def statistics_and_evidence(
     design: Design, evidence: EvidenceParams, *, progress: bool = False, reuse: bool = False
-) -> tuple[Stats, Evidence, np.ndarray]:
-    """Pass 1 (statistics and chunk checksums), the evidence maximisation and (when needed)
-    pass 1b, from :data:`STATISTICS_CACHE` when ``reuse`` and the design has a key (see
+) -> tuple[Pass1, Evidence]:
+    """Pass 1 (:func:`statistics_pass`), the evidence maximisation and (when needed) pass 1b,
+    from :data:`STATISTICS_CACHE` when ``reuse`` and the design has a key (see
     :class:`StatisticsCache`)."""
 
     if not reuse or design.key is None:
-        stats, checksums = sufficient_statistics_and_checksums(design, progress=progress)
-        return stats, _evidence(design, stats, evidence, progress), checksums
+        first = statistics_pass(design, progress=progress)
+        return first, _evidence(design, first.stats, evidence, progress)
     cache = STATISTICS_CACHE
-    (stats, checksums), hit = cache.get_or_compute(
-        ("stats", design.key), lambda: sufficient_statistics_and_checksums(design, progress=progress)
-    )
-    if hit and progress:
-        print("[popsdask] pass 1/4: Gram (reused)", flush=True)
+    first, hit = cache.get_or_compute(("stats", design.key), lambda: statistics_pass(design, progress=progress))
+    if hit:
+        first = dataclasses.replace(first, rows_read=0)  # this fit read none
+        if progress:
+            print("[popsdask] pass 1/4: Gram (reused)", flush=True)
     # the evidence (and pass 1b) depend on the BayesianRidge parameters too
     ev_key = ("evidence", design.key, tuple(sorted(vars(evidence).items())))
-    ev, _ = cache.get_or_compute(ev_key, lambda: _evidence(design, stats, evidence, progress))
-    return stats, ev, checksums
+    ev, _ = cache.get_or_compute(ev_key, lambda: _evidence(design, first.stats, evidence, progress))
+    return first, ev
 
 
 def _evidence(design: Design, stats: Stats, evidence: EvidenceParams, progress: bool) -> Evidence:

@@ -15,12 +15,32 @@ import numpy as np
 import xarray as xr
 
 from ..core.kinds import PosteriorKind, posterior_kind
+from ..core.stats import Stats
 from ..core.validation import InputError
 from ..io.store import atomic_group, check_safe_group, is_complete
 from .schema import check_posterior_dataset
 
 POSTERIOR_FORMAT = "popsdask.posterior/1"
 DEFAULT_N_SAMPLES = 500
+
+
+@dataclass
+class FittedRows:
+    """Pass 1's statistics of the rows a posterior was fitted to, and which inputs those rows
+    are, so that a later fit adds rows without reading these in pass 1 (``previous`` of
+    :func:`popsdask.fit`).
+
+    Attributes
+    ----------
+    stats : the weighted Gram XᵀWX (P, P), XᵀWy (P,), yᵀWy, row count, Σw and the moments of y
+    inputs : one record per input in row order (``checkpoint.design_fingerprint`` with the
+        source as an absolute path): a later fit reopens them and refuses any that changed
+    fit_intercept : whether the last of the P columns is the appended constant
+    """
+
+    stats: Stats
+    inputs: list[dict[str, str]]
+    fit_intercept: bool
 
 
 @dataclass
@@ -43,6 +63,8 @@ class Posterior:
     settings, provenance : what produced it
     calibration : per-kind conformal scales (:class:`popsdask.calibration.conformal.Calibration` as a
         dict), applied by ``predict_ensemble``; None when uncalibrated
+    fitted_rows_ : pass 1's statistics of the rows fitted (:class:`FittedRows`); None for a
+        posterior made otherwise (it cannot take added rows)
     """
 
     coef_: np.ndarray
@@ -64,6 +86,7 @@ class Posterior:
     settings: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None
+    fitted_rows_: FittedRows | None = None
 
     @property
     def n_features(self) -> int:
@@ -109,6 +132,19 @@ class Posterior:
             "misspecification_sigma": (("feature", "feature_"), self.misspecification_sigma_),
         }
         data.update(self.kind_.variables(self))
+        attrs: dict[str, Any] = {}
+        if self.fitted_rows_ is not None:
+            rows = self.fitted_rows_
+            data["statistics_gram"] = (("feature", "feature_"), rows.stats.gram)
+            data["statistics_xty"] = (("feature",), rows.stats.xty)
+            # JSON keeps float64 exactly (shortest repr round-trips)
+            attrs["statistics"] = json.dumps(
+                {
+                    **{k: v for k, v in vars(rows.stats).items() if k not in ("gram", "xty")},
+                    "fit_intercept": rows.fit_intercept,
+                    "inputs": rows.inputs,
+                }
+            )
         ds = xr.Dataset(data)
         if self.feature_names:
             ds = ds.assign_coords(feature_name=("feature", np.asarray(self.feature_names, dtype=str)))
@@ -125,6 +161,7 @@ class Posterior:
             settings=json.dumps(self.settings, default=str),
             provenance=json.dumps(self.provenance, default=str),
             calibration=json.dumps(self.calibration) if self.calibration else "",
+            **attrs,
             popsdask_complete=False,
         )
         return ds
@@ -182,7 +219,15 @@ class Posterior:
             settings=v["settings"],
             provenance=v["provenance"],
             calibration=v["calibration"],
+            fitted_rows_=_fitted_rows(v["statistics"]),
         )
+
+
+def _fitted_rows(checked: dict[str, Any] | None) -> FittedRows | None:
+    if checked is None:
+        return None
+    stats = Stats(**{k: checked[k] for k in ("gram", "xty", "yty", "n_rows", "sw", "y_mean", "y_m2")})
+    return FittedRows(stats, checked["inputs"], checked["fit_intercept"])
 
 
 def _open_corrections(root: Path) -> da.Array:

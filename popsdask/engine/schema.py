@@ -153,7 +153,63 @@ def check_posterior_dataset(ds: xr.Dataset, where: str) -> dict[str, Any]:
     out["calibration"] = _json_object(a, "calibration", where, empty="")
     if out["calibration"] is not None:
         _check_calibration(out["calibration"], where)
+    out["statistics"] = _check_statistics(ds, where, p, out["n_rows"])
     return out
+
+
+#: the scalars of pass 1's statistics and their lower bounds (None: any finite number)
+_STATISTICS_SCALARS = {"yty": 0.0, "sw": 0.0, "y_mean": None, "y_m2": 0.0}
+
+
+def _check_statistics(ds: xr.Dataset, where: str, p: int, n_rows: int) -> dict[str, Any] | None:
+    """Pass 1's stored statistics (variables ``statistics_gram`` (P, P) and ``statistics_xty``
+    (P,), attribute ``statistics``): all three or none, finite, the Gram symmetric with a
+    non-negative diagonal, Σw > 0, and input records whose rows add up to ``n_rows``."""
+    names = ("statistics_gram", "statistics_xty")
+    present = [n in ds.variables for n in names] + ["statistics" in ds.attrs]
+    if not any(present):
+        return None
+    if not all(present):
+        missing = [n for n, ok in zip((*names, "attribute statistics"), present, strict=True) if not ok]
+        raise InputError(f"{where}: pass-1 statistics are incomplete: {missing[0]!r} is missing")
+    gram = _finite_array(ds, "statistics_gram", where, (p, p))
+    if np.any(np.diagonal(gram) < 0) or not np.allclose(gram, gram.T, rtol=1e-12, atol=0):
+        raise InputError(f"{where}: variable 'statistics_gram' is not a Gram matrix (asymmetric or negative diagonal)")
+    out: dict[str, Any] = {"gram": gram, "xty": _finite_array(ds, "statistics_xty", where, (p,))}
+    record = _json_object(ds.attrs, "statistics", where)
+    assert record is not None
+    where_attr = f"{where}: attribute 'statistics'"
+    for key, low in _STATISTICS_SCALARS.items():
+        out[key] = _number(record, key, where_attr, low=-math.inf if low is None else low, strict=key == "sw")
+    if record.get("n_rows") != n_rows or isinstance(record.get("n_rows"), bool):
+        raise InputError(f"{where_attr}: n_rows = {record.get('n_rows')!r}, the posterior's n_rows is {n_rows}")
+    out["n_rows"] = n_rows
+    if not isinstance(record.get("fit_intercept"), bool):
+        raise InputError(f"{where_attr}: fit_intercept = {record.get('fit_intercept')!r} is not true or false")
+    out["fit_intercept"] = record["fit_intercept"]
+    out["inputs"] = _check_inputs(record.get("inputs"), where_attr, p, n_rows)
+    return out
+
+
+def _check_inputs(inputs: Any, where: str, p: int, n_rows: int) -> list[dict[str, str]]:
+    """Input records (``checkpoint.design_fingerprint``): texts, with shapes of P columns whose
+    rows add up to ``n_rows``."""
+    if not isinstance(inputs, list) or not inputs:
+        raise InputError(f"{where}: 'inputs' is not a non-empty list of input records")
+    rows = 0
+    for i, rec in enumerate(inputs):
+        if not isinstance(rec, dict) or not all(isinstance(v, str) for v in rec.values()) or "source" not in rec:
+            raise InputError(f"{where}: input {i} is not a record of texts with a 'source'")
+        try:
+            n, cols = (int(s) for s in str(rec.get("shape")).split(" x "))
+        except ValueError:
+            raise InputError(f"{where}: input {i} has shape {rec.get('shape')!r}, expected 'ROWS x {p}'") from None
+        if cols != p or n <= 0:
+            raise InputError(f"{where}: input {i} has shape {rec['shape']!r}, expected 'ROWS x {p}'")
+        rows += n
+    if rows != n_rows:
+        raise InputError(f"{where}: its inputs hold {rows} rows, the posterior's n_rows is {n_rows}")
+    return inputs
 
 
 def check_prediction_dataset(ds: xr.Dataset, where: str) -> None:

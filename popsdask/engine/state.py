@@ -9,6 +9,8 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from ..core.stats import Stats
+
 
 @dataclass
 class PopsSettings:
@@ -26,6 +28,16 @@ class PopsSettings:
     percentile_clipping: float = 0.0
     posterior: str = "hypercube"
     minimum_relative_error: float | None = None
+
+
+@dataclass
+class Pass1:
+    """Pass 1's result: the statistics of all the design's rows, the checksum of every chunk it
+    read and how many rows it read (fewer than all when a posterior's statistics covered some)."""
+
+    stats: Stats
+    checksums: np.ndarray
+    rows_read: int
 
 
 @dataclass
