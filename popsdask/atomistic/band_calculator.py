@@ -137,8 +137,9 @@ class PosteriorCalculator(Calculator):
     bounds : ``"members"``: ``energy_min``/``energy_max`` (and per atom) are the members'
         envelope, calibrated when the posterior is, as ``popsdask predict``'s ``min``/``max``;
         ``"box"``: the exact envelope of the whole posterior (``box_min``/``box_max``)
-    n_samples, method, seed : the members (as ``popsdask predict``; default 500 uniform from 0,
-        every stored correction of an ensemble posterior when ``n_samples`` is None)
+    n_samples, method, seed : the members, as ``popsdask predict`` draws them; by default (None)
+        its default: 500 uniform draws from seed 0 of a hypercube, every stored correction of an
+        ensemble
     directory, label : where the MLE's potential files go (default a new temporary directory)
 
     Results (``calc.results``, ``calc.get_property(name, atoms)``): ``energy``, ``free_energy``,
@@ -157,7 +158,7 @@ class PosteriorCalculator(Calculator):
         backend: DescriptorBackend,
         *,
         bounds: str = "members",
-        n_samples: int | None = 500,
+        n_samples: int | None = None,
         method: str = "uniform",
         seed: int | None = 0,
         directory: str | os.PathLike | None = None,

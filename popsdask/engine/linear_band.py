@@ -39,7 +39,7 @@ class LinearBand:
     ----------
     coef : (P,) the MLE
     mean_shift : (P,) mean μ of the members' perturbations
-    factor : (P, r) L with LLᵀ = C, the members' population covariance (r its numerical rank)
+    factor : (P, r) L with LLᵀ = C, the members' population covariance (r = min(S, P))
     draws : (S, P) the members' perturbations δθ (``min``/``max``)
     box : (basis (P, K), lower (K,), upper (K,)) of a box posterior, or None (then ``box_*``
         are the min and max over every stored correction, which ``draws`` then holds)
@@ -74,11 +74,10 @@ class LinearBand:
         else:
             draws = posterior.perturbations(DEFAULT_N_SAMPLES if n_samples is None else n_samples, method, seed)
         mu = draws.mean(axis=0)
-        centred = draws - mu
-        cov = centred.T @ centred / draws.shape[0]
-        w, v = np.linalg.eigh(cov)
-        keep = w > w.max(initial=0.0) * 1e-14
-        factor = v[:, keep] * np.sqrt(w[keep])
+        # R of the centred draws' QR (RᵀR = S·C) rather than eigenvectors of C: forming C squares
+        # its condition, and a row the fit pins down (std ≪ ‖x‖·‖δθ‖, e.g. an energy row) lost
+        # digits of its std with it
+        factor = np.linalg.qr(draws - mu, mode="r").T / np.sqrt(draws.shape[0])
         return cls(
             coef=np.asarray(posterior.coef_, dtype=np.float64),
             mean_shift=mu,
