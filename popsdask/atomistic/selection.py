@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -202,19 +202,47 @@ def select_rows(
 # ---------------------------------------------------------------------------- descriptors
 
 
-def posterior_backend(posterior: Posterior, descriptors: str | os.PathLike | None = None) -> DescriptorBackend:
-    """The descriptor of ``posterior``'s rows: from the store ``descriptors``, else from the store
-    the posterior was fitted on (its provenance), refused in one line when neither is readable."""
+def _store_backend(path: str | os.PathLike) -> DescriptorBackend:
     from ..io.store import open_store
 
-    path = descriptors or re.sub(r"\[(train|test)\]$", "", str(posterior.provenance.get("input", "")))
-    if not path or not Path(path).exists():
+    return backend_from_attrs(open_store(path, require_y=False).attrs, where=str(path))
+
+
+def _fitted_store(posterior: Posterior) -> Path | None:
+    """The descriptor store ``posterior`` was fitted on (its provenance), if it is still there."""
+    path = re.sub(r"\[(train|test)\]$", "", str(posterior.provenance.get("input", "")))
+    return Path(path) if path and Path(path).exists() else None
+
+
+def _same_settings(posterior: Posterior, backend: DescriptorBackend, where: str) -> None:
+    """Refuse ``backend`` when the store the posterior was fitted on records other settings."""
+    fitted = _fitted_store(posterior)
+    if fitted is None:  # gone: the columns' count and names are all there is to compare
+        return
+    theirs = _store_backend(fitted)
+    if backend != theirs:
         raise InputError(
-            f"the posterior's descriptor store {path or '(not recorded)'} is not there; "
-            "pass the descriptor store it was fitted on (descriptors=, --descriptors)"
+            f"{where}: descriptor settings {backend.to_attrs()} differ from those the posterior was fitted on "
+            f"({fitted}: {theirs.to_attrs()})"
         )
-    backend = backend_from_attrs(open_store(path, require_y=False).attrs, where=str(path))
+
+
+def posterior_backend(posterior: Posterior, descriptors: str | os.PathLike | None = None) -> DescriptorBackend:
+    """The descriptor of ``posterior``'s rows: from the store ``descriptors`` (refused when the
+    store the posterior was fitted on records other settings), else from that store (its
+    provenance); refused in one line when neither is there or the columns are not the posterior's."""
+    if descriptors is not None and not Path(descriptors).exists():
+        raise InputError(f"{descriptors}: no such descriptor store")
+    path = descriptors or _fitted_store(posterior)
+    if path is None:
+        raise InputError(
+            f"the store the posterior was fitted on ({posterior.provenance.get('input', 'not recorded')}) is not "
+            "there; pass a descriptor store with its settings (descriptors=, --descriptors)"
+        )
+    backend = _store_backend(path)
     check_pool_descriptor(posterior, backend.n_features, backend.feature_names(), str(path))
+    if descriptors is not None:
+        _same_settings(posterior, backend, str(descriptors))
     return backend
 
 
@@ -237,20 +265,6 @@ def check_pool_descriptor(
         )
 
 
-def _store_descriptor_matches(posterior: Posterior, attrs: Mapping[str, Any], where: str) -> None:
-    """Refuse a store pool whose descriptor settings differ from those of the posterior's store."""
-    check_pool_descriptor(posterior, int(attrs.get("n_features", -1)), attrs.get("feature_names"), where)
-    mine = backend_from_attrs(attrs, where=where)
-    try:
-        theirs = posterior_backend(posterior)
-    except InputError:  # the fitted store is gone: the columns' names are all there is to compare
-        return
-    if mine != theirs:
-        raise InputError(
-            f"{where}: descriptor settings {mine.to_attrs()} differ from the posterior's {theirs.to_attrs()}"
-        )
-
-
 # ---------------------------------------------------------------------------- pools
 
 
@@ -258,22 +272,21 @@ def read_pool(paths: str | os.PathLike | Sequence[str | os.PathLike], elements: 
     """Configurations of a pool, labelled or not: extxyz files, any file ASE reads (a LAMMPS
     text dump's atom types are ``elements`` in order, as the descriptors number them), and
     directories of them. Refused in one line at the first unreadable file or configuration."""
-    from ase.io.formats import filetype
+    from ase.io.formats import UnknownFileTypeError, filetype
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     pool: list[Configuration] = []
     for p in expand_paths(paths):
+        lower = p.name.lower()
+        if any(lower.endswith(s) for s in (".xyz", ".extxyz", ".xyz.xz", ".extxyz.xz", ".xyz.gz", ".extxyz.gz")):
+            pool += read_extxyz(p)
+            continue
         try:
-            dump = filetype(p, guess=False) == "lammps-dump-text"
-        except Exception:  # ASE's guess raises on files it does not know: read_extxyz names the fault
+            dump = filetype(str(p), guess=False) == "lammps-dump-text"
+        except UnknownFileTypeError:  # read_extxyz names the fault
             dump = False
-        if dump:
-            pool += _read_dump(p, elements)
-        else:
-            lower = p.name.lower()
-            extxyz = any(lower.endswith(s) for s in (".xyz", ".extxyz", ".xyz.xz", ".extxyz.xz", ".xyz.gz"))
-            pool += read_extxyz(p, format="extxyz" if extxyz else None)
+        pool += _read_dump(p, elements) if dump else read_extxyz(p, format=None)
     for cfg in pool:
         validate_configuration(cfg, elements=elements, require_energy=False, require_forces=False)
     return pool
@@ -342,7 +355,8 @@ def select_configurations(
     if backend is None:
         backend = posterior_backend(posterior)
     else:
-        check_pool_descriptor(posterior, backend.n_features, backend.feature_names(), "descriptor")
+        check_pool_descriptor(posterior, backend.n_features, backend.feature_names(), "backend")
+        _same_settings(posterior, backend, "backend")
     intercept = bool(posterior.settings.get("fit_intercept", False))
     X, ref = pool_energy_rows(configurations, backend, fit_intercept=intercept)
     sel = select_rows(posterior, X, n, seed=seed, n_samples=n_samples, method=method, support_weight=support_weight)
@@ -380,7 +394,9 @@ def select_from_store(
     from ..io.store import open_store
 
     ds = open_store(store, require_y=False)
-    _store_descriptor_matches(posterior, ds.attrs, str(store))
+    names = ds["feature_name"].values.tolist() if "feature_name" in ds.coords else ds.attrs.get("feature_names")
+    check_pool_descriptor(posterior, ds.sizes["feature"], names, str(store))
+    _same_settings(posterior, backend_from_attrs(ds.attrs, where=str(store)), str(store))
     n_configs = ds.sizes.get("configuration", 0)
     if "n_atoms" not in ds or "kind" not in ds.coords or "config" not in ds.coords:
         raise InputError(f"{store}: energies per atom need per-configuration n_atoms and row config/kind")
