@@ -10,6 +10,7 @@ posterior records.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -38,11 +39,31 @@ def _absolute(source: str) -> str:
     return str(Path(path).absolute()) + (f"[{split}]" if split else "")
 
 
+def _files_digest(source: str) -> str:
+    """A digest of the size and modification time of every file of the store behind ``source``:
+    a store rewritten with the same shapes (whose metadata is unchanged) gets another one."""
+    path, _ = _store_and_split(source)
+    if path.startswith("<"):
+        return "none"
+    root = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*")):
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.relative_to(root)} {st.st_size} {st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _record(design: Design) -> dict[str, str]:
+    return {**design_fingerprint(design), "files": _files_digest(design.source)}
+
+
 def input_records(design: Design) -> list[dict[str, str]]:
-    """The :func:`design_fingerprint` of each input of ``design`` in row order, sources absolute."""
+    """The :func:`design_fingerprint` of each input of ``design`` in row order, with a digest of
+    its store's files; sources absolute."""
     if design.parts:
         return [rec for part in design.parts for rec in input_records(part)]
-    return [{**design_fingerprint(design), "source": _absolute(design.source)}]
+    return [{**_record(design), "source": _absolute(design.source)}]
 
 
 def fitted_rows(design: Design, stats: Any) -> FittedRows:
@@ -75,7 +96,7 @@ def reopen_fitted(post: Posterior, where: str) -> Design:
             raise InputError(f"{where}: its input store {path} is gone; passes 2-4 of a fit that adds rows read it")
         ds = open_store(path)
         design = design_from(ds if split is None else select_split(ds, split), fit_intercept=rows.fit_intercept)
-        now = {**design_fingerprint(design), "source": rec["source"]}
+        now = {**_record(design), "source": rec["source"]}
         for key, was in rec.items():
             if now.get(key) != was:
                 raise InputError(

@@ -33,8 +33,9 @@ class FittedRows:
     Attributes
     ----------
     stats : the weighted Gram XᵀWX (P, P), XᵀWy (P,), yᵀWy, row count, Σw and the moments of y
-    inputs : one record per input in row order (``checkpoint.design_fingerprint`` with the
-        source as an absolute path): a later fit reopens them and refuses any that changed
+    inputs : one record per input in row order (``checkpoint.design_fingerprint``, the source
+        as an absolute path, and a digest of the sizes and times of its files): a later fit
+        reopens them and refuses any that changed
     fit_intercept : whether the last of the P columns is the appended constant
     """
 
