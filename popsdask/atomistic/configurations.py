@@ -150,8 +150,10 @@ class Configuration:
         from ase.calculators.singlepoint import SinglePointCalculator
 
         atoms = Atoms(self.symbols, positions=self.positions, cell=self.cell, pbc=self.pbc)
-        atoms.info.update(self.info)
-        atoms.info.update(name=self.name, group=self.group)
+        # no empty strings: ASE's extxyz writer leaves them unquoted, and its reader then takes the
+        # next key (name=..., pbc=...) as their value
+        info = {**self.info, "name": self.name, "group": self.group}
+        atoms.info.update({k: v for k, v in info.items() if not (isinstance(v, str) and not v)})
         if with_labels and self.energy is not None:
             res: dict[str, Any] = {"energy": self.energy}
             if self.forces is not None:

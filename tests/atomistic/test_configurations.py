@@ -173,3 +173,12 @@ def test_store_build_fails_before_writing_on_invalid_configuration(tmp_path) -> 
         build_descriptor_store(tmp_path / "s.zarr", cfgs, SnapSettings(twojmax=2))
     assert not (tmp_path / "s.zarr").exists()
     assert not parts_directory(tmp_path / "s.zarr").exists()
+
+
+def test_to_atoms_round_trips_through_extxyz_without_a_group(tmp_path) -> None:
+    # an empty group written as `group=` made ASE read the next key (name, pbc) as its value
+    cfg = Configuration.from_atoms(bulk("W", "bcc", a=3.18, cubic=True), name="w", source="x")
+    cfg.info["note"] = ""
+    ase.io.write(tmp_path / "w.extxyz", [cfg.to_atoms()], format="extxyz")
+    (back,) = read_extxyz(tmp_path / "w.extxyz")
+    assert back.name == "w" and back.group == "" and back.pbc.tolist() == [True, True, True]
