@@ -290,7 +290,34 @@ POSTERIOR_EDITS = {
     ),
     "coef deleted": (lambda p: _replace_array(p, "coef", None), "variable 'coef' is missing"),
     "coef wrong length": (lambda p: _replace_array(p, "coef", np.zeros(7)), "coef|feature"),
+    "statistics Gram NaN": (
+        lambda p: _set_value(p, "statistics_gram", (0, 1), np.nan),
+        "'statistics_gram'.*non-finite.*\\(0, 1\\)",
+    ),
+    "statistics Gram asymmetric": (
+        lambda p: _set_value(p, "statistics_gram", (0, 1), 1e6),
+        "'statistics_gram' is not a Gram matrix",
+    ),
+    "statistics XtY deleted": (
+        lambda p: _replace_array(p, "statistics_xty", None),
+        "pass-1 statistics are incomplete: 'statistics_xty' is missing",
+    ),
+    "statistics row count": (
+        lambda p: _edit_statistics(p, n_rows=1),
+        "attribute 'statistics': n_rows = 1, the posterior's n_rows is",
+    ),
+    "statistics weights": (lambda p: _edit_statistics(p, sw=-1.0), "'statistics': attribute 'sw' = -1.0 must be > 0"),
+    "statistics inputs": (
+        lambda p: _edit_statistics(p, inputs=[{"source": "a.zarr", "shape": "5 x 99"}]),
+        "input 0 has shape '5 x 99'",
+    ),
 }
+
+
+def _edit_statistics(group: Path, **changes) -> None:
+    """Change keys of the JSON ``statistics`` attribute (pass 1's statistics) of a posterior."""
+    doc = json.loads(json.loads((group / "zarr.json").read_text())["attributes"]["statistics"])
+    _set_attr(group, "statistics", json.dumps({**doc, **changes}))
 
 
 @pytest.mark.parametrize("edit", sorted(POSTERIOR_EDITS))
