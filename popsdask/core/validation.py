@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,8 @@ def number(lo: float | None = None, hi: float | None = None, kind: type = float)
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(value):  # nan passes every range comparison
+            raise argparse.ArgumentTypeError(f"{text}: not a finite number")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             span = f"[{lo:g}, {hi:g}]" if hi is not None else f">= {lo:g}"
             raise argparse.ArgumentTypeError(f"{text}: must be {span}")
