@@ -1,6 +1,6 @@
 """What the per-chunk checksums add to pass 1 (the resume fingerprint).
 
-Pass 1 with checksums (:func:`popsdask.engine.passes.sufficient_statistics_and_checksums`, what
+Pass 1 with checksums (:func:`popsdask.engine.passes.statistics_pass`, what
 every fit runs) against the same tasks without them, on one store, on Dask's threaded scheduler,
 alternating the two so that machine load hits both alike; prints each run and the ratios of the
 medians of wall time and of this process's CPU time (all threads; less sensitive to other load).
@@ -23,7 +23,7 @@ from popsdask import write_store
 from popsdask.core.stats import combine_stats
 from popsdask.engine.design import design_from, reading
 from popsdask.engine.execution import compute, tree_reduce
-from popsdask.engine.passes import _checked_stats, sufficient_statistics_and_checksums
+from popsdask.engine.passes import _checked_stats, statistics_pass
 
 
 def without_checksums(design) -> None:
@@ -48,7 +48,7 @@ def main() -> None:
         design = design_from(store)
         runs: dict[str, list[tuple[float, float]]] = {"with": [], "without": []}
         for _ in range(args.repeats):
-            for name, run in (("without", without_checksums), ("with", sufficient_statistics_and_checksums)):
+            for name, run in (("without", without_checksums), ("with", statistics_pass)):
                 t0, c0 = time.perf_counter(), time.process_time()
                 run(design)
                 runs[name].append((time.perf_counter() - t0, time.process_time() - c0))

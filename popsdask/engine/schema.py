@@ -113,7 +113,9 @@ def check_posterior_dataset(ds: xr.Dataset, where: str) -> dict[str, Any]:
     dict with ``coef`` (P,), ``sigma`` and ``misspecification_sigma`` (P, P) and the checked
     hypercube ``basis`` (P, K), ``lower``, ``upper`` (K,) when present, and the attributes
     ``alpha``, ``lambda``, ``leverage_threshold``, ``n_rows``, ``n_selected``, ``n_iter``,
-    ``condition_number``, ``settings``, ``provenance``, ``calibration``.
+    ``condition_number``, ``settings``, ``provenance``, ``calibration``, and ``statistics``
+    (pass 1's statistics: ``gram``, ``xty``, their scalars, ``fit_intercept`` and ``inputs``;
+    None when the posterior holds none).
 
     Raises
     ------
