@@ -17,6 +17,7 @@ equal ``popsdask predict`` on a store of the same configurations (plus the store
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -27,11 +28,12 @@ from ..core.validation import InputError
 from ..engine.linear_band import LinearBand
 from ..engine.posterior import Posterior
 from ..io.store import KIND_CODES
+from .calculator import LammpsCalculator
 from .configurations import Configuration
 from .descriptors.base import DescriptorBackend, atom_rows
 from .lammps_backend import LammpsSession
 
-__all__ = ["BAND_PROPERTIES", "PosteriorCalculator", "configuration_band"]
+__all__ = ["ATOM_ENVELOPE", "BAND_PROPERTIES", "PosteriorCalculator", "atoms_band", "configuration_band", "forces_band"]
 
 #: what :class:`PosteriorCalculator` returns beside the MLE's energy, forces and stress
 BAND_PROPERTIES = (
@@ -43,6 +45,7 @@ BAND_PROPERTIES = (
     "energy_box_max",
     "energy_support",
     "energies",
+    "energies_mean",
     "energies_std",
     "energies_min",
     "energies_max",
@@ -53,6 +56,20 @@ BAND_PROPERTIES = (
 )
 
 
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _one_blas_thread() -> Any:
+    """A context of one BLAS thread for a call's small products ((N × P) by (P × P)): OpenBLAS's
+    threads cost more than they save there, and on a busy machine they spin against LAMMPS (the
+    band took 10 times longer with two BLAS threads on two loaded cores)."""
+    return _blas_controller().limit(limits=1, user_api="blas")
+
+
 def _check_size(band: LinearBand, backend: DescriptorBackend) -> None:
     if band.coef.shape[0] != backend.n_features:
         raise InputError(
@@ -61,12 +78,61 @@ def _check_size(band: LinearBand, backend: DescriptorBackend) -> None:
         )
 
 
+def atoms_band(band: LinearBand, X: np.ndarray, reference: np.ndarray, *, envelope: bool = True) -> dict[str, Any]:
+    """The band of a configuration's energy and of each atom's energy, from its per-atom rows.
+
+    Parameters
+    ----------
+    band : the posterior's band
+    X : (N, P) per-atom energy rows (:func:`~popsdask.atomistic.descriptors.base.atom_rows`);
+        their sum is the configuration's energy row
+    reference : (N,) each atom's reference energy (e.g. its ZBL pair energy; zeros for none)
+    envelope : also the per-atom ``energies_min``/``energies_max``/``energies_box_*`` (an
+        (N × S) product; the energy's envelope, one row, is always given)
+
+    Returns
+    -------
+    dict (see :func:`configuration_band`): ``energy``, ``energy_*`` (floats), ``energies``,
+    ``energies_*``, ``support`` ((N,) arrays).
+    """
+    n = X.shape[0]
+    total = band(X.sum(axis=0), kind=np.array([KIND_CODES["energy"]]), n_atoms=n)
+    each = band(X, kind=np.full(n, KIND_CODES["energy"]), n_atoms=1, envelope=envelope)
+    shifted = ("mle", "mean", "min", "max", "box_min", "box_max", "min_raw", "max_raw")
+    out: dict[str, Any] = {}
+    ref_total = float(np.sum(reference))
+    for key, value in total.items():
+        name = "energy" if key == "mle" else f"energy_{key}"
+        out[name] = float(value[0] + (ref_total if key in shifted else 0.0))
+    for key, value in each.items():
+        name = {"mle": "energies", "support": "support"}.get(key, f"energies_{key}")
+        out[name] = value + (reference if key in shifted else 0.0)
+    return out
+
+
+def forces_band(
+    band: LinearBand, backend: DescriptorBackend, cfg: Configuration, *, session: LammpsSession | None = None
+) -> dict[str, np.ndarray]:
+    """``forces_std`` (N, 3) of ``cfg`` (eV/Å), calibrated when the posterior is (and then
+    ``forces_std_raw``), from its 3N force rows."""
+    n = cfg.n_atoms
+    unlabelled = dataclasses.replace(cfg, energy=0.0, forces=np.zeros((n, 3)), stress=None)  # the rows need labels
+    rows = backend.rows(unlabelled, session=session)
+    force_rows = rows.kind == KIND_CODES["force"]
+    f = band(rows.X[force_rows], kind=rows.kind[force_rows], envelope=False)
+    out = {"forces_std": f["std"].reshape(n, 3)}
+    if "std_raw" in f:
+        out["forces_std_raw"] = f["std_raw"].reshape(n, 3)
+    return out
+
+
 def configuration_band(
     band: LinearBand,
     backend: DescriptorBackend,
     cfg: Configuration,
     *,
     energy: bool = True,
+    atom_envelope: bool = True,
     forces: bool = False,
     session: LammpsSession | None = None,
 ) -> dict[str, Any]:
@@ -78,6 +144,7 @@ def configuration_band(
     backend : the posterior's descriptors
     cfg : the configuration (labels, if any, are ignored)
     energy : the energy band and the per-atom bands (from the backend's per-atom rows)
+    atom_envelope : with them the per-atom envelopes (see :func:`atoms_band`)
     forces : the force std (from the 3N force rows, which cost more to compute than the
         per-atom rows)
     session : the LAMMPS session (default: this process's)
@@ -90,9 +157,9 @@ def configuration_band(
       the members' mean, std and envelope, calibrated when the posterior is;
       ``energy_box_min``/``energy_box_max`` the exact envelope of the whole posterior;
       ``energy_support`` α·xᵀΣx of the energy row (floats);
-    * ``energies``, ``energies_std``, ``energies_min``, ``energies_max``, ``energies_box_min``,
-      ``energies_box_max``: (N,) the same per atom (calibrated as the energy of one atom);
-      ``support`` (N,) each atom's support score α·xᵢᵀΣxᵢ;
+    * ``energies``, ``energies_mean``, ``energies_std``, ``energies_min``, ``energies_max``,
+      ``energies_box_min``, ``energies_box_max``: (N,) the same per atom (calibrated as the
+      energy of one atom); ``support`` (N,) each atom's support score α·xᵢᵀΣxᵢ;
     * on a calibrated posterior the uncalibrated ones as ``*_std_raw``, ``*_min_raw``, ``*_max_raw``.
 
     With ``forces``: ``forces_std`` (N, 3), calibrated when the posterior is (and
@@ -102,28 +169,18 @@ def configuration_band(
     has no band: ``energies`` sum to ``energy``.
     """
     _check_size(band, backend)
-    n = cfg.n_atoms
     out: dict[str, Any] = {}
-    if energy:
-        atoms = atom_rows(backend, cfg, session=session)
-        total = band(atoms.X.sum(axis=0), kind=np.array([KIND_CODES["energy"]]), n_atoms=n)
-        each = band(atoms.X, kind=np.full(n, KIND_CODES["energy"]), n_atoms=1)
-        shifted = ("mle", "mean", "min", "max", "box_min", "box_max", "min_raw", "max_raw")
-        ref_total = float(atoms.reference.sum())
-        for key, value in total.items():
-            name = "energy" if key == "mle" else f"energy_{key}"
-            out[name] = float(value[0] + (ref_total if key in shifted else 0.0))
-        for key, value in each.items():
-            name = {"mle": "energies", "support": "support"}.get(key, f"energies_{key}")
-            out[name] = value + (atoms.reference if key in shifted else 0.0)
-    if forces:
-        rows = backend.rows(dataclasses.replace(cfg, energy=0.0, forces=np.zeros((n, 3)), stress=None), session=session)
-        force_rows = rows.kind == KIND_CODES["force"]
-        f = band(rows.X[force_rows], kind=rows.kind[force_rows], envelope=False)
-        out["forces_std"] = f["std"].reshape(n, 3)
-        if "std_raw" in f:
-            out["forces_std_raw"] = f["std_raw"].reshape(n, 3)
+    with _one_blas_thread():
+        if energy:
+            atoms = atom_rows(backend, cfg, session=session)
+            out.update(atoms_band(band, atoms.X, atoms.reference, envelope=atom_envelope))
+        if forces:
+            out.update(forces_band(band, backend, cfg, session=session))
     return out
+
+
+#: per-atom results computed only when asked for (an (N × S) product)
+ATOM_ENVELOPE = ("energies_min", "energies_max", "energies_box_min", "energies_box_max")
 
 
 class PosteriorCalculator(Calculator):
@@ -142,12 +199,16 @@ class PosteriorCalculator(Calculator):
         ensemble
     directory, label : where the MLE's potential files go (default a new temporary directory)
 
-    Results (``calc.results``, ``calc.get_property(name, atoms)``): ``energy``, ``free_energy``,
-    ``forces``, ``stress`` of the MLE potential; ``energy_std``, ``energy_min``, ``energy_max``,
-    ``energy_mean``, ``energy_box_min``, ``energy_box_max``, ``energy_support``, per atom
-    ``energies``, ``energies_std``, ``energies_min``, ``energies_max`` and ``support``, at every
-    call; ``forces_std`` only when asked for (``calc.get_property("forces_std", atoms)``), as its
-    3N force rows cost more than the potential itself.
+    Results (``calc.results``, ``calc.get_property(name, atoms)``), at every call: ``energy``,
+    ``free_energy``, ``forces``, ``stress`` of the MLE potential; ``energy_std``, ``energy_min``,
+    ``energy_max``, ``energy_mean``, ``energy_box_min``, ``energy_box_max``, ``energy_support``;
+    per atom ``energies``, ``energies_std``, ``energies_mean`` and ``support``. When asked for
+    (``calc.get_property(name, atoms)``, computed then for the same atoms): the per-atom
+    ``energies_min``, ``energies_max``, ``energies_box_min``, ``energies_box_max`` and
+    ``forces_std``, whose 3N force rows cost more than the potential itself.
+
+    A LAMMPS backend that names its per-atom computes (``atom_computes``/``atom_design``) has its
+    per-atom rows computed in the MLE potential's own run; any other through ``atom_rows``.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", *BAND_PROPERTIES]
@@ -177,27 +238,54 @@ class PosteriorCalculator(Calculator):
         self.backend = backend
         self.bounds = bounds
         self.mle = backend.calculator(self.band.coef, directory, label=label)
+        self.in_run = hasattr(backend, "atom_computes") and isinstance(self.mle, LammpsCalculator)
+        if self.in_run:
+            self.mle.atom_computes = backend.atom_computes()
+        self._atoms: tuple[Configuration, np.ndarray, np.ndarray] | None = None
+
+    def _configuration(self) -> tuple[Configuration, np.ndarray, np.ndarray]:
+        """The MLE's results, and the configuration with its per-atom rows and reference energies."""
+        a = self.atoms
+        cfg = Configuration(
+            name=self.label or "atoms",
+            symbols=list(a.get_chemical_symbols()),
+            positions=np.array(a.positions, dtype=float),
+            cell=np.array(a.cell[:], dtype=float),
+            pbc=np.array(a.pbc, dtype=bool),
+        )
+        self.mle.calculate(a, ["energy", "forces", "stress"], all_changes)
+        self.results.update(
+            {k: v for k, v in self.mle.results.items() if k in ("energy", "free_energy", "forces", "stress")}
+        )
+        if self.in_run:
+            X = self.backend.atom_design(cfg, self.mle.atom_arrays)
+            # each atom's reference part: the potential's own per-atom energy minus its descriptors'
+            return cfg, X, self.mle.results["energies"] - X @ self.band.coef
+        rows = atom_rows(self.backend, cfg)
+        return cfg, rows.X, rows.reference
+
+    def _bounds(self, band: dict[str, Any]) -> dict[str, Any]:
+        if self.bounds == "box":
+            for where in ("energy", "energies"):
+                if f"{where}_box_min" in band:
+                    band[f"{where}_min"], band[f"{where}_max"] = band[f"{where}_box_min"], band[f"{where}_box_max"]
+        return band
 
     def calculate(self, atoms: Any = None, properties: Any = ("energy",), system_changes: Any = all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
-        # a change of the atoms resets the results: what is still there is this configuration's
-        new = "energy" not in self.results
-        want_forces = "forces_std" in properties and "forces_std" not in self.results
-        cfg = Configuration(
-            name=self.label or "atoms",
-            symbols=list(self.atoms.get_chemical_symbols()),
-            positions=np.array(self.atoms.positions, dtype=float),
-            cell=np.array(self.atoms.cell[:], dtype=float),
-            pbc=np.array(self.atoms.pbc, dtype=bool),
-        )
-        band = configuration_band(self.band, self.backend, cfg, energy=new, forces=want_forces)
-        if new:
-            self.mle.calculate(self.atoms, ["energy", "forces", "stress"], all_changes)
-            self.results.update(
-                {k: v for k, v in self.mle.results.items() if k in ("energy", "free_energy", "forces", "stress")}
-            )
-            del band["energy"]  # the MLE potential's own, equal to θ·Σxᵢ + reference to round-off
-            if self.bounds == "box":
-                for where in ("energy", "energies"):
-                    band[f"{where}_min"], band[f"{where}_max"] = band[f"{where}_box_min"], band[f"{where}_box_max"]
-        self.results.update(band)
+        with _one_blas_thread():
+            self._calculate(set(properties))
+
+    def _calculate(self, properties: set[str]) -> None:
+        if "energy" not in self.results:  # new atoms: ASE resets the results when they change
+            self._atoms = self._configuration()
+            band = atoms_band(self.band, *self._atoms[1:], envelope=bool(properties & set(ATOM_ENVELOPE)))
+            del band["energy"]  # the MLE potential's own, equal to it to round-off
+            self.results.update(self._bounds(band))
+        assert self._atoms is not None
+        wanted = properties - set(self.results)
+        if wanted & set(ATOM_ENVELOPE):
+            band = atoms_band(self.band, *self._atoms[1:], envelope=True)
+            self.results.update({k: v for k, v in self._bounds(band).items() if k.startswith("energies_")})
+        if "forces_std" in wanted:
+            self.results.update(forces_band(self.band, self.backend, self._atoms[0]))

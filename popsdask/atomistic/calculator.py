@@ -7,7 +7,7 @@ LAMMPS alike, so what is measured is what LAMMPS computes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,9 +29,15 @@ class LammpsCalculator(Calculator):
     elements : chemical symbols mapped to LAMMPS types 1..n
     masses : atomic masses (default: ASE's)
     label : a name for the potential
+    atom_computes : {compute ID: LAMMPS ``compute`` command} of per-atom computes evaluated in the
+        same run (e.g. a backend's per-atom descriptors); their values, (N, columns) in atom
+        order, are in :attr:`atom_arrays` after each calculation
+
+    Results: ``energy``, ``free_energy``, ``forces``, ``stress`` and the per-atom energies
+    ``energies`` (LAMMPS ``compute pe/atom``).
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
 
     def __init__(
         self,
@@ -39,10 +45,13 @@ class LammpsCalculator(Calculator):
         elements: Sequence[str],
         masses: Sequence[float] | None = None,
         label: str = "lammps",
+        atom_computes: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(label=label, **kwargs)
         self.pair_commands = list(pair_commands)
+        self.atom_computes = dict(atom_computes or {})
+        self.atom_arrays: dict[str, np.ndarray] = {}
         self.elements = list(elements)
         if masses is None:
             from ase.data import atomic_masses, atomic_numbers
@@ -66,14 +75,25 @@ class LammpsCalculator(Calculator):
         with sess.lock:
             sess.setup(box, self._types(a.get_chemical_symbols(), where), self.masses, self.pair_commands)
             sess.lmp.command("compute popsdask_pv all pressure NULL virial")
+            sess.lmp.command("compute popsdask_pe all pe/atom")
+            for command in self.atom_computes.values():
+                sess.lmp.command(command)
             sess.lmp.command("thermo_style custom step pe")
             sess.lmp.command("run 0")
             energy = float(sess.lmp.get_thermo("pe"))
             forces = box.forces_back(sess.forces())
             pv = sess.global_vector("popsdask_pv")  # xx yy zz xy xz yz, bar
+            energies = sess.atom_compute("popsdask_pe", columns=False)
+            self.atom_arrays = {cid: sess.atom_compute(cid) for cid in self.atom_computes}
         voigt = np.array([pv[0], pv[1], pv[2], pv[5], pv[4], pv[3]])
         stress = -box.tensor_back(voigt) / NKTV2P
-        self.results = {"energy": energy, "free_energy": energy, "forces": forces, "stress": stress}
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "forces": forces,
+            "stress": stress,
+            "energies": energies,
+        }
 
     def label_configuration(self, cfg: Configuration) -> Configuration:
         """Return a copy of ``cfg`` with energy, forces and stress from this potential."""

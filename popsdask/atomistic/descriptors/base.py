@@ -17,7 +17,11 @@ holding the descriptor hyper-parameters. It gives
   configuration (:meth:`RowBlock.atom_energies`: row i holds atom i's descriptors, its element's
   constant column 1, and the rows sum to the energy row), which per-atom bands are made of;
   :func:`atom_rows` asks it (SNAP: ``compute sna/atom``, POD: ``compute pod/atom``, ACE: pyace's
-  per-atom projections);
+  per-atom projections); a LAMMPS backend may also name the per-atom computes these rows are
+  made of (``atom_computes()``, ``{compute ID: command}``) and build the rows from their arrays
+  (``atom_design(cfg, arrays)``), so that a calculator
+  (:class:`~popsdask.atomistic.band_calculator.PosteriorCalculator`) evaluates them in the
+  potential's own run;
 * optionally ``runs_in_lammps()``: whether this process's LAMMPS can run those pair commands
   (without it: yes). :func:`runs_in_lammps` asks it; the property suite runs the potentials of a
   backend that answers no through its ASE calculator instead (ACE without ML-PACE);

@@ -222,6 +222,29 @@ class PodSettings:
         """:func:`pod_atom_rows` of ``cfg``."""
         return pod_atom_rows(cfg, self, config_index=config_index, session=session)
 
+    def atom_computes(self) -> dict[str, str]:
+        """{compute ID: command} of the per-atom LAMMPS computes :meth:`atom_design` reads."""
+        param = lammps_text.path(self.param_file())
+        return {"popsdask_pod": f'compute popsdask_pod all pod/atom {param} "" {" ".join(self.elements)}'}
+
+    def atom_design(self, cfg: Configuration, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+        """(N, n_features) per-atom energy rows of ``cfg`` from the arrays of
+        :meth:`atom_computes` (``compute pod/atom``): atom i's descriptors in its element's block
+        after its one-body column 1; they sum to :func:`pod_rows`' energy row."""
+        D = arrays["popsdask_pod"]
+        per = self.n_features // len(self.elements)
+        if D.shape != (cfg.n_atoms, per - 1):
+            raise RuntimeError(
+                f"{cfg.where()}: compute pod/atom gave shape {D.shape}, expected {(cfg.n_atoms, per - 1)}"
+            )
+        types = cfg.type_indices(self.elements)
+        X = np.zeros((cfg.n_atoms, self.n_features))
+        for t in range(len(self.elements)):
+            mine = types == t + 1
+            X[mine, t * per] = 1.0
+            X[mine, t * per + 1 : (t + 1) * per] = D[mine]
+        return X
+
     def store_attrs(self) -> dict[str, Any]:
         return {
             "descriptor": {
@@ -309,28 +332,16 @@ def raw_compute_pod(
 def pod_atom_rows(
     cfg: Configuration, settings: PodSettings, *, config_index: int = 0, session: LammpsSession | None = None
 ) -> RowBlock:
-    """Per-atom energy rows of ``cfg`` from ``compute pod/atom`` (atom i's descriptors in its
-    element's block after its one-body column 1); they sum to :func:`pod_rows`' energy row."""
+    """Per-atom energy rows of ``cfg`` (:meth:`PodSettings.atom_design`); no reference part."""
     sess = session or get_session()
-    param = settings.param_file()
+    computes = settings.atom_computes()
     with sess.lock:
         _setup(sess, cfg, settings)
-        sess.lmp.command(
-            f'compute popsdask_pod all pod/atom {lammps_text.path(param)} "" {" ".join(settings.elements)}'
-        )
+        for command in computes.values():
+            sess.lmp.command(command)
         sess.lmp.command("run 0")
-        D = sess.atom_compute("popsdask_pod")
-        sess.lmp.command("uncompute popsdask_pod")
-    per = settings.n_features // len(settings.elements)
-    if D.shape != (cfg.n_atoms, per - 1):
-        raise RuntimeError(f"{cfg.where()}: compute pod/atom gave shape {D.shape}, expected {(cfg.n_atoms, per - 1)}")
-    X = np.zeros((cfg.n_atoms, settings.n_features))
-    types = cfg.type_indices(settings.elements)
-    for t in range(len(settings.elements)):
-        mine = types == t + 1
-        X[mine, t * per] = 1.0
-        X[mine, t * per + 1 : (t + 1) * per] = D[mine]
-    return RowBlock.atom_energies(X, np.zeros(cfg.n_atoms), config_index)
+        arrays = {cid: sess.atom_compute(cid) for cid in computes}
+    return RowBlock.atom_energies(settings.atom_design(cfg, arrays), np.zeros(cfg.n_atoms), config_index)
 
 
 def pod_rows(

@@ -478,6 +478,29 @@ class SnapSettings:
         """:func:`snap_atom_rows` of ``cfg``."""
         return snap_atom_rows(cfg, self, config_index=config_index, session=session)
 
+    def atom_computes(self) -> dict[str, str]:
+        """{compute ID: command} of the per-atom LAMMPS computes :meth:`atom_design` reads."""
+        return {"popsdask_sna": self.compute_command("popsdask_sna", style="sna/atom")}
+
+    def atom_design(self, cfg: Configuration, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+        """(N, n_features) per-atom energy rows of ``cfg`` from the arrays of
+        :meth:`atom_computes` (``compute sna/atom``): atom i's bispectrum in its element's block,
+        its β0 column 1; they sum to the energy row of :func:`snap_rows`."""
+        B = arrays["popsdask_sna"]
+        if B.shape != (cfg.n_atoms, self.n_descriptors):
+            raise RuntimeError(
+                f"{cfg.where()}: compute sna/atom gave shape {B.shape}, expected {(cfg.n_atoms, self.n_descriptors)}"
+            )
+        types = cfg.type_indices(self.elements)
+        X = np.zeros((cfg.n_atoms, self.n_features))
+        nb, c0 = self.n_block, int(self.beta0_columns)
+        for t in range(len(self.elements)):
+            mine = types == t + 1
+            if c0:  # the β0 column is this element's atom count: 1 per atom
+                X[mine, t * nb] = 1.0
+            X[mine, t * nb + c0 : (t + 1) * nb] = B[mine]
+        return X
+
     def store_attrs(self) -> dict[str, Any]:
         """Store attributes: ``descriptor`` (backend and settings), ``snap`` (the same settings,
         as stores before the protocol recorded them) and what the columns and rows mean."""
@@ -616,35 +639,25 @@ def snap_rows(
 def snap_atom_rows(
     cfg: Configuration, settings: SnapSettings, *, config_index: int = 0, session: LammpsSession | None = None
 ) -> RowBlock:
-    """Per-atom energy rows of ``cfg`` from ``compute sna/atom`` (atom i's bispectrum in its
-    element's block, its β0 column 1) and each atom's reference energy (``compute pe/atom`` of
-    the reference pair style, minus its element's ``energy_shift``): they sum to the energy row
-    and reference of :func:`snap_rows`."""
+    """Per-atom energy rows of ``cfg`` (:meth:`SnapSettings.atom_design`) and each atom's
+    reference energy (``compute pe/atom`` of the reference pair style, minus its element's
+    ``energy_shift``): they sum to the energy row and reference of :func:`snap_rows`."""
     sess = session or get_session()
     box = lammps_box(cfg.cell, cfg.pbc, cfg.positions, where=cfg.where())
-    types = cfg.type_indices(settings.elements)
+    computes = settings.atom_computes()
     with sess.lock:
-        sess.setup(box, types, settings.atom_masses(), settings.descriptor_pair_commands())
-        sess.lmp.command(settings.compute_command("popsdask_sna", style="sna/atom"))
-        sess.lmp.command("compute popsdask_pe all pe/atom pair")  # the reference pair's (zero: none)
+        sess.setup(
+            box, cfg.type_indices(settings.elements), settings.atom_masses(), settings.descriptor_pair_commands()
+        )
+        for command in computes.values():
+            sess.lmp.command(command)
+        sess.lmp.command("compute popsdask_ref all pe/atom pair")  # the reference pair's (zero: none)
         sess.lmp.command("run 0")
-        B = sess.atom_compute("popsdask_sna")
-        ref = sess.atom_compute("popsdask_pe", columns=False)
-        sess.lmp.command("uncompute popsdask_sna")
-        sess.lmp.command("uncompute popsdask_pe")
-    expected = (cfg.n_atoms, settings.n_descriptors)
-    if B.shape != expected:
-        raise RuntimeError(f"{cfg.where()}: compute sna/atom gave shape {B.shape}, expected {expected}")
-    X = np.zeros((cfg.n_atoms, settings.n_features))
-    nb, c0 = settings.n_block, int(settings.beta0_columns)
-    for t in range(len(settings.elements)):
-        mine = types == t + 1
-        if c0:  # the β0 column is this element's atom count: 1 per atom
-            X[mine, t * nb] = 1.0
-        X[mine, t * nb + c0 : (t + 1) * nb] = B[mine]
-        if settings.energy_shift:
-            ref[mine] -= settings.energy_shift[t]
-    return RowBlock.atom_energies(X, ref, config_index)
+        arrays = {cid: sess.atom_compute(cid) for cid in computes}
+        ref = sess.atom_compute("popsdask_ref", columns=False)
+    if settings.energy_shift:
+        ref -= np.asarray(settings.energy_shift)[cfg.type_indices(settings.elements) - 1]
+    return RowBlock.atom_energies(settings.atom_design(cfg, arrays), ref, config_index)
 
 
 # -- potentials out: θ as .snapcoeff/.snapparam files, their pair commands, an ASE calculator ---------
