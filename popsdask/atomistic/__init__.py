@@ -7,7 +7,8 @@ wheel, one instance per process), :mod:`.descriptors` (the descriptor protocol a
 the snap, pod and ace backends: rows and potential files), :mod:`.calculator` (the ASE
 calculator running a potential in LAMMPS), :mod:`.weights`, :mod:`.split`,
 :mod:`.descriptor_store` (resumable parallel build), :mod:`.oracle` (teacher and generated
-configurations), :mod:`.pointwise` (Fig. 3 report).
+configurations), :mod:`.pointwise` (Fig. 3 report), :mod:`.selection` (which configurations of a
+pool to label next).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ _LAZY = {
     "snap_calculator": ".descriptors.snap",
     "snap_rows": ".descriptors.snap",
     "write_snap_potential": ".descriptors.snap",
+    "select_configurations": ".selection",
     "select_split": ".split",
     "split_configurations": ".split",
     "WeightSettings": ".weights",
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from .configurations import Configuration, ReadResult, read_configurations, read_extxyz, read_fitsnap_json
     from .descriptor_store import build_descriptor_store, compute_parts
     from .descriptors.snap import SnapSettings, snap_calculator, snap_rows, write_snap_potential
+    from .selection import select_configurations
     from .split import select_split, split_configurations
     from .weights import WeightSettings, paper_weights
 
@@ -61,6 +64,7 @@ __all__ = [
     "read_configurations",
     "read_extxyz",
     "read_fitsnap_json",
+    "select_configurations",
     "select_split",
     "snap_calculator",
     "snap_rows",
