@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -381,16 +381,15 @@ def select_from_store(
     n_samples: int | None = None,
     method: str = "uniform",
     support_weight: float = 1.0,
-) -> Any:
-    """The ``n`` configurations of a descriptor store most worth labelling, as a pandas table.
+) -> dict[str, np.ndarray]:
+    """The ``n`` configurations of a descriptor store most worth labelling, as a table: (n,)
+    columns by name (``pandas.DataFrame(table)`` makes it a data frame).
 
     A store records each configuration's design rows, name, source and atom count, not its
     positions: the table holds ``configuration`` (its index in the store), ``name``, ``source``
     (when recorded), ``n_atoms`` and :data:`BAND_KEYS`, one row per pick in pick order. Refused
     when the store's descriptor is not the posterior's.
     """
-    import pandas as pd
-
     from ..io.store import open_store
 
     ds = open_store(store, require_y=False)
@@ -412,7 +411,7 @@ def select_from_store(
         raise InputError(f"n={n}: the store has energy rows for {X.shape[0]} configurations only")
     sel = select_rows(posterior, X, n, seed=seed, n_samples=n_samples, method=method, support_weight=support_weight)
     picked = config[sel.index]
-    table = {"configuration": picked}
+    table: dict[str, np.ndarray] = {"configuration": picked}
     for var in ("name", "source"):
         if var in ds:
             table[var] = np.asarray(ds[var].values)[picked].astype(str)
@@ -420,28 +419,36 @@ def select_from_store(
     cols = sel.columns()
     del cols["pool_index"]  # a position among the energy rows: ``configuration`` is the store's index
     table.update(cols)
-    return pd.DataFrame(table)
+    return table
 
 
 # ---------------------------------------------------------------------------- output
 
 
-def picks_table(picks: Sequence[Configuration]) -> Any:
-    """The picks as a pandas table: ``name``, ``source``, ``n_atoms`` and their bands' keys."""
-    import pandas as pd
-
+def picks_table(picks: Sequence[Configuration]) -> dict[str, np.ndarray]:
+    """The picks as a table: ``name``, ``source``, ``n_atoms`` and their bands' keys, (n,) each."""
     keys = [*BAND_KEYS, "energy_per_atom_reference"]
-    return pd.DataFrame(
-        {
-            "name": [c.name for c in picks],
-            "source": [c.source for c in picks],
-            "n_atoms": [c.n_atoms for c in picks],
-            **{k: [c.info[k] for c in picks] for k in keys},
-        }
-    )
+    return {
+        "name": np.array([c.name for c in picks]),
+        "source": np.array([c.source for c in picks]),
+        "n_atoms": np.array([c.n_atoms for c in picks]),
+        **{k: np.array([c.info[k] for c in picks]) for k in keys},
+    }
 
 
-def write_picks(picks: Sequence[Configuration] | Any, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def _write_csv(table: Mapping[str, np.ndarray], path: Path) -> None:
+    """Columns as CSV, floats to full precision (Python's shortest round-trip repr)."""
+    import csv
+
+    with path.open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(list(table))
+        out.writerows(zip(*(np.asarray(v).tolist() for v in table.values()), strict=True))
+
+
+def write_picks(
+    picks: Sequence[Configuration] | Mapping[str, np.ndarray], path: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
     """Write picked configurations as extended XYZ (``.extxyz``/``.xyz``: positions, any labels,
     the bands in each frame's info) or a table (``.csv``), or a store's picks (a table from
     :func:`select_from_store`) as ``.csv``; atomically (a temporary file renamed into place)."""
@@ -450,14 +457,15 @@ def write_picks(picks: Sequence[Configuration] | Any, path: str | os.PathLike, *
     out = Path(path)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
-    table = out.suffix.lower() == ".csv"
-    store_table = not isinstance(picks, Sequence)  # a DataFrame: a store's picks
-    if not table and store_table:
+    csv = out.suffix.lower() == ".csv"
+    if not csv and isinstance(picks, Mapping):
         raise InputError(f"{out}: a store's picks are a table (no positions): write .csv")
     tmp = out.with_name(f".{out.name}.tmp")
     try:
-        if table:
-            (picks if store_table else picks_table(picks)).to_csv(tmp, index=False)
+        if isinstance(picks, Mapping):
+            _write_csv(picks, tmp)
+        elif csv:
+            _write_csv(picks_table(picks), tmp)
         else:
             ase.io.write(tmp, [c.to_atoms() for c in picks], format="extxyz")
         os.replace(tmp, out)

@@ -119,6 +119,16 @@ def add_sampling(parser: argparse.ArgumentParser, *flags: str, help: str = "how 
     parser.add_argument(*(flags or ("--method",)), choices=SAMPLING_METHODS, default="uniform", help=help)
 
 
+def add_n_samples(parser: argparse.ArgumentParser) -> None:
+    """``--n-samples``: the posterior's members, as ``popsdask predict`` draws them."""
+    parser.add_argument(
+        "--n-samples",
+        type=number(1, kind=int),
+        default=None,
+        help="posterior samples (ensemble members); default: 500 (ensemble posterior: all its corrections)",
+    )
+
+
 def add_seed(parser: argparse.ArgumentParser, help: str) -> None:
     """``--seed``: a non-negative integer, 0 by default."""
     parser.add_argument("--seed", type=number(0, kind=int), default=0, help=help)

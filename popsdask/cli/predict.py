@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..core.validation import InputError, number
+from ..core.validation import InputError
 from .common import (
     EV_CURVE,
     add_cluster,
+    add_n_samples,
     add_overwrite,
     add_sampling,
     add_seed,
@@ -28,12 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("store", help="descriptor store to predict (y optional)")
     p.add_argument("-o", "--output", required=True, help="prediction store to write (Zarr group)")
     add_split(p, "test")
-    p.add_argument(
-        "--n-samples",
-        type=number(1, kind=int),
-        default=None,
-        help="posterior samples (ensemble members); default: 500 (ensemble posterior: all its corrections)",
-    )
+    add_n_samples(p)
     add_sampling(p)
     add_seed(p, "seed of the posterior samples")
     p.add_argument("--float32", action="store_true", help="store the prediction array as float32; default: float64")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..core.validation import InputError, number
-from .common import add_overwrite, add_sampling, add_seed, refuse_existing, require_existing
+from .common import add_n_samples, add_overwrite, add_sampling, add_seed, refuse_existing, require_existing
 
 HELP = "pick the N configurations of a pool most worth labelling (band per atom, support score, diversity)"
 DESCRIPTION = (
@@ -39,12 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=1.0,
         help="weight of the epistemic covariance (support score) beside the band; 0: the band alone",
     )
-    p.add_argument(
-        "--n-samples",
-        type=number(1, kind=int),
-        default=None,
-        help="posterior samples (as popsdask predict); default: 500 (ensemble posterior: all its corrections)",
-    )
+    add_n_samples(p)
     add_sampling(p)
     add_seed(p, "seed of the posterior samples (the selection itself is deterministic)")
     add_overwrite(p)
