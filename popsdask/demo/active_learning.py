@@ -6,17 +6,18 @@ only, then each round:
 
 1. runs LAMMPS MD of the student (exported as ``pair_style snap``) on a bcc cell, a vacancy, a
    dumbbell interstitial and a (110) slab, at a temperature and cell strain that rise with the
-   round; every ``every`` steps the frame's energy band per atom is evaluated from LAMMPS's
-   per-atom bispectrum (``compute sna/atom``) with :class:`~popsdask.engine.linear_band.LinearBand`,
-   and the run counts as stopped at the first frame whose ±4σ band exceeds ``tolerance`` eV/atom
-   (the frames after it are not in the pool);
-2. selects ``labels_per_round`` frames of the pool (the UQ arm with ``selector``, the random arm
-   uniformly from the same pool), labels them with the teacher and refits each arm on all of its
-   labels.
+   round, with the monitor of :mod:`popsdask.atomistic.monitor` included: every ``every`` steps
+   LAMMPS computes the frame's energy band from ``compute sna/atom``, and the run halts at the
+   first frame whose energy std per atom exceeds ``halt`` eV/atom (the frames after it are not
+   in the pool);
+2. selects ``labels_per_round`` frames of the pool (the UQ arm with ``selector``, by default
+   :func:`popsdask.atomistic.selection.select_rows` of the frames' per-atom energy rows; the
+   random arm uniformly from the same pool), labels them with the teacher and adds them to
+   each arm's fit (``popsdask.fit(NEW, previous=POSTERIOR)``: pass 1 reads only the new rows).
 
-Each run is also continued past its stop, with every frame checked against the teacher, to find
+Each run is also continued past its halt, with every frame checked against the teacher, to find
 its first unphysical event (atoms closer than 1.5 Å, or the student's energy more than 1 eV/atom
-below the teacher's), so that whether the stop came first can be measured. Both arms are scored
+below the teacher's), so that whether the halt came first can be measured. Both arms are scored
 on a fixed held-out set of vacancies, interstitials, surfaces and high-temperature MD snapshots:
 force MAE, envelope violation (EV) and coverage of ±4σ.
 
@@ -35,11 +36,14 @@ from typing import Any
 
 import numpy as np
 
+from ..atomistic import lammps_text
 from ..atomistic.configurations import Configuration
 from ..atomistic.descriptor_store import build_descriptor_store
 from ..atomistic.descriptors.snap import SnapSettings, pair_commands_for, write_snap_potential
 from ..atomistic.lammps_backend import get_session, lammps_box, load_lammps
+from ..atomistic.monitor import MONITOR_INPUT, MONITOR_OUTPUTS, write_monitor
 from ..atomistic.oracle import A_BCC, generate_tungsten_configurations, teacher_calculator
+from ..atomistic.selection import select_rows
 from ..atomistic.weights import GroupWeights
 from ..calibration.metrics import band_metrics, kind_tolerance, nll_floor
 from ..core.validation import InputError
@@ -54,11 +58,11 @@ __all__ = [
     "LoopSettings",
     "Pool",
     "exploration_structures",
-    "fit_stores",
+    "store_rows",
     "held_out_metrics",
     "run_active_learning",
+    "select_band",
     "select_random",
-    "select_top_band",
     "student_md",
     "training_store",
 ]
@@ -89,7 +93,7 @@ class LoopSettings:
     strain_last: float = 0.06
     md_steps: int = 1500
     every: int = 15
-    tolerance: float = 0.1
+    halt: float = 0.025
     twojmax: int = 4
     n_samples: int = 500
     energy_weight: float = 100.0
@@ -166,6 +170,7 @@ def student_md(
     settings: SnapSettings,
     atoms: Any,
     *,
+    monitor: str | Path,
     temperature: float,
     steps: int,
     every: int,
@@ -173,18 +178,26 @@ def student_md(
     potential: str | Path,
     run: str = "run",
 ) -> Pool:
-    """Langevin MD (1 fs) of the student θ from ``atoms``, a frame at step 0 and every ``every`` steps.
+    """Langevin MD (1 fs) of the student θ from ``atoms`` with the LAMMPS monitor
+    ``monitor/monitor.lmp`` (:func:`popsdask.atomistic.monitor.write_monitor` of the same θ)
+    included: a frame at step 0 and every ``every`` steps.
 
-    Each frame keeps its positions in the original cell's frame, the student's energy (LAMMPS
-    ``pe``, reference pair included) and its per-atom rows from ``compute sna/atom``, whose sum
-    is ``compute snap``'s energy row.
+    The run goes on past the monitor's halt (``pops_on_halt continue``), so that what would have
+    followed a halt can be measured. Each frame keeps its positions in the original cell's frame,
+    the student's energy (LAMMPS ``pe``, reference pair included), the monitor's band of it
+    (``info["monitor_<name>"]`` for each of
+    :data:`~popsdask.atomistic.monitor.MONITOR_OUTPUTS`) and its per-atom rows from the
+    monitor's ``compute sna/atom``, whose sum is ``compute snap``'s energy row. The band file
+    and the per-atom grade dump are ``<potential>-<run>-band.txt`` and ``-grade.dump``.
     """
     lammps = load_lammps()
+    potential = Path(potential)
     paths = write_snap_potential(theta, settings, potential, comment=f"student of {run}")
+    band_file = potential.with_name(f"{potential.name}-{run}-band.txt")
+    grade_file = potential.with_name(f"{potential.name}-{run}-grade.dump")
     box = lammps_box(atoms.cell[:], atoms.pbc, atoms.positions, where=run)
     sess = get_session()
-    frames, rows = [], []
-    sna = settings.compute_command("popsdask_sna").replace(" snap ", " sna/atom ", 1)
+    frames, rows, failed = [], [], None
     with sess.lock:
         sess.setup(
             box,
@@ -193,40 +206,51 @@ def student_md(
             pair_commands_for(settings, paths["snapcoeff"], paths["snapparam"]),
         )
         lmp = sess.lmp
-        lmp.commands_string(
-            "\n".join(
-                [
-                    sna,
-                    "thermo_style custom step temp pe",
-                    "thermo_modify lost ignore",
-                    "timestep 0.001",
-                    f"velocity all create {temperature!r} {seed} mom yes rot no dist gaussian",
-                    "fix popsdask_nve all nve",
-                    f"fix popsdask_lgv all langevin {temperature!r} {temperature!r} 0.1 {seed + 1}",
-                ]
-            )
-        )
+        # input variables outlive `clear`: this run's replace the previous run's
+        lines = [f"variable {v} delete" for v in ("pops_every", "pops_band_file", "pops_dump_file", "pops_on_halt")]
+        lines += [
+            f"variable pops_every index {every}",
+            f"variable pops_band_file index {lammps_text.path(band_file)}",
+            f"variable pops_dump_file index {lammps_text.path(grade_file)}",
+            "variable pops_on_halt index continue",
+            f"include {lammps_text.path(Path(monitor) / MONITOR_INPUT)}",
+            "thermo_modify lost ignore",
+            "timestep 0.001",
+            f"velocity all create {temperature!r} {seed} mom yes rot no dist gaussian",
+            "fix popsdask_nve all nve",
+            f"fix popsdask_lgv all langevin {temperature!r} {temperature!r} 0.1 {seed + 1}",
+        ]
+        for line in lines:
+            lmp.command(line)
         n = len(atoms)
         for step in range(0, steps + 1, every):
             try:
                 lmp.command(f"run {every if step else 0} pre no post no")
             except Exception as err:  # LAMMPS stops a run that blew up (e.g. a bond or neighbour overflow)
-                failed = f"LAMMPS stopped the run: {str(err).strip()[:120]}"
+                failed = (step, f"LAMMPS stopped the run: {str(err).strip()[:120]}")
             else:
-                failed = "" if sess.natoms() == n else f"{n - sess.natoms()} atoms lost (the run blew up)"
+                if sess.natoms() != n:
+                    failed = (step, f"{n - sess.natoms()} atoms lost (the run blew up)")
             if failed:
-                return Pool(frames, rows, failed_step=step, failure=failed)
+                break
             ids = np.array(lmp.numpy.extract_atom("id")[:n])
             per_atom = np.empty((n, settings.n_descriptors))
             per_atom[ids - 1] = np.array(
-                lmp.numpy.extract_compute("popsdask_sna", lammps.LMP_STYLE_ATOM, lammps.LMP_TYPE_ARRAY)[:n]
+                lmp.numpy.extract_compute("pops_sna", lammps.LMP_STYLE_ATOM, lammps.LMP_TYPE_ARRAY)[:n]
             )
             pos = box.forces_back(sess.positions())
             cfg = Configuration.from_atoms(_frame(atoms, pos), name=f"{run}-{step:06d}", source="student-md")
             cfg.info.update(run=run, step=step, temperature=temperature, student_energy=float(lmp.get_thermo("pe")))
             frames.append(cfg)
             rows.append(np.hstack([np.ones((n, 1)), per_atom]))
-    return Pool(frames, rows)
+        lmp.command("unfix pops_band")  # closes the band file
+    # one line per output (a run's first step may be printed again when the next run starts)
+    band = {int(line[0]): line[1:] for line in np.loadtxt(band_file, comments="#", ndmin=2)}
+    for cfg in frames:
+        cfg.info.update(
+            {f"monitor_{k}": float(v) for k, v in zip(MONITOR_OUTPUTS, band[cfg.info["step"]], strict=True)}
+        )
+    return Pool(frames, rows, *(failed or (None, "")))
 
 
 def _frame(atoms: Any, positions: np.ndarray) -> Any:
@@ -245,38 +269,20 @@ def min_distance(cfg: Configuration, cutoff: float = 2.5) -> float:
 
 
 # ---------------------------------------------------------------------------- selection
-def frame_band(band: LinearBand, pool: Pool) -> np.ndarray:
-    """(n_frames,) each frame's energy std per atom (calibrated when the posterior is)."""
-    n = pool.n_atoms()
-    return band(pool.energy_rows(), n_atoms=n, envelope=False)["std"] / n
+def select_band(post: Posterior, pool: Pool, n: int, seed: int) -> list[int]:
+    """:func:`popsdask.atomistic.selection.select_rows` of the frames' per-atom energy rows: the
+    band per atom and the support score, greedily diverse; ``seed`` is the members' (``predict``'s)."""
+    rows = pool.energy_rows() / pool.n_atoms()[:, None]
+    return [int(i) for i in select_rows(post, rows, n, seed=seed).index]
 
 
-def select_top_band(band: LinearBand, pool: Pool, n: int, seed: int) -> list[int]:
-    """The ``n`` frames with the widest energy band per atom, no two of one run closer than
-    ``len(pool) / n`` frames while others remain (a run's neighbouring frames are alike);
-    ``seed`` is unused (the order is deterministic), kept for the selectors' common signature."""
-    del seed
-    score = frame_band(band, pool)
-    runs = np.array([f.info["run"] for f in pool.frames])
-    steps = np.array([int(f.info["step"]) for f in pool.frames])
-    gaps = np.diff(np.unique(steps))
-    window = max(1, len(pool.frames) // max(n, 1)) * (int(gaps.min()) if gaps.size else 1)
-    order = [int(i) for i in np.argsort(-score, kind="stable")]
-    picked: list[int] = []
-    for i in order:
-        if len(picked) < n and all(runs[j] != runs[i] or abs(steps[j] - steps[i]) >= window for j in picked):
-            picked.append(i)
-    # a pool of few runs and frames: the next widest, wherever they are
-    return picked + [i for i in order if i not in picked][: n - len(picked)]
-
-
-def select_random(band: LinearBand, pool: Pool, n: int, seed: int) -> list[int]:
-    """``n`` frames uniformly without replacement (the band is not used)."""
-    del band
+def select_random(post: Posterior, pool: Pool, n: int, seed: int) -> list[int]:
+    """``n`` frames uniformly without replacement (the posterior is not used)."""
+    del post
     return sorted(np.random.default_rng(seed).choice(len(pool.frames), size=n, replace=False).tolist())
 
 
-Selector = Callable[[LinearBand, Pool, int, int], list[int]]
+Selector = Callable[[Posterior, Pool, int, int], list[int]]
 
 
 # ---------------------------------------------------------------------------- fits and scores
@@ -292,26 +298,34 @@ def training_store(
     )
 
 
-def fit_stores(paths: Sequence[str | Path]) -> Posterior:
-    """The POPS hypercube posterior of all rows of the stores ``paths``, fitted from scratch."""
+def store_rows(paths: Sequence[str | Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(X, y, weight) of all rows of the stores ``paths``, in order, in memory."""
     parts = [open_store(p) for p in paths]
-    X = np.concatenate([np.asarray(d["X"].values, dtype=np.float64) for d in parts])
-    y = np.concatenate([np.asarray(d["y"].values, dtype=np.float64) for d in parts])
-    w = np.concatenate([np.asarray(d["weight"].values, dtype=np.float64) for d in parts])
-    return fit(X, y, weight=w)
+    X, y, w = ([np.asarray(d[k].values, dtype=np.float64) for d in parts] for k in ("X", "y", "weight"))
+    return np.concatenate(X), np.concatenate(y), np.concatenate(w)
 
 
 def refit_arm(previous: Posterior | None, stores: Sequence[Path]) -> tuple[Posterior, dict[str, Any]]:
     """The posterior of all rows of ``stores``: the first fitted from scratch, or the last added to
-    ``previous`` (pass 1 reads only its rows); with the rows pass 1 read and the largest
-    difference of the coefficients from a fit of all rows from scratch, relative to the largest
-    coefficient."""
+    ``previous`` (pass 1 reads only its rows).
+
+    Returns
+    -------
+    the posterior, and a dict: the rows pass 1 read and passes 2–4 read, and the largest
+    differences from a fit of all rows from scratch (in memory): of the coefficients relative to
+    the largest one, and of the MLE on the fitted rows relative to the largest prediction.
+    """
     post = fit(stores[-1]) if previous is None else fit(stores[-1], previous=previous)
-    scratch = fit_stores(stores)
+    X, y, w = store_rows(stores)
+    scratch = fit(X, y, weight=w)
     rows = post.provenance.get("rows read", {})
-    diff = float(np.abs(post.coef_ - scratch.coef_).max() / np.abs(scratch.coef_).max())
-    read = {"rows_fitted": int(rows.get("passes 2-4", 0)), "rows_read_pass1": int(rows.get("pass 1", 0))}
-    return post, {**read, "coef_vs_scratch": diff}
+    pred, ref = X @ post.coef_, X @ scratch.coef_
+    return post, {
+        "rows_read_pass1": int(rows.get("pass 1", 0)),
+        "rows_fitted": int(rows.get("passes 2-4", 0)),
+        "coef_vs_scratch": float(np.abs(post.coef_ - scratch.coef_).max() / np.abs(scratch.coef_).max()),
+        "prediction_vs_scratch": float(np.abs(pred - ref).max() / np.abs(ref).max()),
+    }
 
 
 def held_out_metrics(post: Posterior, store: str | Path, n_samples: int, seed: int) -> dict[str, float]:
@@ -375,7 +389,10 @@ def explore(
     """Round ``r``'s MD of the student ``post``: the pool (frames up to each run's stop) and,
     per run, where the monitor stopped it and where its first unphysical event is."""
     settings = student_settings(loop.twojmax)
-    band = LinearBand.from_posterior(post, n_samples=loop.n_samples, seed=loop.seed)
+    monitor = write_monitor(
+        post, settings, directory / "monitor", halt=loop.halt, every=loop.every, n_samples=loop.n_samples,
+        seed=loop.seed, overwrite=True,
+    )["directory"]  # fmt: skip
     teacher = teacher_calculator()
     temperature, strain = loop.temperature(r), loop.strain(r)
     frames, rows, runs = [], [], []
@@ -386,6 +403,7 @@ def explore(
             post.coef_,
             settings,
             _strained(atoms, strain, rng),
+            monitor=monitor,
             temperature=temperature,
             steps=loop.md_steps,
             every=loop.every,
@@ -393,16 +411,16 @@ def explore(
             potential=directory / "student",
             run=run,
         )
-        grade = 4 * frame_band(band, traj) if traj.frames else np.zeros(0)
+        grade = np.array([f.info["monitor_std_atom"] for f in traj.frames])
         steps = [int(f.info["step"]) for f in traj.frames]
-        over = np.flatnonzero(grade > loop.tolerance)
+        over = np.flatnonzero(grade > loop.halt)
         keep = int(over[0]) + 1 if over.size else len(traj.frames)
         stop = steps[int(over[0])] if over.size else None
         event, why = traj.failed_step, traj.failure
         for i, cfg in enumerate(traj.frames):
             d = min_distance(cfg)
             drop = (teacher.label_configuration(cfg).energy - cfg.info["student_energy"]) / cfg.n_atoms
-            cfg.info.update(strain=strain, grade=float(grade[i]), min_distance=d, energy_below_teacher=drop)
+            cfg.info.update(strain=strain, min_distance=d, energy_below_teacher=drop)
             if (d < MIN_DISTANCE or drop > ENERGY_DROP) and (event is None or steps[i] < event):
                 event = steps[i]
                 why = f"atoms {d:.2f} A apart" if d < MIN_DISTANCE else f"energy {drop:.2f} eV/atom below the teacher's"
@@ -417,7 +435,7 @@ def explore(
                 "stop_step": stop,
                 "event_step": event,
                 "event": why,
-                "max_grade": float(grade.max(initial=0.0)),
+                "max_std_per_atom": float(grade.max(initial=0.0)),
                 "stopped_before_event": bool(event is not None and stop is not None and stop < event),
             }
         )
@@ -425,7 +443,7 @@ def explore(
         rows += traj.atom_rows[:keep]
         log(
             f"  {run}: T {temperature:.0f} K, strain {strain:.3f}: {keep}/{len(traj.frames)} frames kept, "
-            f"max 4σ {grade.max(initial=0.0):.3g} eV/atom"
+            f"largest energy std {grade.max(initial=0.0):.3g} eV/atom"
             + (f", stopped at step {stop}" if stop is not None else "")
             + (f", first unphysical event at step {event} ({why})" if event is not None else "")
         )
@@ -436,7 +454,7 @@ def run_active_learning(
     outdir: str | Path,
     loop: LoopSettings = LoopSettings(),
     *,
-    selector: Selector = select_top_band,
+    selector: Selector = select_band,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run (or resume) the loop in ``outdir``; see the module docstring.
@@ -483,9 +501,8 @@ def run_active_learning(
             _write_extxyz(rdir / "pool.extxyz", pool.frames)
             teacher = teacher_calculator()
             for i, (arm, select) in enumerate(arms.items()):
-                band = LinearBand.from_posterior(posts[arm], n_samples=loop.n_samples, seed=loop.seed)
                 n = min(loop.labels_per_round, len(pool.frames))
-                picks = select(band, pool, n, loop.seed * 10_000 + 100 * r + i)
+                picks = select(posts[arm], pool, n, loop.seed if arm == "uq" else loop.seed * 10_000 + 100 * r + i)
                 labelled = [teacher.label_configuration(pool.frames[j]) for j in picks]
                 added[arm] = len(labelled)
                 (rdir / arm).mkdir(exist_ok=True)
