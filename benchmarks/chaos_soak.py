@@ -7,7 +7,7 @@ A seeded N x P float32 descriptor store (planted linear model plus a misspecific
 y = X θ + 0.1 sin(3 x₀): the out-of-core benchmark's store writer in popsdask's bench module)
 is written under ``--workdir`` (outside the repository; ``--keep-data`` keeps it and reuses it
 next time). It is fitted on one local cluster of ``--workers`` worker processes with one thread
-each (popsdask's ``connect``, so ``cluster.NannyLocalCluster``), in one pair of fits per
+each (popsdask's ``connect``, so ``local.NannyLocalCluster``), in one pair of fits per
 ``--kill-seeds`` entry:
 
 1. undisturbed;
@@ -35,7 +35,7 @@ persisted on the workers, so they are not queued: each worker is assigned about 
 pass, and every kill also loses the leverage blocks it held, recomputed from the store. A fit
 that lives through many kills (a loaded machine: 15 and 50 kills) then sees some task assigned
 to 4 killed workers. popsdask's LocalCluster now allows 20
-(:data:`popsdask.runtime.cluster.LOCAL_ALLOWED_FAILURES`); ``--allowed-failures 3`` reproduces dask's
+(:data:`popsdask.runtime.local.LOCAL_ALLOWED_FAILURES`); ``--allowed-failures 3`` reproduces dask's
 default.
 
 Results: ``WORKDIR/chaos-soak.json`` and ``WORKDIR/chaos-soak.md`` (also printed; each run

@@ -22,7 +22,7 @@ The store is built by ``examples/tungsten_dft.py``::
    ``percentile_clipping``, with ``POPSRegressor(reuse_statistics=True)``: the settings only
    change passes 2–4, so each fold's Gram is computed once per worker.
 3. ``--calibration``: a second search over the calibration level of
-   :class:`popsdask.engine.estimator.CalibratedPOPSRegressor` (split conformal on a quarter of the
+   :class:`popsdask.engine.regressor.CalibratedPOPSRegressor` (split conformal on a quarter of the
    training configurations, per row kind) with the chosen POPS settings.
 4. Prints the score table (mean ± std over the left-out groups), the best settings, and the
    best and default settings' scores on the test split; writes them to ``--outdir``.
@@ -143,7 +143,7 @@ def test_scores(estimators: dict[str, Any], test) -> dict[str, dict[str, Any]]:
 def measure_reuse(train_ds, client, repeat: int) -> dict[str, Any]:
     """Seconds of fitting REUSE_GRID on the whole train split, without and with reuse."""
     from popsdask.engine.cache import STATISTICS_CACHE
-    from popsdask.engine.estimator import POPSRegressor
+    from popsdask.engine.regressor import POPSRegressor
 
     times: dict[str, list[list[float]]] = {"without": [], "with": []}
     for _ in range(repeat):
@@ -183,7 +183,7 @@ def main() -> None:
 
     from popsdask import KIND_CODES, open_store
     from popsdask.atomistic.split import select_split
-    from popsdask.engine.estimator import CalibratedPOPSRegressor, POPSRegressor
+    from popsdask.engine.regressor import CalibratedPOPSRegressor, POPSRegressor
     from popsdask.evaluation.scoring import KindByColumns, search_data
     from popsdask.runtime.cluster import connect
 

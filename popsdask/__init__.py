@@ -15,16 +15,17 @@ _LAZY = {
     "KIND_CODES": ".io.store",
     "open_store": ".io.store",
     "write_store": ".io.store",
-    "POPSRegressor": ".engine.estimator",
+    "POPSRegressor": ".engine.regressor",
     "fit": ".engine.estimator",
     "Posterior": ".engine.posterior",
     "predict_ensemble": ".engine.predictions",
 }
 
 if TYPE_CHECKING:
-    from .engine.estimator import POPSRegressor, fit
+    from .engine.estimator import fit
     from .engine.posterior import Posterior
     from .engine.predictions import predict_ensemble
+    from .engine.regressor import POPSRegressor
     from .io.store import KIND_CODES, open_store, write_store
 
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm
+from scipy.special import ndtri  # the normal quantile (scipy.stats.norm.ppf), without scipy.stats' import
 
 from ..core.validation import InputError
 
@@ -141,7 +141,7 @@ def fit_kind(
     e = np.asarray(y, dtype=np.float64) - mle
     # worst group for both: a group-weighted pooled quantile for the std left ±4σ below 99 % on
     # three of the eight held-out tungsten groups (the worst-group scale: none)
-    z = float(norm.ppf((1.0 + level) / 2.0))
+    z = float(ndtri((1.0 + level) / 2.0))
     t_std, g_std = fit_scale(e, std, level, groups, target=z, floor=floor)
     # one scale for both sides: the score of a row is its error over the half-width on its side
     half = np.where(e >= 0, hi - mle, mle - lo)
@@ -210,7 +210,7 @@ def apply_scales(c: dict[str, Any], mle, std, lo, hi, level: float):
     """
     t, g = c["envelope_scale"], c["envelope_offset"]
     calibrated_std = c["std_scale"] * (std + c["std_offset"])
-    floor = float(norm.ppf((1.0 + level) / 2.0)) * calibrated_std
+    floor = float(ndtri((1.0 + level) / 2.0)) * calibrated_std
     below = np.maximum(t * (mle - lo + g), floor)
     above = np.maximum(t * (hi - mle + g), floor)
     return calibrated_std, mle - below, mle + above

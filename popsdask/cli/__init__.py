@@ -64,7 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if hasattr(args, "n_workers"):  # a command that computes on a cluster: its options first
             check_cluster_args(args)
-        return COMMANDS[args.command].run(args)
+        import dask
+        from dask.threaded import get as threaded_get
+
+        # Dask's local scheduler given (a client a command starts sets its own): without it, or by
+        # name, Dask imports distributed at every compute to look for a client
+        with dask.config.set(scheduler=threaded_get):
+            return COMMANDS[args.command].run(args)
     except (InputError, FileExistsError, FileNotFoundError) as err:
         return _refused(args.command, err)
     except Exception as err:  # a filesystem fault or an undecodable chunk, from wherever it came

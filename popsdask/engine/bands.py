@@ -1,5 +1,5 @@
 """The uncertainty band of a fitted estimator on some rows, and the rows' kinds: what
-calibration (:class:`popsdask.engine.estimator.CalibratedPOPSRegressor`) and the band scorers
+calibration (:class:`popsdask.engine.regressor.CalibratedPOPSRegressor`) and the band scorers
 (:mod:`popsdask.evaluation.scoring`) measure."""
 
 from __future__ import annotations

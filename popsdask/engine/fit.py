@@ -11,6 +11,7 @@ from ..core.validation import InputError
 from ..io.store import output_lock
 from .checkpoint import CHECKPOINT_PASSES, Checkpoint
 from .design import Design
+from .execution import client_blas
 from .incremental import added_design, fitted_rows
 from .passes import bounds_pass, leverage_pass, moment_pass, statistics_and_evidence
 from .posterior import Posterior, provenance
@@ -66,8 +67,9 @@ def fit_pops_with_evidence(
     if checkpoint is None:
         if resume:
             raise ValueError("resume=True needs a checkpoint directory to resume from")
-        return _fit_passes(design, evidence, settings, corrections_path, progress, reuse_statistics, None)
-    with output_lock(checkpoint):  # one fit per checkpoint at a time
+        with client_blas(design.n_features):
+            return _fit_passes(design, evidence, settings, corrections_path, progress, reuse_statistics, None)
+    with output_lock(checkpoint), client_blas(design.n_features):  # one fit per checkpoint at a time
         ckpt = Checkpoint.open(checkpoint, design, evidence, settings, resume=resume)
         try:
             return _fit_passes(design, evidence, settings, corrections_path, progress, reuse_statistics, ckpt)

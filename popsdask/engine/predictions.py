@@ -605,6 +605,21 @@ def _per_atom(ds: xr.Dataset) -> bool:
     return "n_atoms" in ds and not str(ds.attrs.get("energy_rows", "")).startswith("per atom")
 
 
+def load_row_variables(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with every variable and coordinate that has no ``sample`` dimension in memory,
+    read in one computation; the members' ``prediction`` (sample, row) and ``theta`` stay lazy.
+
+    The metrics, histograms and figures read a dozen per-row arrays (N values each): one
+    ``.values`` apiece was a graph and a round of Zarr reads apiece, more than the reading.
+    """
+    names = [k for k, v in ds.variables.items() if "sample" not in v.dims and v.chunks is not None]
+    values = compute(*(ds.variables[k].data for k in names))
+    out = ds.copy()
+    for k, value in zip(names, values, strict=True):
+        out.variables[k].data = value
+    return out
+
+
 def band_arrays(
     ds: xr.Dataset, raw: bool = False, floors: dict[str, float] | None = None
 ) -> dict[str, dict[str, np.ndarray]]:
@@ -747,6 +762,7 @@ def summarise(ds: xr.Dataset) -> tuple[xr.Dataset, dict[str, dict[str, float]]]:
     Reads the per-row summaries (N scalars) and streams ``prediction`` once for the sample
     histogram.
     """
+    ds = load_row_variables(ds)
     metrics = prediction_metrics(ds)["kinds"]
     row = {k: ds[k].values for k in ("y", "mle", "min", "max")}
     err = row["y"] - row["mle"]
@@ -761,10 +777,9 @@ def summarise(ds: xr.Dataset) -> tuple[xr.Dataset, dict[str, dict[str, float]]]:
         edges = np.logspace(np.log10(low), np.log10(top) + 1e-9, N_BINS + 1)
         edges_all.append(edges)
         hist_ref.append(np.histogram(np.abs(e), edges)[0])
-        dev = abs(ds["prediction"].data[:, mask] - ds["mle"].data[mask][None, :])
-        hs, _ = da.histogram(dev, bins=edges)
-        (hs,) = compute(hs)
-        hist_smp.append(hs)
+        dev = abs(ds["prediction"].data[:, mask] - row["mle"][mask][None, :])
+        hist_smp.append(da.histogram(dev, bins=edges)[0])
+    hist_smp = list(compute(*hist_smp))  # one read of the members' predictions for every kind
     extra = xr.Dataset(
         {
             "error_bin_edges": (("kind_name", "bin_edge"), np.array(edges_all)),

@@ -16,6 +16,7 @@ from ..engine.predictions import (
     band_arrays,
     config_values,
     configuration_variables,
+    load_row_variables,
     open_predictions,
     prediction_metrics,
 )
@@ -144,6 +145,7 @@ def write_report(
         )
     if group_by is None and "group" in configuration_variables(ds):
         group_by = "group"
+    ds = load_row_variables(ds)  # the metrics (raw and calibrated) and the figures read them all
     calib = prediction_metrics(ds, group_by=group_by, tolerance=tolerance)
     metrics = _scalars(calib["kinds"])
     units = kind_units(ds.attrs.get("units"))
@@ -219,15 +221,13 @@ def _floor_note(tolerance: dict[str, float], units: dict[str, str]) -> list[str]
 
 
 def _calibration_figures(calib: dict[str, Any], out: Path, band: str) -> dict[str, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: nothing is shown, and it costs an import
 
     figures = {}
     # unit-free curves: a total energy and its per-atom view draw the same line
     kinds = {k: m for k, m in calib["kinds"].items() if not (k == "energy" and "energy_per_atom" in calib["kinds"])}
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig = Figure(figsize=(5.5, 4.5))
+    ax = fig.subplots()
     for kind, m in kinds.items():
         c = m.get("coverage_curve")
         if c:
@@ -239,10 +239,10 @@ def _calibration_figures(calib: dict[str, Any], out: Path, band: str) -> dict[st
         figures["coverage"] = _save(
             fig, ax, "k (interval ±k·std)", "fraction of references within", out / "coverage.png"
         )
-    plt.close(fig)
     curves = {k: m["ev_vs_samples"] for k, m in kinds.items() if "ev_vs_samples" in m}
     if curves:
-        fig, ax = plt.subplots(figsize=(5.5, 4.5))
+        fig = Figure(figsize=(5.5, 4.5))
+        ax = fig.subplots()
         for kind, c in curves.items():
             line = ax.plot(c["n_samples"], 100 * np.asarray(c["envelope_violation"]), "o-", label=kind)
             box = calib["kinds"][kind].get("box_violation")
@@ -252,7 +252,6 @@ def _calibration_figures(calib: dict[str, Any], out: Path, band: str) -> dict[st
         ax.set_title(f"envelope violation of the {band} band")
         path = out / "ev_vs_samples.png"
         figures["ev_vs_samples"] = _save(fig, ax, "posterior samples S", "envelope violation (%)", path)
-        plt.close(fig)
     return figures
 
 
@@ -303,10 +302,7 @@ def _error_histograms(
 def _figures(ds: xr.Dataset, metrics: dict, out: Path, units: dict[str, str]) -> dict[str, Path]:
     """Per row kind, ``<kind>.png``: error histograms and the parity plot with the envelope;
     energies per atom when the store knows each configuration's atom count."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: nothing is shown, and it costs an import
 
     figures = {}
     band = band_state(ds)
@@ -318,7 +314,8 @@ def _figures(ds: xr.Dataset, metrics: dict, out: Path, units: dict[str, str]) ->
         edges, h_ref, h_smp = _error_histograms(ds, kind, view)
         centers = np.sqrt(edges[:-1] * edges[1:])
         widths = np.diff(np.log10(edges))
-        fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.5))
+        fig = Figure(figsize=(11, 4.5))
+        a, b = fig.subplots(1, 2)
         a.step(centers, h_ref / max(h_ref.sum(), 1) / widths, where="mid", color="k", label="|reference − MLE|")
         if h_smp is not None:
             a.step(
@@ -347,6 +344,5 @@ def _figures(ds: xr.Dataset, metrics: dict, out: Path, units: dict[str, str]) ->
         fig.tight_layout()
         path = out / f"{name}.png"
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         figures[name] = path
     return figures

@@ -38,7 +38,7 @@ Scores (per row kind; averaged over kinds with equal weight when ``row_kind`` is
 Rows of different kinds (energies, forces) share one design matrix; a scorer only sees X and
 y, so ``row_kind`` (a callable X -> labels, e.g. :class:`KindByColumns`) tells them apart.
 The calibration level is not a POPSRegressor setting: tune it with
-:class:`popsdask.engine.estimator.CalibratedPOPSRegressor`, which recalibrates its band on held-out
+:class:`popsdask.engine.regressor.CalibratedPOPSRegressor`, which recalibrates its band on held-out
 configurations of its own training rows.
 
 Group-aware cross-validation uses the per-configuration ``group`` of a store, per row

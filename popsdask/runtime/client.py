@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import functools
 import gc
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +22,8 @@ __all__ = ["ProgressCounter", "current_client", "progress_bar", "skip_exit_colle
 
 def current_client() -> Any | None:
     """The process's current ``distributed.Client``, or None (no client, or no ``distributed``)."""
+    if "distributed" not in sys.modules:  # no client without it; and its import costs a small command
+        return None
     try:
         from distributed import default_client
 

@@ -21,22 +21,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import logging
 import os
 import re
 import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
-import distributed
 
 from ..core.validation import InputError
-from .client import current_client, skip_exit_collection
+from .client import current_client
 from .options import SMALL_INPUT_BYTES
 from .preflight import check_cluster_options
+
+if TYPE_CHECKING:
+    import distributed
 
 __all__ = [
     "JOBQUEUE_CLUSTERS",
@@ -45,8 +46,6 @@ __all__ = [
     "current_client",
     "jobqueue_cluster",
     "load_cluster_config",
-    "local_cluster",
-    "NannyLocalCluster",
     "SMALL_INPUT_BYTES",
     "THREADS",
 ]
@@ -55,9 +54,7 @@ __all__ = [
 JOBQUEUE_CLUSTERS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster"}
 #: ``--cluster`` name of Dask's threaded scheduler in this process (no worker processes)
 THREADS = "threads"
-LOOPBACK_HOST = "127.0.0.1"
 LOOPBACK_INTERFACE = "lo"
-DASHBOARD_PORT = 8787
 _ADDRESS = re.compile(r"^([a-z0-9+]+://)?[^\s:/]+:\d+$|^[a-z0-9+]+://\S+$", re.IGNORECASE)
 _HPC_HINT = "pip install 'popsdask[hpc]'  (or: pip install dask-jobqueue)"
 
@@ -135,137 +132,6 @@ def load_cluster_config(path: str | Path, cluster: str | None = None) -> dict[st
     return _flatten(loaded)
 
 
-def _dashboard(host: str) -> str:
-    return f"{host}:{DASHBOARD_PORT}"
-
-
-def _interface_host(interface: str) -> str:
-    """IPv4 address of a named network interface, with a clear error if it has none."""
-    from distributed.utils import get_ip_interface
-
-    try:
-        return get_ip_interface(interface)
-    except ValueError as exc:
-        raise ValueError(f"network interface {interface!r}: {exc}") from exc
-
-
-#: SpecCluster's lost-worker timer while a popsdask LocalCluster handles a worker's removal
-NANNY_LOST_WORKER_TIMEOUT = "3650d"
-
-#: workers a task may see die under it before it fails with KilledWorker, on a LocalCluster (at
-#: least; a higher ``distributed.scheduler.allowed-failures`` is kept). The scheduler counts every
-#: task *assigned* to a dying worker, queued or running (dask/distributed#5234), and passes 3-4
-#: assign a third of a pass to each worker, so dask's 3 failed 2 of 7 chaos-soak fits while the
-#: nannies restarted every killed worker (benchmarks/chaos_soak.py; 20: 6 of 6 finished)
-LOCAL_ALLOWED_FAILURES = 20
-
-
-class QuickExit(distributed.WorkerPlugin):
-    """Worker plugin: the worker process skips the exit-time collection
-    (:func:`popsdask.runtime.client.skip_exit_collection`), so that it exits within the nanny's
-    close timeout instead of being killed."""
-
-    name = "popsdask-quick-exit"
-
-    def setup(self, worker: distributed.Worker) -> None:
-        skip_exit_collection()
-
-
-class _DropComputeFailed(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Compute Failed")
-
-
-class QuietTaskErrors(distributed.WorkerPlugin):
-    """Worker plugin: the worker does not log the "Compute Failed ... Traceback" of a task that
-    raised. The task's exception reaches the client, which reports it (bad input as one line);
-    the worker's copy printed tens of lines of traceback on the user's terminal before it."""
-
-    name = "popsdask-quiet-task-errors"
-
-    def setup(self, worker: distributed.Worker) -> None:
-        log = logging.getLogger("distributed.worker")
-        if not any(isinstance(f, _DropComputeFailed) for f in log.filters):
-            log.addFilter(_DropComputeFailed())
-
-
-class NannyLocalCluster(distributed.LocalCluster):
-    """A :class:`distributed.LocalCluster` that leaves restarting killed workers to their nannies.
-
-    On every worker removal SpecCluster starts a timer (``distributed.deploy.lost-worker-timeout``,
-    15 s) that closes the worker's nanny for good if, when it fires, no worker of that *name* is
-    registered. The timer is not cancelled when the nanny brings the worker back, so a worker
-    killed twice within 15 s whose second restart is still running when the first timer fires
-    loses its nanny: the nanny logs "Restarting worker", the new process registers and is told
-    to close ("Closing Nanny ... Reason: nanny-close" exactly 15 s after the first removal),
-    and with two workers the cluster ends with none and a fit waits for ever. distributed
-    accepted that race when it added the check (dask/distributed#2990, dask/distributed#3088: "if the new worker
-    has not spun up yet then this will delete the old worker"); it is still in 2026.8.0
-    (``SpecCluster._update_worker_status``). Here the nannies live in this process and restart
-    their own workers, so the timer is pushed out of reach; batch clusters keep it (a lost job
-    must be closed to be replaced).
-    """
-
-    def _update_worker_status(self, op: str, msg: Any) -> None:
-        # the timeout is read inside this call, on the event loop: set it for this call only
-        with dask.config.set({"distributed.deploy.lost-worker-timeout": NANNY_LOST_WORKER_TIMEOUT}):
-            super()._update_worker_status(op, msg)
-
-
-def local_cluster(
-    *,
-    n_workers: int | None = None,
-    threads_per_worker: int | None = None,
-    memory_limit: str | float | None = None,
-    interface: str | None = None,
-    **cluster_kwargs: Any,
-) -> distributed.LocalCluster:
-    """Start a :class:`distributed.LocalCluster` of worker processes on loopback or ``interface``.
-
-    Parameters
-    ----------
-    n_workers, threads_per_worker : int, optional
-        Worker processes and threads in each; dask's defaults (about one worker per core)
-        when omitted.
-    memory_limit : str or float, optional
-        Memory per worker (``"4GB"``, bytes, or a fraction of system memory); dask's default
-        (system memory / workers) when omitted.
-    interface : str, optional
-        Network interface to listen on (e.g. ``"eth0"``); the loopback ``127.0.0.1`` when omitted.
-    **cluster_kwargs
-        Passed to :class:`distributed.LocalCluster` (e.g. ``security``, ``protocol``,
-        ``dashboard_address``).
-
-    Returns
-    -------
-    NannyLocalCluster
-        A :class:`distributed.LocalCluster` whose killed workers are always restarted by their
-        nannies (see :class:`NannyLocalCluster`), and whose tasks survive up to
-        :data:`LOCAL_ALLOWED_FAILURES` worker deaths (``scheduler_kwargs`` overrides it).
-    """
-    kwargs: dict[str, Any] = {"processes": True}
-    if interface is None:
-        kwargs["host"] = LOOPBACK_HOST
-        kwargs["dashboard_address"] = _dashboard(LOOPBACK_HOST)
-    else:
-        kwargs["interface"] = interface
-        kwargs["dashboard_address"] = _dashboard(_interface_host(interface))
-    for key, value in (
-        ("n_workers", n_workers),
-        ("threads_per_worker", threads_per_worker),
-        ("memory_limit", memory_limit),
-    ):
-        if value is not None:
-            kwargs[key] = value
-    scheduler = dict(cluster_kwargs.pop("scheduler_kwargs", None) or {})
-    configured = int(dask.config.get("distributed.scheduler.allowed-failures"))
-    scheduler.setdefault("allowed_failures", max(configured, LOCAL_ALLOWED_FAILURES))
-    kwargs["scheduler_kwargs"] = scheduler
-    kwargs["plugins"] = (QuickExit(), QuietTaskErrors())  # kept by each nanny for the workers it restarts
-    kwargs.update(cluster_kwargs)
-    return NannyLocalCluster(**kwargs)
-
-
 def jobqueue_cluster(
     kind: str,
     *,
@@ -317,6 +183,8 @@ def jobqueue_cluster(
     """
     if kind not in JOBQUEUE_CLUSTERS:
         raise ValueError(f"unknown batch system {kind!r}: expected one of {sorted(JOBQUEUE_CLUSTERS)}")
+    from .local import LOOPBACK_HOST, dashboard_address, interface_host
+
     jobqueue = _import_jobqueue()
     cls = getattr(jobqueue, JOBQUEUE_CLUSTERS[kind])
     section = f"jobqueue.{kind}"
@@ -337,8 +205,8 @@ def jobqueue_cluster(
     if "host" not in options and "interface" not in options:
         options["interface"] = iface
     if "dashboard_address" not in options:
-        host = options.get("host") or _interface_host(options["interface"])
-        options["dashboard_address"] = _dashboard(host)
+        host = options.get("host") or interface_host(options["interface"])
+        options["dashboard_address"] = dashboard_address(host)
     # `dask worker` serves its own dashboard on all interfaces by default (dask/distributed#3941),
     # whatever --interface says: bind it to the node's loopback unless the user chose otherwise.
     extra = list(
@@ -470,6 +338,8 @@ def connect(
         _check_threads(n_workers, memory_limit, adapt, interface, config, scheduler_file, cluster_kwargs or None)
         yield from _threaded(threads_per_worker, quiet)
         return
+    import distributed  # not before: the threaded scheduler runs without it
+
     external = scheduler_file is not None or (name is not None and lname != "local" and lname not in JOBQUEUE_CLUSTERS)
     if external:
         _check_external(name, scheduler_file, n_workers, threads_per_worker, memory_limit, adapt, interface, config)
@@ -492,6 +362,8 @@ def connect(
         if lname in JOBQUEUE_CLUSTERS:
             created = jobqueue_cluster(lname, **sizes, **cluster_kwargs)  # scaled to n_workers below
         else:
+            from .local import local_cluster
+
             created = local_cluster(n_workers=n_workers, **sizes, **cluster_kwargs)
         try:
             if lname in JOBQUEUE_CLUSTERS and n_workers:
@@ -505,8 +377,12 @@ def connect(
 
 def _threaded(threads: int | None, quiet: bool) -> Iterator[None]:
     """Run the ``with`` block on Dask's threaded scheduler with ``threads`` threads."""
+    from dask.threaded import get as threaded_get
+
     threads = threads or os.cpu_count() or 1
-    with dask.config.set(scheduler=THREADS, num_workers=threads):
+    # the function, not its name: given a name, Dask imports distributed at every compute to look
+    # for a client, a fifth of a small command's time
+    with dask.config.set(scheduler=threaded_get, num_workers=threads):
         if not quiet:
             print(f"popsdask: Dask threaded scheduler, {threads} threads in this process", file=sys.stderr)
         yield None

@@ -4,7 +4,7 @@ import dask
 import numpy as np
 import pytest
 
-from popsdask.engine.estimator import POPSRegressor
+from popsdask.engine.regressor import POPSRegressor
 from popsdask.engine.linear_band import LinearBand
 from popsdask.engine.predictions import predict_ensemble
 

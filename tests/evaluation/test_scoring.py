@@ -22,7 +22,7 @@ from popsdask.calibration.metrics import (
 )
 from popsdask.core.stats import Stats
 from popsdask.engine.cache import STATISTICS_CACHE, StatisticsCache
-from popsdask.engine.estimator import CalibratedPOPSRegressor, POPSRegressor
+from popsdask.engine.regressor import CalibratedPOPSRegressor, POPSRegressor
 from popsdask.evaluation.scoring import (
     UQ_SCORERS,
     KindByColumns,

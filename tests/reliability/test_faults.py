@@ -25,7 +25,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from popsdask import Posterior, fit, write_store
 from popsdask.engine import predictions as ensemble_module
 from popsdask.engine.predictions import predict_ensemble
-from popsdask.runtime.cluster import NannyLocalCluster
+from popsdask.runtime.local import NannyLocalCluster
 from tests.conftest import misspecified, tmpfs_mount
 
 CHUNK_ROWS = 125
@@ -100,7 +100,7 @@ def cluster_client():
 
     # two workers: both are killed within seconds of each other, and each is killed again while
     # restarting. A plain LocalCluster then closed both nannies 15 s after their first kill
-    # (distributed's lost-worker timer, see popsdask.runtime.cluster.NannyLocalCluster) and the fit
+    # (distributed's lost-worker timer, see popsdask.runtime.local.NannyLocalCluster) and the fit
     # waited for ever; connect's cluster must survive exactly that.
     with connect("local", n_workers=N_WORKERS, threads_per_worker=1, memory_limit="1GB", quiet=True) as client:
         yield client

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import dask
 import dask.array as da
@@ -10,10 +12,12 @@ import distributed
 import numpy as np
 import psutil
 import pytest
+from dask.threaded import get as threaded_get
 
 from popsdask import write_store
 from popsdask.runtime.client import current_client
-from popsdask.runtime.cluster import SMALL_INPUT_BYTES, QuickExit, connect
+from popsdask.runtime.cluster import SMALL_INPUT_BYTES, connect
+from popsdask.runtime.local import QuickExit
 
 SIZED = {"n_workers": 2, "threads_per_worker": 1, "memory_limit": "1GB", "quiet": True}
 
@@ -22,10 +26,10 @@ def test_threads_run_in_this_process_without_a_client(capsys):
     before = len(psutil.Process().children(recursive=True))
     with connect("threads", threads_per_worker=3) as client:
         assert client is None and current_client() is None
-        assert (dask.config.get("scheduler"), dask.config.get("num_workers")) == ("threads", 3)
+        assert (dask.config.get("scheduler"), dask.config.get("num_workers")) == (threaded_get, 3)
         assert float(da.ones((100, 4), chunks=(10, 4)).sum().compute()) == 400.0
         assert len(psutil.Process().children(recursive=True)) == before  # no worker processes
-    assert dask.config.get("scheduler", None) != "threads"  # the setting ends with the block
+    assert dask.config.get("scheduler", None) is not threaded_get  # the setting ends with the block
     assert "Dask threaded scheduler, 3 threads in this process" in capsys.readouterr().err
 
 
@@ -77,3 +81,22 @@ def test_local_cluster_workers_exit_without_being_killed(tmp_path):
         nanny.removeHandler(handler)
     killed = [r.getMessage() for r in records if "still alive" in r.getMessage()]
     assert not killed
+
+
+def test_small_commands_import_neither_distributed_nor_scikit_learn(tmp_path):
+    """fit, predict and report of a small store run without the imports that cost them most:
+    distributed (no client to look for), scikit-learn and scipy.stats (not used by the
+    commands), pyplot (figures are drawn without it)."""
+    rng = np.random.default_rng(0)
+    write_store(tmp_path / "s.zarr", rng.normal(size=(400, 5)), rng.normal(size=400))
+    s, post, pred = (str(tmp_path / n) for n in ("s.zarr", "post.zarr", "pred.zarr"))
+    script = (
+        "import sys\n"
+        "from popsdask.cli import main\n"
+        f"assert main(['fit', {s!r}, '-o', {post!r}, '--quiet']) == 0\n"
+        f"assert main(['predict', {post!r}, {s!r}, '-o', {pred!r}, '--quiet']) == 0\n"
+        f"assert main(['report', {pred!r}, '-o', {str(tmp_path / 'report')!r}]) == 0\n"
+        "print(sorted(m for m in ('distributed', 'sklearn', 'scipy.stats', 'matplotlib.pyplot') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "[]"
