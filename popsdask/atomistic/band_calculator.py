@@ -66,7 +66,7 @@ def _blas_controller() -> Any:
 def _one_blas_thread() -> Any:
     """A context of one BLAS thread for a call's small products ((N × P) by (P × P)): OpenBLAS's
     threads cost more than they save there, and on a busy machine they spin against LAMMPS (the
-    band took 10 times longer with two BLAS threads on two loaded cores)."""
+    per-atom products of 128 atoms took 40 times longer with two BLAS threads on two loaded cores)."""
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
