@@ -107,7 +107,8 @@ def _atom_grade(settings: SnapSettings, modes: np.ndarray) -> list[str]:
             expr = f"{_num(block[0])}+{expr}" if c0 and block[0] != 0.0 else expr
             per_type.append(expr if len(settings.elements) == 1 else f"(type=={t + 1})*({expr})")
         lines.append(f"variable pops_g{j} atom " + "+".join(per_type))
-    grade = "+".join(f"v_pops_g{j}*v_pops_g{j}" for j in range(modes.shape[1])) or "0"
+    # one reference per mode: each reference of an atom-style variable evaluates it anew
+    grade = "+".join(f"v_pops_g{j}^2" for j in range(modes.shape[1])) or "0"
     return [*lines, f"variable pops_grade atom {grade}"]
 
 
@@ -291,7 +292,9 @@ def monitor_input(
     lines += ["variable pops_std_atom equal v_pops_std/v_pops_natoms"]
     lines += _atom_grade(settings, lead)
     lines += [
-        "compute pops_gmax all reduce max v_pops_grade",
+        # evaluated once per output, stored for the dump and the maximum
+        "fix pops_grade all ave/atom 1 1 ${pops_every} v_pops_grade",
+        "compute pops_gmax all reduce max f_pops_grade",
         "variable pops_grade_max equal c_pops_gmax",
         "thermo ${pops_every}",
         "thermo_style custom step temp pe press v_pops_mle v_pops_std v_pops_min v_pops_max v_pops_std_atom "
@@ -301,7 +304,7 @@ def monitor_input(
         + '" file ${pops_band_file} screen no title "# step '
         + " ".join(MONITOR_OUTPUTS)
         + '"',
-        "dump pops_dump all custom ${pops_every} ${pops_dump_file} id type x y z v_pops_grade",
+        "dump pops_dump all custom ${pops_every} ${pops_dump_file} id type x y z f_pops_grade",
         "dump_modify pops_dump format float %.17g",
         "fix pops_halt all halt ${pops_every} v_pops_std_atom > ${pops_halt} error ${pops_on_halt} message yes",
     ]
