@@ -30,7 +30,7 @@ from ..engine.posterior import Posterior
 from ..io.store import KIND_CODES
 from .calculator import LammpsCalculator
 from .configurations import Configuration
-from .descriptors.base import DescriptorBackend, atom_rows
+from .descriptors.base import AtomComputes, DescriptorBackend, atom_rows
 from .lammps_backend import LammpsSession
 
 __all__ = ["ATOM_ENVELOPE", "BAND_PROPERTIES", "PosteriorCalculator", "atoms_band", "configuration_band", "forces_band"]
@@ -238,9 +238,12 @@ class PosteriorCalculator(Calculator):
         self.backend = backend
         self.bounds = bounds
         self.mle = backend.calculator(self.band.coef, directory, label=label)
-        self.in_run = hasattr(backend, "atom_computes") and isinstance(self.mle, LammpsCalculator)
-        if self.in_run:
-            self.mle.atom_computes = backend.atom_computes()
+        #: the backend whose per-atom rows come from the MLE's own LAMMPS run, or None
+        self.computes = (
+            backend if isinstance(backend, AtomComputes) and isinstance(self.mle, LammpsCalculator) else None
+        )
+        if self.computes is not None:
+            self.mle.atom_computes = self.computes.atom_computes()
         self._atoms: tuple[Configuration, np.ndarray, np.ndarray] | None = None
 
     def _configuration(self) -> tuple[Configuration, np.ndarray, np.ndarray]:
@@ -257,8 +260,8 @@ class PosteriorCalculator(Calculator):
         self.results.update(
             {k: v for k, v in self.mle.results.items() if k in ("energy", "free_energy", "forces", "stress")}
         )
-        if self.in_run:
-            X = self.backend.atom_design(cfg, self.mle.atom_arrays)
+        if self.computes is not None:
+            X = self.computes.atom_design(cfg, self.mle.atom_arrays)
             # each atom's reference part: the potential's own per-atom energy minus its descriptors'
             return cfg, X, self.mle.results["energies"] - X @ self.band.coef
         rows = atom_rows(self.backend, cfg)

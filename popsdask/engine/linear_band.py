@@ -77,7 +77,7 @@ class LinearBand:
         # R of the centred draws' QR (RᵀR = S·C) rather than eigenvectors of C: forming C squares
         # its condition, and a row the fit pins down (std ≪ ‖x‖·‖δθ‖, e.g. an energy row) lost
         # digits of its std with it
-        factor = np.linalg.qr(draws - mu, mode="r").T / np.sqrt(draws.shape[0])
+        factor = np.asarray(np.linalg.qr(draws - mu, mode="r")).T / np.sqrt(draws.shape[0])
         return cls(
             coef=np.asarray(posterior.coef_, dtype=np.float64),
             mean_shift=mu,

@@ -58,6 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..lammps_backend import LammpsSession
 
 __all__ = [
+    "AtomComputes",
     "CommandLineBackend",
     "DescriptorBackend",
     "RowBlock",
@@ -190,6 +191,20 @@ class DescriptorBackend(Protocol):
         self, theta: Any, directory: str | os.PathLike | None = None, *, label: str = "potential"
     ) -> LammpsCalculator:
         """ASE calculator of θ (through LAMMPS, or the backend's own evaluator)."""
+        ...
+
+
+@runtime_checkable
+class AtomComputes(Protocol):
+    """What a LAMMPS backend may add: the per-atom computes its per-atom rows are made of (see
+    the module docstring)."""
+
+    def atom_computes(self) -> dict[str, str]:
+        """{compute ID: LAMMPS ``compute`` command} of per-atom computes."""
+        ...
+
+    def atom_design(self, cfg: Configuration, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+        """(N, n_features) per-atom energy rows of ``cfg`` from those computes' arrays (by ID)."""
         ...
 
 
