@@ -252,3 +252,10 @@ def test_ace_uses_the_same_path(configurations) -> None:
     members = post.coef_[None, :] + post.perturbations(100, "uniform", 0)
     _rtol_close(out["energy_std"], (r.X[0] @ members.T).std())
     _rtol_close(out["forces_std"].ravel(), (r.X[1:] @ members.T).std(axis=1))
+    calc = PosteriorCalculator(band, ace)
+    assert calc.computes is None  # pyace's calculator, then the per-atom rows through atom_rows
+    atoms = cfg.to_atoms(with_labels=False)
+    atoms.calc = calc
+    _rtol_close(atoms.get_potential_energy(), out["energy"], 1e-10)
+    _rtol_close(calc.get_property("energy_std", atoms), out["energy_std"], 1e-12)
+    _rtol_close(calc.get_property("forces_std", atoms), out["forces_std"], 1e-12)
