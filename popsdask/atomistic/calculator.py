@@ -33,8 +33,8 @@ class LammpsCalculator(Calculator):
         same run (e.g. a backend's per-atom descriptors); their values, (N, columns) in atom
         order, are in :attr:`atom_arrays` after each calculation
 
-    Results: ``energy``, ``free_energy``, ``forces``, ``stress`` and the per-atom energies
-    ``energies`` (LAMMPS ``compute pe/atom``).
+    Results: ``energy``, ``free_energy``, ``forces``, ``stress`` and, when asked for or with
+    ``atom_computes``, the per-atom energies ``energies`` (LAMMPS ``compute pe/atom``).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
@@ -72,10 +72,12 @@ class LammpsCalculator(Calculator):
         where = f"{self.label}: {a.get_chemical_formula()}"
         box = lammps_box(a.cell[:], a.pbc, a.positions, where=where)
         sess = get_session()
+        per_atom = "energies" in properties or bool(self.atom_computes)
         with sess.lock:
             sess.setup(box, self._types(a.get_chemical_symbols(), where), self.masses, self.pair_commands)
             sess.lmp.command("compute popsdask_pv all pressure NULL virial")
-            sess.lmp.command("compute popsdask_pe all pe/atom")
+            if per_atom:
+                sess.lmp.command("compute popsdask_pe all pe/atom")
             for command in self.atom_computes.values():
                 sess.lmp.command(command)
             sess.lmp.command("thermo_style custom step pe")
@@ -83,17 +85,13 @@ class LammpsCalculator(Calculator):
             energy = float(sess.lmp.get_thermo("pe"))
             forces = box.forces_back(sess.forces())
             pv = sess.global_vector("popsdask_pv")  # xx yy zz xy xz yz, bar
-            energies = sess.atom_compute("popsdask_pe", columns=False)
+            energies = sess.atom_compute("popsdask_pe", columns=False) if per_atom else None
             self.atom_arrays = {cid: sess.atom_compute(cid) for cid in self.atom_computes}
         voigt = np.array([pv[0], pv[1], pv[2], pv[5], pv[4], pv[3]])
         stress = -box.tensor_back(voigt) / NKTV2P
-        self.results = {
-            "energy": energy,
-            "free_energy": energy,
-            "forces": forces,
-            "stress": stress,
-            "energies": energies,
-        }
+        self.results = {"energy": energy, "free_energy": energy, "forces": forces, "stress": stress}
+        if energies is not None:
+            self.results["energies"] = energies
 
     def label_configuration(self, cfg: Configuration) -> Configuration:
         """Return a copy of ``cfg`` with energy, forces and stress from this potential."""

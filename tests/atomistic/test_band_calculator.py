@@ -215,6 +215,7 @@ def test_calculator_returns_the_mle_and_the_bands(fitted, configurations, tmp_pa
         for name in ("energies", "energies_min", "energies_max", "forces_std"):  # computed on request
             _rtol_close(calc.get_property(name, atoms), expected[name], 1e-10)
         _rtol_close(calc.results["energies"].sum(), atoms.get_potential_energy(), 1e-10)
+        _rtol_close(calc.results["energies"], plain.get_potential_energies(), 1e-10)  # LAMMPS's pe/atom
     # new positions: new bands
     atoms.positions[0] += 0.05
     assert atoms.get_potential_energy() != plain.get_potential_energy()
