@@ -316,7 +316,8 @@ def pool_energy_rows(
 
     The energy row is the sum of the backend's per-atom rows (:func:`~popsdask.atomistic.
     descriptors.base.atom_rows`) when it gives them: no force rows are computed (at 2,000 W atoms
-    and 2J = 4, 5x faster than the full rows); else its energy row of :meth:`rows`.
+    and 2J = 4, 4.5x less CPU than the full rows: ``benchmarks/selection_cost.py``); else the
+    energy row of its ``rows``.
     """
     X, ref = [], []
     for cfg in configurations:
