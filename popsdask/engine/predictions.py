@@ -486,14 +486,18 @@ def _bracket_block(Xb, yb, tolb, *, coef, draws, sizes) -> np.ndarray:
     lo = np.full(r.shape, np.inf)
     hi = np.full(r.shape, -np.inf)
     out = np.full(r.shape, np.inf)
+    open_rows = np.arange(r.shape[0])  # not bracketed yet: later draws are needed for these only
     start = 0
     for size in sizes:
-        dev = Xb @ draws[start:size].T
-        np.minimum(lo, dev.min(axis=1), out=lo)
-        np.maximum(hi, dev.max(axis=1), out=hi)
+        dev = Xb[open_rows] @ draws[start:size].T
+        lo[open_rows] = np.minimum(lo[open_rows], dev.min(axis=1, initial=np.inf))
+        hi[open_rows] = np.maximum(hi[open_rows], dev.max(axis=1, initial=-np.inf))
         start = size
-        inside = (r >= lo - tolb) & (r <= hi + tolb) & ~np.isfinite(out)
-        out[inside] = size
+        inside = (r[open_rows] >= lo[open_rows] - tolb[open_rows]) & (r[open_rows] <= hi[open_rows] + tolb[open_rows])
+        out[open_rows[inside]] = size
+        open_rows = open_rows[~inside]
+        if open_rows.size == 0:
+            break
     return out
 
 

@@ -380,9 +380,9 @@ def _threaded(threads: int | None, quiet: bool) -> Iterator[None]:
     from dask.threaded import get as threaded_get
 
     threads = threads or os.cpu_count() or 1
-    # the function, not its name: given a name, Dask imports distributed at every compute to look
-    # for a client, a fifth of a small command's time
-    with dask.config.set(scheduler=threaded_get, num_workers=threads):
+    # the function, not its name, and the rechunk method Dask picks without a client: else Dask
+    # imports distributed at every compute and rechunk to look for one, a fifth of a small command
+    with dask.config.set({"scheduler": threaded_get, "num_workers": threads, "array.rechunk.method": "tasks"}):
         if not quiet:
             print(f"popsdask: Dask threaded scheduler, {threads} threads in this process", file=sys.stderr)
         yield None

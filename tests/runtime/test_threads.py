@@ -88,7 +88,8 @@ def test_small_commands_import_neither_distributed_nor_scikit_learn(tmp_path):
     distributed (no client to look for), scikit-learn and scipy.stats (not used by the
     commands), pyplot (figures are drawn without it)."""
     rng = np.random.default_rng(0)
-    write_store(tmp_path / "s.zarr", rng.normal(size=(400, 5)), rng.normal(size=400))
+    # chunks of 1000 rows: predict rechunks them, where Dask also looks for a client
+    write_store(tmp_path / "s.zarr", rng.normal(size=(4000, 5)), rng.normal(size=4000), chunk_rows=1000)
     s, post, pred = (str(tmp_path / n) for n in ("s.zarr", "post.zarr", "pred.zarr"))
     script = (
         "import sys\n"
