@@ -20,7 +20,9 @@ The rows are stored in popsdask's units (total energy, force, virial in eV); a s
 :func:`~popsdask.atomistic.weights.fitsnap_row_scale` is FitSNAP's row, and the stored weights
 are the squares of FitSNAP's weights times that scale, so a fit minimises FitSNAP's objective.
 ``[SOLVER]``, ``[OUTFILE]``, ``[EXTRAS]`` and ``[MEMORY]`` concern FitSNAP's own solver and
-outputs and are not read. Anything else popsdask does not support is refused with one line
+outputs: their keys are checked (FitSNAP's own keys only) but not used, except the settings that
+would change what is fitted, which are refused (a nonlinear ``solver``, ``only_test = 1``, an
+``output_style`` other than SNAP). Anything else popsdask does not support is refused with one line
 naming the section and key (:class:`~popsdask.core.validation.InputError`), before any data is read.
 """
 
@@ -59,6 +61,25 @@ BISPECTRUM_KEYS = (
 #: keywords accepted only at the value that changes nothing
 BISPECTRUM_OFF = ("bikflag", "dgradflag", "BOLTZ")
 GROUP_KEYS = ("group_sections", "group_types", "smartweights", "random_sampling", "random_seed")
+#: [GROUPS] keys of FitSNAP's VASP scraper, which popsdask does not have
+VASP_GROUP_KEYS = (
+    "vasp_use_TOTEN", "vasp_json_pathname", "vasp_ignore_incomplete", "vasp_ignore_jsons", "vasp_unconverged_label",
+)  # fmt: skip
+#: FitSNAP's keys of the sections popsdask does not use (FitSNAP refuses any other)
+IGNORED_KEYS = {
+    "SOLVER": (
+        "solver", "normalweight", "normratio", "compute_testerrs", "detailed_errors", "nsam", "cov_nugget",
+        "mcmc_num", "mcmc_gamma", "mcmc_sigma", "merr_mult", "merr_method", "merr_cfs",
+    ),
+    "OUTFILE": ("output_style", "metrics", "metrics_style", "potential", "detailed_errors"),
+    "EXTRAS": (
+        "multinode_testing", "apply_transpose", "only_test", "dump_descriptors", "dump_truth", "dump_weights",
+        "dump_dataframe", "dump_peratom", "dump_perconfig", "dump_configs",
+    ),
+    "MEMORY": ("memory", "override"),
+}  # fmt: skip
+#: FitSNAP's solvers of nonlinear models (its linear solvers are what the POPS posterior replaces)
+NONLINEAR_SOLVERS = ("PYTORCH", "JAX", "NETWORK")
 SCRAPERS = ("JSON", "XYZ")
 _TRUE, _FALSE = ("1", "true", "yes", "on", "t", "y"), ("0", "false", "no", "off", "f", "n")
 
@@ -268,12 +289,27 @@ def read_fitsnap_input(path: str | os.PathLike) -> FitsnapInput:
         if not parser.has_section(name):
             raise InputError(f"{where}: [{name}]: missing section")
     sec = {name: _Section(parser, name, where) for name in SECTIONS}
+    _check_ignored({name: _Section(parser, name, where) for name in IGNORED_SECTIONS})
     _check_calculator(sec["CALCULATOR"])
     virial = sec["CALCULATOR"].get("stress", "0", _flag)
     settings = _snap_settings(sec["BISPECTRUM"], sec["REFERENCE"], sec["ESHIFT"])
     data_path, scraper = _data(sec["PATH"], sec["SCRAPER"], p.parent)
     groups, weights = _groups(sec["GROUPS"], data_path, scraper)
     return FitsnapInput(p, settings, data_path, scraper, groups, weights, virial)
+
+
+def _check_ignored(sec: dict[str, _Section]) -> None:
+    """FitSNAP's own keys only, and none of its settings that would change what is fitted."""
+    for name, s in sec.items():
+        s.only(IGNORED_KEYS[name])
+    solver = sec["SOLVER"].get("solver", "SVD")
+    if solver.upper() in NONLINEAR_SOLVERS:
+        raise sec["SOLVER"].fail("solver", f"{solver!r} not supported: popsdask fits linear models (SVD, ANL, ...)")
+    if sec["EXTRAS"].get("only_test", "0", _flag):
+        raise sec["EXTRAS"].fail("only_test", "1 not supported: popsdask fits the training configurations")
+    style = sec["OUTFILE"].get("output_style", "SNAP")
+    if style.upper() != "SNAP":
+        raise sec["OUTFILE"].fail("output_style", f"{style!r} not supported (SNAP only)")
 
 
 def _check_calculator(c: _Section) -> None:
@@ -404,6 +440,8 @@ def _groups(g: _Section, data: Path, scraper: str) -> tuple[tuple[FitsnapGroup, 
             raise g.fail(key, "1 not supported (only 0)")
     groups, weights = [], {}
     for key, text in g.items.items():
+        if key in VASP_GROUP_KEYS:
+            raise g.fail(key, "not supported (a key of FitSNAP's VASP scraper; popsdask reads JSON and XYZ)")
         if key in GROUP_KEYS:
             continue
         values = text.split()

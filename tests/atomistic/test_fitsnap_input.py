@@ -120,6 +120,18 @@ def _bad(tmp_path, old: str, new: str) -> str:
         ("units = metal", "units = real", r"\[REFERENCE\] units: 'real' not supported"),
         ("scraper = JSON", "scraper = VASP", r"\[SCRAPER\] scraper: 'VASP' not supported"),
         ("pair_coeff2 = * * zbl 73 73", "pair_coeff2 = * * zbl 74 74", r"types 1 1 are Ta Ta \(Z = 73 73\)"),
+        ("random_sampling = 0", "random_sampling = 1", r"\[GROUPS\] random_sampling: 1 not supported"),
+        ("smartweights = 0", "smartweights = 0\nvasp_use_TOTEN = 1", r"\[GROUPS\] vasp_use_TOTEN: not supported"),
+        ("dataPath = ", "groupFile = grouplist.in\ndataPath = ", r"\[PATH\] groupFile: not supported"),
+        ("scraper = JSON", "scraper = JSON\nproperty_array = energy", r"\[SCRAPER\] property_array: not supported"),
+        ("[MEMORY]", "[TRAINSHIFT]\nTa = 1.0\n\n[MEMORY]", r"\[TRAINSHIFT\]: section not supported"),
+        # the sections of FitSNAP's own solver and outputs: its keys only, none that changes the fit
+        ("solver = SVD", "solver = PYTORCH", r"\[SOLVER\] solver: 'PYTORCH' not supported"),
+        ("solver = SVD", "solver = SVD\nalpha = 1e-6", r"\[SOLVER\] alpha: not supported"),
+        ("dump_weights = 1", "dump_weights = 1\nonly_test = 1", r"\[EXTRAS\] only_test: 1 not supported"),
+        ("dump_weights = 1", "dump_weights = 1\ndump_all = 1", r"\[EXTRAS\] dump_all: not supported"),
+        ("potential = Ta_pot", "potential = Ta_pot\noutput_style = PACE", r"\[OUTFILE\] output_style: 'PACE' not"),
+        ("override = 0", "override = 0\nswap = 1", r"\[MEMORY\] swap: not supported"),
     ],
 )
 def test_unsupported_input_is_one_line_naming_section_and_key(tmp_path, old, new, message) -> None:
