@@ -186,7 +186,7 @@ def monitor_input(
     intercept: bool = False,
     every: int = 100,
     halt: float,
-    modes: int = 8,
+    modes: int = 4,
     band_file: str = "monitor-band.txt",
     dump_file: str = "monitor.dump",
     atom_rows: np.ndarray | None = None,
@@ -202,8 +202,8 @@ def monitor_input(
     halt : default threshold of the calibrated energy std per atom, eV/atom (``-var pops_halt X``)
     modes : directions in the per-atom grade (see :func:`grade_modes`)
     atom_rows : (n, P) typical per-atom rows (training energy rows / atoms) ranking the directions
-    band_file, dump_file : default names of the band file and the per-atom dump (``-var
-        pops_band_file``, ``-var pops_dump_file``)
+    band_file, dump_file : default names of the band file and the per-atom dump
+        (``-var pops_band_file F``, ``-var pops_dump_file F``)
     """
     every = lammps_text.integer(every, "every")
     halt = lammps_text.number(halt, "halt threshold")
@@ -319,7 +319,7 @@ def write_monitor(
     training: tuple[np.ndarray, np.ndarray] | None = None,
     halt: float | None = None,
     every: int = 100,
-    modes: int = 8,
+    modes: int = 4,
     n_samples: int | None = None,
     method: str = "uniform",
     seed: int | None = 0,

@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "energy rows of the descriptor store (LAMMPS -var pops_halt X overrides either at run time)",
     )
     mon.add_argument(
-        "--modes", type=number(0, kind=int), default=16, help="directions of the per-atom grade (support score)"
+        "--modes", type=number(0, kind=int), default=4, help="directions of the per-atom grade (support score)"
     )
     mon.add_argument(
         "--n-samples",
