@@ -73,7 +73,7 @@ def _band(path: Path) -> np.ndarray:
     return np.loadtxt(path, comments="#", ndmin=2)
 
 
-def _frames(path: Path, energies: dict[int, float]) -> list[Configuration]:
+def _frames(path: Path, energies: dict[int, float], elements: tuple[str, ...] = ("W",)) -> list[Configuration]:
     """The frames of a ``dump custom id type x y z fx fy fz`` (orthogonal box), labelled with pe."""
     lines, out, i = path.read_text().splitlines(), [], 0
     while i < len(lines):
@@ -84,7 +84,8 @@ def _frames(path: Path, energies: dict[int, float]) -> list[Configuration]:
         cell = np.diag(bounds[:, 1] - bounds[:, 0])
         out.append(
             Configuration(
-                f"step{step}", ["W"] * n, atoms[:, 2:5] - bounds[:, 0], cell, np.ones(3, bool),
+                f"step{step}", [elements[int(t) - 1] for t in atoms[:, 1]], atoms[:, 2:5] - bounds[:, 0], cell,
+                np.ones(3, bool),
                 energies[step], atoms[:, 5:8],
             )
         )  # fmt: skip
@@ -122,6 +123,42 @@ def test_band_printed_during_md_equals_predict_on_the_dumped_frames(fitted, loca
     grade = np.array([float(line.split()[5]) for line in (mon / "monitor.dump").read_text().splitlines()[9:63]])
     assert grade.shape == (54,) and np.all(grade > 0)
     np.testing.assert_allclose(grade.max(), columns["grade_max"][0], rtol=1e-12)
+
+
+def test_two_elements_band_equals_predict(fitted, local_client, tmp_path):
+    """W-Be: per-type groups sum each element's block, the β0 columns count each type's atoms."""
+    two = SnapSettings(elements=("W", "Be"), radii=(0.5, 0.417), element_weights=(1.0, 0.959), twojmax=2)
+    rng = np.random.default_rng(0)
+    cfgs = generate_tungsten_configurations(24, max_atoms=16, seed=3, client=local_client)
+    for c in cfgs:  # a third of the atoms relabelled Be: rows of two blocks (the labels only drive the fit)
+        c.symbols = ["Be" if rng.random() < 1 / 3 else "W" for _ in c.symbols]
+    build_descriptor_store(tmp_path / "wbe.zarr", cfgs, two, client=local_client)
+    post, mon = tmp_path / "post.zarr", tmp_path / "mon"
+    assert main(["fit", str(tmp_path / "wbe.zarr"), "-o", str(post), *fitted["sched"]]) == 0
+    assert main(["export", str(post), "--monitor", "--every", str(EVERY), "-o", str(mon)]) == 0
+    script = (
+        BCC.replace("create_box 1 box", "create_box 2 box")
+        .replace("mass 1 183.84", "mass 1 183.84\nmass 2 9.012\nset type 1 type/fraction 2 0.3 7")
+        .format(temperature=300)
+    ) + (
+        f"dump frames all custom {EVERY} frames.dump id type x y z fx fy fz\n"
+        "dump_modify frames format float %.17g\n"
+        f'fix pe all print {EVERY} "$(step) $(pe:%.17g)" file pe.txt screen no\n'
+        "fix md all nve\nrun 20\n"
+    )
+    _run(mon, script, "-var", "pops_halt", "1e9")
+    band = _band(mon / "monitor-band.txt")
+    pe = {int(s): e for s, e in np.loadtxt(mon / "pe.txt", comments="#")}
+    frames = _frames(mon / "frames.dump", pe, two.elements)
+    assert 0 < sum(sym == "Be" for sym in frames[0].symbols) < 54
+    build_descriptor_store(tmp_path / "frames.zarr", frames, two, client=local_client)
+    pred = tmp_path / "pred.zarr"
+    assert main(["predict", str(post), str(tmp_path / "frames.zarr"), "-o", str(pred), *fitted["sched"]]) == 0
+    ds = open_predictions(pred)
+    energy = ds["kind"].values == 0
+    columns = dict(zip(MONITOR_OUTPUTS, band[:, 1:].T, strict=True))
+    for name in ("mle", "mean", "std", "min", "max", "box_min", "box_max", "support"):
+        np.testing.assert_allclose(columns[name], ds[name].values[energy], rtol=1e-8, err_msg=name)
 
 
 def test_fix_halt_stops_a_compressed_run_at_the_threshold(fitted, tmp_path, capsys):
