@@ -13,6 +13,8 @@ Writes ``nested_logo.json`` and ``nested_logo.md`` into ``--out``::
     popsdask descriptors ../shared/data/fitsnap-ta/JSON -o ta/descriptors.zarr --twojmax 4 --rcutfac 4.67637
     popsdask crossval ta/descriptors.zarr --group-by group -o ta/crossval --ev-curve none
     python benchmarks/nested_logo.py Ta=ta/crossval W=w/crossval --tolerance energy=0.001,force=0.001 --out nested
+
+``benchmarks/nested_tables.sh`` runs the whole pipeline for W, W–Be and Ta (FitSNAP's group weights).
 """
 
 from __future__ import annotations
@@ -74,6 +76,38 @@ def table(name: str, result: dict, kind: str, level: float) -> list[str]:
     return lines + [""]
 
 
+def decile_table(name: str, result: dict, kind: str) -> list[str]:
+    """Markdown lines: EV and mean width by support-score decile, each left-out group's k-th decile
+    (of its own rows' scores) pooled over the groups, rows-weighted."""
+    n, sums = np.zeros(10), {k: np.zeros(10) for k in ("ev_raw", "ev_cal", "width_raw", "width_cal")}
+    for kinds in result.values():
+        m = kinds.get(kind)
+        deciles = [m[b].get("support_deciles") for b in ("raw", "calibrated")] if m else [None]
+        if not all(deciles) or len(deciles[0]["n"]) != 10:
+            continue
+        raw, cal = deciles
+        c = np.asarray(raw["n"], dtype=float)
+        n += c
+        for key, d, v in (
+            ("ev_raw", raw, "envelope_violation"),
+            ("ev_cal", cal, "envelope_violation"),
+            ("width_raw", raw, "mean_envelope_width"),
+            ("width_cal", cal, "mean_envelope_width"),
+        ):
+            sums[key] += c * np.nan_to_num(np.asarray(d[v], dtype=float))
+    lines = [
+        f"**{name}, {kind}, by support-score decile** (each left-out group's deciles, pooled)",
+        "",
+        "| decile | rows | EV raw → cal | mean width raw → cal |",
+        "|---:|---:|---:|---:|",
+    ]
+    for k in range(10):
+        if n[k]:
+            ev_raw, ev_cal, w_raw, w_cal = (sums[key][k] / n[k] for key in sums)
+            lines.append(f"| {k + 1} | {int(n[k])} | {ev_raw:.2%} → {ev_cal:.2%} | {w_raw:.3g} → {w_cal:.3g} |")
+    return lines + [""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="NAME=DIR: output directories of popsdask crossval --group-by group")
@@ -88,6 +122,7 @@ def main() -> None:
         results[name] = calibrated_crossval(path, args.level, floors)
         for kind in ("energy_per_atom", "force"):
             lines += table(name, results[name], kind, args.level)
+        lines += decile_table(name, results[name], "force")
     args.out.mkdir(parents=True, exist_ok=True)
     info = {"level": args.level, "tolerance": floors, "runs": args.runs, "results": results}
     (args.out / "nested_logo.json").write_text(json.dumps(info, indent=1, default=float) + "\n")
