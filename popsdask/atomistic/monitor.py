@@ -1,5 +1,6 @@
 """A simulation monitor that needs nothing but LAMMPS: a posterior's energy band and a per-atom
-grade computed inside a running MD from ``compute sna/atom``, printed, dumped, and a halt.
+grade computed inside a running MD from ``compute sna/atom`` (SNAP) or ``compute pod/atom``
+(POD), printed, dumped, and a halt.
 
 Every summary of :class:`popsdask.engine.linear_band.LinearBand` is a fixed matrix applied to
 the configuration's energy row x (P,), and x is a sum over atoms of ``compute sna/atom``'s
@@ -28,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,9 +39,11 @@ from ..engine.linear_band import LinearBand
 from ..engine.posterior import Posterior
 from ..io.store import atomic_directory, commit_directory, discard_directory
 from . import lammps_text
+from .descriptors.pod import PodSettings
 from .descriptors.snap import SnapSettings
 
 __all__ = [
+    "MONITORED_BACKENDS",
     "MONITOR_INPUT",
     "MONITOR_OUTPUTS",
     "energy_rows",
@@ -50,6 +54,8 @@ __all__ = [
 ]
 
 MONITOR_INPUT = "monitor.lmp"
+#: descriptor backends with a LAMMPS per-atom compute of their rows
+MONITORED_BACKENDS = ("snap", "pod")
 #: the columns of the band file ``fix print`` writes (``pops_band`` variable names, in order)
 MONITOR_OUTPUTS = ("mle", "mean", "std", "min", "max", "box_min", "box_max", "support", "std_atom", "grade_max")
 
@@ -68,14 +74,46 @@ def _linear(terms: Sequence[str], coefs: np.ndarray) -> str:
     return out or "0"
 
 
-def _row_terms(settings: SnapSettings, intercept: bool) -> tuple[list[str], list[str]]:
+@dataclass(frozen=True)
+class _Layout:
+    """A backend's per-atom compute (ID ``pops_sna``) and its columns' place in a row: per element
+    a count column (``count``: 0 or 1) then ``per_atom`` descriptor columns."""
+
+    compute: str
+    count: int
+    per_atom: int
+    elements: tuple[str, ...]
+    model: str
+
+    @property
+    def block(self) -> int:
+        return self.count + self.per_atom
+
+
+def _layout(settings: Any) -> _Layout:
+    """The :class:`_Layout` of SNAP (``compute sna/atom``) or POD (``compute pod/atom`` of the
+    parameter file written beside the monitor as ``mle_param.pod``); InputError for others."""
+    elements = tuple(settings.elements)
+    if isinstance(settings, SnapSettings):
+        cmd = settings.compute_command("pops_sna", style="sna/atom")
+        return _Layout(cmd, int(settings.beta0_columns), settings.n_descriptors, elements, settings.model)
+    if isinstance(settings, PodSettings):
+        cmd = f'compute pops_sna all pod/atom {lammps_text.path("mle_param.pod")} "" {" ".join(elements)}'
+        return _Layout(cmd, 1, settings.n_features // len(elements) - 1, elements, "POD")
+    raise InputError(
+        f"--monitor: the {settings.backend} descriptors have no LAMMPS per-atom compute the monitor can sum "
+        "(it needs SNAP's compute sna/atom or POD's compute pod/atom)"
+    )
+
+
+def _row_terms(layout: _Layout, intercept: bool) -> tuple[list[str], list[str]]:
     """(equal-style definitions, names) of the energy row's columns in the store's order (a
     vector-style formula takes equal-style variables, not elements of a compute's vector)."""
     lines, terms = [], []
-    for t in range(len(settings.elements)):
-        if settings.beta0_columns:
+    for t in range(len(layout.elements)):
+        if layout.count:
             terms.append(f"v_pops_n{t + 1}")
-        for k in range(settings.n_descriptors):
+        for k in range(layout.per_atom):
             lines.append(f"variable pops_x{t + 1}_{k + 1} equal c_pops_x{t + 1}[{k + 1}]")
             terms.append(f"v_pops_x{t + 1}_{k + 1}")
     return lines, terms + (["1"] if intercept else [])
@@ -94,18 +132,18 @@ def _family(name: str, terms: Sequence[str], M: np.ndarray) -> list[str]:
     return [*lines, f"variable pops_{name} vector " + "+".join(parts)]
 
 
-def _atom_grade(settings: SnapSettings, modes: np.ndarray) -> list[str]:
+def _atom_grade(layout: _Layout, modes: np.ndarray) -> list[str]:
     """Atom-style ``pops_g<j>`` = wⱼ·bᵢ per mode and ``pops_grade`` = Σⱼ pops_gⱼ²."""
-    nb, c0, nd = settings.n_block, int(settings.beta0_columns), settings.n_descriptors
+    nb, c0, nd = layout.block, layout.count, layout.per_atom
     sna = [f"c_pops_sna[{k + 1}]" for k in range(nd)]
     lines = []
     for j, w in enumerate(modes.T):
         per_type = []
-        for t in range(len(settings.elements)):
+        for t in range(len(layout.elements)):
             block = w[t * nb : (t + 1) * nb]
             expr = _linear(sna, block[c0:])
             expr = f"{_num(block[0])}+{expr}" if c0 and block[0] != 0.0 else expr
-            per_type.append(expr if len(settings.elements) == 1 else f"(type=={t + 1})*({expr})")
+            per_type.append(expr if len(layout.elements) == 1 else f"(type=={t + 1})*({expr})")
         lines.append(f"variable pops_g{j} atom " + "+".join(per_type))
     # one reference per mode: each reference of an atom-style variable evaluates it anew
     grade = "+".join(f"v_pops_g{j}^2" for j in range(modes.shape[1])) or "0"
@@ -181,7 +219,7 @@ def training_halt(band: LinearBand, X: np.ndarray, n_atoms: np.ndarray) -> float
 
 def monitor_input(
     band: LinearBand,
-    settings: SnapSettings,
+    settings: SnapSettings | PodSettings,
     *,
     intercept: bool = False,
     every: int = 100,
@@ -196,7 +234,7 @@ def monitor_input(
     Parameters
     ----------
     band : the posterior's band (its members: ``predict``'s for the same options)
-    settings : SNAP settings of the store the posterior was fitted to
+    settings : SNAP or POD settings of the store the posterior was fitted to
     intercept : the posterior has an intercept column (last)
     every : default output interval in steps (``-var pops_every N``)
     halt : default threshold of the calibrated energy std per atom, eV/atom (``-var pops_halt X``)
@@ -211,18 +249,19 @@ def monitor_input(
         raise InputError(f"monitor: every={every} and modes={modes} must be positive, halt={halt} > 0")
     lammps_text.path(band_file)
     lammps_text.path(dump_file)
-    columns, terms = _row_terms(settings, intercept)
+    layout = _layout(settings)
+    columns, terms = _row_terms(layout, intercept)
     if len(terms) != band.coef.size:
         raise InputError(
             f"the posterior has {band.coef.size} parameters, the descriptors {len(terms)} columns "
             "(was it fitted with an intercept or to another store?)"
         )
-    ne = len(settings.elements)
+    ne = len(layout.elements)
     root = _root(band.metric)
     lead, captured = grade_modes(root, atom_rows, modes, intercept)
     cal = _calibration(band)
     lines = [
-        f"# popsdask monitor of a {settings.model} posterior ({band.coef.size} parameters, "
+        f"# popsdask monitor of a {layout.model} posterior ({band.coef.size} parameters, "
         f"{band.draws.shape[0]} members, {'calibrated' if cal else 'not calibrated'}); per-atom grade: "
         f"{lead.shape[1]} modes, {captured:.3g} of the support of the mean training atom.",
         "# include it after the box, the atoms and the pair style exist (e.g. include mle.mod), before run.",
@@ -236,7 +275,7 @@ def monitor_input(
         f"variable pops_band_file index {band_file}",
         f"variable pops_dump_file index {dump_file}",
         "variable pops_on_halt index continue",
-        settings.compute_command("pops_sna", style="sna/atom"),
+        layout.compute,
     ]
     for t in range(ne):
         group = "all" if ne == 1 else f"pops_t{t + 1}"
@@ -290,7 +329,7 @@ def monitor_input(
             "variable pops_max equal v_pops_mle+ternary(v_pops_above>v_pops_floor,v_pops_above,v_pops_floor)",
         ]
     lines += ["variable pops_std_atom equal v_pops_std/v_pops_natoms"]
-    lines += _atom_grade(settings, lead)
+    lines += _atom_grade(layout, lead)
     lines += [
         # evaluated once per output, stored for the dump and the maximum
         "fix pops_grade all ave/atom 1 1 ${pops_every} v_pops_grade",
@@ -313,7 +352,7 @@ def monitor_input(
 
 def write_monitor(
     posterior: Posterior | str | os.PathLike,
-    settings: SnapSettings,
+    settings: SnapSettings | PodSettings,
     output: str | os.PathLike,
     *,
     training: tuple[np.ndarray, np.ndarray] | None = None,
@@ -330,7 +369,7 @@ def write_monitor(
     Parameters
     ----------
     posterior : Posterior or path of a saved posterior fitted on ``settings``'s columns
-    settings : the SNAP settings of the store the posterior was fitted to
+    settings : the SNAP or POD settings of the store the posterior was fitted to
     output : directory to create
     training : (X (n, P) energy rows, n_atoms (n,)) of the fitted store, for the default threshold
     halt : threshold of the calibrated energy std per atom (eV/atom); default from ``training``
@@ -362,7 +401,7 @@ def write_monitor(
         paths = settings.write_potential(theta, staging / "mle", comment="MLE")
         cmds = settings.pair_commands({k: p.name for k, p in paths.items()})
         paths["mod"].write_text(
-            f"# popsdask {settings.model} potential, MLE: LAMMPS pair style (metal units)\n"
+            f"# popsdask {_layout(settings).model} potential, MLE: LAMMPS pair style (metal units)\n"
             + "\n".join(lammps_text.commands(cmds))
             + "\n"
         )

@@ -17,7 +17,7 @@ DESCRIPTION = (
     "value of a thermo expression after it to a file. With --monitor: write DIR/mle.* and DIR/monitor.lmp, "
     "which a LAMMPS input includes before its run to compute, every N steps, the configuration's energy band "
     "(equal to popsdask predict's), a per-atom grade, print and dump them, and halt the run (fix halt) when "
-    "the calibrated energy std per atom exceeds a threshold (SNAP descriptors)."
+    "the calibrated energy std per atom exceeds a threshold (SNAP or POD descriptors)."
 )
 
 
@@ -76,10 +76,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         from ..atomistic.descriptors.base import backend_from_attrs
         from ..atomistic.members import ENSEMBLE_INPUT, export_members
+        from ..atomistic.monitor import MONITORED_BACKENDS
     except ImportError as err:
         raise InputError(
             f"popsdask export needs the atomistic extra (pip install 'popsdask[atomistic]'): {err}"
         ) from err
+    backend = str((attrs.get("descriptor") or {}).get("backend", "snap"))
+    if args.monitor and backend not in MONITORED_BACKENDS:  # before its settings: ACE's need python-ace
+        raise InputError(
+            f"--monitor: the {backend} descriptors of {desc} have no LAMMPS per-atom compute the monitor can sum "
+            "(it needs SNAP's compute sna/atom or POD's compute pod/atom)"
+        )
     try:
         settings = backend_from_attrs(attrs, where=desc)  # the store's descriptor (SNAP, ...)
     except InputError as err:
@@ -111,16 +118,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _monitor(args: argparse.Namespace, post: Any, settings: Any, desc: str, out: Any) -> int:
-    """``--monitor``: refused for descriptors without a LAMMPS per-atom compute, before writing."""
-    from ..atomistic.descriptors.snap import SnapSettings
+    """``--monitor``: the threshold's and the grade's training rows read, then the directory written."""
     from ..atomistic.monitor import MONITOR_INPUT, energy_rows, write_monitor
     from ..io.store import open_store
 
-    if not isinstance(settings, SnapSettings):
-        raise InputError(
-            f"--monitor: the {settings.backend} descriptors of {desc} have no LAMMPS per-atom compute the monitor "
-            "can sum (it needs SNAP: compute sna/atom)"
-        )
     if post.n_features != settings.n_features + int(bool(post.settings.get("fit_intercept", False))):
         raise InputError(
             f"{args.posterior}: {post.n_features} parameters, the descriptors of {desc} {settings.n_features} columns"

@@ -125,22 +125,29 @@ def test_band_printed_during_md_equals_predict_on_the_dumped_frames(fitted, loca
     np.testing.assert_allclose(grade.max(), columns["grade_max"][0], rtol=1e-12)
 
 
-def test_two_elements_band_equals_predict(fitted, local_client, tmp_path):
-    """W-Be: per-type groups sum each element's block, the β0 columns count each type's atoms."""
-    two = SnapSettings(elements=("W", "Be"), radii=(0.5, 0.417), element_weights=(1.0, 0.959), twojmax=2)
+POD = PodSettings(param=Path(potentials_dir(), "Ta_param.pod").read_text().replace("species Ta", "species W"))
+WBE = SnapSettings(elements=("W", "Be"), radii=(0.5, 0.417), element_weights=(1.0, 0.959), twojmax=2)
+
+
+@pytest.mark.parametrize("settings", [WBE, POD], ids=["snap-W-Be", "pod"])
+def test_other_descriptors_band_equals_predict(settings, fitted, local_client, tmp_path):
+    """W-Be qSNAP (per-type groups sum each element's block, the β0 columns count each type's
+    atoms) and POD (``compute pod/atom``): the band during MD equals predict's on the frames."""
     rng = np.random.default_rng(0)
     cfgs = generate_tungsten_configurations(24, max_atoms=16, seed=3, client=local_client)
     for c in cfgs:  # a third of the atoms relabelled Be: rows of two blocks (the labels only drive the fit)
-        c.symbols = ["Be" if rng.random() < 1 / 3 else "W" for _ in c.symbols]
-    build_descriptor_store(tmp_path / "wbe.zarr", cfgs, two, client=local_client)
+        c.symbols = [rng.choice(settings.elements, p=[2 / 3, 1 / 3]) if len(settings.elements) == 2 else "W"
+                     for _ in c.symbols]  # fmt: skip
+    build_descriptor_store(tmp_path / "train.zarr", cfgs, settings, client=local_client)
     post, mon = tmp_path / "post.zarr", tmp_path / "mon"
-    assert main(["fit", str(tmp_path / "wbe.zarr"), "-o", str(post), *fitted["sched"]]) == 0
+    assert main(["fit", str(tmp_path / "train.zarr"), "-o", str(post), *fitted["sched"]]) == 0
     assert main(["export", str(post), "--monitor", "--every", str(EVERY), "-o", str(mon)]) == 0
-    script = (
-        BCC.replace("create_box 1 box", "create_box 2 box")
-        .replace("mass 1 183.84", "mass 1 183.84\nmass 2 9.012\nset type 1 type/fraction 2 0.3 7")
-        .format(temperature=300)
-    ) + (
+    script = BCC.format(temperature=300)
+    if len(settings.elements) == 2:
+        script = script.replace("create_box 1 box", "create_box 2 box").replace(
+            "mass 1 183.84", "mass 1 183.84\nmass 2 9.012\nset type 1 type/fraction 2 0.3 7"
+        )
+    script += (
         f"dump frames all custom {EVERY} frames.dump id type x y z fx fy fz\n"
         "dump_modify frames format float %.17g\n"
         f'fix pe all print {EVERY} "$(step) $(pe:%.17g)" file pe.txt screen no\n'
@@ -149,9 +156,9 @@ def test_two_elements_band_equals_predict(fitted, local_client, tmp_path):
     _run(mon, script, "-var", "pops_halt", "1e9")
     band = _band(mon / "monitor-band.txt")
     pe = {int(s): e for s, e in np.loadtxt(mon / "pe.txt", comments="#")}
-    frames = _frames(mon / "frames.dump", pe, two.elements)
-    assert 0 < sum(sym == "Be" for sym in frames[0].symbols) < 54
-    build_descriptor_store(tmp_path / "frames.zarr", frames, two, client=local_client)
+    frames = _frames(mon / "frames.dump", pe, settings.elements)
+    assert len(frames) == 3 and len({sym for sym in frames[0].symbols}) == len(settings.elements)
+    build_descriptor_store(tmp_path / "frames.zarr", frames, settings, client=local_client)
     pred = tmp_path / "pred.zarr"
     assert main(["predict", str(post), str(tmp_path / "frames.zarr"), "-o", str(pred), *fitted["sched"]]) == 0
     ds = open_predictions(pred)
@@ -185,19 +192,19 @@ def test_fix_halt_stops_a_compressed_run_at_the_threshold(fitted, tmp_path, caps
 
 
 def test_monitor_bad_input_exits_2_with_one_line_and_writes_nothing(fitted, local_client, tmp_path, capsys):
-    pod = PodSettings(
-        param=open(os.path.join(potentials_dir(), "Ta_param.pod")).read().replace("species Ta", "species W")
-    )
+    from popsdask.io.store import write_store
+
+    # an ACE store (LAMMPS runs ACE only with ML-PACE, and has no per-atom compute of its rows)
+    ace = {"descriptor": {"backend": "ace", "settings": {"basis": "not read", "elements": ["W"]}}}
+    write_store(tmp_path / "ace.zarr", np.ones((4, 3)), np.ones(4), attrs=ace)
     cfgs = generate_tungsten_configurations(8, max_atoms=8, seed=2, client=local_client)
-    build_descriptor_store(tmp_path / "pod.zarr", cfgs, pod, client=local_client)
-    assert main(["fit", str(tmp_path / "pod.zarr"), "-o", str(tmp_path / "pod-post.zarr"), *fitted["sched"]]) == 0
     other = tmp_path / "other.zarr"
     build_descriptor_store(other, cfgs, SnapSettings(twojmax=2), client=local_client)
     capsys.readouterr()
     out = tmp_path / "mon"
     post = str(fitted["post"])
     for argv, msg in (
-        ([str(tmp_path / "pod-post.zarr"), "--monitor"], "--monitor: the pod descriptors"),
+        ([post, "--monitor", "--descriptors", str(tmp_path / "ace.zarr")], "--monitor: the ace descriptors"),
         ([post, "--monitor", "--descriptors", str(other)], "parameters, the descriptors of"),
         ([post, "--monitor", "--every", "0"], "--every"),
         ([post, "--monitor", "--members", "3"], "not allowed with argument"),
