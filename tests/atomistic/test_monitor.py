@@ -69,12 +69,21 @@ include monitor.lmp
 """
 
 
+def _closest(cfg: Configuration) -> float:
+    """The smallest interatomic distance of an orthogonal periodic cell (minimum image)."""
+    d = cfg.positions[:, None, :] - cfg.positions[None, :, :]
+    L = np.diag(cfg.cell)
+    d -= L * np.round(d / L)
+    r = np.linalg.norm(d, axis=-1)
+    return float(r[~np.eye(len(r), dtype=bool)].min())
+
+
 def _band(path: Path) -> np.ndarray:
     return np.loadtxt(path, comments="#", ndmin=2)
 
 
-def _frames(path: Path, energies: dict[int, float], elements: tuple[str, ...] = ("W",)) -> list[Configuration]:
-    """The frames of a ``dump custom id type x y z fx fy fz`` (orthogonal box), labelled with pe."""
+def _frames(path: Path, energies: dict[int, float | None], elements: tuple[str, ...] = ("W",)) -> list[Configuration]:
+    """The frames of a ``dump custom id type x y z [fx fy fz]`` (orthogonal box), labelled with pe."""
     lines, out, i = path.read_text().splitlines(), [], 0
     while i < len(lines):
         step, n = int(lines[i + 1]), int(lines[i + 3])
@@ -86,7 +95,7 @@ def _frames(path: Path, energies: dict[int, float], elements: tuple[str, ...] = 
             Configuration(
                 f"step{step}", [elements[int(t) - 1] for t in atoms[:, 1]], atoms[:, 2:5] - bounds[:, 0], cell,
                 np.ones(3, bool),
-                energies[step], atoms[:, 5:8],
+                energies.get(step), atoms[:, 5:8] if atoms.shape[1] >= 8 else None,
             )
         )  # fmt: skip
         i += 9 + n
@@ -189,6 +198,16 @@ def test_fix_halt_stops_a_compressed_run_at_the_threshold(fitted, tmp_path, caps
         assert ended[-1] == band[-1, 0] < 400, "the run was not stopped at an output"
         assert std_atom[-1] > threshold * (1 - 1e-9) and np.all(std_atom[:-1] <= threshold * (1 + 1e-9))
     assert ended[0] < ended[1]
+    # without a halt the student's crystal collapses (atoms closer than 1.5 Å, or lost) after the stop
+    try:
+        _run(mon, script, "-var", "pops_halt", "1e9")
+        lost = None
+    except Exception as err:  # LAMMPS's "Lost atoms" error once the collapse throws atoms out
+        lost = str(err)
+    closest = {int(c.name[4:]): _closest(c) for c in _frames(mon / "monitor.dump", {})}
+    assert closest[ended[0]] > 1.5
+    collapsed = [step for step, d in closest.items() if d < 1.5]
+    assert (collapsed and min(collapsed) > ended[0]) or (lost and "Lost atoms" in lost), (closest, lost)
 
 
 def test_monitor_bad_input_exits_2_with_one_line_and_writes_nothing(fitted, local_client, tmp_path, capsys):
