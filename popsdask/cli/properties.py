@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
             n_samples=args.samples,
             seed=args.seed,
             reference=reference,
-            client=client,
+            client="sync" if client is None else client,  # --cluster threads: in this process, no cluster
             options=options,
             progress=not args.quiet,
             route=args.route,

@@ -513,10 +513,10 @@ def run_active_learning(
             if r:
                 stores[arm].append(rdir / arm / "added.zarr")
         if state_file.exists():
-            state = json.loads(state_file.read_text())
+            done = json.loads(state_file.read_text())
             for arm in arms:
-                curves[arm].append(state["arms"][arm])
-            runs += state["runs"]
+                curves[arm].append(done["arms"][arm])
+            runs += done["runs"]
             log(f"round {r}: done before, skipped")
             continue
         t = time.perf_counter()

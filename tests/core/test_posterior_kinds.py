@@ -12,9 +12,9 @@ from popsdask.core.kinds import KINDS, Hypercube, kind_names, posterior_kind, re
 from popsdask.core.parameters import POPS_SETTINGS, add_arguments, check_settings
 from popsdask.core.validation import InputError
 from popsdask.engine.design import design_from
-from popsdask.engine.regressor import POPSRegressor
 from popsdask.engine.fit import fit_pops_with_evidence
 from popsdask.engine.predictions import predict_ensemble
+from popsdask.engine.regressor import POPSRegressor
 from popsdask.engine.state import PopsSettings
 from tests.conftest import misspecified
 

@@ -4,9 +4,9 @@ import dask
 import numpy as np
 import pytest
 
-from popsdask.engine.regressor import POPSRegressor
 from popsdask.engine.linear_band import LinearBand
 from popsdask.engine.predictions import predict_ensemble
+from popsdask.engine.regressor import POPSRegressor
 
 
 @pytest.fixture(scope="module")

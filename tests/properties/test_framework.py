@@ -56,7 +56,7 @@ def test_potential_pickles_and_writes_its_files_once(student, tmp_path) -> None:
     q = pickle.loads(pickle.dumps(p))
     assert q.key == p.key and np.array_equal(q.theta, p.theta)
     cmds = p.pair_commands()
-    files = [tok.strip("\"") for c in cmds for tok in c.split() if tok.strip("\"").endswith((".snapcoeff", ".snapparam"))]
+    files = [tok.strip('"') for c in cmds for tok in c.split() if tok.strip('"').endswith((".snapcoeff", ".snapparam"))]
     assert len(files) == 2 and all(Path(f).exists() for f in files)
     mtime = [Path(f).stat().st_mtime_ns for f in files]
     assert q.pair_commands() == cmds and [Path(f).stat().st_mtime_ns for f in files] == mtime
@@ -186,3 +186,23 @@ def test_cli_rejects_unknown_property_before_starting_a_cluster(tmp_path, capsys
     assert code == 2 and "unknown properties ['bogus']" in capsys.readouterr().err
     code = main(["properties", str(tmp_path / "posterior.zarr"), "--method", "nope", "-o", str(tmp_path)])
     assert code == 2 and "--method nope" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_properties_on_threads_starts_no_cluster(tmp_path, capsys) -> None:
+    """``popsdask properties --cluster threads`` computes in this process: no Dask cluster starts."""
+    from popsdask.atomistic.descriptor_store import build_descriptor_store
+    from popsdask.atomistic.oracle import generate_tungsten_configurations
+    from popsdask.cli import main
+    from popsdask.demo.tungsten import student_settings
+    from tests.conftest import no_cluster_started
+
+    store, post, out = tmp_path / "descriptors.zarr", tmp_path / "post.zarr", tmp_path / "props"
+    build_descriptor_store(store, generate_tungsten_configurations(12, max_atoms=16), student_settings(2))
+    threads = ["--cluster", "threads", "--quiet"]
+    with no_cluster_started("popsdask properties --cluster threads"):
+        assert main(["fit", str(store), "-o", str(post), "--split", "train", *threads]) == 0
+        argv = ["properties", str(post), "--descriptors", str(store), "-o", str(out), "--samples", "2"]
+        assert main([*argv, "--properties", "phases", "--options", '{"phases": {"n_eos": 3}}', *threads]) == 0
+    phases = xr.open_zarr(out / "phases.zarr", consolidated=False)
+    assert phases.sizes["sample"] == 2 and (phases.status == "ok").all()
