@@ -9,6 +9,12 @@ scratch), and the largest relative difference of the two posteriors beside that 
 from scratch of the same rows in other chunks (the round-off the fit's conditioning amplifies).
 
     python benchmarks/incremental_fit.py [--configs 40000] [--added 0.25] [--repeats 3]
+
+With ``--snap TWOJMAX`` the rows are instead those of a W qSNAP of that 2J (the demo's student
+settings) on ``--configs`` generated W configurations labelled by the reference potential: an
+ill-conditioned design, where two fits from scratch differ far more than the demo's.
+
+    python benchmarks/incremental_fit.py --snap 6 --configs 600 --repeats 1
 """
 
 from __future__ import annotations
@@ -22,7 +28,10 @@ import dask
 import numpy as np
 
 from popsdask import fit, open_store, write_store
+from popsdask.atomistic.descriptor_store import build_descriptor_store
+from popsdask.atomistic.oracle import generate_tungsten_configurations
 from popsdask.demo.morse import ROWS_PER_CONFIG, write_demo_stores
+from popsdask.demo.tungsten import student_settings
 
 
 def split_store(all_path: Path, old_path: Path, new_path: Path, n_old_rows: int) -> None:
@@ -53,12 +62,19 @@ def main() -> None:
     ap.add_argument("--configs", type=int, default=40_000, help="training configurations (the demo's)")
     ap.add_argument("--added", type=float, default=0.25, help="fraction of the configurations in the new store")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--snap", type=int, metavar="TWOJMAX", help="W qSNAP rows of this 2J instead of the demo's")
     args = ap.parse_args()
     n_old_configs = round(args.configs * (1 - args.added))
     with tempfile.TemporaryDirectory() as tmp, dask.config.set(scheduler="threads"):
         d = Path(tmp)
-        write_demo_stores(d / "all.zarr", d / "test.zarr", n_train=args.configs, n_test=10)
-        split_store(d / "all.zarr", d / "old.zarr", d / "new.zarr", n_old_configs * ROWS_PER_CONFIG)
+        if args.snap is None:
+            write_demo_stores(d / "all.zarr", d / "test.zarr", n_train=args.configs, n_test=10)
+            n_old_rows = n_old_configs * ROWS_PER_CONFIG
+        else:
+            configurations = generate_tungsten_configurations(args.configs, max_atoms=16)
+            build_descriptor_store(d / "all.zarr", configurations, student_settings(args.snap))
+            n_old_rows = int((open_store(d / "all.zarr")["config"].values < n_old_configs).sum())
+        split_store(d / "all.zarr", d / "old.zarr", d / "new.zarr", n_old_rows)
         old = fit(d / "old.zarr").save(d / "old-posterior.zarr")
         times: dict[str, list[float]] = {"scratch": [], "added": []}
         for _ in range(args.repeats):
