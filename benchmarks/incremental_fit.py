@@ -96,6 +96,10 @@ def main() -> None:
         f"{added:.3f} / {scratch:.3f} s = {added / scratch:.3f}; largest relative difference {diff:.1e} "
         f"(from scratch in chunks a third as long: {rechunked:.1e}; condition number {reference.condition_number_:.1e})"
     )
+    for name, p in (("scratch", reference), ("added", post)):
+        print(
+            f"{name}: lambda {p.lambda_:.6g}, alpha {p.alpha_:.6g}, {p.n_iter_} iterations, {p.n_selected_} rows kept"
+        )
 
 
 if __name__ == "__main__":
