@@ -260,6 +260,7 @@ def run(args: argparse.Namespace) -> int:
 FITSNAP_SETS = {
     "descriptor": "snap", "elements": None, "weights": None, "group_weights": None, "virial": False,
     "split": "random", "index": ":", "energy_key": None, "forces_key": None, "stress_units": None,
+    "test_fraction": 0.25,  # [GROUPS] training and testing sizes set the split
 }  # fmt: skip
 
 

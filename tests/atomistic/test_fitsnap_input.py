@@ -204,6 +204,7 @@ def test_command_line_fitsnap_input_and_group_weights(tmp_path, capsys) -> None:
         (["--group-weights", str(table)], "--group-weights: not with --fitsnap-input"),
         (["--twojmax", "8"], "--twojmax: not with --fitsnap-input"),
         (["--linear"], "--linear: not with --fitsnap-input"),
+        (["--test-fraction", "0.3"], "--test-fraction: not with --fitsnap-input"),
     ):
         argv = ["descriptors", "--fitsnap-input", str(TA / "Ta-example.in"), "-o", str(tmp_path / "x.zarr"), *extra]
         assert main(argv) == 2
