@@ -22,12 +22,24 @@ memory of its whole process tree sampled every 0.2 s (:func:`ace_jax_side_by_sid
    FitSNAP JSON (untimed), one input file (two elements, 2J = 6 linear, the radii, weights, cutoff
    and ZBL of Wood et al.'s W–Be SNAP, energy weight 100 and force weight 1 in every group), fitted
    by both tools: wall, peak memory and MAE.
+5. **W–Be ×N under a memory limit** (``--wbe-replicas N --memory-limit SIZE``, only this step): every
+   configuration of step 4 written N times, each copy's positions moved by seeded Gaussian noise
+   (``--replica-sigma`` Å) with the original energy and forces kept: a scale and memory test, not
+   data to fit a potential to. popsdask runs ``descriptors --fitsnap-input`` and ``fit`` on a
+   LocalCluster of ``--n-workers`` workers, each with Dask's memory limit (SIZE less 1 GB for the
+   client and scheduler, shared out), and the peak RSS of its whole process tree is measured.
+   FitSNAP runs under a watchdog that kills its process tree when the tree's RSS exceeds SIZE
+   (:func:`rss_watchdog`); its design matrix alone, rows × columns float64 in one MPI shared
+   array, is printed, and its exit status, time to failure and last log lines are recorded.
 
 FitSNAP is GPL-2.0: it is installed from the tarball into its own virtual environment and only
 run as a separate process; nothing here imports it::
 
     python benchmarks/fitsnap_side_by_side.py --out fsside \\
         --fitsnap-tarball ../shared/vendor/fitsnap-3.1.1.tar.xz --fitsnap-venv fsside/venv
+
+The scale run's two sides can run as two commands (``--skip-fitsnap``, then ``--skip-popsdask``);
+the second keeps the first's result in ``fitsnap_side_by_side_wbe_xN.json``.
 """
 
 from __future__ import annotations
@@ -320,37 +332,47 @@ random_sampling = 0
 """
 
 
-def write_wbe(args: argparse.Namespace, d: Path) -> int:
+def write_wbe(args: argparse.Namespace, d: Path, replicas: int = 1, sigma: float = 0.0) -> dict[str, int]:
     """Every ``args.wbe``-th configuration of the W and W–Be sets as FitSNAP JSON under ``d/JSON``
-    (one folder per group) and the input file ``d/WBe.in``; the number of configurations."""
+    (one folder per group) and the input file ``d/WBe.in``. With ``replicas`` > 1 each configuration
+    is written that many times, every copy's positions moved by N(0, ``sigma``²) Å per coordinate
+    (seeded by set, index and copy) and its energy and forces those of the original. Returns the
+    number of configurations and of design rows (one energy and 3 force rows per atom)."""
     from popsdask.atomistic.configurations import read_extxyz
 
     data = SHARED / "data" / "tungsten-dft"
     groups: dict[str, int] = {}
-    for name in ("W_dft", "WBe_dft"):
-        for i, c in enumerate(read_extxyz(data / f"{name}.extxyz.xz", index=f"::{args.wbe}")):
+    n_rows = 0
+    for k, name in enumerate(("W_dft", "WBe_dft")):
+        for i, c in enumerate(read_extxyz(data / f"{name}.extxyz.xz", index=f"::{args.wbe or 1}")):
             g = f"{name.split('_')[0]}_{c.group or 'none'}"
             (d / "JSON" / g).mkdir(parents=True, exist_ok=True)
-            frame = {
-                "AtomTypes": c.symbols, "Positions": c.positions.tolist(), "Lattice": c.cell.tolist(),
-                "Energy": c.energy, "Forces": np.asarray(c.forces).tolist(), "NumAtoms": c.n_atoms,
-                "Stress": np.zeros((3, 3)).tolist(),
-            }  # fmt: skip
-            doc = {"Dataset": {"Data": [frame], "PositionsStyle": "angstrom", "AtomTypeStyle": "chemicalsymbol",
-                               "StressStyle": "bar", "LatticeStyle": "angstrom", "EnergyStyle": "electronvolt",
-                               "ForcesStyle": "electronvoltperangstrom"}}  # fmt: skip
-            (d / "JSON" / g / f"{name}_{i}.json").write_text(json.dumps(doc))
-            groups[g] = groups.get(g, 0) + 1
+            for r in range(replicas):
+                pos = np.asarray(c.positions, dtype=float)
+                if replicas > 1:
+                    pos = pos + np.random.default_rng([k, i, r]).normal(0.0, sigma, pos.shape)
+                frame = {
+                    "AtomTypes": c.symbols, "Positions": pos.tolist(), "Lattice": c.cell.tolist(),
+                    "Energy": c.energy, "Forces": np.asarray(c.forces).tolist(), "NumAtoms": c.n_atoms,
+                    "Stress": np.zeros((3, 3)).tolist(),
+                }  # fmt: skip
+                doc = {"Dataset": {"Data": [frame], "PositionsStyle": "angstrom", "AtomTypeStyle": "chemicalsymbol",
+                                   "StressStyle": "bar", "LatticeStyle": "angstrom", "EnergyStyle": "electronvolt",
+                                   "ForcesStyle": "electronvoltperangstrom"}}  # fmt: skip
+                stem = f"{name}_{i}" if replicas == 1 else f"{name}_{i}_r{r}"
+                (d / "JSON" / g / f"{stem}.json").write_text(json.dumps(doc))
+                groups[g] = groups.get(g, 0) + 1
+                n_rows += 1 + 3 * c.n_atoms
     rows = "".join(f"{g} = 1.0 0.0 100 1 0\n" for g in sorted(groups))
     (d / "WBe.in").write_text(WBE_INPUT + rows)
-    return sum(groups.values())
+    return {"n_configurations": sum(groups.values()), "n_rows": n_rows}
 
 
 def run_wbe(args: argparse.Namespace, fitsnap: Path) -> dict[str, Any]:
     """The W–Be subset with both tools: wall, peak memory and MAE of all configurations."""
     fd, pd = args.out / "wbe" / "fitsnap", args.out / "wbe" / "popsdask"
     fd.mkdir(parents=True, exist_ok=True)
-    n = write_wbe(args, fd)
+    n = write_wbe(args, fd)["n_configurations"]
     pd.mkdir(parents=True, exist_ok=True)
     if not (pd / "JSON").exists():
         (pd / "JSON").symlink_to(fd / "JSON")
@@ -372,6 +394,152 @@ def run_wbe(args: argparse.Namespace, fitsnap: Path) -> dict[str, Any]:
         res[side]["total"] = {"wall_s": round(sum(v["wall_s"] for v in st), 2)}
         res[side]["total"]["peak_rss_gb"] = max(v["peak_rss_gb"] for v in st)
     return res
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size such as ``4GB`` (decimal units, as Dask reads them)."""
+    m = re.fullmatch(r"\s*([\d.]+)\s*([kMGT]?)B?\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}; expected e.g. 4GB")
+    return int(float(m[1]) * 1000 ** " kMGT".index(m[2] or " "))
+
+
+def run_wbe_scaled(args: argparse.Namespace, fitsnap: Path) -> dict[str, Any]:
+    """W–Be written ``args.wbe_replicas`` times with perturbed positions, fitted by popsdask on a
+    LocalCluster with per-worker memory limits and by FitSNAP under ``prlimit --as``."""
+    limit = args.memory_limit
+    worker_limit = (limit - 10**9) // args.n_workers
+    root = args.out / f"wbe-x{args.wbe_replicas}"
+    fd, pd = root / "fitsnap", root / "popsdask"
+    fd.mkdir(parents=True, exist_ok=True)
+    if (fd / "written.json").exists():
+        written = json.loads((fd / "written.json").read_text())
+    else:
+        written = write_wbe(args, fd, args.wbe_replicas, args.replica_sigma)
+        (fd / "written.json").write_text(json.dumps(written))
+    n_cols = 2 * 31  # per element: 30 bispectrum components at 2J = 6 and a constant
+    design_gb = written["n_rows"] * n_cols * 8 / 1e9
+    print(
+        f"W–Be x{args.wbe_replicas}: {written['n_configurations']} configurations, {written['n_rows']} rows x "
+        f"{n_cols} columns; FitSNAP's float64 design matrix alone: {design_gb:.2f} GB; limit {limit / 1e9:.2f} GB",
+        flush=True,
+    )
+    pd.mkdir(parents=True, exist_ok=True)
+    if not (pd / "JSON").exists():
+        (pd / "JSON").symlink_to(fd / "JSON")
+    shutil.copy(fd / "WBe.in", pd / "WBe.in")
+    res: dict[str, Any] = {
+        **written,
+        "replicas": args.wbe_replicas,
+        "replica_sigma_angstrom": args.replica_sigma,
+        "n_columns": n_cols,
+        "fitsnap_design_matrix_gb": round(design_gb, 3),
+        "memory_limit_bytes": limit,
+        "popsdask_worker_memory_limit_bytes": worker_limit,
+        "n_workers": args.n_workers,
+    }
+    store, post = pd / "wbe.zarr", pd / "posterior.zarr"
+    c = ["--cluster", "local", "--n-workers", str(args.n_workers), "--threads-per-worker", "1"]
+    c += ["--memory-limit", str(worker_limit), "--quiet", "--overwrite"]
+    steps = {
+        "descriptors": [*POPSDASK, "descriptors", "--fitsnap-input", str(pd / "WBe.in"), "-o", str(store)],
+        "fit": [*POPSDASK, "fit", str(store), "-o", str(post)],
+    }
+    res["popsdask"] = {"steps": {}}
+    for k, v in steps.items() if not args.skip_popsdask else ():
+        if k == "descriptors" and args.reuse_store and store.exists():
+            continue
+        res["popsdask"]["steps"][k] = timed([*v, *c], pd / f"{k}.log")
+        (root / "partial.json").write_text(json.dumps(res, indent=1))
+    if args.skip_popsdask:
+        del res["popsdask"]
+    else:
+        st = res["popsdask"]["steps"].values()
+        res["popsdask"]["total"] = {
+            "wall_s": round(sum(v["wall_s"] for v in st), 2),
+            "peak_rss_gb": max(v["peak_rss_gb"] for v in st),
+        }
+        ds = xr_open(store)
+        shape = {"rows": int(ds.sizes[ds["X"].dims[0]]), "columns": int(ds.sizes[ds["X"].dims[1]])}
+        res["popsdask"]["store"] = {**shape, "dtype": str(ds["X"].dtype)}
+    if not args.skip_fitsnap:
+        status = fd / "watchdog.json"
+        status.unlink(missing_ok=True)
+        fs_cmd = [str(fitsnap), "-m", "fitsnap3", "WBe.in"]
+        # the watchdog exits 0 and records FitSNAP's outcome, so a failure under the limit is measured
+        wrapped = [sys.executable, str(Path(__file__).resolve()), "--rss-watchdog", str(limit), str(status), *fs_cmd]
+        run = timed(in_dir(fd, wrapped), fd / "fitsnap.log")
+        log = (fd / "fitsnap.log").read_text(errors="replace").strip().splitlines()
+        run.update(json.loads(status.read_text()))
+        run["last_log_lines"] = log[-6:]
+        res["fitsnap"] = {"command": " ".join(fs_cmd), "limit": "RSS watchdog", "steps": {"fit": run}}
+    return res
+
+
+def rss_watchdog(limit: int, status: Path, cmd: list[str]) -> None:
+    """Run ``cmd``; every 0.2 s sum the RSS of its process tree and SIGKILL the tree when the sum
+    exceeds ``limit`` bytes (a resident-memory limit: ``prlimit --as`` stops FitSNAP 3.1.1 at its
+    ``import torch``, and ``--data`` does not count shared mappings such as an MPI shared window,
+    where FitSNAP puts its design matrix). Writes the exit
+    status, whether and when it was killed and the RSS then to ``status`` (JSON); exits 0."""
+    import time
+
+    import psutil
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    root = psutil.Process(proc.pid)
+    out: dict[str, Any] = {"killed_over_limit": False}
+    while proc.poll() is None:
+        try:
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        rss = 0
+        for q in tree:
+            try:
+                rss += q.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        if rss > limit:
+            for q in reversed(tree):
+                try:
+                    q.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            out = {"killed_over_limit": True, "killed_at_s": round(time.perf_counter() - t0, 1)}
+            out["rss_at_kill_gb"] = round(rss / 1e9, 3)
+            print(f"rss-watchdog: process tree RSS {rss / 1e9:.2f} GB > limit {limit / 1e9:.2f} GB: killed", flush=True)
+            break
+        time.sleep(0.2)
+    out["exit_status"] = proc.wait()
+    status.write_text(json.dumps(out))
+
+
+def scaled_table(r: dict[str, Any]) -> str:
+    """Markdown: the scale run's sizes, popsdask's cost and FitSNAP's outcome under the limit."""
+    p = r.get("popsdask", {"steps": {}, "total": {"wall_s": float("nan"), "peak_rss_gb": float("nan")}})
+    steps = " + ".join(f"{v['wall_s']:.1f}" for v in p["steps"].values())
+    lines = [
+        f"{r['n_configurations']} configurations (W–Be x{r['replicas']}, σ = {r['replica_sigma_angstrom']} Å), "
+        f"{r['n_rows']} rows x {r['n_columns']} columns; FitSNAP's float64 design matrix "
+        f"{r['fitsnap_design_matrix_gb']:.2f} GB; limit {r['memory_limit_bytes'] / 1e9:.2f} GB",
+        "",
+        "| | popsdask | FitSNAP 3.1.1 |",
+        "|:--|--:|--:|",
+    ]
+    fs = r.get("fitsnap", {}).get("steps", {}).get("fit")
+    fs_wall = "not run" if fs is None else f"{fs['wall_s']:.1f} s, exit {fs['exit_status']}"
+    if fs is not None and fs.get("killed_over_limit"):
+        fs_wall += f", killed over the limit at {fs['killed_at_s']:.1f} s ({fs['rss_at_kill_gb']:.2f} GB)"
+    fs_rss = "–" if fs is None else f"{fs['peak_rss_gb']:.2f}"
+    lines += [
+        f"| wall (s) | {p['total']['wall_s']:.1f} ({steps}) | {fs_wall} |",
+        f"| peak RSS, process tree (GB) | {p['total']['peak_rss_gb']:.2f} | {fs_rss} |",
+    ]
+    if fs is not None:
+        lines += ["", "FitSNAP's last log lines:", "", *("    " + x for x in fs["last_log_lines"])]
+    return "\n".join(lines)
 
 
 def band_rows(cols: tuple[tuple[str, dict[str, Any]], ...]) -> list[str]:
@@ -434,6 +602,9 @@ def table(res: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--rss-watchdog"]:
+        rss_watchdog(int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:])
+        return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=SHARED / "data" / "fitsnap-ta", help="FitSNAP's Ta example")
     p.add_argument("--out", type=Path, default=Path("fsside"))
@@ -445,9 +616,33 @@ def main() -> None:
     p.add_argument("--skip-split", action="store_true", help="no random-split comparison")
     p.add_argument("--logo", action="store_true", help="also leave one group out (one FitSNAP run per group)")
     p.add_argument("--wbe", type=int, default=0, metavar="STEP", help="also W–Be, every STEP-th configuration")
+    p.add_argument(
+        "--wbe-replicas", type=int, default=0, metavar="N", help="only W–Be written N times, under --memory-limit"
+    )
+    p.add_argument("--replica-sigma", type=float, default=0.01, help="position noise of each copy (Å)")
+    p.add_argument("--memory-limit", type=parse_size, default="4GB", help="the scale run's memory limit for each tool")
+    p.add_argument("--n-workers", type=int, default=2, help="the scale run's popsdask workers")
+    p.add_argument("--skip-fitsnap", action="store_true", help="the scale run without FitSNAP")
+    p.add_argument("--skip-popsdask", action="store_true", help="the scale run without popsdask")
+    p.add_argument("--reuse-store", action="store_true", help="the scale run: keep an existing descriptor store")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     venv = args.fitsnap_venv or args.out / "venv"
+    if args.wbe_replicas:
+        fitsnap = venv / "bin" / "python"
+        if not args.skip_fitsnap:
+            fitsnap = ensure_fitsnap(venv, args.fitsnap_tarball, args.data, args.out / "warm-up")
+        scaled = run_wbe_scaled(args, fitsnap)
+        name = f"fitsnap_side_by_side_wbe_x{args.wbe_replicas}"
+        earlier = args.out / f"{name}.json"
+        if args.skip_popsdask and earlier.exists():  # FitSNAP run after popsdask's: keep popsdask's result
+            scaled = {"popsdask": json.loads(earlier.read_text()).get("popsdask"), **scaled}
+        if args.skip_fitsnap and earlier.exists():
+            scaled = {**scaled, "fitsnap": json.loads(earlier.read_text()).get("fitsnap")}
+        scaled = {k: v for k, v in scaled.items() if v is not None}
+        (args.out / f"{name}.json").write_text(json.dumps(scaled, indent=1))
+        print(scaled_table(scaled))
+        return
     fitsnap = ensure_fitsnap(venv, args.fitsnap_tarball, args.data, args.out / "warm-up")
     res: dict[str, Any] = {"fit": run_fit(args, fitsnap)}
     if not args.skip_split:
