@@ -57,6 +57,23 @@ sys.exit(cli.main(["fit", *sys.argv[2:]]))
 """
 
 
+def tree_memory(root: psutil.Process) -> dict[str, int] | None:
+    """RSS and PSS (bytes) summed over ``root`` and its descendants; None once ``root`` is gone."""
+    try:
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return None
+    total = {"rss": 0, "pss": 0}
+    for p in tree:
+        try:
+            m = p.memory_full_info()
+        except psutil.NoSuchProcess:
+            continue
+        total["rss"] += m.rss
+        total["pss"] += m.pss
+    return total
+
+
 def timed(cmd: list[str], log: Path) -> dict[str, float]:
     """Run ``cmd`` (output to ``log``); wall seconds and the peak RSS and PSS (GB) of its process
     tree. RSS summed over processes counts shared pages once per process; PSS shares them out."""
@@ -68,18 +85,9 @@ def timed(cmd: list[str], log: Path) -> dict[str, float]:
 
         def sample() -> None:
             while proc.poll() is None:
-                try:
-                    tree = [root, *root.children(recursive=True)]
-                except psutil.NoSuchProcess:
+                total = tree_memory(root)
+                if total is None:
                     return
-                total = {"rss": 0, "pss": 0}
-                for p in tree:
-                    try:
-                        m = p.memory_full_info()
-                    except psutil.NoSuchProcess:
-                        continue
-                    total["rss"] += m.rss
-                    total["pss"] += m.pss
                 for k, v in total.items():
                     peak[k] = max(peak[k], v / 1e9)
                 time.sleep(0.2)

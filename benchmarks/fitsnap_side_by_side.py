@@ -54,9 +54,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from dask.utils import parse_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ace_jax_side_by_side import POPSDASK, band_summary, timed, xr_open  # noqa: E402
+from ace_jax_side_by_side import POPSDASK, band_summary, timed, tree_memory, xr_open  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SPLIT = (0.75, 0.25)
@@ -396,17 +397,9 @@ def run_wbe(args: argparse.Namespace, fitsnap: Path) -> dict[str, Any]:
     return res
 
 
-def parse_size(text: str) -> int:
-    """Bytes of a size such as ``4GB`` (decimal units, as Dask reads them)."""
-    m = re.fullmatch(r"\s*([\d.]+)\s*([kMGT]?)B?\s*", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"bad size {text!r}; expected e.g. 4GB")
-    return int(float(m[1]) * 1000 ** " kMGT".index(m[2] or " "))
-
-
 def run_wbe_scaled(args: argparse.Namespace, fitsnap: Path) -> dict[str, Any]:
     """W–Be written ``args.wbe_replicas`` times with perturbed positions, fitted by popsdask on a
-    LocalCluster with per-worker memory limits and by FitSNAP under ``prlimit --as``."""
+    LocalCluster with per-worker memory limits and by FitSNAP under :func:`rss_watchdog`."""
     limit = args.memory_limit
     worker_limit = (limit - 10**9) // args.n_workers
     root = args.out / f"wbe-x{args.wbe_replicas}"
@@ -491,17 +484,15 @@ def rss_watchdog(limit: int, status: Path, cmd: list[str]) -> None:
     root = psutil.Process(proc.pid)
     out: dict[str, Any] = {"killed_over_limit": False}
     while proc.poll() is None:
-        try:
-            tree = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
+        total = tree_memory(root)
+        if total is None:
             break
-        rss = 0
-        for q in tree:
-            try:
-                rss += q.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
+        rss = total["rss"]
         if rss > limit:
+            try:
+                tree = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                break
             for q in reversed(tree):
                 try:
                     q.kill()
@@ -620,7 +611,7 @@ def main() -> None:
         "--wbe-replicas", type=int, default=0, metavar="N", help="only W–Be written N times, under --memory-limit"
     )
     p.add_argument("--replica-sigma", type=float, default=0.01, help="position noise of each copy (Å)")
-    p.add_argument("--memory-limit", type=parse_size, default="4GB", help="the scale run's memory limit for each tool")
+    p.add_argument("--memory-limit", type=parse_bytes, default="4GB", help="the scale run's memory limit for each tool")
     p.add_argument("--n-workers", type=int, default=2, help="the scale run's popsdask workers")
     p.add_argument("--skip-fitsnap", action="store_true", help="the scale run without FitSNAP")
     p.add_argument("--skip-popsdask", action="store_true", help="the scale run without popsdask")
