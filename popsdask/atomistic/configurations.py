@@ -18,6 +18,7 @@ import io
 import json
 import lzma
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -415,7 +416,7 @@ def read_fitsnap_json(
         d = data[i]
         name = f"{p.name}:{i}"
         try:
-            symbols = [str(s) for s in d["AtomTypes"]]
+            symbols = [sys.intern(str(s)) for s in d["AtomTypes"]]  # one object per element, not per atom
             pos = np.asarray(d["Positions"], dtype=float)
             cell = np.asarray(d["Lattice"], dtype=float)
             energy = float(d[ekey]) if d.get(ekey) is not None else None

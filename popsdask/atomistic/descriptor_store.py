@@ -43,6 +43,7 @@ import numpy as np
 from ..core.validation import InputError
 from ..engine.parts import Parts, read_npz
 from ..io.store import output_lock
+from ..runtime.client import submit_windowed
 from .configurations import Configuration, validate_configuration
 from .descriptors.base import DescriptorBackend, RowBlock, check_backend
 from .split import SPLIT_CODES, split_configurations
@@ -201,14 +202,8 @@ def _compute_parts(
             flush=True,
         )
     if tasks:
-        if client is not None:  # one submission per batch: no single large graph
-            futures = [client.submit(_compute_part, *args, pure=False) for args in tasks]
-            if progress:
-                from distributed import progress as dprogress
-
-                dprogress(futures, notebook=False)
-                print(flush=True)
-            client.gather(futures)
+        if client is not None:  # one submission per batch, a few in flight: no single large graph
+            submit_windowed(client, _compute_part, tasks, label="descriptor batches", progress=progress)
         else:
             delayed = [dask.delayed(_compute_part, pure=False)(*args) for args in tasks]
             if progress:

@@ -14,10 +14,10 @@ import functools
 import gc
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["ProgressCounter", "current_client", "progress_bar", "skip_exit_collection"]
+__all__ = ["ProgressCounter", "current_client", "progress_bar", "skip_exit_collection", "submit_windowed"]
 
 
 def current_client() -> Any | None:
@@ -76,3 +76,60 @@ class ProgressCounter:
     def close(self) -> None:
         if self.enabled:
             print(flush=True)
+
+
+def submit_windowed(
+    client: Any,
+    fn: Callable[..., Any],
+    tasks: Sequence[tuple],
+    *,
+    label: str = "tasks",
+    window: int | None = None,
+    progress: bool = False,
+) -> list[Any]:
+    """``[fn(*t) for t in tasks]`` on ``client``, at most ``window`` tasks submitted at a time.
+
+    Submitting every task at once would keep each task's arguments on the scheduler until it
+    runs, and on the worker while its result is held: memory that grows with the input (a
+    descriptor store of 250,000 configurations held 2 GB in the scheduler and 0.8 GB in each
+    worker that way). Here a task's future is released as soon as its result is read, so memory
+    stays that of ``window`` tasks. ``window`` defaults to twice the cluster's threads. The first
+    failure cancels the tasks in flight and is raised.
+
+    Returns
+    -------
+    list of the results, in the order of ``tasks``.
+    """
+    from distributed import as_completed
+
+    if window is None:
+        window = 2 * max(1, sum(client.nthreads().values()))
+    counter = ProgressCounter(label, len(tasks), enabled=progress)
+    results: list[Any] = [None] * len(tasks)
+    pending = iter(enumerate(tasks))
+    index: dict[Any, int] = {}
+
+    def submit_next() -> Any | None:
+        for i, args in pending:
+            fut = client.submit(fn, *args, pure=False)
+            index[fut.key] = i
+            return fut
+        return None
+
+    running = as_completed([f for f in (submit_next() for _ in range(window)) if f is not None])
+    done = 0
+    for fut in running:
+        try:
+            results[index.pop(fut.key)] = fut.result()
+        except BaseException:
+            for other in list(running.futures):  # in flight: cancel them rather than wait
+                other.cancel()
+            raise
+        fut.release()
+        done += 1
+        counter.update(done)
+        nxt = submit_next()
+        if nxt is not None:
+            running.add(nxt)
+    counter.close()
+    return results
