@@ -95,6 +95,36 @@ def test_atom_rows_sum_to_the_energy_row(configurations) -> None:
     _rtol_close(atom_rows(SNAP, moved).X, atom_rows(SNAP, cfgs[4]).X, 1e-9)
 
 
+def test_snap_atom_design_is_lammps_quadratic_sna_atom() -> None:
+    """The calculator reads the linear ``compute sna/atom`` and forms the quadratic columns
+    itself: bit for bit LAMMPS's ``quadraticflag 1`` columns (one element at 2J = 6; two elements
+    with bzeroflag)."""
+    from popsdask.atomistic.lammps_backend import get_session, lammps_box
+
+    two = SnapSettings(elements=("W", "Be"), radii=(0.5, 0.4), element_weights=(1.0, 0.6), twojmax=2, bzeroflag=True)
+    wbe = perturbed(with_species(bulk("W", "bcc", a=3.2, cubic=True).repeat(2), "Be", (1, 4, 7)), "wbe")
+    w = perturbed(bulk("W", "bcc", a=3.18, cubic=True).repeat(2), "w")
+    sess = get_session()
+    for settings, cfg in [(dataclasses.replace(SNAP, twojmax=6), w), (two, wbe)]:
+        ((cid, command),) = settings.atom_computes().items()
+        assert "quadraticflag 0" in command
+        types = cfg.type_indices(settings.elements)
+        box = lammps_box(cfg.cell, cfg.pbc, cfg.positions)
+        with sess.lock:
+            sess.setup(box, types, settings.atom_masses(), settings.descriptor_pair_commands())
+            sess.lmp.command(command)
+            sess.lmp.command(settings.compute_command("full", style="sna/atom"))  # quadraticflag 1
+            sess.lmp.command("run 0")
+            X = settings.atom_design(cfg, {cid: sess.atom_compute(cid)})
+            full = sess.atom_compute("full")
+        nb = settings.n_block
+        for t in range(len(settings.elements)):
+            mine = types == t + 1
+            np.testing.assert_array_equal(X[mine, t * nb + 1 : (t + 1) * nb], full[mine])
+            np.testing.assert_array_equal(X[mine, t * nb], 1.0)
+            np.testing.assert_array_equal(np.delete(X[mine], np.s_[t * nb : (t + 1) * nb], axis=1), 0.0)
+
+
 def test_a_backend_without_atom_rows_is_refused() -> None:
     class NoAtoms:
         backend = "none"

@@ -1,5 +1,7 @@
 """The band of a few rows from the posterior's fixed matrices equals predict's and brute force's."""
 
+import dataclasses
+
 import dask
 import numpy as np
 import pytest
@@ -37,3 +39,33 @@ def test_linear_band_std_is_the_members_std(problem):
     out = band(X[:20])
     np.testing.assert_allclose(out["min"], members.min(axis=1), rtol=1e-12)
     assert np.all(out["box_min"] <= out["min"] + 1e-12) and np.all(out["box_max"] >= out["max"] - 1e-12)
+
+
+def test_triangular_roots_equal_the_dense_products():
+    """std and support through the triangular roots (trmm) equal the dense products, for a
+    square factor (S ≥ P draws), a trapezoidal one (S < P) and, without a root (a factor that is
+    not triangular, a singular metric), through the dense products themselves."""
+    rng = np.random.default_rng(1)
+    P = 40
+    scales = np.logspace(-3, 2, P)  # columns of different scales, as descriptors
+    X = rng.normal(size=(600, P)) * scales
+    y = np.tanh(X[:, :5] / scales[:5]).sum(axis=1) + 0.01 * rng.normal(size=600)
+    post = POPSRegressor().fit(X[:400], y[:400]).posterior_
+    rows = X[400:]
+    for S in (60, 25):
+        band = LinearBand.from_posterior(post, n_samples=S)
+        assert band.std_root is not None and band.support_root is not None
+        assert band.std_root.shape == (min(S, P), P)
+        dense_std = np.linalg.norm(rows @ band.factor, axis=1)
+        dense_support = np.einsum("ij,ij->i", rows @ band.metric, rows)
+        np.testing.assert_allclose(band.std(rows), dense_std, rtol=1e-12)
+        np.testing.assert_allclose(band.support(rows), dense_support, rtol=1e-9)
+        np.testing.assert_allclose(band.std(rows[:1]), dense_std[:1], rtol=1e-12)  # one row
+    Q = np.linalg.qr(rng.normal(size=(25, 25)))[0]  # orthogonal
+    singular = band.metric.copy()
+    singular[:, 0] = singular[0, :] = 0.0
+    # the same C = LLᵀ with an L that is not triangular, and a metric without a Cholesky factor
+    plain = dataclasses.replace(band, factor=band.factor @ Q, metric=singular)
+    assert plain.std_root is None and plain.support_root is None
+    np.testing.assert_allclose(plain.std(rows), dense_std, rtol=1e-12)
+    np.testing.assert_array_equal(plain.support(rows), np.einsum("ij,ij->i", rows @ singular, rows))

@@ -27,7 +27,7 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -479,26 +479,35 @@ class SnapSettings:
         return snap_atom_rows(cfg, self, config_index=config_index, session=session)
 
     def atom_computes(self) -> dict[str, str]:
-        """{compute ID: command} of the per-atom LAMMPS computes :meth:`atom_design` reads."""
-        return {"popsdask_sna": self.compute_command("popsdask_sna", style="sna/atom")}
+        """{compute ID: command} of the per-atom LAMMPS computes :meth:`atom_design` reads: the
+        linear bispectrum (``compute sna/atom``); :meth:`atom_design` forms the quadratic columns,
+        which LAMMPS would write as k(k+1)/2 more columns to copy out per atom."""
+        return {"popsdask_sna": replace(self, quadratic=False).compute_command("popsdask_sna", style="sna/atom")}
 
     def atom_design(self, cfg: Configuration, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
         """(N, n_features) per-atom energy rows of ``cfg`` from the arrays of
-        :meth:`atom_computes` (``compute sna/atom``): atom i's bispectrum in its element's block,
-        its β0 column 1; they sum to the energy row of :func:`snap_rows`."""
+        :meth:`atom_computes` (``compute sna/atom``, linear): atom i's bispectrum in its element's
+        block, with the quadratic terms as LAMMPS forms them (``quadraticflag``: ½B_k², B_kB_l for
+        l > k, bit for bit), its β0 column 1; they sum to the energy row of :func:`snap_rows`."""
         B = arrays["popsdask_sna"]
-        if B.shape != (cfg.n_atoms, self.n_descriptors):
-            raise RuntimeError(
-                f"{cfg.where()}: compute sna/atom gave shape {B.shape}, expected {(cfg.n_atoms, self.n_descriptors)}"
-            )
+        k = self.n_linear * (len(self.elements) ** 3 if self.chemflag else 1)
+        if B.shape != (cfg.n_atoms, k):
+            raise RuntimeError(f"{cfg.where()}: compute sna/atom gave shape {B.shape}, expected {(cfg.n_atoms, k)}")
         types = cfg.type_indices(self.elements)
-        X = np.zeros((cfg.n_atoms, self.n_features))
         nb, c0 = self.n_block, int(self.beta0_columns)
+        if len(self.elements) == 1:  # written in place
+            X = np.empty((cfg.n_atoms, self.n_features))
+            X[:, 0] = 1.0  # β0 column when present, else overwritten
+            _bispectrum_columns(B, X[:, c0:], self.quadratic)
+            return X
+        X = np.zeros((cfg.n_atoms, self.n_features))
         for t in range(len(self.elements)):
             mine = types == t + 1
+            block = np.empty((int(mine.sum()), nb))
             if c0:  # the β0 column is this element's atom count: 1 per atom
-                X[mine, t * nb] = 1.0
-            X[mine, t * nb + c0 : (t + 1) * nb] = B[mine]
+                block[:, 0] = 1.0
+            _bispectrum_columns(B[mine], block[:, c0:], self.quadratic)
+            X[mine, t * nb : (t + 1) * nb] = block
         return X
 
     def store_attrs(self) -> dict[str, Any]:
@@ -634,6 +643,21 @@ def snap_rows(
         component=comp[keep],
         config=np.full(m, config_index, dtype=np.int64),
     )
+
+
+def _bispectrum_columns(B: np.ndarray, out: np.ndarray, quadratic: bool) -> None:
+    """Write a descriptor block of linear bispectra ``B`` (n, k) into ``out`` (n, k [+ k(k+1)/2]):
+    B, then with ``quadratic`` LAMMPS's quadratic terms in its order, ½B_k² and B_kB_l for l > k
+    (½ is exact, so ½(B_k·B_k) equals LAMMPS's (½B_k)·B_k)."""
+    k = B.shape[1]
+    out[:, :k] = B
+    if not quadratic:
+        return
+    at = k
+    for i in range(k):
+        np.multiply(B[:, i : i + 1], B[:, i:], out=out[:, at : at + k - i])
+        out[:, at] *= 0.5
+        at += k - i
 
 
 def snap_atom_rows(
