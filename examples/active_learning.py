@@ -2,6 +2,10 @@
 next labels by the posterior's band, against random picks from the same MD pools.
 
     python examples/active_learning.py --outdir active-learning
+    python examples/active_learning.py --outdir active-learning-forces --select energy,forces
+
+``--select`` lists the UQ arms by the rows they select on (energy, forces, both; the first one's
+student runs the MD); the random arm is always there.
 
 Writes ``OUTDIR/round-KK/`` per round (pool, picks and posterior of each arm, ``state.json``),
 ``OUTDIR/summary.json``, ``OUTDIR/tables.md`` and ``OUTDIR/learning_curves.png``; rerunning the
@@ -22,6 +26,13 @@ from pathlib import Path
 from popsdask import InputError
 from popsdask.demo.active_learning import LoopSettings, run_active_learning
 
+#: each arm's label and line style in the figure
+ARMS = {
+    "uq": ("UQ, energy rows", "o-"),
+    "uq_forces": ("UQ, force rows", "^-"),
+    "uq_both": ("UQ, energy + force rows", "v-"),
+    "random": ("random", "s--"),
+}
 #: held-out metrics of the figure and the table: (key, label, scale to the table's unit)
 COLUMNS = (
     ("force_mae", "force MAE (eV/Å)", 1.0),
@@ -39,9 +50,9 @@ def figure(curves: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for ax, (key, label, scale) in zip(axes, COLUMNS[:3], strict=True):
-        for arm, style in (("uq", "o-"), ("random", "s--")):
+        for arm in (a for a in ARMS if a in curves):
             xs = [c["labels_added"] for c in curves[arm]]
-            ax.plot(xs, [scale * c[key] for c in curves[arm]], style, label="band (UQ)" if arm == "uq" else arm)
+            ax.plot(xs, [scale * c[key] for c in curves[arm]], ARMS[arm][1], label=ARMS[arm][0])
         ax.set_xlabel("labels added (configurations)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -52,11 +63,25 @@ def figure(curves: dict, path: Path) -> None:
 
 
 def table(curves: dict) -> str:
-    head = "| labels added | " + " | ".join(f"{label} UQ | random" for _, label, _ in COLUMNS) + " |"
-    lines = [head, "|" + "---:|" * (1 + 2 * len(COLUMNS))]
-    for u, r in zip(curves["uq"], curves["random"], strict=True):
-        cells = [f"{s * u[k]:.4g} | {s * r[k]:.4g}" for k, _, s in COLUMNS]
-        lines.append(f"| {u['labels_added']} | " + " | ".join(cells) + " |")
+    """One row per round: each held-out metric of every arm (in :data:`ARMS` order)."""
+    arms = [a for a in ARMS if a in curves]
+    head = "| labels added | " + " | ".join(f"{label} {a}" for _, label, _ in COLUMNS for a in arms) + " |"
+    lines = [head, "|" + "---:|" * (1 + len(arms) * len(COLUMNS))]
+    for rnd in zip(*(curves[a] for a in arms), strict=True):
+        cells = [f"{s * c[k]:.4g}" for k, _, s in COLUMNS for c in rnd]
+        lines.append(f"| {rnd[0]['labels_added']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def groups_table(curves: dict) -> str:
+    """The final force MAE of every arm by kind of held-out configuration."""
+    from popsdask.demo.active_learning import HELD_OUT_GROUPS
+
+    lines = ["| arm | labels | " + " | ".join(HELD_OUT_GROUPS) + " |", "|---|---:|" + "---:|" * len(HELD_OUT_GROUPS)]
+    rows = [("start (no labels)", curves["random"][0])] + [(a, curves[a][-1]) for a in ARMS if a in curves]
+    for name, c in rows:
+        cells = " | ".join(f"{c[f'force_mae_{g}']:.4f}" for g in HELD_OUT_GROUPS)
+        lines.append(f"| {name} | {c['labels_added']} | {cells} |")
     return "\n".join(lines)
 
 
@@ -90,7 +115,7 @@ def main() -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     figure(res["curves"], out / "learning_curves.png")
-    text = table(res["curves"]) + "\n\n" + runs_table(res["runs"]) + "\n"
+    text = table(res["curves"]) + "\n\n" + groups_table(res["curves"]) + "\n\n" + runs_table(res["runs"]) + "\n"
     (out / "tables.md").write_text(text)
     print(text)
     print(json.dumps({"targets": res["targets"], "seconds": round(time.perf_counter() - t0, 1)}, indent=1))

@@ -31,6 +31,21 @@ not variances of a direction and do not enter the score; they are in the reporte
 every direction is spent (more picks than the rank of A), the greedy starts again on the
 remaining configurations.
 
+**Force rows.** The held-out error that matters is often the forces', and a configuration's
+3N force rows say more about θ than its one energy row. With ``rows="forces"`` (or ``"both"``:
+its per-atom energy row too) each configuration c contributes the block V_c = X_c B / σ, its
+(3N, P) force design rows in the same factor coordinates (θ = θ̂ + Bz, z ~ N(0, I)), whitened
+by the noise std σ of a labelled row (default 1/√α, the Bayesian ridge's noise for a row of
+unit weight). The picks greedily maximise log det(I + Σ_{c∈S} V_cᵀV_c), the information gain
+of labelling the set S (block D-optimal design): each step the configuration of largest
+
+    gain_c = log det(I + V_c A⁻¹ V_cᵀ),  A = I + Σ_{picked} V_pᵀV_p,
+
+then A takes the pick's V_cᵀV_c (a rank-3N update). With a noise term the blocks never spend
+A, so no restart is needed; near-copies of a pick gain little because A already holds their
+directions. B uses the calibration's force ``std_scale`` (its energy one for ``"energy"``).
+The ``selection_score`` is then gain_c, in nats, not a variance.
+
 Everything is deterministic given the posterior's members (``n_samples``, ``method``, ``seed``,
 as ``popsdask predict``): ties go to the first configuration of the pool.
 
@@ -63,8 +78,12 @@ __all__ = [
     "POOL_SUFFIXES",
     "Selection",
     "check_pool_descriptor",
+    "force_blocks",
+    "ROW_KINDS",
+    "greedy_block_determinant",
     "greedy_max_determinant",
     "pool_energy_rows",
+    "pool_force_rows",
     "posterior_backend",
     "picks_table",
     "read_pool",
@@ -77,6 +96,9 @@ __all__ = [
 
 #: what a directory in a pool contributes: configuration files and LAMMPS dumps
 POOL_SUFFIXES = (*DIRECTORY_SUFFIXES, ".dump", ".lammpstrj")
+
+#: the rows a configuration contributes to the selection (``rows=``, ``popsdask select --rows``)
+ROW_KINDS = ("energy", "forces", "both")
 
 #: what each picked configuration's ``info`` (or the store table) receives
 BAND_KEYS = (
@@ -98,7 +120,8 @@ class Selection:
     Attributes
     ----------
     index : (n,) pool positions of the picks, in pick order
-    score : (n,) √(conditional predictive variance) per atom at each pick (eV/atom)
+    score : (n,) with energy rows, √(conditional predictive variance) per atom at each pick
+        (eV/atom); with force rows, the log-determinant gain of each pick (nats)
     bands : (n,) arrays of the picks' bands per atom, as ``popsdask predict --per-atom`` gives
         them: ``mle``, ``std``, ``min``, ``max`` (calibrated when the posterior is), ``support``
     """
@@ -164,13 +187,51 @@ def greedy_max_determinant(V: np.ndarray, n: int, *, rtol: float = 1e-10) -> tup
     return index, score
 
 
-def selection_factor(posterior: Posterior, band: LinearBand, support_weight: float = 1.0) -> np.ndarray:
-    """(P, d) B with BBᵀ = s²C + β·Σ (the module docstring), d the rank of the right side."""
+def greedy_block_determinant(blocks: Sequence[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy maximisation of log det(I + Σ_{c∈S} V_cᵀV_c) over sets S of ``n`` blocks.
+
+    Parameters
+    ----------
+    blocks : M arrays (m_c, d), candidate c's whitened rows V_c (any m_c ≥ 0, one d)
+    n : picks, 1 ≤ n ≤ M
+
+    Returns
+    -------
+    index : (n,) picked blocks in pick order (ties: the first block)
+    gain : (n,) log det(I + V_c A⁻¹ V_cᵀ) of each pick when it was picked, A = I + Σ of the earlier
+        picks' V_pᵀV_p (nats; their sum is the log det of the picked set)
+    """
+    M = len(blocks)
+    if not 1 <= n <= M:
+        raise InputError(f"n={n}: pick between 1 and the pool's {M} configurations")
+    V = [np.asarray(b, dtype=np.float64) for b in blocks]
+    d = V[0].shape[1]
+    A = np.eye(d)
+    picked = np.zeros(M, dtype=bool)
+    index, gain = np.empty(n, dtype=np.int64), np.empty(n)
+    for k in range(n):
+        # W_c = V_c L⁻ᵀ with A = LLᵀ: gain_c = log det(I + W_cW_cᵀ) = Σ log(1 + s²) over W_c's singular values
+        Linv = np.linalg.inv(np.linalg.cholesky(A))
+        gains = np.full(M, -np.inf)
+        for c in np.flatnonzero(~picked):
+            s = np.linalg.svd(V[c] @ Linv.T, compute_uv=False) if V[c].size else np.zeros(0)
+            gains[c] = np.log1p(s**2).sum()
+        i = int(np.argmax(gains))
+        index[k], gain[k], picked[i] = i, gains[i], True
+        A += V[i].T @ V[i]
+    return index, gain
+
+
+def selection_factor(
+    posterior: Posterior, band: LinearBand, support_weight: float = 1.0, kind: str = "energy"
+) -> np.ndarray:
+    """(P, d) B with BBᵀ = s²C + β·Σ (the module docstring), d the rank of the right side; s the
+    calibration's ``std_scale`` of rows of ``kind`` (``"energy"`` or ``"force"``)."""
     if not support_weight >= 0:
         raise InputError(f"support_weight={support_weight}: must be a number >= 0")
     s = 1.0
     if band.calibration:
-        factors = calibration_factors(band.calibration, np.array([KIND_CODES["energy"]]), np.ones(1), 1)
+        factors = calibration_factors(band.calibration, np.array([KIND_CODES[kind]]), np.ones(1), 1)
         s = float(factors["std_scale"][0])
     A = s**2 * (band.factor @ band.factor.T) + support_weight * np.asarray(posterior.sigma_, dtype=np.float64)
     w, v = np.linalg.eigh((A + A.T) / 2)
@@ -187,20 +248,72 @@ def select_rows(
     n_samples: int | None = None,
     method: str = "uniform",
     support_weight: float = 1.0,
+    rows: str = "energy",
+    force_rows: Sequence[np.ndarray] | None = None,
+    noise: float | None = None,
 ) -> Selection:
-    """Pick ``n`` of the per-atom energy rows ``X`` (M, P; the intercept column included when the
-    posterior has one), as the module docstring describes; the bands of the picks are
-    ``popsdask predict --per-atom``'s with the same ``n_samples``, ``method`` and ``seed``."""
+    """Pick ``n`` of the configurations whose per-atom energy rows are ``X`` (M, P; the intercept
+    column included when the posterior has one), as the module docstring describes; the bands of
+    the picks are ``popsdask predict --per-atom``'s with the same ``n_samples``, ``method`` and
+    ``seed``.
+
+    Parameters
+    ----------
+    rows : what each configuration contributes (:data:`ROW_KINDS`): ``"energy"`` its per-atom
+        energy row (greedy max-determinant), ``"forces"`` its force rows, ``"both"`` both (greedy
+        log-determinant gain)
+    force_rows : with ``rows`` ``"forces"``/``"both"``, M arrays (3N_c, P) of force design rows
+        (:func:`pool_force_rows`)
+    noise : with force rows, the noise std σ of a labelled row (eV/Å; the per-atom energy row's
+        in eV/atom); default 1/√α
+    """
+    if rows not in ROW_KINDS:
+        raise InputError(f"rows={rows!r}: use one of {', '.join(ROW_KINDS)}")
     X = np.atleast_2d(np.asarray(X, dtype=np.float64))
     if X.shape[1] != posterior.n_features:
         raise InputError(
             f"pool rows have {X.shape[1]} columns, but the posterior has {posterior.n_features} parameters"
         )
     band = LinearBand.from_posterior(posterior, n_samples=n_samples, method=method, seed=seed)
-    index, score = greedy_max_determinant(X @ selection_factor(posterior, band, support_weight), n)
+    if rows == "energy":
+        index, score = greedy_max_determinant(X @ selection_factor(posterior, band, support_weight), n)
+    else:
+        blocks = force_blocks(posterior, band, X, force_rows, rows, noise=noise, support_weight=support_weight)
+        index, score = greedy_block_determinant(blocks, n)
     # per-atom rows: predict --per-atom counts each as one atom for the calibration's offsets
     bands = band(X[index], np.full(index.size, KIND_CODES["energy"]), 1.0)
     return Selection(index=index, score=score, bands={k: bands[k] for k in ("mle", "std", "min", "max", "support")})
+
+
+def force_blocks(
+    posterior: Posterior,
+    band: LinearBand,
+    X: np.ndarray,
+    force_rows: Sequence[np.ndarray] | None,
+    rows: str,
+    *,
+    noise: float | None = None,
+    support_weight: float = 1.0,
+) -> list[np.ndarray]:
+    """M whitened blocks V_c = [x̂_c;] F_c B / σ (the module docstring): (3N_c [+ 1], d) each, the
+    per-atom energy row x̂_c (``X``'s row c) first when ``rows == "both"``."""
+    if force_rows is None or len(force_rows) != X.shape[0]:
+        got = "none" if force_rows is None else len(force_rows)
+        raise InputError(f"rows={rows!r}: force rows of each of the {X.shape[0]} configurations are needed (got {got})")
+    sigma = 1.0 / np.sqrt(posterior.alpha_) if noise is None else float(noise)
+    if not (np.isfinite(sigma) and sigma > 0):
+        raise InputError(f"noise={noise}: must be a number > 0")
+    B = selection_factor(posterior, band, support_weight, kind="force") / sigma
+    out = []
+    for c, F in enumerate(force_rows):
+        F = np.asarray(F, dtype=np.float64).reshape(-1, X.shape[1]) if np.size(F) else np.zeros((0, X.shape[1]))
+        if F.shape[1] != posterior.n_features:
+            raise InputError(
+                f"force rows of configuration {c} have {F.shape[1]} columns, but the posterior has "
+                f"{posterior.n_features} parameters"
+            )
+        out.append((np.vstack([X[c : c + 1], F]) if rows == "both" else F) @ B)
+    return out
 
 
 # ---------------------------------------------------------------------------- descriptors
@@ -338,6 +451,22 @@ def pool_energy_rows(
     return rows, np.asarray(ref, dtype=np.float64)
 
 
+def pool_force_rows(
+    configurations: Sequence[Configuration], backend: DescriptorBackend, *, fit_intercept: bool = False
+) -> list[np.ndarray]:
+    """Per configuration its (3N, P) force design rows (atom-major, x y z; labels not needed),
+    from the backend's ``rows``, with the intercept column (zeros: a constant energy exerts no
+    force) when ``fit_intercept``."""
+    out = []
+    for cfg in configurations:
+        if cfg.energy is None or cfg.forces is None:  # rows need labels: placeholders, never read back
+            cfg = replace(cfg, energy=0.0, forces=np.zeros((cfg.n_atoms, 3)))
+        block = backend.rows(cfg)
+        F = np.asarray(block.X[block.kind == KIND_CODES["force"]], dtype=np.float64)
+        out.append(np.hstack([F, np.zeros((F.shape[0], 1))]) if fit_intercept else F)
+    return out
+
+
 def select_configurations(
     posterior: Posterior,
     configurations: Sequence[Configuration],
@@ -348,6 +477,8 @@ def select_configurations(
     n_samples: int | None = None,
     method: str = "uniform",
     support_weight: float = 1.0,
+    rows: str = "energy",
+    noise: float | None = None,
 ) -> list[Configuration]:
     """The ``n`` configurations of ``configurations`` most worth labelling (module docstring).
 
@@ -359,6 +490,8 @@ def select_configurations(
     backend : the posterior's descriptor; default :func:`posterior_backend` (its fitted store)
     seed, n_samples, method : the posterior's members, as ``popsdask predict``'s
     support_weight : β, the weight of the epistemic covariance (support score) beside the band
+    rows, noise : what each configuration contributes and the noise std of a labelled row
+        (:func:`select_rows`); ``"forces"`` and ``"both"`` compute each configuration's force rows
 
     Returns
     -------
@@ -368,6 +501,8 @@ def select_configurations(
     """
     if not 1 <= n <= len(configurations):
         raise InputError(f"n={n}: pick between 1 and the pool's {len(configurations)} configurations")
+    if rows not in ROW_KINDS:
+        raise InputError(f"rows={rows!r}: use one of {', '.join(ROW_KINDS)}")
     if backend is None:
         backend = posterior_backend(posterior)
     else:
@@ -375,7 +510,11 @@ def select_configurations(
         _same_settings(posterior, backend, "backend")
     intercept = bool(posterior.settings.get("fit_intercept", False))
     X, ref = pool_energy_rows(configurations, backend, fit_intercept=intercept)
-    sel = select_rows(posterior, X, n, seed=seed, n_samples=n_samples, method=method, support_weight=support_weight)
+    F = None if rows == "energy" else pool_force_rows(configurations, backend, fit_intercept=intercept)
+    sel = select_rows(
+        posterior, X, n, seed=seed, n_samples=n_samples, method=method, support_weight=support_weight,
+        rows=rows, force_rows=F, noise=noise,
+    )  # fmt: skip
     picks = [configurations[int(i)] for i in sel.index]
     return [
         replace(cfg, info={**cfg.info, **row, "energy_per_atom_reference": float(ref[i])})
@@ -397,6 +536,8 @@ def select_from_store(
     n_samples: int | None = None,
     method: str = "uniform",
     support_weight: float = 1.0,
+    rows: str = "energy",
+    noise: float | None = None,
 ) -> dict[str, np.ndarray]:
     """The ``n`` configurations of a descriptor store most worth labelling, as a table: (n,)
     columns by name (``pandas.DataFrame(table)`` makes it a data frame).
@@ -404,10 +545,13 @@ def select_from_store(
     A store records each configuration's design rows, name, source and atom count, not its
     positions: the table holds ``configuration`` (its index in the store), ``name``, ``source``
     (when recorded), ``n_atoms`` and :data:`BAND_KEYS`, one row per pick in pick order. Refused
-    when the store's descriptor is not the posterior's.
+    when the store's descriptor is not the posterior's. ``rows``/``noise`` as :func:`select_rows`
+    (force rows: the store's, by configuration).
     """
     from ..io.store import open_store
 
+    if rows not in ROW_KINDS:
+        raise InputError(f"rows={rows!r}: use one of {', '.join(ROW_KINDS)}")
     ds = open_store(store, require_y=False)
     names = ds["feature_name"].values.tolist() if "feature_name" in ds.coords else ds.attrs.get("feature_names")
     check_pool_descriptor(posterior, ds.sizes["feature"], names, str(store))
@@ -417,15 +561,26 @@ def select_from_store(
         raise InputError(f"{store}: energies per atom need per-configuration n_atoms and row config/kind")
     if not 1 <= n <= n_configs:
         raise InputError(f"n={n}: pick between 1 and the store's {n_configs} configurations")
-    rows = np.flatnonzero(ds["kind"].values == KIND_CODES["energy"])
-    config = np.asarray(ds["config"].values)[rows]
+    energy = np.flatnonzero(ds["kind"].values == KIND_CODES["energy"])
+    config = np.asarray(ds["config"].values)[energy]
     n_atoms = np.asarray(ds["n_atoms"].values, dtype=np.float64)
-    X = np.asarray(ds["X"].data[rows].compute(), dtype=np.float64) / n_atoms[config][:, None]
+    X = np.asarray(ds["X"].data[energy].compute(), dtype=np.float64) / n_atoms[config][:, None]
     if bool(posterior.settings.get("fit_intercept", False)):
         X = np.hstack([X, np.ones((X.shape[0], 1))])
     if n > X.shape[0]:
         raise InputError(f"n={n}: the store has energy rows for {X.shape[0]} configurations only")
-    sel = select_rows(posterior, X, n, seed=seed, n_samples=n_samples, method=method, support_weight=support_weight)
+    F = None
+    if rows != "energy":
+        kinds, configs = ds["kind"].values, np.asarray(ds["config"].values)
+        force = np.flatnonzero(kinds == KIND_CODES["force"])
+        XF = np.asarray(ds["X"].data[force].compute(), dtype=np.float64)
+        if bool(posterior.settings.get("fit_intercept", False)):
+            XF = np.hstack([XF, np.zeros((XF.shape[0], 1))])
+        F = [XF[configs[force] == c] for c in config]
+    sel = select_rows(
+        posterior, X, n, seed=seed, n_samples=n_samples, method=method, support_weight=support_weight,
+        rows=rows, force_rows=F, noise=noise,
+    )  # fmt: skip
     picked = config[sel.index]
     table: dict[str, np.ndarray] = {"configuration": picked}
     for var in ("name", "source"):

@@ -12,7 +12,9 @@ HELP = "pick the N configurations of a pool most worth labelling (band per atom,
 DESCRIPTION = (
     "Pick N configurations of POOL by the posterior's predictive variance of their energy per atom (the "
     "members' band plus the support score's epistemic part), greedily maximising the picked set's joint "
-    "variance so that near-copies of one event do not fill the batch. POOL is configurations (extxyz, a "
+    "variance so that near-copies of one event do not fill the batch; with --rows forces (or both), by the "
+    "information gain of each configuration's force rows (block D-optimal: greedy log-determinant). POOL is "
+    "configurations (extxyz, a "
     "LAMMPS text dump, any file ASE reads, directories of them; labels not needed) or a descriptor store. "
     "Configurations are written to OUTPUT (.extxyz/.xyz) with their bands in each frame's info; a store "
     "records no positions, so its picks go to a table (OUTPUT .csv, also accepted for configurations)."
@@ -20,6 +22,8 @@ DESCRIPTION = (
 
 TABLE_SUFFIXES = (".csv",)
 FRAME_SUFFIXES = (".extxyz", ".xyz")
+#: ``--rows`` (popsdask.atomistic.selection.ROW_KINDS; spelt out so that --help imports no numpy)
+ROW_KINDS = ("energy", "forces", "both")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,6 +42,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=number(0.0),
         default=1.0,
         help="weight of the epistemic covariance (support score) beside the band; 0: the band alone",
+    )
+    p.add_argument(
+        "--rows",
+        choices=ROW_KINDS,
+        default="energy",
+        help="what each configuration contributes: its per-atom energy row (greedy max-determinant), its force "
+        "rows, or both (greedy log-determinant gain of the picked set's rows)",
+    )
+    p.add_argument(
+        "--noise",
+        type=number(0.0),
+        default=None,
+        help="with --rows forces/both: noise std of a labelled row (eV/Å; eV/atom for the energy row); default: "
+        "1/sqrt(alpha), the fit's noise for a row of unit weight",
     )
     add_n_samples(p)
     add_sampling(p)
@@ -72,7 +90,14 @@ def run(args: argparse.Namespace) -> int:
     kind = post.kind_
     if args.method not in kind.methods:
         raise InputError(f"--method {args.method}: an {kind.name} posterior {kind.method_note}")
-    options = dict(seed=args.seed, n_samples=args.n_samples, method=args.method, support_weight=args.support_weight)
+    options = dict(
+        seed=args.seed,
+        n_samples=args.n_samples,
+        method=args.method,
+        support_weight=args.support_weight,
+        rows=args.rows,
+        noise=args.noise,
+    )
     if stores:
         table = selection.select_from_store(post, stores[0], args.n, **options)
         selection.write_picks(table, out, overwrite=args.overwrite)

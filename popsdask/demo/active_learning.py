@@ -10,10 +10,13 @@ only, then each round:
    LAMMPS computes the frame's energy band from ``compute sna/atom``, and the run halts at the
    first frame whose energy std per atom exceeds ``halt`` eV/atom (the frames after it are not
    in the pool);
-2. selects ``labels_per_round`` frames of the pool (the UQ arm with ``selector``, by default
-   :func:`popsdask.atomistic.selection.select_rows` of the frames' per-atom energy rows; the
-   random arm uniformly from the same pool), labels them with the teacher and adds them to
-   each arm's fit (``popsdask.fit(NEW, previous=POSTERIOR)``: pass 1 reads only the new rows).
+2. selects ``labels_per_round`` frames of the pool for each arm, labels them with the teacher
+   and adds them to the arm's fit (``popsdask.fit(NEW, previous=POSTERIOR)``: pass 1 reads only
+   the new rows). The UQ arms (``LoopSettings.select``) pick with
+   :func:`popsdask.atomistic.selection.select_rows` of the frames' rows: ``uq`` by their
+   per-atom energy rows (:func:`select_band`), ``uq_forces`` by their force rows and
+   ``uq_both`` by both (:func:`select_force_band`); the ``random`` arm picks uniformly from
+   the same pool. The pools come from the first UQ arm's student.
 
 Each run is also continued past its halt, with every frame checked against the teacher, to find
 its first unphysical event (atoms closer than 1.5 Å, or the student's energy more than 1 eV/atom
@@ -30,7 +33,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +46,7 @@ from ..atomistic.descriptors.snap import SnapSettings, pair_commands_for, write_
 from ..atomistic.lammps_backend import get_session, lammps_box, load_lammps
 from ..atomistic.monitor import MONITOR_INPUT, MONITOR_OUTPUTS, write_monitor
 from ..atomistic.oracle import A_BCC, generate_tungsten_configurations, teacher_calculator
-from ..atomistic.selection import select_rows
+from ..atomistic.selection import ROW_KINDS, pool_force_rows, select_rows
 from ..atomistic.weights import GroupWeights
 from ..calibration.metrics import band_metrics, kind_tolerance, nll_floor
 from ..core.validation import InputError
@@ -54,6 +57,7 @@ from ..io.store import KIND_CODES, open_store
 from .tungsten import student_settings
 
 __all__ = [
+    "ARM_NAMES",
     "HELD_OUT_GROUPS",
     "LoopSettings",
     "Pool",
@@ -62,6 +66,7 @@ __all__ = [
     "held_out_metrics",
     "run_active_learning",
     "select_band",
+    "select_force_band",
     "select_random",
     "student_md",
     "targets",
@@ -77,6 +82,8 @@ ENERGY_DROP = 1.0
 #: one group of fixed weights for every labelled configuration, so that a configuration's rows
 #: weigh the same whatever else is in the fit: energy per atom (1/eV), force component (Å/eV)
 WEIGHT_GROUP = "labelled"
+#: the UQ arm of each kind of selection rows (``LoopSettings.select``)
+ARM_NAMES = {"energy": "uq", "forces": "uq_forces", "both": "uq_both"}
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,17 @@ class LoopSettings:
     n_samples: int = 500
     energy_weight: float = 100.0
     force_weight: float = 1.0
+    #: the UQ arms, comma-separated kinds of selection rows (:data:`ARM_NAMES`); the first one's
+    #: student runs the MD of every round
+    select: str = "energy"
+
+    def uq_arms(self) -> list[str]:
+        """The UQ arms' kinds of rows, in order; an InputError for an unknown or repeated one."""
+        kinds = [k.strip() for k in self.select.split(",")]
+        bad = [k for k in kinds if k not in ROW_KINDS]
+        if bad or not kinds or len(set(kinds)) != len(kinds):
+            raise InputError(f"select={self.select!r}: comma-separated, each once, of {', '.join(ROW_KINDS)}")
+        return kinds
 
     def temperature(self, r: int) -> float:
         """MD temperature (K) of round ``r`` (1-based)."""
@@ -148,12 +166,23 @@ class Pool:
     atom_rows : per frame, its (N, P) per-atom design rows [1, sna/atom]
     failed_step, failure : the step at which the run blew up (atoms lost or LAMMPS stopped it)
         and what happened; None and "" for a run that finished
+    settings : the descriptor of the rows, for :meth:`force_rows`
     """
 
     frames: list[Configuration]
     atom_rows: list[np.ndarray]
     failed_step: int | None = None
     failure: str = ""
+    settings: SnapSettings | None = None
+    _force_rows: list[np.ndarray] | None = field(default=None, repr=False)
+
+    def force_rows(self) -> list[np.ndarray]:
+        """Per frame its (3N, P) force design rows (``compute snap``), computed once."""
+        if self._force_rows is None:
+            if self.settings is None:
+                raise InputError("force rows of a pool need its descriptor settings (Pool.settings)")
+            self._force_rows = pool_force_rows(self.frames, self.settings)
+        return self._force_rows
 
     def energy_rows(self) -> np.ndarray:
         """(n_frames, P) the frames' energy rows (sums of their per-atom rows, as ``compute snap``)."""
@@ -163,7 +192,7 @@ class Pool:
         return np.array([f.n_atoms for f in self.frames], dtype=np.float64)
 
     def subset(self, keep: Sequence[int]) -> Pool:
-        return Pool([self.frames[i] for i in keep], [self.atom_rows[i] for i in keep])
+        return Pool([self.frames[i] for i in keep], [self.atom_rows[i] for i in keep], settings=self.settings)
 
 
 def student_md(
@@ -277,6 +306,22 @@ def select_band(post: Posterior, pool: Pool, n: int, seed: int) -> list[int]:
     return [int(i) for i in select_rows(post, rows, n, seed=seed).index]
 
 
+def select_force_band(post: Posterior, pool: Pool, n: int, seed: int, *, rows: str = "forces") -> list[int]:
+    """:func:`popsdask.atomistic.selection.select_rows` of the frames' force rows (``rows="both"``:
+    and their per-atom energy rows): greedy log-determinant gain; ``seed`` is the members'."""
+    X = pool.energy_rows() / pool.n_atoms()[:, None]
+    F = pool.force_rows()
+    if X.shape[1] < post.n_features:  # the intercept's column: 1 per atom in an energy, no force
+        X = np.hstack([X, np.ones((X.shape[0], 1))])
+        F = [np.hstack([f, np.zeros((f.shape[0], 1))]) for f in F]
+    return [int(i) for i in select_rows(post, X, n, seed=seed, rows=rows, force_rows=F).index]
+
+
+def select_both(post: Posterior, pool: Pool, n: int, seed: int) -> list[int]:
+    """:func:`select_force_band` with the per-atom energy rows as well."""
+    return select_force_band(post, pool, n, seed, rows="both")
+
+
 def select_random(post: Posterior, pool: Pool, n: int, seed: int) -> list[int]:
     """``n`` frames uniformly without replacement (the posterior is not used)."""
     del post
@@ -284,6 +329,8 @@ def select_random(post: Posterior, pool: Pool, n: int, seed: int) -> list[int]:
 
 
 Selector = Callable[[Posterior, Pool, int, int], list[int]]
+#: the selector of each kind of selection rows
+SELECTORS: dict[str, Selector] = {"energy": select_band, "forces": select_force_band, "both": select_both}
 
 
 # ---------------------------------------------------------------------------- fits and scores
@@ -452,25 +499,35 @@ def explore(
             + (f", stopped at step {stop}" if stop is not None else "")
             + (f", first unphysical event at step {event} ({why})" if event is not None else "")
         )
-    return Pool(frames, rows), runs
+    return Pool(frames, rows, settings=settings), runs
 
 
 def targets(curves: dict[str, list[dict[str, Any]]], runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The two measures of the loop: the labels the UQ arm needs to reach the random arm's final
-    held-out force MAE (met at ≤ 50 % of the random arm's), and, over the runs with an unphysical
-    event, how many the monitor halted before it (met when all were)."""
+    """The two measures of the loop: per UQ arm, the labels it needs to reach the random arm's
+    final held-out force MAE (met at ≤ 50 % of the random arm's; ``uq_*``: the ``uq`` arm's, or the
+    first UQ arm's), and, over the runs with an unphysical event, how many the monitor halted
+    before it (met when all were)."""
     final = curves["random"][-1]
-    reached = [c["labels_added"] for c in curves["uq"] if c["force_mae"] <= final["force_mae"]]
-    need = reached[0] if reached else None
+    arms = {}
+    for arm in (a for a in curves if a != "random"):
+        reached = [c["labels_added"] for c in curves[arm] if c["force_mae"] <= final["force_mae"]]
+        need = reached[0] if reached else None
+        arms[arm] = {
+            "labels_to_reach_it": need,
+            "label_fraction": None if need is None else need / max(final["labels_added"], 1),
+            "labels_target_met": need is not None and need <= 0.5 * final["labels_added"],
+        }
+    first = arms.get("uq", next(iter(arms.values())))
     with_event = [r for r in runs if r["event_step"] is not None]
     before = [r for r in with_event if r["stopped_before_event"]]
     same = [r for r in with_event if r["stop_step"] is not None and r["stop_step"] == r["event_step"]]
     return {
         "random_final_force_mae": final["force_mae"],
         "random_labels_added": final["labels_added"],
-        "uq_labels_to_reach_it": need,
-        "uq_label_fraction": None if need is None else need / max(final["labels_added"], 1),
-        "labels_target_met": need is not None and need <= 0.5 * final["labels_added"],
+        "uq_labels_to_reach_it": first["labels_to_reach_it"],
+        "uq_label_fraction": first["label_fraction"],
+        "labels_target_met": first["labels_target_met"],
+        "arms": arms,
         "runs": len(runs),
         "runs_with_event": len(with_event),
         "halted_before_event": len(before),
@@ -484,7 +541,6 @@ def run_active_learning(
     outdir: str | Path,
     loop: LoopSettings = LoopSettings(),
     *,
-    selector: Selector = select_band,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run (or resume) the loop in ``outdir``; see the module docstring.
@@ -494,6 +550,7 @@ def run_active_learning(
     dict with ``settings``, ``curves`` (per arm, per round: labels added and the held-out
     metrics) and ``runs`` (per MD run: stop and first-event steps).
     """
+    kinds = loop.uq_arms()
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     settings_file = out / "settings.json"
@@ -501,7 +558,10 @@ def run_active_learning(
         raise InputError(f"{settings_file}: {out} holds a run with other settings; use another directory")
     _write_json(settings_file, asdict(loop))
     init, held = _initial_sets(out, loop, log)
-    arms = {"uq": selector, "random": select_random}
+    # random second: its seeds depend on its position, as when it was the only other arm
+    arms = {ARM_NAMES[kinds[0]]: SELECTORS[kinds[0]], "random": select_random}
+    arms.update({ARM_NAMES[k]: SELECTORS[k] for k in kinds[1:]})
+    explorer = ARM_NAMES[kinds[0]]
     stores: dict[str, list[Path]] = {arm: [init] for arm in arms}
     curves: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
     runs: list[dict[str, Any]] = []
@@ -527,12 +587,13 @@ def run_active_learning(
             for arm in arms:
                 if arm not in posts:
                     posts[arm] = Posterior.load(out / f"round-{r - 1:02d}" / arm / "posterior.zarr")
-            pool, pool_runs = explore(posts["uq"], loop, r, rdir, log)
+            pool, pool_runs = explore(posts[explorer], loop, r, rdir, log)
             _write_extxyz(rdir / "pool.extxyz", pool.frames)
             teacher = teacher_calculator()
             for i, (arm, select) in enumerate(arms.items()):
                 n = min(loop.labels_per_round, len(pool.frames))
-                picks = select(posts[arm], pool, n, loop.seed if arm == "uq" else loop.seed * 10_000 + 100 * r + i)
+                seed = loop.seed * 10_000 + 100 * r + i if arm == "random" else loop.seed
+                picks = select(posts[arm], pool, n, seed)
                 labelled = [teacher.label_configuration(pool.frames[j]) for j in picks]
                 added[arm] = len(labelled)
                 (rdir / arm).mkdir(exist_ok=True)
@@ -550,11 +611,9 @@ def run_active_learning(
             curves[arm].append(state["arms"][arm])
         runs += pool_runs
         _write_json(state_file, state)
-        u, q = state["arms"]["uq"], state["arms"]["random"]
-        log(
-            f"round {r}: {u['labels_added']} labels added; held-out force MAE uq {u['force_mae']:.4f} / "
-            f"random {q['force_mae']:.4f} eV/A ({time.perf_counter() - t:.0f} s)"
-        )
+        maes = " / ".join(f"{arm} {a['force_mae']:.4f}" for arm, a in state["arms"].items())
+        labels = state["arms"]["random"]["labels_added"]
+        log(f"round {r}: {labels} labels added; held-out force MAE {maes} eV/A ({time.perf_counter() - t:.0f} s)")
     summary = {"settings": asdict(loop), "curves": curves, "runs": runs, "targets": targets(curves, runs)}
     _write_json(out / "summary.json", summary)
     return summary

@@ -29,12 +29,15 @@ from popsdask.atomistic.descriptors.snap import SnapSettings  # noqa: E402
 from popsdask.atomistic.oracle import teacher_calculator  # noqa: E402
 from popsdask.atomistic.selection import (  # noqa: E402
     BAND_KEYS,
+    greedy_block_determinant,
     greedy_max_determinant,
     pool_energy_rows,
+    pool_force_rows,
     read_pool,
     select_configurations,
     select_from_store,
 )
+from popsdask.cli import main  # noqa: E402
 from popsdask.engine.linear_band import LinearBand  # noqa: E402
 from popsdask.engine.posterior import Posterior  # noqa: E402
 from popsdask.engine.predictions import predict_ensemble  # noqa: E402
@@ -230,3 +233,77 @@ def test_refusals(student, pool, tmp_path) -> None:
         build_descriptor_store(other, labelled, SnapSettings(twojmax=4, rcutfac=4.5), split="none")
     with pytest.raises(InputError, match="other.zarr: descriptor settings .* differ"):
         select_from_store(student, other, 2)
+
+
+def test_block_greedy_maximises_the_log_determinant_gain() -> None:
+    rng = np.random.default_rng(4)
+    # blocks of 0-7 rows in 5 columns, scaled: the first pick is not simply the longest block
+    blocks = [rng.normal(size=(m, 5)) * rng.uniform(0.1, 2.0) for m in (3, 7, 1, 0, 4, 6, 2, 5)]
+    index, gain = greedy_block_determinant(blocks, 5)
+
+    def logdet(picks) -> float:  # brute force: log det(I + Σ V_cᵀV_c) of the stacked rows
+        V = np.vstack([blocks[c] for c in picks] + [np.zeros((0, 5))])
+        return float(np.linalg.slogdet(np.eye(5) + V.T @ V)[1])
+
+    for k in range(5):
+        before = logdet(index[:k])
+        gains = {c: logdet([*index[:k], c]) - before for c in range(8) if c not in index[:k]}
+        assert index[k] == max(gains, key=gains.get)
+        assert gain[k] == pytest.approx(gains[index[k]], rel=1e-9)
+        # the brief's form: log det(I + V_c A⁻¹ V_cᵀ), A = I + Σ of the earlier picks
+        A = np.eye(5) + sum((blocks[c].T @ blocks[c] for c in index[:k]), np.zeros((5, 5)))
+        V = blocks[index[k]]
+        assert gain[k] == pytest.approx(np.linalg.slogdet(np.eye(len(V)) + V @ np.linalg.solve(A, V.T))[1], rel=1e-9)
+    assert 3 not in index[:4]  # an empty block gains nothing
+    with pytest.raises(InputError, match="pick between 1 and the pool's 8"):
+        greedy_block_determinant(blocks, 9)
+
+
+def test_force_rows_score_is_the_information_gain_of_the_members_covariance(student, pool, tmp_path) -> None:
+    picks = select_configurations(student, pool, 6, seed=2, n_samples=64, rows="forces")
+    again = select_configurations(student, pool, 6, seed=2, n_samples=64, rows="forces")
+    assert [c.name for c in picks] == [c.name for c in again]
+    assert all(a.info == b.info for a, b in zip(picks, again, strict=True))
+    # a near-copy of a picked event still gains (a second label halves its noise), but far less than the first
+    copies = [c.info["selection_score"] for c in picks if c.name.startswith(EVENT)]
+    assert 1 <= len(copies) <= 2 and (len(copies) == 1 or copies[1] < 0.2 * copies[0]), copies
+    # independently: K = F (C + Σ) Fᵀ with C the 64 members' population covariance; gain log det(I + αK)
+    theta = student.sample(64, seed=2).values
+    C = np.cov(theta.T, bias=True) + student.sigma_
+    first = pool[picks[0].info["pool_index"]]
+    (F,) = pool_force_rows([first], SETTINGS)
+    assert F.shape == (3 * first.n_atoms, student.n_features)
+    want = np.linalg.slogdet(np.eye(len(F)) + student.alpha_ * F @ C @ F.T)[1]
+    assert picks[0].info["selection_score"] == pytest.approx(want, rel=1e-6)
+    # the bands are still the energy's, as with energy rows
+    energy = {c.name: c.info for c in select_configurations(student, pool, 30, seed=2, n_samples=64)}
+    for c in picks:
+        assert c.info["energy_per_atom_std"] == pytest.approx(energy[c.name]["energy_per_atom_std"], rel=1e-12)
+    # a noise 10x larger: smaller gains; with both, the energy row is one more row of each block
+    quiet = select_configurations(
+        student, pool, 1, seed=2, n_samples=64, rows="forces", noise=10 / np.sqrt(student.alpha_)
+    )
+    assert quiet[0].info["selection_score"] < picks[0].info["selection_score"]
+    both = select_configurations(student, pool, 3, seed=2, n_samples=64, rows="both")
+    assert [c.info["selection_rank"] for c in both] == [1, 2, 3]
+    # the store's force rows, grouped by configuration, give the same picks
+    teacher = teacher_calculator()
+    store = tmp_path / "pool.zarr"
+    with dask.config.set(scheduler="synchronous"):
+        build_descriptor_store(store, [teacher.label_configuration(c) for c in pool], SETTINGS, split="none")
+    table = select_from_store(student, store, 6, seed=2, n_samples=64, rows="forces")
+    assert table["name"].tolist() == [c.name for c in picks]
+    np.testing.assert_allclose(table["selection_score"], [c.info["selection_score"] for c in picks], rtol=1e-9)
+
+
+def test_an_unknown_kind_of_rows_is_refused(student, pool, tmp_path, capsys) -> None:
+    with pytest.raises(InputError, match="rows='stress': use one of energy, forces, both"):
+        select_configurations(student, pool, 2, rows="stress")
+    with pytest.raises(InputError, match="noise=0.0: must be a number > 0"):
+        select_configurations(student, pool, 2, rows="forces", noise=0.0)
+    ase.io.write(tmp_path / "pool.extxyz", [c.to_atoms() for c in pool[:3]], format="extxyz")
+    argv = ["select", "posterior.zarr", str(tmp_path / "pool.extxyz"), "-n", "2", "-o", str(tmp_path / "p.xyz")]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--rows", "stress"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "--rows: invalid choice: 'stress'" in err

@@ -22,6 +22,7 @@ from popsdask.demo.active_learning import (  # noqa: E402
     exploration_structures,
     run_active_learning,
     select_band,
+    select_force_band,
     select_random,
     student_md,
     training_store,
@@ -79,12 +80,17 @@ def test_selectors(student) -> None:
         for step in range(5):
             frames.append(replace(cfg, info={"run": f"run{k}", "step": step}))
             rows.append(rng.normal(size=(cfg.n_atoms, post.n_features)) * (1 + k) * (1 + 1e-3 * step))
-    pool = Pool(frames, rows)
+    pool = Pool(frames, rows, settings=student_settings(2))
     picks = select_band(post, pool, 3, seed=0)
     assert picks == select_band(post, pool, 3, seed=0)
     # the widest band first; near-copies of a picked frame (one run) do not fill the batch
     std = LinearBand.from_posterior(post)(pool.energy_rows() / pool.n_atoms()[:, None], envelope=False)["std"]
     assert picks[0] == int(np.argmax(std))
+    # force rows: the frames' own (compute snap), seeded like the band's; near-copies gain little once one is picked
+    forces = select_force_band(post, pool, 3, seed=0)
+    assert forces == select_force_band(post, pool, 3, seed=0) and len(set(forces)) == 3
+    assert pool.force_rows()[0].shape == (3 * frames[0].n_atoms, post.n_features)
+    assert len({frames[i].info["run"] for i in forces}) == 3
     assert select_random(post, pool, 5, seed=1) == select_random(post, pool, 5, seed=1)
     assert select_random(post, pool, 5, seed=1) != select_random(post, pool, 5, seed=2)
 
@@ -113,3 +119,11 @@ def test_one_tiny_round_resumes(tmp_path) -> None:
     assert json.loads((tmp_path / "summary.json").read_text())["curves"] == res["curves"]
     with pytest.raises(InputError, match="other settings"):
         run_active_learning(tmp_path, LoopSettings(rounds=2), log=again.append)
+
+
+def test_unknown_selection_rows_are_refused(tmp_path) -> None:
+    assert LoopSettings(select="energy, forces").uq_arms() == ["energy", "forces"]
+    for bad in ("stress", "energy,energy", ""):
+        with pytest.raises(InputError, match="comma-separated, each once, of energy, forces, both"):
+            run_active_learning(tmp_path / "x", LoopSettings(select=bad), log=print)
+    assert not (tmp_path / "x").exists()  # refused before anything was written
