@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
+from ase.data import chemical_symbols
 
 from ..core.validation import InputError
 from ..engine.linear_band import LinearBand
@@ -54,6 +55,10 @@ BAND_PROPERTIES = (
     "support",
     "forces_std",
 )
+
+
+#: symbols by atomic number, to name a call's atoms in one step (ASE's list is built per atom)
+_SYMBOLS = np.array(chemical_symbols)
 
 
 @functools.lru_cache(maxsize=1)
@@ -95,9 +100,7 @@ def atoms_band(band: LinearBand, X: np.ndarray, reference: np.ndarray, *, envelo
     dict (see :func:`configuration_band`): ``energy``, ``energy_*`` (floats), ``energies``,
     ``energies_*``, ``support`` ((N,) arrays).
     """
-    n = X.shape[0]
-    total = band(X.sum(axis=0), kind=np.array([KIND_CODES["energy"]]), n_atoms=n)
-    each = band(X, kind=np.full(n, KIND_CODES["energy"]), n_atoms=1, envelope=envelope)
+    total, each = band.with_sum(X, KIND_CODES["energy"], envelope=envelope)
     shifted = ("mle", "mean", "min", "max", "box_min", "box_max", "min_raw", "max_raw")
     out: dict[str, Any] = {}
     ref_total = float(np.sum(reference))
@@ -251,7 +254,7 @@ class PosteriorCalculator(Calculator):
         a = self.atoms
         cfg = Configuration(
             name=self.label or "atoms",
-            symbols=list(a.get_chemical_symbols()),
+            symbols=_SYMBOLS[a.numbers].tolist(),
             positions=np.array(a.positions, dtype=float),
             cell=np.array(a.cell[:], dtype=float),
             pbc=np.array(a.pbc, dtype=bool),

@@ -146,20 +146,53 @@ class LinearBand:
     def _rows(self, X: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(np.atleast_2d(X), dtype=np.float64)
 
+    @staticmethod
+    def _form(root: np.ndarray | None, X: np.ndarray) -> np.ndarray | None:
+        """(r, n) root·xᵢ of C-contiguous rows ``X``, or None without a root (or rows)."""
+        return None if root is None or not X.shape[0] else upper_root_product(root, X)
+
     def std(self, X: np.ndarray) -> np.ndarray:
         """(n,) the members' population std of rows ``X`` (n, P), raw."""
         X = self._rows(X)
-        if self.std_root is None or not X.shape[0]:
-            return np.linalg.norm(X @ self.factor, axis=1)
-        return np.linalg.norm(upper_root_product(self.std_root, X), axis=0)
+        Z = self._form(self.std_root, X)
+        return np.linalg.norm(X @ self.factor, axis=1) if Z is None else np.linalg.norm(Z, axis=0)
 
     def support(self, X: np.ndarray) -> np.ndarray:
         """(n,) α·xᵀΣx of rows ``X`` (n, P)."""
         X = self._rows(X)
-        if self.support_root is None or not X.shape[0]:
-            return np.einsum("ij,ij->i", X @ self.metric, X)
-        Z = upper_root_product(self.support_root, X)
-        return np.einsum("ij,ij->j", Z, Z)
+        Z = self._form(self.support_root, X)
+        return np.einsum("ij,ij->i", X @ self.metric, X) if Z is None else np.einsum("ij,ij->j", Z, Z)
+
+    def with_sum(
+        self, X: np.ndarray, kind: int = KIND_CODES["energy"], *, envelope: bool = True
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The band of the sum of rows ``X`` (n, P), a configuration's energy row from its
+        per-atom rows, and of each row: as ``self(X.sum(axis=0), kind, n)`` and
+        ``self(X, kind, 1, envelope=envelope)``, but the sum's std and support from the sums of
+        the rows' products with the roots (Lᵀ Σᵢ xᵢ = Σᵢ Lᵀxᵢ), so each root is read once.
+
+        Returns
+        -------
+        (the sum's band (1,) arrays, the rows' band (n,) arrays)
+        """
+        X = self._rows(X)
+        n = X.shape[0]
+        total = X.sum(axis=0)[None, :]
+        Zs, Zm = self._form(self.std_root, X), self._form(self.support_root, X)
+        if Zs is None:
+            std, std_total = self.std(X), self.std(total)
+        else:
+            std, std_total = np.linalg.norm(Zs, axis=0), np.array([np.linalg.norm(Zs.sum(axis=1))])
+        if Zm is None:
+            support, support_total = self.support(X), self.support(total)
+        else:
+            zm = Zm.sum(axis=1)
+            support, support_total = np.einsum("ij,ij->j", Zm, Zm), np.array([zm @ zm])
+        kinds = np.full(n, kind)
+        return (
+            self._band(total, std_total, support_total, kinds[:1], n, True),
+            self._band(X, std, support, kinds, 1, envelope),
+        )
 
     def __call__(
         self,
@@ -188,9 +221,21 @@ class LinearBand:
         ones (as in a prediction store); without ``envelope`` the calibrated std only.
         """
         X = self._rows(X)
+        return self._band(X, self.std(X), self.support(X), kind, n_atoms, envelope)
+
+    def _band(
+        self,
+        X: np.ndarray,
+        std: np.ndarray,
+        support: np.ndarray,
+        kind: np.ndarray | None,
+        n_atoms: np.ndarray | float | None,
+        envelope: bool,
+    ) -> dict[str, np.ndarray]:
+        """:meth:`__call__` of rows ``X`` whose raw ``std`` and ``support`` are known."""
         n = X.shape[0]
         mle = X @ self.coef
-        out = {"mle": mle, "mean": mle + X @ self.mean_shift, "std": self.std(X), "support": self.support(X)}
+        out = {"mle": mle, "mean": mle + X @ self.mean_shift, "std": std, "support": support}
         if envelope:
             dev = X @ self.draws.T
             out["min"], out["max"] = mle + dev.min(axis=1), mle + dev.max(axis=1)

@@ -69,3 +69,27 @@ def test_triangular_roots_equal_the_dense_products():
     assert plain.std_root is None and plain.support_root is None
     np.testing.assert_allclose(plain.std(rows), dense_std, rtol=1e-12)
     np.testing.assert_array_equal(plain.support(rows), np.einsum("ij,ij->i", rows @ singular, rows))
+
+
+@pytest.mark.parametrize("envelope", [True, False])
+def test_with_sum_equals_the_sum_row_and_the_rows(problem, envelope):
+    """A configuration's energy band from the sums of its per-atom products equals the band of its
+    energy row (the sum of the rows, as an energy of n atoms), calibrated, and the rows' band is
+    the band of each row as the energy of one atom."""
+    from popsdask.calibration.conformal import Calibration
+
+    X, y = problem
+    post = POPSRegressor().fit(X, y).posterior_
+    scales = {"std_scale": 1.7, "std_offset": 0.003, "envelope_scale": 1.3, "envelope_offset": 0.01}
+    calibration = Calibration(0.9, {"energy_per_atom": scales}, "by hand").to_dict()
+    band = dataclasses.replace(LinearBand.from_posterior(post), calibration=calibration)
+    rows = X[:30]
+    total, each = band.with_sum(rows, envelope=envelope)
+    expected_total = band(rows.sum(axis=0), n_atoms=30)
+    expected_each = band(rows, n_atoms=1, envelope=envelope)
+    assert total.keys() == expected_total.keys() and each.keys() == expected_each.keys()
+    for name, value in expected_total.items():
+        np.testing.assert_allclose(total[name], value, rtol=1e-12, err_msg=name)
+    for name, value in expected_each.items():
+        np.testing.assert_array_equal(each[name], value, err_msg=name)
+    assert not np.allclose(total["std"], total["std_raw"])  # the calibration is applied

@@ -23,6 +23,7 @@ from the targets and returned as ``reference``. A per-element ``energy_shift`` (
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -137,6 +138,7 @@ KEYWORD_DEFAULTS: dict[str, Any] = {
 }
 
 
+@functools.cache
 def n_bispectrum(twojmax: int) -> int:
     """Number of linear bispectrum components of one element (LAMMPS's ``ncoeff``)."""
     n = 0
