@@ -8,13 +8,17 @@ called in turn, each ``--calls`` times with the atoms moved before every call:
   forces, stress;
 - **bands**: :class:`~popsdask.atomistic.band_calculator.PosteriorCalculator`: the same plus the
   energy band and the per-atom bands and support (what it computes at every call);
-- **bands+forces_std**: the same plus ``forces_std``, asked for (its 3N force rows).
+- **bands+forces_std**: the same plus ``forces_std``, asked for (its 3N force rows);
+- **mle+atom computes**: the MLE's calculator running the per-atom descriptor computes that
+  **bands** reads (``compute sna/atom`` or ``pod/atom``) in its run, without the band's numpy
+  work: the part of the bands' cost that is LAMMPS's.
 
 The calls are interleaved, so every ratio compares calls made under the same machine load; the
 figures are medians of the process CPU time per call (LAMMPS runs in this process, one thread)::
 
-    python benchmarks/calculator_band_cost.py --backend snap --twojmax 4
-    python benchmarks/calculator_band_cost.py --backend pod
+    python benchmarks/calculator_band_cost.py --backend snap --twojmax 4 --calls 31
+    python benchmarks/calculator_band_cost.py --backend snap --twojmax 6 --calls 31
+    python benchmarks/calculator_band_cost.py --backend pod --calls 31
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ def main() -> None:
     p.add_argument("--posterior", choices=("hypercube", "ensemble"), default="hypercube")
     p.add_argument("--configurations", type=int, default=40, help="training configurations")
     p.add_argument("--repeats", type=int, nargs="+", default=[4, 8], help="bcc cubic cells repeated (2 n^3 atoms)")
-    p.add_argument("--calls", type=int, default=15)
+    p.add_argument("--calls", type=int, default=31)
     p.add_argument("--out", default=None, help="write the results as JSON")
     args = p.parse_args()
 
@@ -72,7 +76,9 @@ def main() -> None:
         "mle": (backend.calculator(post.coef_), ["energy", "forces", "stress"]),
         "bands": (PosteriorCalculator(post, backend), ["energy", "forces", "stress", "energy_std"]),
         "bands+forces_std": (PosteriorCalculator(post, backend), ["energy", "forces", "stress", "forces_std"]),
+        "mle+atom computes": (backend.calculator(post.coef_), ["energy", "forces", "stress"]),
     }
+    calcs["mle+atom computes"][0].atom_computes = backend.atom_computes()
     rng = np.random.default_rng(0)
     out = {"backend": args.backend, "features": backend.n_features, "posterior": args.posterior, "cells": []}
     for n in args.repeats:
@@ -90,11 +96,13 @@ def main() -> None:
             "cpu_s_per_call": {k: round(v, 5) for k, v in med.items()},
             "ratio_bands": round(med["bands"] / med["mle"], 3),
             "ratio_bands_forces_std": round(med["bands+forces_std"] / med["mle"], 3),
+            "ratio_atom_computes": round(med["mle+atom computes"] / med["mle"], 3),
         }
         out["cells"].append(cell)
         print(
             f"{len(atoms)} atoms, {backend.n_features} features: mle {med['mle'] * 1e3:.1f} ms, "
-            f"bands {cell['ratio_bands']:.2f}x, bands+forces_std {cell['ratio_bands_forces_std']:.2f}x",
+            f"bands {cell['ratio_bands']:.2f}x, bands+forces_std {cell['ratio_bands_forces_std']:.2f}x, "
+            f"mle+atom computes {cell['ratio_atom_computes']:.2f}x",
             flush=True,
         )
     print(json.dumps(out, indent=2))
