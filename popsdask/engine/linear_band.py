@@ -128,10 +128,9 @@ class LinearBand:
         """(P, P) upper-triangular U with UᵀU = α·Σ, Fortran-ordered, or None when α·Σ is not
         numerically positive definite (then ``support`` is a dense product). The Cholesky factor is
         of D·α·Σ·D, D scaling its diagonal to 1, scaled back, because descriptor columns differ by
-        orders of magnitude. α·Σ is ill-conditioned (3e11 on 496 qSNAP features), so either way
-        of computing the quadratic form is exact only to ~1e-9 relative. On that posterior the
-        dense product was off by 3e-9 and this root by 0.5e-9 to 7e-9 against an extended-precision
-        reference; the spread comes from how the BLAS blocks the factorization."""
+        orders of magnitude. α·Σ of a qSNAP fit is ill-conditioned, so this root and the dense
+        product agree only to round-off amplified by its condition (~1e-9 relative on the support
+        of rows the fit pins down), and neither is the more exact one."""
         M = np.asarray(self.metric, dtype=np.float64)
         diag = np.diag(M)
         if not M.size or not np.all(diag > 0) or not np.all(np.isfinite(M)):
