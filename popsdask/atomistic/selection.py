@@ -509,6 +509,8 @@ def select_configurations(
         raise InputError(f"n={n}: pick between 1 and the pool's {len(configurations)} configurations")
     if rows not in ROW_KINDS:
         raise InputError(f"rows={rows!r}: use one of {', '.join(ROW_KINDS)}")
+    if noise is not None and not (np.isfinite(noise) and noise > 0):  # before any descriptor is computed
+        raise InputError(f"noise={noise}: must be a number > 0")
     if backend is None:
         backend = posterior_backend(posterior)
     else:

@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     suffix = out.suffix.lower()
     if suffix not in TABLE_SUFFIXES + FRAME_SUFFIXES:
         raise InputError(f"{out}: write picks as .extxyz or .xyz (configurations) or .csv (a table)")
+    if args.noise is not None and args.noise <= 0:
+        raise InputError(f"--noise {args.noise:g}: must be above 0")
     require_existing(args.posterior, "posterior")
     stores = [p for p in args.pool if _is_store(p)]
     if stores and len(args.pool) > 1:

@@ -307,3 +307,5 @@ def test_an_unknown_kind_of_rows_is_refused(student, pool, tmp_path, capsys) -> 
         main([*argv, "--rows", "stress"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and "--rows: invalid choice: 'stress'" in err
+    assert main([*argv, "--rows", "forces", "--noise", "0"]) == 2
+    assert capsys.readouterr().err == "popsdask select: error: --noise 0: must be above 0\n"
