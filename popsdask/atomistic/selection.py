@@ -245,6 +245,14 @@ def selection_factor(
     return v[:, keep] * np.sqrt(w[keep])
 
 
+def _check_rows(rows: str, noise: float | None) -> None:
+    """An InputError for a ``rows`` not in :data:`ROW_KINDS` or a given ``noise`` not above 0."""
+    if rows not in ROW_KINDS:
+        raise InputError(f"rows={rows!r}: use one of {', '.join(ROW_KINDS)}")
+    if noise is not None and not (np.isfinite(noise) and noise > 0):
+        raise InputError(f"noise={noise}: must be a number > 0")
+
+
 def select_rows(
     posterior: Posterior,
     X: np.ndarray,
@@ -273,8 +281,7 @@ def select_rows(
     noise : with force rows, the noise std σ of a labelled row (eV/Å; the per-atom energy row's
         in eV/atom); default 1/√α
     """
-    if rows not in ROW_KINDS:
-        raise InputError(f"rows={rows!r}: use one of {', '.join(ROW_KINDS)}")
+    _check_rows(rows, noise)
     X = np.atleast_2d(np.asarray(X, dtype=np.float64))
     if X.shape[1] != posterior.n_features:
         raise InputError(
@@ -507,10 +514,7 @@ def select_configurations(
     """
     if not 1 <= n <= len(configurations):
         raise InputError(f"n={n}: pick between 1 and the pool's {len(configurations)} configurations")
-    if rows not in ROW_KINDS:
-        raise InputError(f"rows={rows!r}: use one of {', '.join(ROW_KINDS)}")
-    if noise is not None and not (np.isfinite(noise) and noise > 0):  # before any descriptor is computed
-        raise InputError(f"noise={noise}: must be a number > 0")
+    _check_rows(rows, noise)  # before any descriptor is computed
     if backend is None:
         backend = posterior_backend(posterior)
     else:
@@ -558,8 +562,7 @@ def select_from_store(
     """
     from ..io.store import open_store
 
-    if rows not in ROW_KINDS:
-        raise InputError(f"rows={rows!r}: use one of {', '.join(ROW_KINDS)}")
+    _check_rows(rows, noise)
     ds = open_store(store, require_y=False)
     names = ds["feature_name"].values.tolist() if "feature_name" in ds.coords else ds.attrs.get("feature_names")
     check_pool_descriptor(posterior, ds.sizes["feature"], names, str(store))
@@ -579,12 +582,15 @@ def select_from_store(
         raise InputError(f"n={n}: the store has energy rows for {X.shape[0]} configurations only")
     F = None
     if rows != "energy":
-        kinds, configs = ds["kind"].values, np.asarray(ds["config"].values)
-        force = np.flatnonzero(kinds == KIND_CODES["force"])
+        force = np.flatnonzero(ds["kind"].values == KIND_CODES["force"])
         XF = np.asarray(ds["X"].data[force].compute(), dtype=np.float64)
         if bool(posterior.settings.get("fit_intercept", False)):
             XF = np.hstack([XF, np.zeros((XF.shape[0], 1))])
-        F = [XF[configs[force] == c] for c in config]
+        # each configuration's force rows in store order, by one stable sort (not a scan per configuration)
+        owner = np.asarray(ds["config"].values)[force]
+        order = np.argsort(owner, kind="stable")
+        bounds = np.searchsorted(owner[order], config, side="left"), np.searchsorted(owner[order], config, "right")
+        F = [XF[order[a:b]] for a, b in zip(*bounds, strict=True)]
     sel = select_rows(
         posterior, X, n, seed=seed, n_samples=n_samples, method=method, support_weight=support_weight,
         rows=rows, force_rows=F, noise=noise,
