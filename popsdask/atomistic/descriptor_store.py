@@ -11,8 +11,9 @@ Two stages:
    complete, so an interrupted run leaves only whole parts; the hash covers the descriptor
    settings and the batch's configurations, so a re-run reuses exactly the parts that are still
    valid and recomputes nothing else. Unreadable parts are recomputed.
-2. :func:`build_descriptor_store` computes weights (eq. 9) and the seeded split, and streams the
-   parts into the store with :func:`popsdask.write_store` (atomic: the store appears complete
+2. :func:`build_descriptor_store` computes the seeded split and the weights (eq. 9, or FitSNAP's
+   per group) part by part on the workers, and streams the parts into the store with
+   :func:`popsdask.write_store` (atomic: the store appears complete
    or not at all). The parts directory is removed afterwards unless ``keep_parts``.
 
 Both stages hold the store's :func:`popsdask.io.store.output_lock`, so a second build of a store
@@ -41,13 +42,13 @@ import dask
 import numpy as np
 
 from ..core.validation import InputError
-from ..engine.parts import Parts, read_npz
-from ..io.store import output_lock
+from ..engine.parts import Parts, batch_spans, read_npz
+from ..io.store import output_lock, store_chunk_rows
 from ..runtime.client import submit_windowed
 from .configurations import Configuration, validate_configuration
 from .descriptors.base import DescriptorBackend, RowBlock, check_backend
 from .split import SPLIT_CODES, split_configurations
-from .weights import GroupWeights, WeightSettings, element_reference_energies, paper_weights
+from .weights import GroupWeights, RowWeightTerms, WeightSettings, element_reference_energies, paper_terms
 
 __all__ = ["PartsReport", "build_descriptor_store", "composition_bins", "compute_parts", "parts_directory"]
 
@@ -55,6 +56,10 @@ __all__ = ["PartsReport", "build_descriptor_store", "composition_bins", "compute
 COMPOSITION_EDGES = (0.25, 0.5, 0.75, 1.0)
 
 _SMALL = ("y", "reference", "kind", "atom", "component", "config")
+#: the store's row coordinates and their types
+_COORDINATES = {"config": np.int64, "kind": np.int8, "atom": np.int32, "component": np.int8}
+#: the columns a row's weight depends on
+_WEIGHED_BY = ("kind", "config", "atom")
 
 
 @dataclass
@@ -63,6 +68,8 @@ class PartsReport:
 
     files: list[Path]
     n_rows: list[int]
+    #: each part's configurations ``[start, stop)``
+    spans: list[tuple[int, int]]
     computed: int = 0
     reused: int = 0
     seconds: float = 0.0
@@ -176,9 +183,9 @@ def _compute_parts(
     files: list[Path] = []
     n_rows: list[int] = []
     tasks: list[tuple] = []
-    report = PartsReport(files, n_rows)
-    for ib, start in enumerate(range(0, len(configurations), configs_per_task)):
-        batch = list(configurations[start : start + configs_per_task])
+    report = PartsReport(files, n_rows, batch_spans(len(configurations), configs_per_task))
+    for ib, (start, stop) in enumerate(report.spans):
+        batch = list(configurations[start:stop])
         h = hashlib.sha256(skey)
         h.update(str(start).encode())
         for cfg in batch:
@@ -306,9 +313,18 @@ def build_descriptor_store(
             progress=progress,
         )
         rows = Parts([str(f) for f in parts.files], read_npz)
-        small, _ = rows.columns(_SMALL)
         split, split_attrs = _split_codes(final, split, configurations, test_fraction, seed)
-        w, weight_attrs = _weights(small, configurations, settings.elements, split, weights)
+        terms, weight_attrs = _weight_terms(configurations, settings.elements, split, weights)
+        # the weights are computed part by part on the workers: the client holds per-configuration
+        # arrays and each part's summary, never the store's millions of per-row values
+        part_terms = [(None if terms is None else terms.part(a, b),) for a, b in parts.spans]
+        summaries = rows.gather(("kind", "config", "atom", "reference"), _part_summary, part_terms, label="weights")
+        sums = np.sum([s[0] for s in summaries], axis=0)
+        chunk = store_chunk_rows(chunk_rows, sum(parts.n_rows), settings.n_features)
+        weight = None
+        if terms is not None:
+            by_part = [(t, sums) for (t,) in part_terms]
+            weight = rows.stacked(parts.n_rows, chunk, _WEIGHED_BY, _part_weights, by_part)
         store_attrs = {
             **settings.store_attrs(),
             "units": "metal (eV, Angstrom)",
@@ -317,19 +333,17 @@ def build_descriptor_store(
             "virial": str(virial),
             **(attrs or {}),
         }
+        coords = {k: rows.stacked(parts.n_rows, chunk, (k,), dtype=dt) for k, dt in _COORDINATES.items()}
         rows.write(
             final,
-            small["y"],
+            rows.stacked(parts.n_rows, chunk, ("y",)),
             parts.n_rows,
             settings.n_features,
-            weight=w,
-            config=small["config"],
-            kind=small["kind"],
-            atom=small["atom"],
-            component=small["component"],
-            configurations=_per_configuration(configurations, small, split, settings.elements, virial),
+            weight=weight,
+            **coords,
+            configurations=_per_configuration(configurations, summaries, split, settings.elements, virial),
             attrs=store_attrs,
-            chunk_rows=chunk_rows,
+            chunk_rows=chunk,
             overwrite=overwrite,
         )
         if not keep_parts:
@@ -337,7 +351,7 @@ def build_descriptor_store(
     return {
         "store": str(final),
         "n_configurations": len(configurations),
-        "n_rows": int(small["kind"].size),
+        "n_rows": int(sum(parts.n_rows)),
         "n_features": settings.n_features,
         "n_train_configurations": int(np.count_nonzero(split == 0)),
         "n_test_configurations": int(np.count_nonzero(split == 1)),
@@ -420,33 +434,29 @@ def _element_counts(configurations: Sequence[Configuration], elements: Sequence[
     return np.array([[c.symbols.count(e) for e in elements] for c in configurations], dtype=np.int64)
 
 
-def _weights(
-    small: dict[str, np.ndarray],
+def _weight_terms(
     configurations: Sequence[Configuration],
     elements: Sequence[str],
     split: np.ndarray,
     weights: WeightSettings | GroupWeights | str | None,
-) -> tuple[np.ndarray | None, dict[str, Any]]:
-    """Eq. 9 or per-group row weights (None for ``"none"``) and the store's ``weights`` attrs."""
+) -> tuple[RowWeightTerms | None, dict[str, Any]]:
+    """Eq. 9 or per-group weights as :class:`RowWeightTerms` (None for ``"none"``) and the
+    store's ``weights`` attrs."""
     n_atoms = np.array([c.n_atoms for c in configurations])
     if isinstance(weights, GroupWeights):
         groups = [c.group or "-" for c in configurations]
         volume = np.array([c.volume for c in configurations])
-        return weights.row_weights(small["kind"], small["config"], groups, n_atoms, volume), weights.to_attrs()
+        return weights.terms(groups, n_atoms, volume), weights.to_attrs()
     wset = None if isinstance(weights, str) else weights or WeightSettings()
     if wset is None:
         return None, {"scheme": "none"}
     counts = _element_counts(configurations, elements)
     energy = np.array([c.energy for c in configurations], dtype=float)
-    norms = [np.linalg.norm(np.asarray(c.forces), axis=1) for c in configurations]
-    offsets = np.concatenate([[0], np.cumsum(n_atoms)[:-1]])
-    flat = np.concatenate(norms)
-    kind, config, atom = small["kind"], small["config"], small["atom"]
-    force_norm = np.where(kind == 1, flat[offsets[config] + np.maximum(atom, 0)], 0.0)
+    force_norm = np.concatenate([np.linalg.norm(np.asarray(c.forces), axis=1) for c in configurations])
     train = split == SPLIT_CODES["train"]
     # no training configurations (a prediction store): normalise over all of them
     norm_over = train if train.any() else np.ones(len(configurations), dtype=bool)
-    w = paper_weights(kind, config, energy / n_atoms, n_atoms, force_norm, norm_over, wset, counts=counts)
+    terms = paper_terms(energy / n_atoms, n_atoms, force_norm, norm_over, wset, counts=counts)
     mu, mu_how = element_reference_energies(energy / n_atoms, counts, norm_over)
     attrs = {
         "scheme": "paper eq. 9",
@@ -456,24 +466,39 @@ def _weights(
         },
         **wset.to_attrs(),
     }
-    return w, attrs
+    return terms, attrs
+
+
+def _part_summary(
+    cols: dict[str, np.ndarray], terms: RowWeightTerms | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A part's share of the weights' normalisation sums, and its energy rows' configurations
+    and reference energies."""
+    kind, config = cols["kind"], cols["config"]
+    sums = np.zeros(3) if terms is None else terms.sums(kind, config, cols["atom"])
+    e_rows = kind == 0
+    return sums, config[e_rows], cols["reference"][e_rows]
+
+
+def _part_weights(cols: dict[str, np.ndarray], terms: RowWeightTerms, sums: np.ndarray) -> np.ndarray:
+    return terms.weights(cols["kind"], cols["config"], cols["atom"], sums)
 
 
 def _per_configuration(
     configurations: Sequence[Configuration],
-    small: dict[str, np.ndarray],
+    summaries: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     split: np.ndarray,
     elements: Sequence[str],
     virial: bool | str,
 ) -> dict[str, np.ndarray]:
-    """The store's per-configuration variables (names, energies, cells, composition, ...)."""
+    """The store's per-configuration variables (names, energies, cells, composition, ...);
+    ``summaries`` of the parts (:func:`_part_summary`) give the reference energies."""
     n_atoms = np.array([c.n_atoms for c in configurations])
     counts = _element_counts(configurations, elements)
     energy = np.array([c.energy for c in configurations], dtype=float)
-    kind, config = small["kind"], small["config"]
     ref_energy = np.zeros(len(configurations))
-    e_rows = kind == 0
-    ref_energy[config[e_rows]] = small["reference"][e_rows]
+    for _, config, reference in summaries:
+        ref_energy[config] = reference
     return {
         "name": np.array([c.name for c in configurations]),
         "group": np.array([c.group or "-" for c in configurations]),

@@ -38,7 +38,15 @@ import numpy as np
 from ..core.validation import InputError
 from .lammps_backend import NKTV2P
 
-__all__ = ["GroupWeights", "WeightSettings", "element_reference_energies", "fitsnap_row_scale", "paper_weights"]
+__all__ = [
+    "GroupWeights",
+    "RowWeightTerms",
+    "WeightSettings",
+    "element_reference_energies",
+    "fitsnap_row_scale",
+    "paper_terms",
+    "paper_weights",
+]
 
 
 @dataclass(frozen=True)
@@ -124,9 +132,19 @@ def paper_weights(
     (n_rows,) non-negative weights
     """
     s = settings or WeightSettings()
-    kind = np.asarray(kind)
-    config = np.asarray(config)
+    kind, config = np.asarray(kind), np.asarray(config)
     train = np.asarray(train, dtype=bool)
+    raw = _by_kind(_paper_configuration_weights(energy_per_atom, n_atoms, train, s, counts), kind, config)
+    f_rows = kind == 1
+    raw[f_rows] *= np.exp(-np.asarray(force_norm, dtype=float)[f_rows] / s.b)
+    return _normalised(kind, raw, _normalisation_sums(kind, train[config], raw))
+
+
+def _paper_configuration_weights(
+    energy_per_atom: np.ndarray, n_atoms: np.ndarray, train: np.ndarray, s: WeightSettings, counts: np.ndarray | None
+) -> np.ndarray:
+    """(n_configurations, 3) eq. 9 factors of a configuration's energy, force and virial rows
+    before normalisation (a force row is further multiplied by its atom's ``exp(-|F|/b)``)."""
     if not train.any():
         raise InputError("paper_weights: no training configurations")
     epa = np.asarray(energy_per_atom, dtype=float)
@@ -138,22 +156,111 @@ def paper_weights(
     w_cfg = np.exp(-(epa - e0) / s.a)
     if s.energy_per_atom:
         w_cfg = w_cfg / np.asarray(n_atoms, dtype=float) ** 2
-    w = np.zeros(kind.shape, dtype=float)
-    e_rows = kind == 0
-    f_rows = kind == 1
-    v_rows = kind == 2
-    w[e_rows] = w_cfg[config[e_rows]]
-    w[v_rows] = s.virial_factor * w_cfg[config[v_rows]]
-    w[f_rows] = np.exp(-np.asarray(force_norm, dtype=float)[f_rows] / s.b)
-    in_train = train[config]
-    n_e = np.count_nonzero(e_rows & in_train)
-    se = w[e_rows & in_train].sum()
-    sf = w[f_rows & in_train].sum()
+    return np.stack([w_cfg, np.ones_like(w_cfg), s.virial_factor * w_cfg], axis=1)
+
+
+def _by_kind(by_kind: np.ndarray, kind: np.ndarray, config: np.ndarray) -> np.ndarray:
+    """(n_rows,) each row's factor from its configuration's (energy, force, virial) factors."""
+    return by_kind[config, np.minimum(kind, 2)]
+
+
+def _normalisation_sums(kind: np.ndarray, in_train: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """(3,) training energy rows, and the sums of their raw weights and of the training force
+    rows' raw weights: additive over blocks of rows."""
+    e_rows, f_rows = (kind == 0) & in_train, (kind == 1) & in_train
+    return np.array([np.count_nonzero(e_rows), raw[e_rows].sum(), raw[f_rows].sum()])
+
+
+def _normalised(kind: np.ndarray, raw: np.ndarray, sums: np.ndarray) -> np.ndarray:
+    """Energy (with virial) and force weights each scaled to sum to the number of training
+    energy rows over the training rows (``sums`` from :func:`_normalisation_sums`)."""
+    n_e, se, sf = sums
+    w = raw.copy()
     if se > 0:
-        w[e_rows | v_rows] *= n_e / se
+        w[kind != 1] *= n_e / se
     if sf > 0:
-        w[f_rows] *= n_e / sf
+        w[kind == 1] *= n_e / sf
     return w
+
+
+@dataclass(frozen=True)
+class RowWeightTerms:
+    """A weighting of rows that a block of rows can apply from its own coordinates.
+
+    A row weighs its configuration's factor for its kind, times its atom's factor on a force
+    row; eq. 9 then scales energy and force weights by sums over the training rows, which are
+    additive over blocks (:meth:`sums`). :meth:`part` cuts the terms of a contiguous range of
+    configurations, so that a worker weighs its block with a few kB instead of every row.
+
+    Parameters
+    ----------
+    by_kind : (n_configurations, 3) factors of energy, force and virial rows
+    force_atom : (n_atoms_total,) factor of a force row by its atom, configurations in order;
+        None: 1
+    atom_start : (n_configurations + 1,) offset of each configuration's atoms in ``force_atom``
+    train : (n_configurations,) training configurations (the normalisation's rows)
+    normalised : scale by the training sums (eq. 9), or use the raw products (FitSNAP's groups)
+    first : the configuration index of ``by_kind``'s first row
+    """
+
+    by_kind: np.ndarray
+    force_atom: np.ndarray | None
+    atom_start: np.ndarray
+    train: np.ndarray
+    normalised: bool
+    first: int = 0
+
+    def part(self, start: int, stop: int) -> RowWeightTerms:
+        """The terms of configurations ``[start, stop)`` (row coordinates stay global)."""
+        a, b = self.atom_start[start], self.atom_start[stop]
+        return RowWeightTerms(
+            self.by_kind[start:stop],
+            None if self.force_atom is None else self.force_atom[a:b],
+            self.atom_start[start : stop + 1] - a,
+            self.train[start:stop],
+            self.normalised,
+            self.first + start,
+        )
+
+    def raw(self, kind: np.ndarray, config: np.ndarray, atom: np.ndarray) -> np.ndarray:
+        """(n_rows,) weights before normalisation of rows of these configurations."""
+        local = np.asarray(config) - self.first
+        raw = _by_kind(self.by_kind, kind, local)
+        if self.force_atom is not None:
+            f_rows = kind == 1
+            raw[f_rows] *= self.force_atom[self.atom_start[local[f_rows]] + atom[f_rows]]
+        return raw
+
+    def sums(self, kind: np.ndarray, config: np.ndarray, atom: np.ndarray) -> np.ndarray:
+        """(3,) this block's share of the normalisation sums (add them over blocks)."""
+        return _normalisation_sums(kind, self.train[np.asarray(config) - self.first], self.raw(kind, config, atom))
+
+    def weights(self, kind: np.ndarray, config: np.ndarray, atom: np.ndarray, sums: np.ndarray) -> np.ndarray:
+        """(n_rows,) the rows' weights, given the sums over every block."""
+        raw = self.raw(kind, config, atom)
+        return _normalised(kind, raw, sums) if self.normalised else raw
+
+
+def paper_terms(
+    energy_per_atom: np.ndarray,
+    n_atoms: np.ndarray,
+    force_norm: np.ndarray,
+    train: np.ndarray,
+    settings: WeightSettings | None = None,
+    counts: np.ndarray | None = None,
+) -> RowWeightTerms:
+    """The eq. 9 weights of :func:`paper_weights` as :class:`RowWeightTerms`.
+
+    Parameters
+    ----------
+    energy_per_atom, n_atoms, train, counts : (n_configurations,) as :func:`paper_weights`
+    force_norm : (sum(n_atoms),) norm of each atom's reference force, configurations in order
+    """
+    s = settings or WeightSettings()
+    train = np.asarray(train, dtype=bool)
+    by_kind = _paper_configuration_weights(energy_per_atom, n_atoms, train, s, counts)
+    start = np.concatenate([[0], np.cumsum(n_atoms)])
+    return RowWeightTerms(by_kind, np.exp(-np.asarray(force_norm, dtype=float) / s.b), start, train, True)
 
 
 @dataclass(frozen=True)
@@ -226,22 +333,19 @@ class GroupWeights:
         if unweighted:
             raise InputError(f"{self.source}: no weights for group {unweighted[0]!r} of the data")
 
-    def row_weights(
-        self, kind: np.ndarray, config: np.ndarray, groups: Sequence[str], n_atoms: np.ndarray, volume: np.ndarray
-    ) -> np.ndarray:
-        """(n_rows,) store weights ``(weight × fitsnap_row_scale)²`` of the rows.
+    def terms(self, groups: Sequence[str], n_atoms: np.ndarray, volume: np.ndarray) -> RowWeightTerms:
+        """The store weights ``(weight × fitsnap_row_scale)²`` as :class:`RowWeightTerms`.
 
         Parameters
         ----------
-        kind, config : (n_rows,) row coordinates (kind 0 energy, 1 force, 2 virial)
         groups, n_atoms, volume : (n_configurations,) group, atom count and volume (Å³)
         """
         self.check_groups(groups)
         table = {name: w for name, *w in self.table}
         per_config = np.array([table[g] for g in groups], dtype=float)  # (n_configurations, 3)
-        kind = np.asarray(kind)
-        w = per_config[np.asarray(config), np.minimum(kind, 2)]
-        return (w * fitsnap_row_scale(kind, config, n_atoms, volume)) ** 2
+        n = len(groups)
+        by_kind = (per_config * _fitsnap_scales(n_atoms, volume)) ** 2
+        return RowWeightTerms(by_kind, None, np.zeros(n + 1, dtype=np.int64), np.ones(n, dtype=bool), False)
 
     def to_attrs(self) -> dict[str, Any]:
         return {
@@ -268,9 +372,10 @@ def fitsnap_row_scale(kind: np.ndarray, config: np.ndarray, n_atoms: np.ndarray,
     kind, config : (n_rows,) row coordinates
     n_atoms, volume : (n_configurations,) atom counts and volumes (Å³)
     """
-    kind, config = np.asarray(kind), np.asarray(config)
-    scale = np.ones(kind.shape)
-    e, v = kind == 0, kind == 2
-    scale[e] = 1.0 / np.asarray(n_atoms, dtype=float)[config[e]]
-    scale[v] = NKTV2P / np.asarray(volume, dtype=float)[config[v]]
-    return scale
+    return _by_kind(_fitsnap_scales(n_atoms, volume), np.asarray(kind), np.asarray(config))
+
+
+def _fitsnap_scales(n_atoms: np.ndarray, volume: np.ndarray) -> np.ndarray:
+    """(n_configurations, 3) :func:`fitsnap_row_scale` of energy, force and virial rows."""
+    n = np.asarray(n_atoms, dtype=float)
+    return np.stack([1.0 / n, np.ones_like(n), NKTV2P / np.asarray(volume, dtype=float)], axis=1)

@@ -209,8 +209,7 @@ def build_store(
     }
     store_attrs = _store_attrs(extractor, description, elements, int(n_cols), cols, per_atom, batch_size, attrs)
     with atomic_group(path, overwrite=overwrite) as staging:  # build_seconds is in before it is complete
-        store = dict(configurations=configurations, attrs=store_attrs, chunk_rows=chunk_rows)
-        parts.write(staging, y, sizes, int(n_cols), dtype, **store)
+        parts.write(staging, y, sizes, int(n_cols), dtype, chunk_rows, configurations=configurations, attrs=store_attrs)
         import zarr
 
         zarr.open_group(str(staging), mode="r+").attrs["build_seconds"] = time.perf_counter() - t_start

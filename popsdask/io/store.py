@@ -49,6 +49,7 @@ __all__ = [
     "InputError",
     "open_store",
     "write_store",
+    "store_chunk_rows",
     "atomic_directory",
     "atomic_group",
     "mark_complete",
@@ -465,7 +466,7 @@ def write_store(
         raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
     X, (n, p) = _design_shape(X)
     dtype = np.float32 if getattr(X, "dtype", None) == np.float32 else np.float64
-    chunk_rows = _chunk_rows(chunk_rows, n, p, dtype)
+    chunk_rows = store_chunk_rows(chunk_rows, n, p, dtype)
     data_vars = _row_variables(final, X, y, weight, dtype, chunk_rows)
     coords = _row_coordinates(n, chunk_rows, config=config, kind=kind, atom=atom, component=component)
     ds = xr.Dataset(data_vars, coords=coords)
@@ -498,7 +499,9 @@ def _design_shape(X: Any) -> tuple[Any, tuple[int, int]]:
     return X, (n, p)
 
 
-def _chunk_rows(chunk_rows: Any, n: int, p: int, dtype: Any) -> int:
+def store_chunk_rows(chunk_rows: Any, n: int, p: int, dtype: Any = np.float64) -> int:
+    """The rows per chunk :func:`write_store` writes ``n`` rows of ``p`` features in: ``chunk_rows``
+    (checked), else :func:`default_chunk_rows`, at most ``n``."""
     if chunk_rows is None:
         chunk_rows = default_chunk_rows(p, np.dtype(dtype).itemsize)
     elif isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:

@@ -16,7 +16,7 @@ from popsdask.atomistic.descriptor_store import build_descriptor_store, compute_
 from popsdask.atomistic.descriptors.snap import SnapSettings, snap_rows  # noqa: E402
 from popsdask.atomistic.pointwise import pointwise_report  # noqa: E402
 from popsdask.atomistic.split import select_split, split_configurations  # noqa: E402
-from popsdask.atomistic.weights import WeightSettings, paper_weights  # noqa: E402
+from popsdask.atomistic.weights import WeightSettings, paper_terms, paper_weights  # noqa: E402
 from popsdask.engine.estimator import fit  # noqa: E402
 from tests.conftest import SHARED  # noqa: E402
 
@@ -113,6 +113,16 @@ def test_paper_weights_formula() -> None:
     assert w[[0, 4]].sum() == pytest.approx(w[[1, 2, 3, 5, 6, 7]].sum()) == pytest.approx(2.0)
     w2 = paper_weights(kind, config, epa, np.array([1, 2, 1]), fnorm, train)
     assert w2[4] / w2[0] == pytest.approx(np.exp(-0.5) / 4)  # per-atom energy residual
+    # the same weights block by block (as a store build weighs its parts on the workers)
+    terms = paper_terms(epa, n_atoms, np.array([0.0, 50.0, 100.0]), train)
+    atom = np.where(kind == 1, 0, -1)
+    blocks = [slice(0, 8), slice(8, 12)]  # configurations [0, 2) and [2, 3)
+    parts = [terms.part(0, 2), terms.part(2, 3)]
+    sums = sum(t.sums(kind[b], config[b], atom[b]) for t, b in zip(parts, blocks, strict=True))
+    blockwise = np.concatenate(
+        [t.weights(kind[b], config[b], atom[b], sums) for t, b in zip(parts, blocks, strict=True)]
+    )
+    np.testing.assert_allclose(blockwise, w, rtol=1e-15)
 
 
 def test_lammps_instance_reused_per_worker(dft_store, local_client) -> None:

@@ -159,8 +159,11 @@ def test_group_weights_table(tmp_path) -> None:
     assert gw.table == (("A", 100.0, 1.0, 1e-8), ("B", 1.0, 2.0, 0.0))
     # energy row of a 4-atom configuration of A, its force, a virial row of B (volume 10)
     kind, config = np.array([0, 1, 2]), np.array([0, 0, 1])
-    w = gw.row_weights(kind, config, ["A", "B"], np.array([4, 2]), np.array([5.0, 10.0]))
+    terms = gw.terms(["A", "B"], np.array([4, 2]), np.array([5.0, 10.0]))
+    w = terms.raw(kind, config, np.array([-1, 0, -1]))
     np.testing.assert_allclose(w, [(100 / 4) ** 2, 1.0, 0.0])
+    # a block of the second configuration alone weighs its rows the same
+    np.testing.assert_array_equal(terms.part(1, 2).weights(kind[2:], config[2:], np.array([-1]), np.zeros(3)), w[2:])
     with pytest.raises(InputError, match=r"group 'A' is not in the data"):
         gw.check_groups(["B"])
     with pytest.raises(InputError, match=r"no weights for group 'C'"):

@@ -122,3 +122,11 @@ def test_select_refuses_bad_input(files, tmp_path, capsys, case, message) -> Non
     else:
         assert not out.exists() and not (tmp_path / "picks.csv").exists()
     assert open_store(files["store"]).sizes["configuration"] == 30  # inputs untouched
+
+
+def test_rows_choices_are_the_apis() -> None:
+    """``--rows`` spells its choices out (so that ``--help`` imports no numpy): they must stay the API's."""
+    from popsdask.atomistic.selection import ROW_KINDS
+    from popsdask.cli import select
+
+    assert select.ROW_KINDS == ROW_KINDS
