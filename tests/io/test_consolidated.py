@@ -56,3 +56,15 @@ def test_checkpoint_groups_are_consolidated_without_a_warning(tmp_path):
         fit(tmp_path / "s.zarr", checkpoint=tmp_path / "ck")
     assert not [w for w in caught if "Zarr" in str(w.message)], [str(w.message) for w in caught]
     assert any((tmp_path / "ck").iterdir())
+
+
+def test_string_variables_are_written_without_a_warning(tmp_path):
+    """Names and groups are fixed-length strings, which zarr 3 warns about on every write: a
+    user building a store sees no such warning."""
+    X, y, _ = misspecified(40, 3, seed=9)
+    names = np.array([f"config-{i}" for i in range(40)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        write_store(tmp_path / "s.zarr", X, y, configurations={"name": names}, chunk_rows=16)
+    assert not [w for w in caught if "Zarr" in str(w.message)], [str(w.message) for w in caught]
+    _assert_same_as_unconsolidated(tmp_path / "s.zarr")
