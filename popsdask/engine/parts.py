@@ -155,7 +155,7 @@ class Parts:
         -------
         dask array of shape (sum(n_rows),) or (sum(n_rows), width)
         """
-        names = tuple(names)
+        names = tuple(names) if func is not None else tuple(names)[:1]  # a column alone: read only it
         args = args if args is not None else [()] * len(self.handles)
         chunks = []
         for pieces in _chunk_pieces(n_rows, chunk_rows):
