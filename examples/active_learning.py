@@ -2,10 +2,12 @@
 next labels by the posterior's band, against random picks from the same MD pools.
 
     python examples/active_learning.py --outdir active-learning
-    python examples/active_learning.py --outdir active-learning-forces --select energy,forces
+    python examples/active_learning.py --outdir al-budgets --select energy,forces,forces:4,random:4 --random-seeds 6
 
-``--select`` lists the UQ arms by the rows they select on (energy, forces, both; the first one's
-student runs the MD); the random arm is always there.
+``--select`` lists the arms by what they select on (energy, forces or both rows, or random; the
+first one's student runs the MD), each optionally with ``:N`` picks per round instead of
+``--labels-per-round``; the random arm is always there, and ``--random-seeds K`` runs K random arms
+with their own seeds.
 
 Writes ``OUTDIR/round-KK/`` per round (pool, picks and posterior of each arm, ``state.json``),
 ``OUTDIR/summary.json``, ``OUTDIR/tables.md`` and ``OUTDIR/learning_curves.png``; rerunning the
@@ -26,13 +28,9 @@ from pathlib import Path
 from popsdask import InputError
 from popsdask.demo.active_learning import LoopSettings, run_active_learning
 
-#: each arm's label and line style in the figure
-ARMS = {
-    "uq": ("UQ, energy rows", "o-"),
-    "uq_forces": ("UQ, force rows", "^-"),
-    "uq_both": ("UQ, energy + force rows", "v-"),
-    "random": ("random", "s--"),
-}
+#: the arms' labels in the figure, by what they select on
+KIND_LABELS = {"uq": "UQ, energy rows", "uq_forces": "UQ, force rows", "uq_both": "UQ, energy + force rows"}
+KIND_LABELS["random"] = "random"
 #: held-out metrics of the figure and the table: (key, label, scale to the table's unit)
 COLUMNS = (
     ("force_mae", "force MAE (eV/Å)", 1.0),
@@ -42,34 +40,58 @@ COLUMNS = (
 )
 
 
-def figure(curves: dict, path: Path) -> None:
+def is_seed(arm: str) -> bool:
+    """A random arm at the loop's labels per round (``random``, ``random_seed2``, ...)."""
+    return arm == "random" or arm.startswith("random_seed")
+
+
+def label(arm: str, per_round: int) -> str:
+    """``uq_forces_4per`` -> "UQ, force rows, 4 per round"; ``random_seed3`` -> "random, seed 3"."""
+    if arm.startswith("random_seed"):
+        return f"random, seed {arm.removeprefix('random_seed')}"
+    base, _, n = arm.rpartition("_") if arm.endswith("per") else (arm, "", f"{per_round}per")
+    return f"{KIND_LABELS[base]}, {n.removesuffix('per')} per round"
+
+
+def figure(curves: dict, per_round: int, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    for ax, (key, label, scale) in zip(axes, COLUMNS[:3], strict=True):
-        for arm in (a for a in ARMS if a in curves):
-            xs = [c["labels_added"] for c in curves[arm]]
-            ax.plot(xs, [scale * c[key] for c in curves[arm]], ARMS[arm][1], label=ARMS[arm][0])
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.0))
+    markers = iter("o^vDPX*")
+    styles = {a: ("-", next(markers)) for a in curves if not is_seed(a)}
+    for ax, (key, name, scale) in zip(axes, COLUMNS[:3], strict=True):
+        for arm, curve in curves.items():
+            xs = [c["labels_added"] for c in curve]
+            ys = [scale * c[key] for c in curve]
+            if arm == "random":
+                ax.plot(xs, ys, "s--", color="k", label="random")
+            elif is_seed(arm):  # other seeds: thin, one legend entry
+                ax.plot(
+                    xs, ys, "-", color="0.6", lw=0.8, label="random, other seeds" if arm == "random_seed2" else None
+                )
+            else:
+                ax.plot(xs, ys, styles[arm][0], marker=styles[arm][1], label=label(arm, per_round))
         ax.set_xlabel("labels added (configurations)")
-        ax.set_ylabel(label)
+        ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def table(curves: dict) -> str:
-    """One row per round: each held-out metric of every arm (in :data:`ARMS` order)."""
-    arms = [a for a in ARMS if a in curves]
-    head = "| labels added | " + " | ".join(f"{label} {a}" for _, label, _ in COLUMNS for a in arms) + " |"
-    lines = [head, "|" + "---:|" * (1 + len(arms) * len(COLUMNS))]
+def table(curves: dict, key: str, name: str, scale: float) -> str:
+    """One row per round: ``key`` of every arm, with the labels each has added by then."""
+    arms = list(curves)
+    head = f"| round | labels added | {name}: " + " | ".join(arms) + " |"
+    lines = [head, "|---:|---|" + "---:|" * len(arms)]
     for rnd in zip(*(curves[a] for a in arms), strict=True):
-        cells = [f"{s * c[k]:.4g}" for k, _, s in COLUMNS for c in rnd]
-        lines.append(f"| {rnd[0]['labels_added']} | " + " | ".join(cells) + " |")
+        labels = sorted({c["labels_added"] for c in rnd}, reverse=True)
+        cells = [f"{scale * c[key]:.4g}" for c in rnd]
+        lines.append(f"| {rnd[0]['round']} | {' / '.join(map(str, labels))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -78,10 +100,10 @@ def groups_table(curves: dict) -> str:
     from popsdask.demo.active_learning import HELD_OUT_GROUPS
 
     lines = ["| arm | labels | " + " | ".join(HELD_OUT_GROUPS) + " |", "|---|---:|" + "---:|" * len(HELD_OUT_GROUPS)]
-    rows = [("start (no labels)", curves["random"][0])] + [(a, curves[a][-1]) for a in ARMS if a in curves]
-    for name, c in rows:
+    rows = [("start (no labels)", curves["random"][0])] + [(a, c[-1]) for a, c in curves.items()]
+    for arm, c in rows:
         cells = " | ".join(f"{c[f'force_mae_{g}']:.4f}" for g in HELD_OUT_GROUPS)
-        lines.append(f"| {name} | {c['labels_added']} | {cells} |")
+        lines.append(f"| {arm} | {c['labels_added']} | {cells} |")
     return "\n".join(lines)
 
 
@@ -114,8 +136,9 @@ def main() -> None:
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    figure(res["curves"], out / "learning_curves.png")
-    text = table(res["curves"]) + "\n\n" + groups_table(res["curves"]) + "\n\n" + runs_table(res["runs"]) + "\n"
+    figure(res["curves"], loop.labels_per_round, out / "learning_curves.png")
+    tables = [table(res["curves"], *column) for column in COLUMNS]
+    text = "\n\n".join([*tables, groups_table(res["curves"]), runs_table(res["runs"])]) + "\n"
     (out / "tables.md").write_text(text)
     print(text)
     print(json.dumps({"targets": res["targets"], "seconds": round(time.perf_counter() - t0, 1)}, indent=1))

