@@ -125,10 +125,10 @@ class LoopSettings:
     #: ``random``, ``random_seed2``, ...
     random_seeds: int = 1
 
-    def uq_arms(self) -> list[tuple[str, int]]:
+    def listed_arms(self) -> list[tuple[str, int]]:
         """The listed arms' (kind, picks per round), in order; an InputError for an unknown
         or repeated one, or a count that is not a whole number from 1 to ``labels_per_round``."""
-        arms = []
+        arms: list[tuple[str, int]] = []
         for spec in self.select.split(","):
             kind, colon, n = spec.strip().partition(":")
             if kind not in ARM_KINDS or (colon and not (n.isdigit() and 1 <= int(n) <= self.labels_per_round)):
@@ -146,7 +146,7 @@ class LoopSettings:
 
     def arm_names(self) -> list[str]:
         """Every arm's name: the first listed arm's, the random arms', then the other listed arms'."""
-        uq = [ARM_NAMES[k] + ("" if n == self.labels_per_round else f"_{n}per") for k, n in self.uq_arms()]
+        uq = [ARM_NAMES[k] + ("" if n == self.labels_per_round else f"_{n}per") for k, n in self.listed_arms()]
         if "random" in uq:
             raise InputError(f"select={self.select!r}: the random arm is always there; list random only as random:N")
         return [uq[0], *random_arms(self.random_seeds), *uq[1:]]
@@ -608,7 +608,7 @@ def run_active_learning(
     dict with ``settings``, ``curves`` (per arm, per round: labels added and the held-out
     metrics) and ``runs`` (per MD run: stop and first-event steps).
     """
-    kinds = loop.uq_arms()
+    kinds = loop.listed_arms()
     names = loop.arm_names()
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)

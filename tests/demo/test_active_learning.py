@@ -140,7 +140,7 @@ def test_one_tiny_round_resumes(tmp_path) -> None:
 
 def test_unknown_selection_rows_are_refused(tmp_path) -> None:
     loop = LoopSettings(select="energy, forces:4,forces,random:4", random_seeds=3)
-    assert loop.uq_arms() == [("energy", 8), ("forces", 4), ("forces", 8), ("random", 4)]
+    assert loop.listed_arms() == [("energy", 8), ("forces", 4), ("forces", 8), ("random", 4)]
     names = ["uq", "random", "random_seed2", "random_seed3", "uq_forces_4per", "uq_forces", "random_4per"]
     assert loop.arm_names() == names
     for bad in ("stress", "energy,energy", "", "energy,energy:8", "forces:0", "forces:9", "forces:x", "forces:"):
