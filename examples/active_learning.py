@@ -30,7 +30,7 @@ from popsdask.demo.active_learning import LoopSettings, run_active_learning
 
 #: the arms' labels in the figure, by what they select on
 KIND_LABELS = {"uq": "UQ, energy rows", "uq_forces": "UQ, force rows", "uq_both": "UQ, energy + force rows"}
-KIND_LABELS["random"] = "random"
+KIND_LABELS.update({f"{k}_variance": f"{v}, pool variance" for k, v in KIND_LABELS.items()}, random="random")
 #: held-out metrics of the figure and the table: (key, label, scale to the table's unit)
 COLUMNS = (
     ("force_mae", "force MAE (eV/Å)", 1.0),

@@ -46,6 +46,15 @@ A, so no restart is needed; near-copies of a pick gain little because A already 
 directions. B uses the calibration's force ``std_scale`` (its energy one for ``"energy"``).
 The ``selection_score`` is then gain_c, in nats, not a variance.
 
+**Pool variance** (``criterion="variance"``). Both greedies above reward the information a
+label gives about θ in any direction, so an outlier that pins a direction down outranks a frame
+like many others. The alternative picks, each step, the configuration whose labelled rows lower
+the *pool's* summed predictive variance of the same rows most (:func:`greedy_block_variance`,
+expected variance reduction): the pool stands for where the potential will be used. It works on
+the same whitened blocks (one row per configuration with ``rows="energy"``, σ the noise of an
+energy row per atom) and its ``selection_score`` is the share of the pool's variance before any
+pick that the pick removes.
+
 Everything is deterministic given the posterior's members (``n_samples``, ``method``, ``seed``,
 as ``popsdask predict``): ties go to the first configuration of the pool.
 
@@ -78,8 +87,10 @@ __all__ = [
     "POOL_SUFFIXES",
     "Selection",
     "check_pool_descriptor",
-    "force_blocks",
     "ROW_KINDS",
+    "CRITERIA",
+    "greedy_block_variance",
+    "selection_blocks",
     "greedy_block_determinant",
     "greedy_max_determinant",
     "pool_energy_rows",
@@ -99,6 +110,10 @@ POOL_SUFFIXES = (*DIRECTORY_SUFFIXES, ".dump", ".lammpstrj")
 
 #: the rows a configuration contributes to the selection (``rows=``, ``popsdask select --rows``)
 ROW_KINDS = ("energy", "forces", "both")
+
+#: how a batch is chosen (``criterion=``, ``popsdask select --criterion``): the information its
+#: labels give (greedy determinants), or how much they lower the pool's predictive variance
+CRITERIA = ("information", "variance")
 
 #: what each picked configuration's ``info`` (or the store table) receives
 BAND_KEYS = (
@@ -121,7 +136,8 @@ class Selection:
     ----------
     index : (n,) pool positions of the picks, in pick order
     score : (n,) with energy rows, √(conditional predictive variance) per atom at each pick
-        (eV/atom); with force rows, the log-determinant gain of each pick (nats)
+        (eV/atom); with force rows, the log-determinant gain of each pick (nats); with
+        ``criterion="variance"``, the share of the pool's predictive variance each pick removes
     bands : (n,) arrays of the picks' bands per atom, as ``popsdask predict --per-atom`` gives
         them: ``mle``, ``std``, ``min``, ``max`` (calibrated when the posterior is), ``support``
     """
@@ -201,23 +217,15 @@ def greedy_block_determinant(blocks: Sequence[np.ndarray], n: int) -> tuple[np.n
     gain : (n,) log det(I + V_c A⁻¹ V_cᵀ) of each pick when it was picked, A = I + Σ of the earlier
         picks' V_pᵀV_p (nats; their sum is the log det of the picked set)
     """
-    M = len(blocks)
-    if not 1 <= n <= M:
-        raise InputError(f"n={n}: pick between 1 and the pool's {M} configurations")
-    d = np.shape(blocks[0])[1]
-    m = max(np.shape(b)[0] for b in blocks)
-    # zero rows pad every block to m: they add log(1 + 0) to a gain. One (M, m, d) array, so each
-    # pick is a few large BLAS calls, not M small factorisations (which threaded BLAS on a busy
-    # machine ran ~100x slower)
-    V = np.zeros((M, m, d))
-    for c, b in enumerate(blocks):
-        V[c, : np.shape(b)[0]] = b
+    V = _padded(blocks, n)
+    M, m, d = V.shape
     A = np.eye(d)
     picked = np.zeros(M, dtype=bool)
     index, gain = np.empty(n, dtype=np.int64), np.empty(n)
     for k in range(n):
         # W_c = V_c L⁻ᵀ with A = LLᵀ: gain_c = log det(I + W_cW_cᵀ) = log det(I + W_cᵀW_c), the smaller side
-        W = (V.reshape(-1, d) @ np.linalg.inv(np.linalg.cholesky(A)).T).reshape(M, m, d)
+        L_inv = np.linalg.inv(np.linalg.cholesky(A))
+        W = (V.reshape(-1, d) @ L_inv.T).reshape(M, m, d)
         H = W @ W.transpose(0, 2, 1) if m <= d else W.transpose(0, 2, 1) @ W
         H[:, np.arange(H.shape[1]), np.arange(H.shape[1])] += 1.0
         gains = 2.0 * np.log(np.diagonal(np.linalg.cholesky(H), axis1=1, axis2=2)).sum(axis=1)
@@ -226,6 +234,83 @@ def greedy_block_determinant(blocks: Sequence[np.ndarray], n: int) -> tuple[np.n
         index[k], gain[k], picked[i] = i, gains[i], True
         A += V[i].T @ V[i]
     return index, gain
+
+
+def greedy_block_variance(
+    blocks: Sequence[np.ndarray], n: int, reference: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy minimisation of the pool's summed predictive variance after labelling ``n`` blocks.
+
+    With z ~ N(0, I) a priori and block c's rows V_c z observed with unit noise, the covariance of
+    z after the picks S is S_S = (I + Σ_{c∈S} V_cᵀV_c)⁻¹, and the summed predictive variance of
+    the reference rows is tr(Q S_S). Each step picks the block that lowers it most,
+
+        reduction_c = tr(Q (S - S')) = tr((I + W_cW_cᵀ)⁻¹ W_c Q̃ W_cᵀ),
+
+    W_c = V_c L⁻ᵀ and Q̃ = L⁻¹QL⁻ᵀ with LLᵀ = I + Σ of the earlier picks' V_pᵀV_p (the d × d form
+    tr(Q̃ H(I + H)⁻¹), H = W_cᵀW_c, when blocks are taller than d). This is expected variance
+    reduction (Cohn's ALC; transductive experimental design): where the log-determinant gain
+    rewards any direction a block pins down, this rewards the directions the reference rows use,
+    so a block like many others in the pool outranks an outlier of the same information.
+
+    Parameters
+    ----------
+    blocks : M arrays (m_c, d), candidate c's whitened rows V_c (any m_c ≥ 0, one d)
+    n : picks, 1 ≤ n ≤ M
+    reference : (d, d) Q, the reference rows' Σ vᵀv; default the blocks' own, Σ_c V_cᵀV_c (the
+        pool is where the potential will be used)
+
+    Returns
+    -------
+    index : (n,) picked blocks in pick order (ties: the first block)
+    reduction : (n,) each pick's reduction of tr(Q S) when it was picked, as a fraction of tr(Q)
+        (the variance before any pick; the reductions sum to the picked set's)
+    """
+    V = _padded(blocks, n)
+    M, m, d = V.shape
+    Q = np.einsum("cmi,cmj->ij", V, V) if reference is None else np.asarray(reference, dtype=np.float64)
+    if Q.shape != (d, d):
+        raise InputError(f"reference: shape {Q.shape}, expected ({d}, {d})")
+    total = float(np.trace(Q))
+    A = np.eye(d)
+    picked = np.zeros(M, dtype=bool)
+    index, reduction = np.empty(n, dtype=np.int64), np.empty(n)
+    for k in range(n):
+        L_inv = np.linalg.inv(np.linalg.cholesky(A))
+        W = (V.reshape(-1, d) @ L_inv.T).reshape(M, m, d)
+        Qt = L_inv @ Q @ L_inv.T
+        if m <= d:
+            G = W @ W.transpose(0, 2, 1)
+            G[:, np.arange(m), np.arange(m)] += 1.0
+            R = W @ Qt @ W.transpose(0, 2, 1)
+            cut = np.trace(np.linalg.solve(G, R), axis1=1, axis2=2)
+        else:
+            H = W.transpose(0, 2, 1) @ W
+            G = H.copy()
+            G[:, np.arange(d), np.arange(d)] += 1.0
+            cut = np.einsum("ij,cji->c", Qt, H @ np.linalg.inv(G))
+        cut[picked] = -np.inf
+        i = int(np.argmax(cut))
+        index[k], reduction[k], picked[i] = i, cut[i] / total if total > 0 else 0.0, True
+        A += V[i].T @ V[i]
+    return index, reduction
+
+
+def _padded(blocks: Sequence[np.ndarray], n: int) -> np.ndarray:
+    """(M, m, d) the M blocks zero-padded to the tallest one's m rows, after checking 1 ≤ n ≤ M.
+
+    Zero rows add nothing to a log-determinant gain or a variance reduction. One array, so each
+    pick is a few large BLAS calls, not M small factorisations (which threaded BLAS on a busy
+    machine ran ~100x slower)."""
+    M = len(blocks)
+    if not 1 <= n <= M:
+        raise InputError(f"n={n}: pick between 1 and the pool's {M} configurations")
+    d = np.shape(blocks[0])[1]
+    m = max(np.shape(b)[0] for b in blocks)
+    V = np.zeros((M, m, d))
+    for c, b in enumerate(blocks):
+        V[c, : np.shape(b)[0]] = b
+    return V
 
 
 def selection_factor(
@@ -245,10 +330,13 @@ def selection_factor(
     return v[:, keep] * np.sqrt(w[keep])
 
 
-def _check_rows(rows: str, noise: float | None) -> None:
-    """An InputError for a ``rows`` not in :data:`ROW_KINDS` or a given ``noise`` not above 0."""
+def _check_rows(rows: str, noise: float | None, criterion: str = "information") -> None:
+    """An InputError for a ``rows`` not in :data:`ROW_KINDS`, a ``criterion`` not in
+    :data:`CRITERIA` or a given ``noise`` not above 0."""
     if rows not in ROW_KINDS:
         raise InputError(f"rows={rows!r}: use one of {', '.join(ROW_KINDS)}")
+    if criterion not in CRITERIA:
+        raise InputError(f"criterion={criterion!r}: use one of {', '.join(CRITERIA)}")
     if noise is not None and not (np.isfinite(noise) and noise > 0):
         raise InputError(f"noise={noise}: must be a number > 0")
 
@@ -265,6 +353,7 @@ def select_rows(
     rows: str = "energy",
     force_rows: Sequence[np.ndarray] | None = None,
     noise: float | None = None,
+    criterion: str = "information",
 ) -> Selection:
     """Pick ``n`` of the configurations whose per-atom energy rows are ``X`` (M, P; the intercept
     column included when the posterior has one), as the module docstring describes; the bands of
@@ -278,27 +367,31 @@ def select_rows(
         log-determinant gain)
     force_rows : with ``rows`` ``"forces"``/``"both"``, M arrays (3N_c, P) of force design rows
         (:func:`pool_force_rows`)
-    noise : with force rows, the noise std σ of a labelled row (eV/Å; the per-atom energy row's
-        in eV/atom); default 1/√α
+    noise : with force rows or ``criterion="variance"``, the noise std σ of a labelled row (eV/Å;
+        the per-atom energy row's in eV/atom); default 1/√α
+    criterion : :data:`CRITERIA`: ``"information"`` (the greedy determinants above) or
+        ``"variance"`` (:func:`greedy_block_variance`: the picks that lower the pool's summed
+        predictive variance of the same rows most)
     """
-    _check_rows(rows, noise)
+    _check_rows(rows, noise, criterion)
     X = np.atleast_2d(np.asarray(X, dtype=np.float64))
     if X.shape[1] != posterior.n_features:
         raise InputError(
             f"pool rows have {X.shape[1]} columns, but the posterior has {posterior.n_features} parameters"
         )
     band = LinearBand.from_posterior(posterior, n_samples=n_samples, method=method, seed=seed)
-    if rows == "energy":
+    if rows == "energy" and criterion == "information":
         index, score = greedy_max_determinant(X @ selection_factor(posterior, band, support_weight), n)
     else:
-        blocks = force_blocks(posterior, band, X, force_rows, rows, noise=noise, support_weight=support_weight)
-        index, score = greedy_block_determinant(blocks, n)
+        blocks = selection_blocks(posterior, band, X, force_rows, rows, noise=noise, support_weight=support_weight)
+        greedy = greedy_block_determinant if criterion == "information" else greedy_block_variance
+        index, score = greedy(blocks, n)
     # per-atom rows: predict --per-atom counts each as one atom for the calibration's offsets
     bands = band(X[index], np.full(index.size, KIND_CODES["energy"]), 1.0)
     return Selection(index=index, score=score, bands={k: bands[k] for k in ("mle", "std", "min", "max", "support")})
 
 
-def force_blocks(
+def selection_blocks(
     posterior: Posterior,
     band: LinearBand,
     X: np.ndarray,
@@ -309,13 +402,17 @@ def force_blocks(
     support_weight: float = 1.0,
 ) -> list[np.ndarray]:
     """M whitened blocks V_c = [x̂_c;] F_c B / σ (the module docstring): (3N_c [+ 1], d) each, the
-    per-atom energy row x̂_c (``X``'s row c) first when ``rows == "both"``."""
-    if force_rows is None or len(force_rows) != X.shape[0]:
-        got = "none" if force_rows is None else len(force_rows)
-        raise InputError(f"rows={rows!r}: force rows of each of the {X.shape[0]} configurations are needed (got {got})")
+    per-atom energy row x̂_c (``X``'s row c) first when ``rows == "both"``; with ``rows == "energy"``
+    the (1, d) block x̂_c B / σ, B from the energy ``std_scale``."""
     sigma = 1.0 / np.sqrt(posterior.alpha_) if noise is None else float(noise)
     if not (np.isfinite(sigma) and sigma > 0):
         raise InputError(f"noise={noise}: must be a number > 0")
+    if rows == "energy":
+        V = X @ (selection_factor(posterior, band, support_weight) / sigma)
+        return [V[c : c + 1] for c in range(V.shape[0])]
+    if force_rows is None or len(force_rows) != X.shape[0]:
+        got = "none" if force_rows is None else len(force_rows)
+        raise InputError(f"rows={rows!r}: force rows of each of the {X.shape[0]} configurations are needed (got {got})")
     B = selection_factor(posterior, band, support_weight, kind="force") / sigma
     out = []
     for c, F in enumerate(force_rows):
@@ -492,6 +589,7 @@ def select_configurations(
     support_weight: float = 1.0,
     rows: str = "energy",
     noise: float | None = None,
+    criterion: str = "information",
 ) -> list[Configuration]:
     """The ``n`` configurations of ``configurations`` most worth labelling (module docstring).
 
@@ -503,8 +601,9 @@ def select_configurations(
     backend : the posterior's descriptor; default :func:`posterior_backend` (its fitted store)
     seed, n_samples, method : the posterior's members, as ``popsdask predict``'s
     support_weight : β, the weight of the epistemic covariance (support score) beside the band
-    rows, noise : what each configuration contributes and the noise std of a labelled row
-        (:func:`select_rows`); ``"forces"`` and ``"both"`` compute each configuration's force rows
+    rows, noise, criterion : what each configuration contributes, the noise std of a labelled row
+        and how the batch is chosen (:func:`select_rows`); ``"forces"`` and ``"both"`` compute
+        each configuration's force rows
 
     Returns
     -------
@@ -514,7 +613,7 @@ def select_configurations(
     """
     if not 1 <= n <= len(configurations):
         raise InputError(f"n={n}: pick between 1 and the pool's {len(configurations)} configurations")
-    _check_rows(rows, noise)  # before any descriptor is computed
+    _check_rows(rows, noise, criterion)  # before any descriptor is computed
     if backend is None:
         backend = posterior_backend(posterior)
     else:
@@ -525,7 +624,7 @@ def select_configurations(
     F = None if rows == "energy" else pool_force_rows(configurations, backend, fit_intercept=intercept)
     sel = select_rows(
         posterior, X, n, seed=seed, n_samples=n_samples, method=method, support_weight=support_weight,
-        rows=rows, force_rows=F, noise=noise,
+        rows=rows, force_rows=F, noise=noise, criterion=criterion,
     )  # fmt: skip
     picks = [configurations[int(i)] for i in sel.index]
     return [
@@ -550,6 +649,7 @@ def select_from_store(
     support_weight: float = 1.0,
     rows: str = "energy",
     noise: float | None = None,
+    criterion: str = "information",
 ) -> dict[str, np.ndarray]:
     """The ``n`` configurations of a descriptor store most worth labelling, as a table: (n,)
     columns by name (``pandas.DataFrame(table)`` makes it a data frame).
@@ -557,12 +657,12 @@ def select_from_store(
     A store records each configuration's design rows, name, source and atom count, not its
     positions: the table holds ``configuration`` (its index in the store), ``name``, ``source``
     (when recorded), ``n_atoms`` and :data:`BAND_KEYS`, one row per pick in pick order. Refused
-    when the store's descriptor is not the posterior's. ``rows``/``noise`` as :func:`select_rows`
-    (force rows: the store's, by configuration).
+    when the store's descriptor is not the posterior's. ``rows``, ``noise`` and ``criterion`` as
+    :func:`select_rows` (force rows: the store's, by configuration).
     """
     from ..io.store import open_store
 
-    _check_rows(rows, noise)
+    _check_rows(rows, noise, criterion)
     ds = open_store(store, require_y=False)
     names = ds["feature_name"].values.tolist() if "feature_name" in ds.coords else ds.attrs.get("feature_names")
     check_pool_descriptor(posterior, ds.sizes["feature"], names, str(store))
@@ -593,7 +693,7 @@ def select_from_store(
         F = [XF[order[a:b]] for a, b in zip(*bounds, strict=True)]
     sel = select_rows(
         posterior, X, n, seed=seed, n_samples=n_samples, method=method, support_weight=support_weight,
-        rows=rows, force_rows=F, noise=noise,
+        rows=rows, force_rows=F, noise=noise, criterion=criterion,
     )  # fmt: skip
     picked = config[sel.index]
     table: dict[str, np.ndarray] = {"configuration": picked}

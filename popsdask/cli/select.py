@@ -13,7 +13,8 @@ DESCRIPTION = (
     "Pick N configurations of POOL by the posterior's predictive variance of their energy per atom (the "
     "members' band plus the support score's epistemic part), greedily maximising the picked set's joint "
     "variance so that near-copies of one event do not fill the batch; with --rows forces (or both), by the "
-    "information gain of each configuration's force rows (block D-optimal: greedy log-determinant). POOL is "
+    "information gain of each configuration's force rows (block D-optimal: greedy log-determinant); with "
+    "--criterion variance, by how much each pick lowers the pool's summed predictive variance. POOL is "
     "configurations (extxyz, a "
     "LAMMPS text dump, any file ASE reads, directories of them; labels not needed) or a descriptor store. "
     "Configurations are written to OUTPUT (.extxyz/.xyz) with their bands in each frame's info; a store "
@@ -24,6 +25,8 @@ TABLE_SUFFIXES = (".csv",)
 FRAME_SUFFIXES = (".extxyz", ".xyz")
 #: ``--rows`` (popsdask.atomistic.selection.ROW_KINDS; spelt out so that --help imports no numpy)
 ROW_KINDS = ("energy", "forces", "both")
+#: ``--criterion`` (popsdask.atomistic.selection.CRITERIA)
+CRITERIA = ("information", "variance")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,11 +54,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "rows, or both (greedy log-determinant gain of the picked set's rows)",
     )
     p.add_argument(
+        "--criterion",
+        choices=CRITERIA,
+        default="information",
+        help="information: the labels' information gain (greedy determinants); variance: the largest cut in the "
+        "pool's summed predictive variance of the same rows (picks like much of the pool over outliers)",
+    )
+    p.add_argument(
         "--noise",
         type=number(0.0),
         default=None,
-        help="with --rows forces/both: noise std of a labelled row (eV/Å; eV/atom for the energy row); default: "
-        "1/sqrt(alpha), the fit's noise for a row of unit weight",
+        help="with --rows forces/both or --criterion variance: noise std of a labelled row (eV/Å; eV/atom for the "
+        "energy row); default: 1/sqrt(alpha), the fit's noise for a row of unit weight",
     )
     add_n_samples(p)
     add_sampling(p)
@@ -99,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         support_weight=args.support_weight,
         rows=args.rows,
         noise=args.noise,
+        criterion=args.criterion,
     )
     if stores:
         table = selection.select_from_store(post, stores[0], args.n, **options)

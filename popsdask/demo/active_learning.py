@@ -13,9 +13,10 @@ only, then each round:
 2. selects ``labels_per_round`` frames of the pool for each arm, labels them with the teacher
    and adds them to the arm's fit (``popsdask.fit(NEW, previous=POSTERIOR)``: pass 1 reads only
    the new rows). The UQ arms (``LoopSettings.select``) pick with
-   :func:`popsdask.atomistic.selection.select_rows` of the frames' rows: ``uq`` by their
-   per-atom energy rows (:func:`select_band`), ``uq_forces`` by their force rows and
-   ``uq_both`` by both (:func:`select_force_band`); the ``random`` arm picks uniformly from
+   :func:`popsdask.atomistic.selection.select_rows` of the frames' rows (:func:`select_uq`):
+   ``uq`` by their per-atom energy rows, ``uq_forces`` by their force rows and ``uq_both`` by
+   both, each by the information gain; ``uq_variance``, ``uq_forces_variance`` and
+   ``uq_both_variance`` the same by the pool-variance criterion; the ``random`` arm picks uniformly from
    the same pool. The pools come from the first listed arm's student. An arm may pick fewer
    frames per round (``"forces:4"``: arm ``uq_forces_4per``; ``"random:4"``: ``random_4per``),
    to measure what the same rounds give with fewer labels; ``LoopSettings.random_seeds`` adds
@@ -34,10 +35,12 @@ a rerun skips the rounds that have one. Everything is seeded.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +53,7 @@ from ..atomistic.descriptors.snap import SnapSettings, pair_commands_for, write_
 from ..atomistic.lammps_backend import get_session, lammps_box, load_lammps
 from ..atomistic.monitor import MONITOR_INPUT, MONITOR_OUTPUTS, write_monitor
 from ..atomistic.oracle import A_BCC, generate_tungsten_configurations, teacher_calculator
-from ..atomistic.selection import pool_force_rows, select_rows
+from ..atomistic.selection import CRITERIA, ROW_KINDS, pool_force_rows, select_rows
 from ..atomistic.weights import GroupWeights
 from ..calibration.metrics import band_metrics, kind_tolerance, nll_floor
 from ..core.validation import InputError
@@ -70,8 +73,7 @@ __all__ = [
     "store_rows",
     "held_out_metrics",
     "run_active_learning",
-    "select_band",
-    "select_force_band",
+    "select_uq",
     "random_arms",
     "random_seed",
     "select_random",
@@ -90,9 +92,18 @@ ENERGY_DROP = 1.0
 #: weigh the same whatever else is in the fit: energy per atom (1/eV), force component (Å/eV)
 WEIGHT_GROUP = "labelled"
 #: the UQ arm of each kind of selection rows (``LoopSettings.select``)
-ARM_NAMES = {"energy": "uq", "forces": "uq_forces", "both": "uq_both", "random": "random"}
-#: what ``LoopSettings.select`` lists: the kinds of selection rows, and random (as a control at
-#: another number of picks per round)
+#: what ``LoopSettings.select`` lists, and the name of its arm: the kinds of selection rows
+#: (``-variance``: by the pool-variance criterion instead of the information gain), and random
+#: (as a control at another number of picks per round)
+ARM_NAMES = {
+    "energy": "uq",
+    "forces": "uq_forces",
+    "both": "uq_both",
+    "energy-variance": "uq_variance",
+    "forces-variance": "uq_forces_variance",
+    "both-variance": "uq_both_variance",
+    "random": "random",
+}
 ARM_KINDS = tuple(ARM_NAMES)
 
 
@@ -332,27 +343,17 @@ def min_distance(cfg: Configuration, cutoff: float = 2.5) -> float:
 
 
 # ---------------------------------------------------------------------------- selection
-def select_band(post: Posterior, pool: Pool, n: int, seed: int) -> list[int]:
-    """:func:`popsdask.atomistic.selection.select_rows` of the frames' per-atom energy rows: the
-    band per atom and the support score, greedily diverse; ``seed`` is the members' (``predict``'s)."""
-    rows = pool.energy_rows() / pool.n_atoms()[:, None]
-    return [int(i) for i in select_rows(post, rows, n, seed=seed).index]
-
-
-def select_force_band(post: Posterior, pool: Pool, n: int, seed: int, *, rows: str = "forces") -> list[int]:
-    """:func:`popsdask.atomistic.selection.select_rows` of the frames' force rows (``rows="both"``:
-    and their per-atom energy rows): greedy log-determinant gain; ``seed`` is the members'."""
+def select_uq(
+    post: Posterior, pool: Pool, n: int, seed: int, *, rows: str = "energy", criterion: str = "information"
+) -> list[int]:
+    """:func:`popsdask.atomistic.selection.select_rows` of the frames' per-atom energy rows, force
+    rows or both (``rows``), by ``criterion``; ``seed`` is the members' (``predict``'s)."""
     X = pool.energy_rows() / pool.n_atoms()[:, None]
-    F = pool.force_rows()
+    F = None if rows == "energy" else pool.force_rows()
     if X.shape[1] < post.n_features:  # the intercept's column: 1 per atom in an energy, no force
         X = np.hstack([X, np.ones((X.shape[0], 1))])
-        F = [np.hstack([f, np.zeros((f.shape[0], 1))]) for f in F]
-    return [int(i) for i in select_rows(post, X, n, seed=seed, rows=rows, force_rows=F).index]
-
-
-def select_both(post: Posterior, pool: Pool, n: int, seed: int) -> list[int]:
-    """:func:`select_force_band` with the per-atom energy rows as well."""
-    return select_force_band(post, pool, n, seed, rows="both")
+        F = None if F is None else [np.hstack([f, np.zeros((f.shape[0], 1))]) for f in F]
+    return [int(i) for i in select_rows(post, X, n, seed=seed, rows=rows, force_rows=F, criterion=criterion).index]
 
 
 def random_seed(seed: int, r: int, k: int) -> int:
@@ -372,12 +373,15 @@ def select_random(post: Posterior, pool: Pool, n: int, seed: int) -> list[int]:
 
 
 Selector = Callable[[Posterior, Pool, int, int], list[int]]
-#: the selector of each kind of selection rows
+#: the selector of each kind of arm (:data:`ARM_KINDS`)
 SELECTORS: dict[str, Selector] = {
-    "energy": select_band,
-    "forces": select_force_band,
-    "both": select_both,
     "random": select_random,
+    **{
+        rows if criterion == "information" else f"{rows}-{criterion}": partial(
+            select_uq, rows=rows, criterion=criterion
+        )
+        for rows, criterion in itertools.product(ROW_KINDS, CRITERIA)
+    },
 }
 
 

@@ -30,6 +30,7 @@ from popsdask.atomistic.oracle import teacher_calculator  # noqa: E402
 from popsdask.atomistic.selection import (  # noqa: E402
     BAND_KEYS,
     greedy_block_determinant,
+    greedy_block_variance,
     greedy_max_determinant,
     pool_energy_rows,
     pool_force_rows,
@@ -296,16 +297,82 @@ def test_force_rows_score_is_the_information_gain_of_the_members_covariance(stud
     np.testing.assert_allclose(table["selection_score"], [c.info["selection_score"] for c in picks], rtol=1e-9)
 
 
+@pytest.mark.parametrize("d", [5, 8])  # blocks taller than d (the d x d form) and not
+def test_block_variance_greedy_is_the_brute_force_minimiser_of_the_pools_variance(d) -> None:
+    rng = np.random.default_rng(5)
+    blocks = [rng.normal(size=(m, d)) * rng.uniform(0.1, 2.0) for m in (3, 7, 1, 0, 4, 6, 2, 5)]
+    Q = sum((b.T @ b for b in blocks), np.zeros((d, d)))
+
+    def pool_variance(picks) -> float:  # brute force: tr(Q (I + Σ V_cᵀV_c)⁻¹) of the stacked picked rows
+        V = np.vstack([blocks[c] for c in picks] + [np.zeros((0, d))])
+        return float(np.trace(Q @ np.linalg.inv(np.eye(d) + V.T @ V)))
+
+    index, reduction = greedy_block_variance(blocks, 5)
+    for k in range(5):
+        before = pool_variance(index[:k])
+        cuts = {c: before - pool_variance([*index[:k], c]) for c in range(8) if c not in index[:k]}
+        assert index[k] == max(cuts, key=cuts.get)
+        assert reduction[k] == pytest.approx(cuts[index[k]] / np.trace(Q), rel=1e-9)
+    assert reduction.sum() == pytest.approx(1 - pool_variance(index) / np.trace(Q), rel=1e-9)
+    # another reference: the same brute force with its Q
+    R = np.diag(np.arange(1.0, d + 1))
+    index_r, _ = greedy_block_variance(blocks, 1, reference=R)
+    firsts = {c: np.trace(R) - np.trace(R @ np.linalg.inv(np.eye(d) + blocks[c].T @ blocks[c])) for c in range(8)}
+    assert index_r[0] == max(firsts, key=firsts.get)
+    with pytest.raises(InputError, match=rf"reference: shape \(2, 2\), expected \({d}, {d}\)"):
+        greedy_block_variance(blocks, 1, reference=np.eye(2))
+    with pytest.raises(InputError, match="pick between 1 and the pool's 8"):
+        greedy_block_variance(blocks, 0)
+
+
+def test_pool_variance_prefers_what_the_pool_is_made_of_where_information_prefers_an_outlier() -> None:
+    # ten copies of a small direction-1 row, one large direction-2 row
+    blocks = [np.array([[1.0, 0.0]])] * 10 + [np.array([[0.0, 2.0]])]
+    assert greedy_block_determinant(blocks, 1)[0][0] == 10  # log 5 > log 2: the outlier
+    assert greedy_block_variance(blocks, 1)[0][0] == 0  # 10·1/(1+1) = 5 > 16/5: what the pool is made of
+
+
+def test_variance_criterion_scores_the_members_covariance_cut_over_the_pool(student, pool) -> None:
+    """Independently in θ-space: the first pick's reduction of Σ_p tr(F_p A F_pᵀ) when its rows are
+    labelled with noise 1/√α, A the 64 members' covariance plus Σ, as a share of the total."""
+    theta = student.sample(64, seed=2).values
+    A = np.cov(theta.T, bias=True) + student.sigma_
+    rows = pool_force_rows(pool, SETTINGS)
+    energy, _ = pool_energy_rows(pool, SETTINGS)
+    for kind, blocks in (("forces", rows), ("energy", [e[None, :] for e in energy])):
+        picks = select_configurations(student, pool, 3, seed=2, n_samples=64, rows=kind, criterion="variance")
+        again = select_configurations(student, pool, 3, seed=2, n_samples=64, rows=kind, criterion="variance")
+        assert [c.info for c in picks] == [c.info for c in again]
+        total = sum(np.trace(F @ A @ F.T) for F in blocks)
+
+        def cut(F, total=total, blocks=blocks):
+            K = F @ A
+            after = A - K.T @ np.linalg.solve(F @ A @ F.T + np.eye(len(F)) / student.alpha_, K)
+            return (total - sum(np.trace(G @ after @ G.T) for G in blocks)) / total
+
+        cuts = [cut(F) for F in blocks]
+        assert picks[0].info["pool_index"] == int(np.argmax(cuts)), kind
+        assert picks[0].info["selection_score"] == pytest.approx(max(cuts), rel=1e-6), kind
+        # near-copies of one event cut the same variance: at most one of them among the first picks
+        assert sum(c.name.startswith(EVENT) for c in picks) <= 1, kind
+
+
 def test_an_unknown_kind_of_rows_is_refused(student, pool, tmp_path, capsys) -> None:
     with pytest.raises(InputError, match="rows='stress': use one of energy, forces, both"):
         select_configurations(student, pool, 2, rows="stress")
     with pytest.raises(InputError, match="noise=0.0: must be a number > 0"):
         select_configurations(student, pool, 2, rows="forces", noise=0.0)
+    with pytest.raises(InputError, match="criterion='entropy': use one of information, variance"):
+        select_configurations(student, pool, 2, criterion="entropy")
     ase.io.write(tmp_path / "pool.extxyz", [c.to_atoms() for c in pool[:3]], format="extxyz")
     argv = ["select", "posterior.zarr", str(tmp_path / "pool.extxyz"), "-n", "2", "-o", str(tmp_path / "p.xyz")]
     with pytest.raises(SystemExit) as exit_:
         main([*argv, "--rows", "stress"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and "--rows: invalid choice: 'stress'" in err
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--criterion", "entropy"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "--criterion: invalid choice: 'entropy'" in err
     assert main([*argv, "--rows", "forces", "--noise", "0"]) == 2
     assert capsys.readouterr().err == "popsdask select: error: --noise 0: must be above 0\n"

@@ -51,6 +51,11 @@ def test_select_writes_the_apis_picks(files, tmp_path, capsys) -> None:
         np.testing.assert_allclose(atoms.positions, cfg.positions, atol=1e-7)
         for key in BAND_KEYS:
             assert atoms.info[key] == pytest.approx(cfg.info[key], rel=1e-12), key
+    # --criterion variance: the API's picks with it
+    out_v = tmp_path / "picks-variance.extxyz"
+    assert main([*argv, "--n-samples", "64", "--criterion", "variance", "-o", str(out_v)]) == 0
+    api_v = select_configurations(Posterior.load(files["post"]), pool, 6, seed=2, n_samples=64, criterion="variance")
+    assert [a.info["name"] for a in ase.io.read(out_v, index=":")] == [c.name for c in api_v]
     # a store pool: a table of the same picks (a store records no positions)
     table = tmp_path / "picks.csv"
     assert (
@@ -124,9 +129,10 @@ def test_select_refuses_bad_input(files, tmp_path, capsys, case, message) -> Non
     assert open_store(files["store"]).sizes["configuration"] == 30  # inputs untouched
 
 
-def test_rows_choices_are_the_apis() -> None:
-    """``--rows`` spells its choices out (so that ``--help`` imports no numpy): they must stay the API's."""
-    from popsdask.atomistic.selection import ROW_KINDS
+def test_rows_and_criterion_choices_are_the_apis() -> None:
+    """``--rows`` and ``--criterion`` spell their choices out (so that ``--help`` imports no numpy): they
+    must stay the API's."""
+    from popsdask.atomistic.selection import CRITERIA, ROW_KINDS
     from popsdask.cli import select
 
-    assert select.ROW_KINDS == ROW_KINDS
+    assert select.ROW_KINDS == ROW_KINDS and select.CRITERIA == CRITERIA

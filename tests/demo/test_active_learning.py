@@ -19,13 +19,13 @@ from popsdask.atomistic.descriptors.snap import snap_calculator, snap_rows  # no
 from popsdask.atomistic.monitor import write_monitor  # noqa: E402
 from popsdask.atomistic.oracle import generate_tungsten_configurations  # noqa: E402
 from popsdask.demo.active_learning import (  # noqa: E402
+    ARM_KINDS,
     LoopSettings,
     Pool,
     exploration_structures,
     run_active_learning,
-    select_band,
-    select_force_band,
     select_random,
+    select_uq,
     student_md,
     training_store,
 )
@@ -83,16 +83,17 @@ def test_selectors(student) -> None:
             frames.append(replace(cfg, info={"run": f"run{k}", "step": step}))
             rows.append(rng.normal(size=(cfg.n_atoms, post.n_features)) * (1 + k) * (1 + 1e-3 * step))
     pool = Pool(frames, rows, settings=student_settings(2))
-    picks = select_band(post, pool, 3, seed=0)
-    assert picks == select_band(post, pool, 3, seed=0)
+    picks = select_uq(post, pool, 3, seed=0)
+    assert picks == select_uq(post, pool, 3, seed=0)
     # the widest band first; near-copies of a picked frame (one run) do not fill the batch
     std = LinearBand.from_posterior(post)(pool.energy_rows() / pool.n_atoms()[:, None], envelope=False)["std"]
     assert picks[0] == int(np.argmax(std))
     # force rows: the frames' own (compute snap), seeded like the band's; near-copies gain little once one is picked
-    forces = select_force_band(post, pool, 3, seed=0)
-    assert forces == select_force_band(post, pool, 3, seed=0) and len(set(forces)) == 3
+    for criterion in ("information", "variance"):
+        forces = select_uq(post, pool, 3, seed=0, rows="forces", criterion=criterion)
+        assert forces == select_uq(post, pool, 3, seed=0, rows="forces", criterion=criterion) and len(set(forces)) == 3
+        assert len({frames[i].info["run"] for i in forces}) == 3
     assert pool.force_rows()[0].shape == (3 * frames[0].n_atoms, post.n_features)
-    assert len({frames[i].info["run"] for i in forces}) == 3
     assert select_random(post, pool, 5, seed=1) == select_random(post, pool, 5, seed=1)
     assert select_random(post, pool, 5, seed=1) != select_random(post, pool, 5, seed=2)
 
@@ -143,8 +144,9 @@ def test_unknown_selection_rows_are_refused(tmp_path) -> None:
     assert loop.listed_arms() == [("energy", 8), ("forces", 4), ("forces", 8), ("random", 4)]
     names = ["uq", "random", "random_seed2", "random_seed3", "uq_forces_4per", "uq_forces", "random_4per"]
     assert loop.arm_names() == names
+    assert LoopSettings(select="energy,forces-variance:4").arm_names() == ["uq", "random", "uq_forces_variance_4per"]
     for bad in ("stress", "energy,energy", "", "energy,energy:8", "forces:0", "forces:9", "forces:x", "forces:"):
-        with pytest.raises(InputError, match="comma-separated, each once, of energy, forces, both, random"):
+        with pytest.raises(InputError, match=f"comma-separated, each once, of {', '.join(ARM_KINDS)}, each optionally"):
             run_active_learning(tmp_path / "x", LoopSettings(select=bad), log=print)
     with pytest.raises(InputError, match="list random only as random:N"):
         run_active_learning(tmp_path / "x", LoopSettings(select="energy,random"), log=print)
