@@ -1,4 +1,4 @@
-"""Linear ACE rows (issue 18) against python-ace itself: its calculator, its ``.yace`` reader,
+"""Linear ACE rows against python-ace itself: its calculator, its ``.yace`` reader,
 finite differences, the store and the command line. Skipped when the ``ace`` extra is absent."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The descriptor protocol (issue 16): SnapSettings implements it, stores record
+"""The descriptor protocol: SnapSettings implements it, stores record
 ``{"descriptor": {"backend": ...}}``, one function rebuilds the descriptor from a store (old
 stores with only a ``snap`` attribute too), and a second backend is one class plus one
 registration."""

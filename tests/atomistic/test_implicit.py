@@ -1,4 +1,4 @@
-"""Implicit differentiation of atomic minima (issue 8) against independent brute-force routes.
+"""Implicit differentiation of atomic minima against independent brute-force routes.
 
 The linear potential is the teacher itself: ``W_2940_2017_2`` is linear SNAP (twojmax 8) plus
 ZBL, so its shipped coefficients are a θ0 of ``compute snap``'s columns and every brute-force

@@ -1,4 +1,4 @@
-"""POD rows (issue 18) against LAMMPS ML-POD itself: compute pod/global, pair_style pod, the
+"""POD rows against LAMMPS ML-POD itself: compute pod/global, pair_style pod, the
 shipped Ta POD potential and finite differences."""
 
 from __future__ import annotations

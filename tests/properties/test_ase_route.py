@@ -1,4 +1,4 @@
-"""The property suite's ASE route (issue 18): a potential LAMMPS cannot run (ACE without ML-PACE)
+"""The property suite's ASE route: a potential LAMMPS cannot run (ACE without ML-PACE)
 is relaxed by ASE's BFGS on its own calculator. The route is checked against LAMMPS's native
 minimiser by forcing it on the shipped W teacher (``engine="ase"``: same interactions, other
 optimiser), then run end to end on a small ACE fit through ``popsdask properties``."""
