@@ -43,7 +43,7 @@ import numpy as np
 
 from ..core.validation import InputError
 from ..engine.parts import Parts, batch_spans, read_npz
-from ..io.store import output_lock, store_chunk_rows
+from ..io.store import check_chunk_rows, output_lock, store_chunk_rows
 from ..runtime.client import submit_windowed
 from .configurations import Configuration, validate_configuration
 from .descriptors.base import DescriptorBackend, RowBlock, check_backend
@@ -300,6 +300,7 @@ def build_descriptor_store(
     t0 = time.perf_counter()
     final = Path(path).absolute()
     configurations = _checked_configurations(final, configurations, settings, virial, weights, split, overwrite)
+    check_chunk_rows(chunk_rows)
     # one build per store from its parts to its write: a second build (which would remove or
     # overwrite the parts another one is computing or resuming) raises OutputLocked at once
     with output_lock(final):

@@ -49,6 +49,7 @@ __all__ = [
     "InputError",
     "open_store",
     "write_store",
+    "check_chunk_rows",
     "store_chunk_rows",
     "atomic_directory",
     "atomic_group",
@@ -507,9 +508,17 @@ def store_chunk_rows(chunk_rows: Any, n: int, p: int, dtype: Any = np.float64) -
     (checked), else :func:`default_chunk_rows`, at most ``n``."""
     if chunk_rows is None:
         chunk_rows = default_chunk_rows(p, np.dtype(dtype).itemsize)
-    elif isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
+    return int(min(check_chunk_rows(chunk_rows), n))
+
+
+def check_chunk_rows(chunk_rows: Any) -> Any:
+    """``chunk_rows`` if it is None or a positive integer, else an :class:`InputError` (checked
+    before rows are computed, not only when they are written)."""
+    if chunk_rows is not None and (
+        isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1
+    ):
         raise InputError(f"chunk_rows={chunk_rows!r}: must be a positive integer")
-    return int(min(chunk_rows, n))
+    return chunk_rows
 
 
 def _row_array(value: Any, name: str, n: int, chunk_rows: int) -> da.Array:

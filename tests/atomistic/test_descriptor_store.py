@@ -202,6 +202,10 @@ def test_prediction_only_store_and_stores_without_weights(dft_configs, tmp_path)
     np.testing.assert_array_equal(w["X"].values, ds["X"].values)  # parts reused: same rows
     with pytest.raises(InputError, match=r"split='random'"):
         build_descriptor_store(tmp_path / "x.zarr", cfgs, SETTINGS, split="random")
+    for bad in (0, 2.5, True):  # refused before any descriptor is computed
+        with pytest.raises(InputError, match=rf"chunk_rows={bad!r}: must be a positive integer"):
+            build_descriptor_store(tmp_path / "c.zarr", cfgs, SETTINGS, chunk_rows=bad)
+        assert not parts_directory(tmp_path / "c.zarr").exists() and not (tmp_path / "c.zarr").exists()
 
 
 def test_other_label_keys_and_any_ase_file(tmp_path) -> None:
