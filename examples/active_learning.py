@@ -108,6 +108,25 @@ def groups_table(curves: dict) -> str:
     return "\n".join(lines)
 
 
+def reach_table(targets: dict) -> str:
+    """Per arm: the labels it added before its held-out force MAE was at or below a random arm's
+    final, as a share of that random arm's labels ("—": not reached)."""
+
+    def cell(r: dict) -> str:
+        return "—" if r["labels_to_reach_it"] is None else f"{r['labels_to_reach_it']} ({r['label_fraction']:.0%})"
+
+    lines = [
+        f"| arm | random's final {targets['random_final_force_mae']:.4f} | random seeds' mean "
+        f"{targets['random_final_force_mae_mean']:.4f} | random at the arm's labels per round |",
+        "|---|---:|---:|---:|",
+    ]
+    for arm, r in targets["arms"].items():
+        same = r.get("same_labels_per_round")
+        peer = "" if same is None else f"{cell(same)} of {same['random_arm']}'s {same['random_final_force_mae']:.4f}"
+        lines.append(f"| {arm} | {cell(r)} | {cell(r['random_mean'])} | {peer} |")
+    return "\n".join(lines)
+
+
 def runs_table(runs: list) -> str:
     """The MD runs with an unphysical event or a halt: where the monitor halted, where the event was."""
     lines = ["| run | T (K) | strain | frames | halted at step | first unphysical event |"]
@@ -139,8 +158,8 @@ def main() -> None:
         sys.exit(2)
     figure(res["curves"], loop.labels_per_round, out / "learning_curves.png")
     tables = [table(res["curves"], *column) for column in COLUMNS]
-    text = "\n\n".join([*tables, groups_table(res["curves"]), runs_table(res["runs"])]) + "\n"
-    (out / "tables.md").write_text(text)
+    text = "\n\n".join([*tables, reach_table(res["targets"]), groups_table(res["curves"]), runs_table(res["runs"])])
+    (out / "tables.md").write_text(text + "\n")
     print(text)
     print(json.dumps({"targets": res["targets"], "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
 

@@ -563,19 +563,28 @@ def targets(curves: dict[str, list[dict[str, Any]]], runs: list[dict[str, Any]])
     randoms = [a for a in curves if a == "random" or a.startswith("random_seed")]
     finals = np.array([curves[a][-1]["force_mae"] for a in randoms])
 
-    def reach(arm: str, mae: float) -> dict[str, Any]:
+    def reach(arm: str, mae: float, labels: int = final["labels_added"]) -> dict[str, Any]:
         reached = [c["labels_added"] for c in curves[arm] if c["force_mae"] <= mae]
         need = reached[0] if reached else None
         return {
             "labels_to_reach_it": need,
-            "label_fraction": None if need is None else need / max(final["labels_added"], 1),
-            "labels_target_met": need is not None and need <= 0.5 * final["labels_added"],
+            "label_fraction": None if need is None else need / max(labels, 1),
+            "labels_target_met": need is not None and need <= 0.5 * labels,
         }
 
     arms = {}
     for arm in (a for a in curves if a not in randoms):
         arms[arm] = reach(arm, final["force_mae"])
         arms[arm]["random_mean"] = reach(arm, float(finals.mean()))
+        # an arm with N picks per round also against the random arm with N per round, if it ran
+        peer = f"random_{arm.rpartition('_')[2]}"
+        if arm.endswith("per") and arm != peer and peer in curves:
+            last = curves[peer][-1]
+            arms[arm]["same_labels_per_round"] = {
+                "random_arm": peer,
+                "random_final_force_mae": last["force_mae"],
+                **reach(arm, last["force_mae"], last["labels_added"]),
+            }
     first = arms.get("uq", next(iter(arms.values())))
     with_event = [r for r in runs if r["event_step"] is not None]
     before = [r for r in with_event if r["stopped_before_event"]]

@@ -27,6 +27,7 @@ from popsdask.demo.active_learning import (  # noqa: E402
     select_random,
     select_uq,
     student_md,
+    targets,
     training_store,
 )
 from popsdask.demo.tungsten import student_settings  # noqa: E402
@@ -98,6 +99,33 @@ def test_selectors(student) -> None:
     assert select_random(post, pool, 5, seed=1) != select_random(post, pool, 5, seed=2)
 
 
+def test_targets_reach_against_each_random_arm() -> None:
+    """An arm's labels to reach a random arm's final MAE: the 8-per-round random's, and for an
+    N-per-round arm also the random arm with N per round."""
+
+    def curve(step: int, maes: list[float]) -> list[dict[str, float]]:
+        return [{"labels_added": step * k, "force_mae": m} for k, m in enumerate(maes)]
+
+    curves = {
+        "uq": curve(8, [0.5, 0.35, 0.31, 0.30]),
+        "random": curve(8, [0.5, 0.40, 0.34, 0.30]),
+        "uq_4per": curve(4, [0.5, 0.35, 0.33, 0.32]),
+        "random_4per": curve(4, [0.5, 0.45, 0.40, 0.36]),
+    }
+    arms = targets(curves, [])["arms"]
+    assert arms["uq"]["labels_to_reach_it"] == 24 and not arms["uq"]["labels_target_met"]
+    assert "same_labels_per_round" not in arms["uq"] and "same_labels_per_round" not in arms["random_4per"]
+    assert arms["uq_4per"]["labels_to_reach_it"] is None
+    same = arms["uq_4per"]["same_labels_per_round"]
+    assert same == {
+        "random_arm": "random_4per",
+        "random_final_force_mae": 0.36,
+        "labels_to_reach_it": 4,
+        "label_fraction": 4 / 12,
+        "labels_target_met": True,
+    }
+
+
 @pytest.mark.slow
 def test_one_tiny_round_resumes(tmp_path) -> None:
     loop = LoopSettings(
@@ -118,10 +146,10 @@ def test_one_tiny_round_resumes(tmp_path) -> None:
     picks = {a: ase.io.read(tmp_path / "round-01" / a / "picks.extxyz", ":") for a in ("uq", "uq_1per")}
     assert len(picks["uq_1per"]) == 1 and len(picks["uq"]) == 2
     np.testing.assert_array_equal(picks["uq_1per"][0].positions, picks["uq"][0].positions)
-    targets = res["targets"]
+    measured = res["targets"]
     finals = [res["curves"][a][-1]["force_mae"] for a in ("random", "random_seed2")]
-    assert targets["random_seeds"] == 2 and targets["random_final_force_mae_mean"] == pytest.approx(np.mean(finals))
-    assert targets["random_final_force_mae_range"] == [min(finals), max(finals)]
+    assert measured["random_seeds"] == 2 and measured["random_final_force_mae_mean"] == pytest.approx(np.mean(finals))
+    assert measured["random_final_force_mae_range"] == [min(finals), max(finals)]
     # the refit added the new rows to the previous fit: pass 1 read only them, and it predicts as a fit from
     # scratch to round-off (the coefficients of these ill-conditioned rows differ by more)
     added = res["curves"]["uq"][1]
