@@ -8,7 +8,8 @@ Runs (or resumes) :func:`popsdask.demo.active_learning.run_active_learning` in `
 for every seed, then writes ``OUTDIR/seeds.md`` (printed) and ``OUTDIR/seeds.json``: per arm and
 seed, the labels it added before its held-out force MAE was at or below a random final, as a share
 of that random arm's labels, in how many seeds that share was ≤ 50 %, and the same on the
-curves averaged over the seeds (each random arm averaged with its namesakes).
+curves averaged over the seeds (each random arm averaged with its namesakes), whose force MAE per
+round it tabulates too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from popsdask.demo.active_learning import LoopSettings, run_active_learning, targets
+from popsdask.demo.active_learning import (
+    LoopSettings,
+    is_random_seed_arm,
+    reach_text,
+    run_active_learning,
+    targets,
+)
 
 #: the random finals an arm is measured against: (title, key of the arm's targets or None for the arm's own)
 REFERENCES = (
@@ -42,16 +49,15 @@ def mean_curves(runs: dict[int, dict[str, Any]]) -> dict[str, list[dict[str, Any
     }
 
 
-def cell(reach: dict[str, Any]) -> str:
-    return (
-        "—" if reach["labels_to_reach_it"] is None else f"{reach['labels_to_reach_it']} ({reach['label_fraction']:.0%})"
-    )
+def header(seeds: list[int], *extra: str) -> list[str]:
+    """A Markdown table's head: the arm, one column per seed, then ``extra``."""
+    columns = [f"seed {s}" for s in seeds] + list(extra)
+    return ["| arm | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
 
 
-def reach_rows(runs: dict[int, dict[str, Any]], key: str | None) -> list[str]:
+def reach_rows(runs: dict[int, dict[str, Any]], mean: dict[str, Any], key: str | None) -> list[str]:
     """Markdown rows: per arm, each seed's labels to reach (share), the seeds where it was ≤ 50 %,
-    and the same on the curves averaged over the seeds."""
-    mean = targets(mean_curves(runs), [])["arms"]
+    and the same on the curves averaged over the seeds (``mean``: their targets' arms)."""
     lines = []
     for arm in mean:
         got = [r["targets"]["arms"][arm] for r in runs.values()] + [mean[arm]]
@@ -59,28 +65,45 @@ def reach_rows(runs: dict[int, dict[str, Any]], key: str | None) -> list[str]:
         if any(g is None for g in got):
             continue
         met = sum(bool(g["labels_target_met"]) for g in got[:-1])
-        lines.append(f"| {arm} | " + " | ".join(map(cell, got[:-1])) + f" | {met} of {len(runs)} | {cell(got[-1])} |")
+        cells = " | ".join(map(reach_text, got[:-1]))
+        lines.append(f"| {arm} | {cells} | {met} of {len(runs)} | {reach_text(got[-1])} |")
+    return lines
+
+
+def mean_table(curves: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Markdown rows: per round, every arm's held-out force MAE averaged over the seeds, with the
+    mean and range of the random arms at the loop's labels per round."""
+    randoms = [a for a in curves if is_random_seed_arm(a)]
+    lines = ["| round | labels added | " + " | ".join(curves) + " | random arms: mean (min–max) |"]
+    lines.append("|---:|---|" + "---:|" * (len(curves) + 1))
+    for rnd, row in enumerate(zip(*curves.values(), strict=True)):
+        labels = " / ".join(map(str, sorted({c["labels_added"] for c in row}, reverse=True)))
+        maes = [c["force_mae"] for c in row]
+        rand = [curves[a][rnd]["force_mae"] for a in randoms]
+        spread = f"{sum(rand) / len(rand):.4f} ({min(rand):.4f}–{max(rand):.4f})"
+        lines.append(f"| {rnd} | {labels} | " + " | ".join(f"{m:.4f}" for m in maes) + f" | {spread} |")
     return lines
 
 
 def seeds_table(runs: dict[int, dict[str, Any]]) -> str:
-    """Markdown: the random finals per seed, the labels-to-reach tables and every arm's final MAE."""
+    """Markdown: the seed-averaged curves, the random finals per seed, the labels-to-reach tables
+    and every arm's final MAE."""
     seeds = list(runs)
-    head = "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " | ≤ 50 % in | mean curve |"
-    rule = "|---|" + "---:|" * (len(seeds) + 2)
-    targets = [r["targets"] for r in runs.values()]
+    curves = mean_curves(runs)
+    mean = targets(curves, [])["arms"]
     finals = " | ".join(
         f"{t['random_final_force_mae']:.4f} ({t['random_final_force_mae_range'][0]:.4f}–"
         f"{t['random_final_force_mae_range'][1]:.4f})"
-        for t in targets
+        for t in (r["targets"] for r in runs.values())
     )
-    blocks = ["Random's final held-out force MAE in eV/Å (range over the random seeds):", ""]
-    blocks += [head.replace(" ≤ 50 % in | mean curve |", ""), rule[:-10], f"| random | {finals} |", ""]
+    blocks = ["Held-out force MAE (eV/Å) averaged over the seeds:", "", *mean_table(curves), ""]
+    blocks += ["Random's final held-out force MAE in eV/Å (range over the random seeds):", ""]
+    blocks += [*header(seeds), f"| random | {finals} |", ""]
     for title, key in REFERENCES:
-        rows = reach_rows(runs, key)
+        rows = reach_rows(runs, mean, key)
         if rows:
-            blocks += [f"Labels to reach {title}:", "", head, rule, *rows, ""]
-    blocks += ["Final held-out force MAE (eV/Å):", "", head.replace(" ≤ 50 % in | mean curve |", " mean |"), rule[:-5]]
+            blocks += [f"Labels to reach {title}:", "", *header(seeds, "≤ 50 % in", "mean curve"), *rows, ""]
+    blocks += ["Final held-out force MAE (eV/Å):", "", *header(seeds, "mean")]
     for arm in runs[seeds[0]]["curves"]:
         maes = [r["curves"][arm][-1]["force_mae"] for r in runs.values()]
         blocks.append(f"| {arm} | " + " | ".join(f"{m:.4f}" for m in maes) + f" | {sum(maes) / len(maes):.4f} |")

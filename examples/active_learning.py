@@ -27,7 +27,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from popsdask import InputError
-from popsdask.demo.active_learning import LoopSettings, run_active_learning
+from popsdask.demo.active_learning import LoopSettings, is_random_seed_arm, reach_text, run_active_learning
 
 #: the arms' labels in the figure, by what they select on
 KIND_LABELS = {"uq": "UQ, energy rows", "uq_forces": "UQ, force rows", "uq_both": "UQ, energy + force rows"}
@@ -39,11 +39,6 @@ COLUMNS = (
     ("force_coverage_4sigma", "forces within ±4σ (%)", 100.0),
     ("energy_mae_per_atom", "energy MAE (meV/atom)", 1000.0),
 )
-
-
-def is_seed(arm: str) -> bool:
-    """A random arm at the loop's labels per round (``random``, ``random_seed2``, ...)."""
-    return arm == "random" or arm.startswith("random_seed")
 
 
 def label(arm: str, per_round: int) -> str:
@@ -62,14 +57,14 @@ def figure(curves: dict, per_round: int, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.0))
     markers = itertools.cycle("o^vDPX*<>")
-    styles = {a: ("-", next(markers)) for a in curves if not is_seed(a)}
+    styles = {a: ("-", next(markers)) for a in curves if not is_random_seed_arm(a)}
     for ax, (key, name, scale) in zip(axes, COLUMNS[:3], strict=True):
         for arm, curve in curves.items():
             xs = [c["labels_added"] for c in curve]
             ys = [scale * c[key] for c in curve]
             if arm == "random":
                 ax.plot(xs, ys, "s--", color="k", label="random")
-            elif is_seed(arm):  # other seeds: thin, one legend entry
+            elif is_random_seed_arm(arm):  # other seeds: thin, one legend entry
                 ax.plot(
                     xs, ys, "-", color="0.6", lw=0.8, label="random, other seeds" if arm == "random_seed2" else None
                 )
@@ -111,10 +106,6 @@ def groups_table(curves: dict) -> str:
 def reach_table(targets: dict) -> str:
     """Per arm: the labels it added before its held-out force MAE was at or below a random arm's
     final, as a share of that random arm's labels ("—": not reached)."""
-
-    def cell(r: dict) -> str:
-        return "—" if r["labels_to_reach_it"] is None else f"{r['labels_to_reach_it']} ({r['label_fraction']:.0%})"
-
     lines = [
         f"| arm | random's final {targets['random_final_force_mae']:.4f} | random seeds' mean "
         f"{targets['random_final_force_mae_mean']:.4f} | random at the arm's labels per round |",
@@ -122,8 +113,10 @@ def reach_table(targets: dict) -> str:
     ]
     for arm, r in targets["arms"].items():
         same = r.get("same_labels_per_round")
-        peer = "" if same is None else f"{cell(same)} of {same['random_arm']}'s {same['random_final_force_mae']:.4f}"
-        lines.append(f"| {arm} | {cell(r)} | {cell(r['random_mean'])} | {peer} |")
+        peer = ""
+        if same is not None:
+            peer = f"{reach_text(same)} of {same['random_arm']}'s {same['random_final_force_mae']:.4f}"
+        lines.append(f"| {arm} | {reach_text(r)} | {reach_text(r['random_mean'])} | {peer} |")
     return "\n".join(lines)
 
 

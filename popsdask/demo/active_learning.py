@@ -72,9 +72,11 @@ __all__ = [
     "exploration_structures",
     "store_rows",
     "held_out_metrics",
+    "reach_text",
     "run_active_learning",
     "select_uq",
     "random_arms",
+    "is_random_seed_arm",
     "random_seed",
     "select_random",
     "student_md",
@@ -366,6 +368,11 @@ def random_arms(n: int) -> list[str]:
     return ["random", *(f"random_seed{k}" for k in range(2, n + 1))]
 
 
+def is_random_seed_arm(arm: str) -> bool:
+    """Whether ``arm`` is one of :func:`random_arms`: random at the loop's labels per round."""
+    return arm == "random" or arm.startswith("random_seed")
+
+
 def select_random(post: Posterior, pool: Pool, n: int, seed: int) -> list[int]:
     """``n`` frames uniformly without replacement (the posterior is not used)."""
     del post
@@ -560,7 +567,7 @@ def targets(curves: dict[str, list[dict[str, Any]]], runs: list[dict[str, Any]])
     first UQ arm's), and, over the runs with an unphysical event, how many the monitor halted
     before it (met when all were)."""
     final = curves["random"][-1]
-    randoms = [a for a in curves if a == "random" or a.startswith("random_seed")]
+    randoms = [a for a in curves if is_random_seed_arm(a)]
     finals = np.array([curves[a][-1]["force_mae"] for a in randoms])
 
     def reach(arm: str, mae: float, labels: int = final["labels_added"]) -> dict[str, Any]:
@@ -606,6 +613,13 @@ def targets(curves: dict[str, list[dict[str, Any]]], runs: list[dict[str, Any]])
         "not_halted_before_event": len(with_event) - len(before) - len(same),
         "monitor_target_met": bool(with_event) and len(before) == len(with_event),
     }
+
+
+def reach_text(reach: dict[str, Any]) -> str:
+    """One of :func:`targets`' reaches as text: "24 (50%)", the labels and their share, or "—"
+    when the arm never reached that final."""
+    need = reach["labels_to_reach_it"]
+    return "—" if need is None else f"{need} ({reach['label_fraction']:.0%})"
 
 
 def run_active_learning(
